@@ -1,0 +1,403 @@
+//! Command line and environment configuration.
+//!
+//! Every flag has an environment variable `SIGNAL_<FLAG>`; `--help` text
+//! comes from the doc comments below. Limits refuse zero: no setting means
+//! "unbounded".
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::core::limits::{self, Limits};
+
+/// A WebRTC signaling gateway: register a name, connect over WebSocket or
+/// WebTransport, and trade offers, answers and ICE candidates with other
+/// users.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "signal-gateway", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; without a subcommand the gateway runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// How the gateway runs.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Write a new development certificate (ECDSA P-256, valid 14 days) and
+    /// key into the certificate directory, and print its SHA-256.
+    Cert,
+}
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// TCP address for HTTP and WebSocket. `localhost:PORT` binds both
+    /// 127.0.0.1 and ::1; the default listens on every interface, IPv4 and
+    /// IPv6.
+    #[arg(long, env = "SIGNAL_LISTEN", default_value = "[::]:8000")]
+    pub listen: ListenAddr,
+
+    /// UDP address for WebTransport over HTTP/3 [default: the --listen
+    /// address and port]
+    #[arg(long, env = "SIGNAL_WT_LISTEN")]
+    pub wt_listen: Option<ListenAddr>,
+
+    /// Also serve HTTPS and WSS on the TCP listener, with the same
+    /// certificate as WebTransport, and advertise HTTP/3 with Alt-Svc.
+    #[arg(long, env = "SIGNAL_TLS")]
+    pub tls: bool,
+
+    /// PEM certificate chain for production (any key type and validity).
+    /// Without it the gateway uses a development certificate from
+    /// --cert-dir, generated on first start.
+    #[arg(long, env = "SIGNAL_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key matching --cert.
+    #[arg(long, env = "SIGNAL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Directory of the development certificate (cert.pem, key.pem).
+    #[arg(long, env = "SIGNAL_CERT_DIR", default_value = "certs", global = true)]
+    pub cert_dir: PathBuf,
+
+    /// Extra subject alternative names for the development certificate
+    /// (DNS names or IP addresses), besides localhost, 127.0.0.1 and ::1.
+    #[arg(long = "san", env = "SIGNAL_SAN", value_delimiter = ',', global = true)]
+    pub sans: Vec<String>,
+
+    /// Bearer token required by the admin routes. Without it, admin routes
+    /// answer only to clients on the loopback interface.
+    #[arg(long, env = "SIGNAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Origins allowed besides the gateway's own (repeatable, or
+    /// comma-separated); `*` allows every origin.
+    #[arg(long = "allow-origin", env = "SIGNAL_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origins: Vec<String>,
+
+    /// Tokio worker threads [default: the CPUs this process may run on]
+    #[arg(long, env = "SIGNAL_WORKER_THREADS")]
+    pub worker_threads: Option<NonZeroUsize>,
+
+    /// Limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The limits, as flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Largest envelope in bytes (WebSocket message, WebTransport line);
+    /// a bigger one closes the connection with 1009 MESSAGE_TOO_BIG.
+    #[arg(long, env = "SIGNAL_MAX_ENVELOPE_BYTES", default_value_t = limits::DEFAULT_MAX_ENVELOPE_BYTES, value_parser = nonzero_usize)]
+    pub max_envelope_bytes: usize,
+
+    /// Deepest nesting of arrays/objects in a payload.
+    #[arg(long, env = "SIGNAL_MAX_JSON_DEPTH", default_value_t = limits::DEFAULT_MAX_JSON_DEPTH, value_parser = nonzero_usize)]
+    pub max_json_depth: usize,
+
+    /// Envelopes queued for one connection before it is disconnected as a
+    /// slow consumer.
+    #[arg(long, env = "SIGNAL_QUEUE_ENVELOPES", default_value_t = limits::DEFAULT_QUEUE_ENVELOPES, value_parser = nonzero_usize)]
+    pub queue_envelopes: usize,
+
+    /// Bytes queued for one connection before it is disconnected as a slow
+    /// consumer.
+    #[arg(long, env = "SIGNAL_QUEUE_BYTES", default_value_t = limits::DEFAULT_QUEUE_BYTES, value_parser = nonzero_usize)]
+    pub queue_bytes: usize,
+
+    /// How long a socket write may stall before the connection is dropped
+    /// as a slow consumer.
+    #[arg(long, env = "SIGNAL_WRITE_TIMEOUT", default_value = "5s", value_parser = nonzero_duration)]
+    pub write_timeout: Duration,
+
+    /// A connection from which nothing arrives for this long (not even a
+    /// pong or a QUIC acknowledgement) is closed.
+    #[arg(long, env = "SIGNAL_IDLE_TIMEOUT", default_value = "20s", value_parser = nonzero_duration)]
+    pub idle_timeout: Duration,
+
+    /// How often the gateway pings WebSocket clients and sends QUIC
+    /// keep-alives; must be below --idle-timeout.
+    #[arg(long, env = "SIGNAL_KEEP_ALIVE_INTERVAL", default_value = "6s", value_parser = nonzero_duration)]
+    pub keep_alive_interval: Duration,
+
+    /// A WebTransport client must open its stream within this time.
+    #[arg(long, env = "SIGNAL_STREAM_OPEN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
+    pub stream_open_timeout: Duration,
+
+    /// Inbound envelopes per second per connection.
+    #[arg(long, env = "SIGNAL_ENVELOPE_RATE", default_value_t = NonZeroU32::new(limits::DEFAULT_ENVELOPE_RATE).unwrap_or(NonZeroU32::MIN))]
+    pub envelope_rate: NonZeroU32,
+
+    /// Inbound envelopes a connection may send in one burst.
+    #[arg(long, env = "SIGNAL_ENVELOPE_BURST", default_value_t = NonZeroU32::new(limits::DEFAULT_ENVELOPE_BURST).unwrap_or(NonZeroU32::MIN))]
+    pub envelope_burst: NonZeroU32,
+
+    /// Live realtime connections across both transports.
+    #[arg(long, env = "SIGNAL_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS, value_parser = nonzero_usize)]
+    pub max_connections: usize,
+
+    /// New realtime connections per second per client IP.
+    #[arg(long, env = "SIGNAL_CONNECT_RATE", default_value_t = NonZeroU32::new(limits::DEFAULT_CONNECT_RATE_PER_IP).unwrap_or(NonZeroU32::MIN))]
+    pub connect_rate: NonZeroU32,
+
+    /// New realtime connections one client IP may open in one burst.
+    #[arg(long, env = "SIGNAL_CONNECT_BURST", default_value_t = NonZeroU32::new(limits::DEFAULT_CONNECT_BURST_PER_IP).unwrap_or(NonZeroU32::MIN))]
+    pub connect_burst: NonZeroU32,
+
+    /// Registrations per second per client IP.
+    #[arg(long, env = "SIGNAL_REGISTER_RATE", default_value_t = NonZeroU32::new(limits::DEFAULT_REGISTER_RATE_PER_IP).unwrap_or(NonZeroU32::MIN))]
+    pub register_rate: NonZeroU32,
+
+    /// Registrations one client IP may make in one burst.
+    #[arg(long, env = "SIGNAL_REGISTER_BURST", default_value_t = NonZeroU32::new(limits::DEFAULT_REGISTER_BURST_PER_IP).unwrap_or(NonZeroU32::MIN))]
+    pub register_burst: NonZeroU32,
+
+    /// Registered identities held at once.
+    #[arg(long, env = "SIGNAL_MAX_IDENTITIES", default_value_t = limits::DEFAULT_MAX_IDENTITIES, value_parser = nonzero_usize)]
+    pub max_identities: usize,
+
+    /// An identity not seen for this long expires and its name becomes free.
+    #[arg(long, env = "SIGNAL_IDENTITY_TTL", default_value = "24h", value_parser = nonzero_duration)]
+    pub identity_ttl: Duration,
+
+    /// Largest HTTP request head (request line and headers) in bytes, on
+    /// HTTP/1.1 and HTTP/3.
+    #[arg(long, env = "SIGNAL_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = nonzero_usize)]
+    pub max_header_bytes: usize,
+
+    /// Largest HTTP request body in bytes.
+    #[arg(long, env = "SIGNAL_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES, value_parser = nonzero_usize)]
+    pub max_body_bytes: usize,
+
+    /// On SIGTERM or Ctrl-C, how long to let clients drain before exiting.
+    #[arg(long, env = "SIGNAL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// 16 KiB: ample for a browser's headers and cookies, small enough that a
+/// flood of huge headers costs little (h3 leaves it unbounded by default).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// 16 KiB: a registration body is a few dozen bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+
+impl LimitArgs {
+    /// The core's view of these limits.
+    pub fn core(&self) -> Limits {
+        Limits {
+            max_envelope_bytes: self.max_envelope_bytes,
+            max_json_depth: self.max_json_depth,
+            queue_envelopes: self.queue_envelopes,
+            queue_bytes: self.queue_bytes,
+            write_timeout: self.write_timeout,
+            idle_timeout: self.idle_timeout,
+            keep_alive_interval: self.keep_alive_interval,
+            stream_open_timeout: self.stream_open_timeout,
+            envelope_rate: self.envelope_rate,
+            envelope_burst: self.envelope_burst,
+            max_connections: self.max_connections,
+            connect_rate_per_ip: self.connect_rate,
+            connect_burst_per_ip: self.connect_burst,
+            register_rate_per_ip: self.register_rate,
+            register_burst_per_ip: self.register_burst,
+            max_identities: self.max_identities,
+            identity_ttl: self.identity_ttl,
+        }
+    }
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Keep-alives must come before the idle timeout fires.
+    #[error("--keep-alive-interval ({keep_alive:?}) must be shorter than --idle-timeout ({idle:?})")]
+    KeepAliveTooLong {
+        /// The keep-alive interval.
+        keep_alive: Duration,
+        /// The idle timeout.
+        idle: Duration,
+    },
+    /// An --allow-origin value is not an origin.
+    #[error("--allow-origin {0:?} is not an origin like https://example.com or *")]
+    BadOrigin(String),
+}
+
+impl Config {
+    /// Parses a configuration from command-line style arguments (without
+    /// the program name), with environment variables as for the binary.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(std::iter::once("signal-gateway".into()).chain(args.into_iter().map(Into::into)))?;
+        Ok(cli.config)
+    }
+
+    /// Checks rules that span several settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.keep_alive_interval >= self.limits.idle_timeout {
+            return Err(ConfigError::KeepAliveTooLong {
+                keep_alive: self.limits.keep_alive_interval,
+                idle: self.limits.idle_timeout,
+            });
+        }
+        for origin in &self.allow_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::BadOrigin(origin.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The WebTransport address: --wt-listen, or the --listen address.
+    pub fn wt_listen(&self) -> ListenAddr {
+        self.wt_listen.unwrap_or(self.listen)
+    }
+}
+
+/// Where to listen: one socket address, or both loopback addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// One address, e.g. `[::]:8000` or `127.0.0.1:0`.
+    Socket(SocketAddr),
+    /// `localhost:PORT`: 127.0.0.1 and ::1 on the same port (browsers try
+    /// ::1 first for `localhost`).
+    Localhost(u16),
+}
+
+impl ListenAddr {
+    /// The addresses to bind, first one first (port 0 is resolved by the
+    /// first bind and reused for the second).
+    pub fn addrs(self) -> Vec<SocketAddr> {
+        match self {
+            ListenAddr::Socket(addr) => vec![addr],
+            ListenAddr::Localhost(port) => vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+            ],
+        }
+    }
+
+    /// The port asked for (0 means "any").
+    pub fn port(self) -> u16 {
+        match self {
+            ListenAddr::Socket(addr) => addr.port(),
+            ListenAddr::Localhost(port) => port,
+        }
+    }
+
+    /// The same addresses on another port.
+    pub fn with_port(self, port: u16) -> Self {
+        match self {
+            ListenAddr::Socket(addr) => ListenAddr::Socket(SocketAddr::new(addr.ip(), port)),
+            ListenAddr::Localhost(_) => ListenAddr::Localhost(port),
+        }
+    }
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(port) = s.strip_prefix("localhost:") {
+            return port
+                .parse()
+                .map(ListenAddr::Localhost)
+                .map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"));
+        }
+        s.parse()
+            .map(ListenAddr::Socket)
+            .map_err(|_| format!("{s:?} is not an address like [::]:8000, 127.0.0.1:8000 or localhost:8000"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Socket(addr) => addr.fmt(f),
+            ListenAddr::Localhost(port) => write!(f, "localhost:{port}"),
+        }
+    }
+}
+
+fn nonzero_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 is not allowed: every limit must be bounded".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn nonzero_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("0 is not allowed: every timeout must be bounded".into()),
+        Ok(d) => Ok(d),
+        Err(err) => Err(format!("{err} (write durations like 500ms, 10s, 24h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_core_defaults() {
+        let config = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(config.listen, ListenAddr::Socket("[::]:8000".parse().unwrap()));
+        assert_eq!(config.wt_listen(), config.listen);
+        let core = config.limits.core();
+        let defaults = Limits::default();
+        assert_eq!(core.max_envelope_bytes, defaults.max_envelope_bytes);
+        assert_eq!(core.idle_timeout, defaults.idle_timeout);
+        assert_eq!(core.keep_alive_interval, defaults.keep_alive_interval);
+        assert_eq!(core.write_timeout, defaults.write_timeout);
+        assert_eq!(core.identity_ttl, defaults.identity_ttl);
+        assert_eq!(core.envelope_rate, defaults.envelope_rate);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        for args in [
+            ["--max-envelope-bytes", "0"],
+            ["--queue-envelopes", "0"],
+            ["--idle-timeout", "0s"],
+            ["--envelope-rate", "0"],
+            ["--max-connections", "0"],
+        ] {
+            assert!(Config::from_args(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!("localhost:0".parse::<ListenAddr>().unwrap(), ListenAddr::Localhost(0));
+        assert_eq!(ListenAddr::Localhost(9).addrs().len(), 2);
+        assert!("nonsense".parse::<ListenAddr>().is_err());
+        let config = Config::from_args(["--listen", "127.0.0.1:1", "--wt-listen", "[::1]:2"]).unwrap();
+        assert_eq!(config.wt_listen().port(), 2);
+    }
+
+    #[test]
+    fn cross_setting_rules_are_checked() {
+        let config = Config::from_args(["--idle-timeout", "5s", "--keep-alive-interval", "5s"]).unwrap();
+        assert!(config.validate().is_err());
+        let config = Config::from_args(["--allow-origin", "example.com"]).unwrap();
+        assert!(config.validate().is_err());
+        let config = Config::from_args(["--allow-origin", "https://a.example,*"]).unwrap();
+        assert_eq!(config.allow_origins.len(), 2);
+        config.validate().unwrap();
+    }
+}

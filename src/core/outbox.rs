@@ -1,0 +1,241 @@
+//! A connection's bounded outbound queue.
+//!
+//! The router never waits on a peer: it pushes into the target's outbox and
+//! moves on. The connection's writer takes *everything* queued at once and
+//! writes it with one flush, which is what keeps the relay near the syscall
+//! floor under load. Closing goes through the outbox too, so envelopes queued
+//! before a close are still written before the final `CLOSE` envelope.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::wire::CloseReason;
+
+/// Identifies one live connection; never reused within a process.
+pub type ConnId = u64;
+
+/// Who sent a queued envelope, so it can be answered if it is never written.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The sender's username.
+    pub user: Arc<str>,
+    /// The sender's connection at the time it sent.
+    pub conn: ConnId,
+}
+
+/// One frame waiting to be written.
+#[derive(Debug)]
+pub struct Queued {
+    /// The complete envelope, ending in `\n`.
+    pub frame: Bytes,
+    /// The sender of a forwarded envelope; `None` for the gateway's own frames.
+    pub origin: Option<Origin>,
+}
+
+/// Why a push was refused; the frame is handed back so the caller can answer.
+#[derive(Debug)]
+pub enum PushError {
+    /// The queue is at its envelope or byte limit.
+    Full(Queued),
+    /// The connection is closing and takes nothing new.
+    Closing(Queued),
+}
+
+/// Bounded queue plus close signal for one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    max_envelopes: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    bytes: usize,
+    closing: Option<CloseReason>,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `max_envelopes` frames and `max_bytes` bytes.
+    pub fn new(max_envelopes: usize, max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            max_envelopes,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every update is a single push/drain), so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame for the writer without waiting.
+    pub fn push(&self, item: Queued) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(PushError::Closing(item));
+        }
+        let len = item.frame.len();
+        // An empty queue always takes one frame, however large, so a limit
+        // below the envelope size cannot wedge a connection.
+        if !state.queue.is_empty()
+            && (state.queue.len() >= self.max_envelopes || state.bytes + len > self.max_bytes)
+        {
+            return Err(PushError::Full(item));
+        }
+        state.bytes += len;
+        state.queue.push_back(item);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Asks the writer to close the connection once what is queued is
+    /// written. The first reason wins; returns whether this call set it.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        state.closing = Some(reason);
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The close reason, once a close has been asked for.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.lock().closing
+    }
+
+    /// Waits until there is something to do, then moves every queued frame
+    /// into `batch`. Returns the close reason when the connection must close
+    /// after writing `batch`.
+    pub async fn next_batch(&self, batch: &mut Vec<Queued>) -> Option<CloseReason> {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.queue.is_empty() {
+                    batch.extend(state.queue.drain(..));
+                    state.bytes = 0;
+                    return state.closing;
+                }
+                if state.closing.is_some() {
+                    return state.closing;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Seals the outbox and returns whatever was never taken by the writer.
+    pub fn seal(&self, reason: CloseReason) -> Vec<Queued> {
+        let mut state = self.lock();
+        state.closing.get_or_insert(reason);
+        state.bytes = 0;
+        state.queue.drain(..).collect()
+    }
+
+    /// Number of frames waiting.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Whether no frame is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Queued {
+        Queued {
+            frame: Bytes::from(vec![b'x'; n]),
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn refuses_past_the_envelope_limit() {
+        let outbox = Outbox::new(2, 1 << 20);
+        outbox.push(frame(1)).unwrap();
+        outbox.push(frame(1)).unwrap();
+        assert!(matches!(outbox.push(frame(1)), Err(PushError::Full(_))));
+    }
+
+    #[test]
+    fn refuses_past_the_byte_limit_but_always_takes_one() {
+        let outbox = Outbox::new(100, 10);
+        outbox.push(frame(50)).unwrap();
+        assert!(matches!(outbox.push(frame(1)), Err(PushError::Full(_))));
+        let outbox = Outbox::new(100, 10);
+        outbox.push(frame(6)).unwrap();
+        assert!(matches!(outbox.push(frame(5)), Err(PushError::Full(_))));
+        outbox.push(frame(4)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn batch_takes_everything_and_frees_the_budget() {
+        let outbox = Outbox::new(3, 1 << 20);
+        for _ in 0..3 {
+            outbox.push(frame(1)).unwrap();
+        }
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch.len(), 3);
+        outbox.push(frame(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_drains_queued_frames_first_and_then_refuses() {
+        let outbox = Outbox::new(10, 1 << 20);
+        outbox.push(frame(1)).unwrap();
+        assert!(outbox.close(CloseReason::Kicked));
+        assert!(!outbox.close(CloseReason::Shutdown), "first reason wins");
+        assert!(matches!(outbox.push(frame(1)), Err(PushError::Closing(_))));
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, Some(CloseReason::Kicked));
+        assert_eq!(batch.len(), 1);
+        batch.clear();
+        assert_eq!(outbox.next_batch(&mut batch).await, Some(CloseReason::Kicked));
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn writer_wakes_on_push_from_another_task() {
+        let outbox = Arc::new(Outbox::new(10, 1 << 20));
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                outbox.next_batch(&mut batch).await;
+                batch.len()
+            })
+        };
+        tokio::task::yield_now().await;
+        outbox.push(frame(1)).unwrap();
+        assert_eq!(writer.await.unwrap(), 1);
+    }
+
+    #[test]
+    fn seal_returns_leftovers() {
+        let outbox = Outbox::new(10, 1 << 20);
+        outbox.push(frame(1)).unwrap();
+        outbox.push(frame(2)).unwrap();
+        let left = outbox.seal(CloseReason::SlowConsumer);
+        assert_eq!(left.len(), 2);
+        assert_eq!(outbox.closing(), Some(CloseReason::SlowConsumer));
+        assert!(outbox.is_empty());
+    }
+}

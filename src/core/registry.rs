@@ -1,0 +1,321 @@
+//! `UserClientRegistry`: who is connected right now, and where to reach them.
+//!
+//! One live connection per user, newest wins. Removal compares connection
+//! ids, so the late cleanup of a replaced connection can never evict the
+//! connection that replaced it (the seed's kick bug).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::outbox::{ConnId, Outbox, PushError, Queued};
+use super::wire::CloseReason;
+
+/// Which transport a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// RFC 6455 WebSocket over HTTP/1.1 (axum).
+    WebSocket,
+    /// WebTransport over HTTP/3 (quinn + h3).
+    WebTransport,
+}
+
+impl Transport {
+    /// The name used on the wire and in logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::WebTransport => "webtransport",
+        }
+    }
+}
+
+/// A live connection as the registry knows it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The connection's id.
+    pub conn: ConnId,
+    /// Its transport.
+    pub transport: Transport,
+    /// Where envelopes for it go.
+    pub outbox: Arc<Outbox>,
+    /// When it attached.
+    pub since: SystemTime,
+    /// The client's address.
+    pub peer: IpAddr,
+}
+
+/// What happened to an envelope handed to [`UserClientRegistry::deliver`].
+#[derive(Debug)]
+pub enum Delivery {
+    /// Queued on the target's connection.
+    Queued,
+    /// The target has no live connection (or it is closing).
+    NotFound(Queued),
+    /// The target's queue was full: it has been disconnected as a slow consumer.
+    TargetSlow(Queued),
+}
+
+/// One row of the admin listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectedUser {
+    /// The user.
+    pub username: Arc<str>,
+    /// The connection's id.
+    pub connection_id: ConnId,
+    /// Its transport.
+    pub transport: Transport,
+    /// Seconds since the Unix epoch when it attached.
+    pub connected_at: u64,
+    /// Envelopes waiting to be written to it.
+    pub queued: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    users: HashMap<Arc<str>, Entry>,
+    accepting: bool,
+}
+
+/// The live connections, keyed by username.
+#[derive(Debug)]
+pub struct UserClientRegistry {
+    state: Mutex<State>,
+}
+
+impl Default for UserClientRegistry {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                users: HashMap::new(),
+                accepting: true,
+            }),
+        }
+    }
+}
+
+impl UserClientRegistry {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update is a single map operation, so a poisoned lock still
+        // guards a consistent map.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes `entry` the user's live connection. A previous connection is
+    /// asked to close as `REPLACED` and returned. Once the registry has
+    /// stopped (shutdown), the entry is not inserted and is told to close as
+    /// `SHUTDOWN` instead.
+    pub fn insert(&self, user: Arc<str>, entry: Entry) -> Option<Entry> {
+        let mut state = self.lock();
+        if !state.accepting {
+            entry.outbox.close(CloseReason::Shutdown);
+            return None;
+        }
+        let old = state.users.insert(user, entry);
+        drop(state);
+        if let Some(old) = &old {
+            old.outbox.close(CloseReason::Replaced);
+        }
+        old
+    }
+
+    /// Removes the user's entry only if it is still connection `conn`.
+    pub fn remove_if(&self, user: &str, conn: ConnId) -> bool {
+        let mut state = self.lock();
+        match state.users.get(user) {
+            Some(entry) if entry.conn == conn => {
+                state.users.remove(user);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Queues a frame on `target`'s live connection without waiting. A
+    /// target whose queue is full is closed as `SLOW_CONSUMER` and removed.
+    pub fn deliver(&self, target: &str, item: Queued) -> Delivery {
+        let mut state = self.lock();
+        let Some(entry) = state.users.get(target) else {
+            return Delivery::NotFound(item);
+        };
+        match entry.outbox.push(item) {
+            Ok(()) => Delivery::Queued,
+            Err(PushError::Closing(item)) => Delivery::NotFound(item),
+            Err(PushError::Full(item)) => {
+                entry.outbox.close(CloseReason::SlowConsumer);
+                state.users.remove(target);
+                Delivery::TargetSlow(item)
+            }
+        }
+    }
+
+    /// The outbox of `user`'s connection, if `conn` is still the live one.
+    pub fn outbox_of(&self, user: &str, conn: ConnId) -> Option<Arc<Outbox>> {
+        let state = self.lock();
+        state
+            .users
+            .get(user)
+            .filter(|entry| entry.conn == conn)
+            .map(|entry| entry.outbox.clone())
+    }
+
+    /// Closes every connection with `reason` and empties the registry;
+    /// returns how many there were.
+    pub fn close_all(&self, reason: CloseReason) -> usize {
+        let drained: Vec<Entry> = self.lock().users.drain().map(|(_, entry)| entry).collect();
+        for entry in &drained {
+            entry.outbox.close(reason);
+        }
+        drained.len()
+    }
+
+    /// Closes every connection as `SHUTDOWN` and refuses new ones for good.
+    pub fn stop(&self) -> usize {
+        self.lock().accepting = false;
+        self.close_all(CloseReason::Shutdown)
+    }
+
+    /// Whether new connections are still taken (false once shutdown began).
+    pub fn is_accepting(&self) -> bool {
+        self.lock().accepting
+    }
+
+    /// Whether `user` has a live connection.
+    pub fn contains(&self, user: &str) -> bool {
+        self.lock().users.contains_key(user)
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.lock().users.len()
+    }
+
+    /// Whether nobody is connected.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The live connections, sorted by username.
+    pub fn snapshot(&self) -> Vec<ConnectedUser> {
+        let state = self.lock();
+        let mut users: Vec<ConnectedUser> = state
+            .users
+            .iter()
+            .map(|(name, entry)| ConnectedUser {
+                username: name.clone(),
+                connection_id: entry.conn,
+                transport: entry.transport,
+                connected_at: entry
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                queued: entry.outbox.len(),
+            })
+            .collect();
+        drop(state);
+        users.sort_by(|a, b| a.username.cmp(&b.username));
+        users
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::net::Ipv4Addr;
+
+    fn entry(conn: ConnId, capacity: usize) -> Entry {
+        Entry {
+            conn,
+            transport: Transport::WebSocket,
+            outbox: Arc::new(Outbox::new(capacity, 1 << 20)),
+            since: SystemTime::now(),
+            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    fn item() -> Queued {
+        Queued {
+            frame: Bytes::from_static(b"{}\n"),
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn newest_wins_and_old_is_told_replaced() {
+        let registry = UserClientRegistry::default();
+        let first = entry(1, 8);
+        registry.insert("alice".into(), first.clone());
+        let old = registry.insert("alice".into(), entry(2, 8)).unwrap();
+        assert_eq!(old.conn, 1);
+        assert_eq!(first.outbox.closing(), Some(CloseReason::Replaced));
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn late_cleanup_of_replaced_connection_keeps_the_new_one() {
+        let registry = UserClientRegistry::default();
+        registry.insert("alice".into(), entry(1, 8));
+        registry.insert("alice".into(), entry(2, 8));
+        assert!(!registry.remove_if("alice", 1));
+        assert!(registry.contains("alice"));
+        assert!(registry.remove_if("alice", 2));
+        assert!(!registry.contains("alice"));
+    }
+
+    #[test]
+    fn deliver_reports_missing_targets() {
+        let registry = UserClientRegistry::default();
+        assert!(matches!(registry.deliver("bob", item()), Delivery::NotFound(_)));
+    }
+
+    #[test]
+    fn full_target_is_closed_as_slow_consumer_and_removed() {
+        let registry = UserClientRegistry::default();
+        let bob = entry(7, 1);
+        registry.insert("bob".into(), bob.clone());
+        assert!(matches!(registry.deliver("bob", item()), Delivery::Queued));
+        assert!(matches!(registry.deliver("bob", item()), Delivery::TargetSlow(_)));
+        assert_eq!(bob.outbox.closing(), Some(CloseReason::SlowConsumer));
+        assert!(!registry.contains("bob"));
+        assert!(matches!(registry.deliver("bob", item()), Delivery::NotFound(_)));
+    }
+
+    #[test]
+    fn stop_closes_everyone_and_refuses_newcomers() {
+        let registry = UserClientRegistry::default();
+        let a = entry(1, 8);
+        registry.insert("a".into(), a.clone());
+        assert_eq!(registry.stop(), 1);
+        assert_eq!(a.outbox.closing(), Some(CloseReason::Shutdown));
+        let late = entry(2, 8);
+        assert!(registry.insert("b".into(), late.clone()).is_none());
+        assert_eq!(late.outbox.closing(), Some(CloseReason::Shutdown));
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn concurrent_replacements_leave_exactly_one_live_connection() {
+        let registry = Arc::new(UserClientRegistry::default());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let registry = registry.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u64 {
+                        let conn = t * 1000 + i;
+                        registry.insert("alice".into(), entry(conn, 8));
+                        registry.remove_if("alice", conn.saturating_sub(1));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(registry.len() <= 1);
+    }
+}

@@ -1,0 +1,197 @@
+//! The one table from "what went wrong" to what goes on the wire.
+//!
+//! Every close code, close reason and error-envelope `type` the gateway can
+//! produce is defined here, so the README table and the code cannot drift
+//! apart: both transports and the HTTP layer call into this module instead of
+//! spelling codes themselves.
+
+/// Why the gateway closes a realtime connection.
+///
+/// The same value is carried by a WebSocket close frame and by the QUIC
+/// application close of a WebTransport session, and is announced before the
+/// close by a final `CLOSE` envelope on both transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The gateway is shutting down; reconnecting later is expected to work.
+    Shutdown,
+    /// The client broke the transport's framing rules.
+    ProtocolError,
+    /// A frame or line exceeded the envelope size limit.
+    MessageTooBig,
+    /// A failure inside the gateway.
+    InternalError,
+    /// The connection carried no valid token.
+    Unauthenticated,
+    /// The same user opened a newer connection (newest wins).
+    Replaced,
+    /// An administrator kicked every active user, or deleted the identity.
+    Kicked,
+    /// The client did not read its envelopes fast enough.
+    SlowConsumer,
+    /// The client kept sending after being told it was over its rate limit.
+    RateLimited,
+    /// Nothing (not even a pong) arrived within the idle timeout.
+    IdleTimeout,
+    /// A WebTransport client opened no stream within the stream timeout.
+    StreamTimeout,
+}
+
+impl CloseReason {
+    /// Every reason, in table order (used by docs and tests).
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::Shutdown,
+        CloseReason::ProtocolError,
+        CloseReason::MessageTooBig,
+        CloseReason::InternalError,
+        CloseReason::Unauthenticated,
+        CloseReason::Replaced,
+        CloseReason::Kicked,
+        CloseReason::SlowConsumer,
+        CloseReason::RateLimited,
+        CloseReason::IdleTimeout,
+        CloseReason::StreamTimeout,
+    ];
+
+    /// The WebSocket close code, also used as the WebTransport session's
+    /// application close code. 1xxx are RFC 6455 codes; 4xxx are ours
+    /// (4000 is the seed's `UNAUTHENTICATED`).
+    pub const fn code(self) -> u16 {
+        match self {
+            CloseReason::Shutdown => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::InternalError => 1011,
+            CloseReason::Unauthenticated => 4000,
+            CloseReason::Replaced => 4001,
+            CloseReason::Kicked => 4002,
+            CloseReason::SlowConsumer => 4008,
+            CloseReason::RateLimited => 4029,
+            CloseReason::IdleTimeout => 4408,
+            CloseReason::StreamTimeout => 4409,
+        }
+    }
+
+    /// The close reason text (ASCII, well under the 123-byte WebSocket limit).
+    pub const fn reason(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "SHUTDOWN",
+            CloseReason::ProtocolError => "PROTOCOL_ERROR",
+            CloseReason::MessageTooBig => "MESSAGE_TOO_BIG",
+            CloseReason::InternalError => "INTERNAL_ERROR",
+            CloseReason::Unauthenticated => "UNAUTHENTICATED",
+            CloseReason::Replaced => "REPLACED",
+            CloseReason::Kicked => "KICKED",
+            CloseReason::SlowConsumer => "SLOW_CONSUMER",
+            CloseReason::RateLimited => "RATE_LIMITED",
+            CloseReason::IdleTimeout => "IDLE_TIMEOUT",
+            CloseReason::StreamTimeout => "STREAM_TIMEOUT",
+        }
+    }
+
+    /// A sentence for humans, sent in the final `CLOSE` envelope.
+    pub const fn description(self) -> &'static str {
+        match self {
+            CloseReason::Shutdown => "the gateway is shutting down; reconnect later",
+            CloseReason::ProtocolError => "the connection broke the transport's framing rules",
+            CloseReason::MessageTooBig => "a frame exceeded the envelope size limit",
+            CloseReason::InternalError => "internal error in the gateway",
+            CloseReason::Unauthenticated => {
+                "no valid token: register first and connect with its token"
+            }
+            CloseReason::Replaced => "a newer connection of the same user replaced this one",
+            CloseReason::Kicked => "an administrator disconnected this user",
+            CloseReason::SlowConsumer => "envelopes for this connection were not read fast enough",
+            CloseReason::RateLimited => "the connection kept sending over its rate limit",
+            CloseReason::IdleTimeout => "nothing arrived within the idle timeout",
+            CloseReason::StreamTimeout => "no WebTransport stream was opened in time",
+        }
+    }
+
+    /// Whether a client should reconnect on its own after this close.
+    /// Replaced and kicked clients must not fight their replacement.
+    pub const fn should_reconnect(self) -> bool {
+        !matches!(
+            self,
+            CloseReason::Replaced
+                | CloseReason::Kicked
+                | CloseReason::Unauthenticated
+                | CloseReason::MessageTooBig
+                | CloseReason::ProtocolError
+                | CloseReason::RateLimited
+        )
+    }
+}
+
+/// The `type` of an error envelope the gateway sends back to a sender.
+/// Error envelopes always carry `"originator": ""`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// The target has no live connection (the seed's error).
+    TargetNotFound,
+    /// The frame was not a valid envelope; the connection stays open.
+    InvalidMessage,
+    /// The envelope was dropped because the sender is over its rate limit.
+    RateLimited,
+    /// The target's outbound queue was full; the target was disconnected.
+    TargetSlow,
+    /// The envelope was accepted but the target's connection closed before
+    /// it could be written to it.
+    Undelivered,
+}
+
+impl ErrorType {
+    /// Every error type, in table order.
+    pub const ALL: [ErrorType; 5] = [
+        ErrorType::TargetNotFound,
+        ErrorType::InvalidMessage,
+        ErrorType::RateLimited,
+        ErrorType::TargetSlow,
+        ErrorType::Undelivered,
+    ];
+
+    /// The upper-case `type` string on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::TargetNotFound => "TARGET_NOT_FOUND",
+            ErrorType::InvalidMessage => "INVALID_MESSAGE",
+            ErrorType::RateLimited => "RATE_LIMITED",
+            ErrorType::TargetSlow => "TARGET_SLOW",
+            ErrorType::Undelivered => "UNDELIVERED",
+        }
+    }
+}
+
+/// `type` of the first envelope on every connection: the gateway has
+/// attached it to the user and it can now receive envelopes.
+pub const WELCOME_TYPE: &str = "WELCOME";
+
+/// `type` of the last envelope the gateway sends before it closes a
+/// connection; its payload repeats the close code and reason.
+pub const CLOSE_TYPE: &str = "CLOSE";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_and_reasons_are_unique_and_fit_a_websocket_close_frame() {
+        let codes: HashSet<_> = CloseReason::ALL.iter().map(|r| r.code()).collect();
+        let reasons: HashSet<_> = CloseReason::ALL.iter().map(|r| r.reason()).collect();
+        assert_eq!(codes.len(), CloseReason::ALL.len());
+        assert_eq!(reasons.len(), CloseReason::ALL.len());
+        for r in CloseReason::ALL {
+            assert!(r.reason().len() <= 123, "{r:?}");
+            assert!(r.reason().is_ascii());
+        }
+    }
+
+    #[test]
+    fn error_types_are_upper_case_and_unique() {
+        let names: HashSet<_> = ErrorType::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(names.len(), ErrorType::ALL.len());
+        for e in ErrorType::ALL {
+            assert_eq!(e.as_str(), e.as_str().to_ascii_uppercase());
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The REST routes: register, user, admin, certificate hash, health.
+//!
+//! Every error is a JSON body `{"status": CODE, "message": text}` with the
+//! matching HTTP status; the README's table lists them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, to_bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{AppendHeaders, IntoResponse, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::auth::{self, TOKEN_COOKIE, USERNAME_COOKIE};
+use crate::core::Refusal;
+use crate::core::store::Registration;
+use crate::core::username::validate_username;
+
+/// An error answer: status code plus `{"status", "message"}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "INVALID", message)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::RateLimited(wait) => Self {
+                retry_after: Some(wait),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", refusal.to_string())
+            },
+            Refusal::ShuttingDown | Refusal::AtCapacity(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", refusal.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "status": self.code, "message": self.message }));
+        let mut response = (self.status, body).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
+    }
+}
+
+/// `GET /healthcheck`: the seed's liveness probe.
+pub(crate) async fn healthcheck() -> &'static str {
+    "success"
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    username: String,
+}
+
+/// Characters left as they are in the `user_username` cookie value; the
+/// rest is percent-encoded (read it back with `decodeURIComponent`).
+const COOKIE_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'@');
+
+fn session_cookies(username: &str, token: &str, secure: bool) -> [(axum::http::HeaderName, String); 2] {
+    let secure = if secure { "; Secure" } else { "" };
+    let name = utf8_percent_encode(username, COOKIE_VALUE);
+    [
+        (SET_COOKIE, format!("{USERNAME_COOKIE}={name}; Path=/; SameSite=Lax{secure}")),
+        (SET_COOKIE, format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax{secure}")),
+    ]
+}
+
+fn cleared_cookies(secure: bool) -> [(axum::http::HeaderName, String); 2] {
+    let secure = if secure { "; Secure" } else { "" };
+    [
+        (SET_COOKIE, format!("{USERNAME_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax{secure}")),
+        (SET_COOKIE, format!("{TOKEN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}")),
+    ]
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `POST /v1/register` with `{"username": string}`.
+pub(crate) async fn register(
+    State(ctx): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ctx.hub.check_register_rate(peer.ip())?;
+    if !is_json(&headers) {
+        return Err(ApiError::invalid("invalid body: Content-Type must be application/json"));
+    }
+    let body = to_bytes(body, ctx.max_body_bytes).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "INVALID",
+            format!("invalid body: larger than {} bytes", ctx.max_body_bytes),
+        )
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("invalid body: empty; send {\"username\": \"...\"}"));
+    }
+    let request: RegisterRequest =
+        serde_json::from_slice(&body).map_err(|err| ApiError::invalid(format!("invalid body: {err}")))?;
+    validate_username(&request.username).map_err(|err| ApiError::invalid(err.to_string()))?;
+
+    let presented = auth::session_token(&headers, None);
+    let registration = ctx
+        .hub
+        .store
+        .register(&request.username, presented.as_deref())
+        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", err.to_string()))?;
+    let (username, token) = match registration {
+        Registration::Created { username, token } | Registration::Reclaimed { username, token } => (username, token),
+        Registration::Taken => {
+            let body = json!({
+                "status": "TAKEN",
+                "message": format!("username \"{}\" is already registered", request.username),
+            });
+            return Ok(Json(body).into_response());
+        }
+    };
+    tracing::info!(user = %username, "registered");
+    let body = json!({ "status": "SUCCESS", "message": "", "username": &*username, "token": token });
+    Ok((AppendHeaders(session_cookies(&username, &token, ctx.secure)), Json(body)).into_response())
+}
+
+/// `GET /v1/user`: who the request's token belongs to, or 404 with the
+/// session cookies cleared.
+pub(crate) async fn user(State(ctx): State<AppState>, headers: HeaderMap) -> Response {
+    let user = auth::session_token(&headers, None).and_then(|token| ctx.hub.store.authenticate(&token));
+    match user {
+        Some(username) => Json(json!({ "username": &*username })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            AppendHeaders(cleared_cookies(ctx.secure)),
+            [(axum::http::HeaderName::from_static("clear-site-data"), "\"cookies\"")],
+            Json(json!({ "status": "NOT_FOUND", "message": "no valid session token; register first" })),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET`/`POST /v1/kick-active-users`: closes every live connection.
+pub(crate) async fn kick(State(ctx): State<AppState>) -> Json<serde_json::Value> {
+    let kicked = ctx.hub.kick_all();
+    tracing::info!(kicked, "admin kicked every active user");
+    Json(json!({ "kicked": kicked }))
+}
+
+/// `GET /v1/users`: registered names and live connections.
+pub(crate) async fn list_users(State(ctx): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "registered": ctx.hub.store.names(),
+        "connected": ctx.hub.registry.snapshot(),
+    }))
+}
+
+/// `DELETE /v1/users`: forgets every identity and kicks every connection.
+pub(crate) async fn delete_users(State(ctx): State<AppState>) -> Json<serde_json::Value> {
+    let (deleted, kicked) = ctx.hub.delete_identities();
+    tracing::info!(deleted, kicked, "admin deleted every identity");
+    Json(json!({ "deleted": deleted, "kicked": kicked }))
+}
+
+/// `GET /v1/stats`: counters and current sizes.
+pub(crate) async fn stats(State(ctx): State<AppState>) -> Json<serde_json::Value> {
+    let hub = &ctx.hub;
+    Json(json!({
+        "connections": hub.registry.len(),
+        "admitted": hub.admitted(),
+        "identities": hub.store.len(),
+        "counters": hub.stats.snapshot(),
+    }))
+}
+
+/// `GET /v1/cert-hash`: what a page passes to `serverCertificateHashes`.
+pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
+    let cert = &ctx.cert;
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "algorithm": "sha-256",
+            "value": cert.sha256_base64,
+            "hex": cert.sha256_hex,
+            "development": cert.development,
+            "webtransport": { "port": cert.webtransport_port, "path": "/v1/connect" },
+        })),
+    )
+        .into_response()
+}
+
+/// Refuses requests from foreign origins not on the allow-list (403).
+pub(crate) async fn origin_guard(State(ctx): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+    if !ctx.origins.judge(origin, host, ctx.secure).permits() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("origin {} is not allowed; see --allow-origin", origin.unwrap_or_default()),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Admin routes: the admin bearer token when one is configured, else
+/// loopback clients only.
+pub(crate) async fn admin_guard(
+    State(ctx): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match &ctx.admin_token {
+        Some(expected) => {
+            if !auth::admin_token_matches(expected, auth::bearer(request.headers())) {
+                let mut response =
+                    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin routes need the admin bearer token")
+                        .into_response();
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
+            }
+        }
+        None if !auth::is_loopback(peer.ip()) => {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "admin routes answer only loopback clients unless --admin-token is set",
+            )
+            .into_response();
+        }
+        None => {}
+    }
+    next.run(request).await
+}
+
+/// Unknown route.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {}", uri.path()))
+}
+
+/// Known route, wrong method.
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,112 @@
+//! The HTTP side of the gateway (axum): the seed's REST API, the admin
+//! routes, the embedded web app, and the WebSocket transport.
+
+mod api;
+mod assets;
+mod serve;
+mod websocket;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header::{CONTENT_TYPE, AUTHORIZATION};
+use axum::http::{HeaderValue, Method, request::Parts};
+use axum::middleware;
+use axum::routing::get;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::auth::OriginPolicy;
+use crate::core::Hub;
+
+pub use serve::serve_tcp;
+pub use websocket::WebSocketSettings;
+
+/// What the WebTransport endpoint looks like from a page: served by
+/// `/v1/cert-hash` so a browser can pin the certificate and find the port.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    /// SHA-256 of the served certificate, base64.
+    pub sha256_base64: String,
+    /// The same, hex.
+    pub sha256_hex: String,
+    /// Whether it is the self-signed development certificate (pin it).
+    pub development: bool,
+    /// UDP port of WebTransport.
+    pub webtransport_port: u16,
+}
+
+/// Everything the HTTP handlers share.
+#[derive(Debug)]
+pub struct HttpContext {
+    /// The routing core.
+    pub hub: Arc<Hub>,
+    /// Which browser origins may act.
+    pub origins: OriginPolicy,
+    /// Bearer token for admin routes, if configured.
+    pub admin_token: Option<String>,
+    /// Whether the TCP listener speaks TLS (cookies get `Secure`).
+    pub secure: bool,
+    /// The certificate WebTransport serves.
+    pub cert: CertInfo,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// WebSocket transport settings.
+    pub websocket: WebSocketSettings,
+}
+
+/// Shared handler state.
+pub type AppState = Arc<HttpContext>;
+
+/// The complete HTTP application. Routes that act on an identity (register,
+/// user, connect, admin) refuse foreign origins; the web app and health
+/// check are public.
+pub fn router(ctx: AppState) -> Router {
+    let guarded = Router::new()
+        .route("/v1/register", axum::routing::post(api::register))
+        .route("/v1/user", get(api::user))
+        .route("/v1/connect", get(websocket::connect))
+        .merge(
+            Router::new()
+                .route("/v1/kick-active-users", get(api::kick).post(api::kick))
+                .route("/v1/users", get(api::list_users).delete(api::delete_users))
+                .route("/v1/stats", get(api::stats))
+                .route_layer(middleware::from_fn_with_state(ctx.clone(), api::admin_guard)),
+        )
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), api::origin_guard));
+
+    let mut app = Router::new()
+        .route("/healthcheck", get(api::healthcheck))
+        .route("/v1/cert-hash", get(api::cert_hash))
+        .merge(assets::routes())
+        .merge(guarded)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(cors_layer(&ctx));
+    if ctx.secure {
+        let alt_svc = format!("h3=\":{}\"; ma=86400", ctx.cert.webtransport_port);
+        if let Ok(value) = HeaderValue::from_str(&alt_svc) {
+            app = app.layer(SetResponseHeaderLayer::overriding(
+                axum::http::HeaderName::from_static("alt-svc"),
+                value,
+            ));
+        }
+    }
+    app.with_state(ctx)
+}
+
+/// CORS for allow-listed foreign origins, so a page elsewhere can register
+/// and connect with credentials. Same-origin requests need no CORS.
+fn cors_layer(ctx: &AppState) -> CorsLayer {
+    let policy = ctx.origins.clone();
+    let secure = ctx.secure;
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, parts: &Parts| {
+            let host = parts.headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
+            policy.judge(origin.to_str().ok(), host, secure) == crate::auth::OriginVerdict::Allowed
+        }))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([CONTENT_TYPE, AUTHORIZATION])
+        .max_age(std::time::Duration::from_secs(600))
+}

@@ -1,0 +1,28 @@
+//! signal-gateway: a WebRTC signaling gateway.
+//!
+//! Clients register a name over HTTP, open a realtime connection over
+//! WebSocket or WebTransport, and trade `{target, type, payload}` envelopes
+//! (SDP offers, answers, ICE candidates) with other users. Both transports
+//! feed one routing core, so a WebSocket user and a WebTransport user reach
+//! each other with identical envelopes.
+//!
+//! # Layout
+//! - [`core`]: envelopes, `UserStore`, `UserClientRegistry`, routing, limits.
+//!   No IO: it knows nothing of axum, hyper, quinn or h3.
+//! - [`http`]: the REST API, admin routes, web app and the WebSocket
+//!   transport (axum).
+//! - [`webtransport`]: the WebTransport transport (quinn + h3 +
+//!   h3-webtransport).
+//! - [`auth`]: tokens, cookies and origins, shared by both transports.
+//! - [`tls`]: development and production certificates (rustls + rcgen).
+//! - [`config`]: command line and environment.
+//! - [`server`]: binds everything and runs it until shutdown.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod http;
+pub mod server;
+pub mod tls;
+pub mod webtransport;

@@ -1,0 +1,70 @@
+//! The `signal-gateway` binary: parse the configuration, set up logging,
+//! and run the library's [`Gateway`] until Ctrl-C or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use signal_gateway::config::{Cli, Command};
+use signal_gateway::server::Gateway;
+use signal_gateway::tls;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("signal_gateway=info")))
+        .init();
+    let config = cli.config;
+    if let Some(Command::Cert) = cli.command {
+        let identity = tls::generate_dev(&config.cert_dir, &config.sans).context("writing the development certificate")?;
+        let (cert, key) = tls::dev_paths(&config.cert_dir);
+        println!("certificate: {}", cert.display());
+        println!("key:         {}", key.display());
+        println!("sha-256:     {}", identity.sha256_hex());
+        println!("base64:      {}", identity.sha256_base64());
+        return Ok(());
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.get());
+    }
+    let runtime = runtime.enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let gateway = Gateway::bind(config).await?;
+        let cert = gateway.cert();
+        for addr in gateway.http_addrs() {
+            tracing::info!("HTTP + WebSocket on http://{addr} (demo at /, WebSocket at /v1/connect)");
+        }
+        for addr in gateway.webtransport_addrs() {
+            tracing::info!("WebTransport on https://{addr}/v1/connect (UDP)");
+        }
+        tracing::info!(
+            sha256 = %cert.sha256_hex,
+            development = cert.development,
+            "certificate (pin it with serverCertificateHashes; GET /v1/cert-hash)"
+        );
+        gateway.run(shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

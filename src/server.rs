@@ -1,0 +1,240 @@
+//! Binds the listeners and runs the gateway until shutdown: the one entry
+//! point shared by `main` and the tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::OriginPolicy;
+use crate::config::{Config, ConfigError, ListenAddr};
+use crate::core::Hub;
+use crate::http::{self, CertInfo, HttpContext, WebSocketSettings};
+use crate::tls::{self, TlsError};
+use crate::webtransport::{self, EndpointError, WebTransportContext};
+
+/// After the drain deadline, QUIC endpoints get this long to send their
+/// close frames.
+const ENDPOINT_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Housekeeping (identity expiry, per-IP rate state) runs at least this often.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Settings contradict each other.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A TCP listener could not be bound.
+    #[error("cannot listen on TCP {addr}: {source}")]
+    BindTcp {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The WebTransport endpoint could not start.
+    #[error(transparent)]
+    WebTransport(#[from] EndpointError),
+}
+
+/// A gateway with its sockets bound, ready to run.
+#[derive(Debug)]
+pub struct Gateway {
+    hub: Arc<Hub>,
+    tcp: Vec<TcpListener>,
+    quic: Vec<quinn::Endpoint>,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    wt: Arc<WebTransportContext>,
+    cert: CertInfo,
+    max_header_bytes: usize,
+    shutdown_timeout: Duration,
+}
+
+impl Gateway {
+    /// Loads (or generates) the certificate and binds every socket, so that
+    /// when this returns the gateway's addresses are known and reachable.
+    pub async fn bind(config: Config) -> Result<Self, GatewayError> {
+        config.validate()?;
+        // quinn and rustls must agree on one process-wide crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let identity = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => tls::load_pem(cert, key)?,
+            _ => {
+                let (identity, generated) = tls::load_or_generate_dev(&config.cert_dir, &config.sans)?;
+                if generated {
+                    tracing::info!(dir = %config.cert_dir.display(), "generated a development certificate");
+                }
+                identity
+            }
+        };
+        let hub = Hub::new(config.limits.core());
+        let tcp = bind_tcp(config.listen).await?;
+        let http_port = tcp.first().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
+        let wt_listen = config.wt_listen.unwrap_or(config.listen.with_port(http_port));
+        let quic = bind_quic(wt_listen, webtransport::server_config(&identity, &hub)?)?;
+        let webtransport_port = quic.first().and_then(|e| e.local_addr().ok()).map_or(0, |a| a.port());
+
+        let cert = CertInfo {
+            sha256_base64: identity.sha256_base64(),
+            sha256_hex: identity.sha256_hex(),
+            development: identity.development,
+            webtransport_port,
+        };
+        let origins = OriginPolicy::new(&config.allow_origins);
+        let router = http::router(Arc::new(HttpContext {
+            hub: hub.clone(),
+            origins: origins.clone(),
+            admin_token: config.admin_token.clone(),
+            secure: config.tls,
+            cert: cert.clone(),
+            max_body_bytes: config.limits.max_body_bytes,
+            websocket: WebSocketSettings::default(),
+        }));
+        let tls = if config.tls {
+            Some(Arc::new(identity.server_config(&[b"http/1.1"])?))
+        } else {
+            None
+        };
+        let wt = Arc::new(WebTransportContext {
+            hub: hub.clone(),
+            origins,
+            router: router.clone(),
+            max_header_bytes: config.limits.max_header_bytes,
+            max_body_bytes: config.limits.max_body_bytes,
+        });
+        Ok(Self {
+            hub,
+            tcp,
+            quic,
+            router,
+            tls,
+            wt,
+            cert,
+            max_header_bytes: config.limits.max_header_bytes,
+            shutdown_timeout: config.limits.shutdown_timeout,
+        })
+    }
+
+    /// The bound TCP (HTTP/WebSocket) addresses.
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// The bound UDP (WebTransport) addresses.
+    pub fn webtransport_addrs(&self) -> Vec<SocketAddr> {
+        self.quic.iter().filter_map(|e| e.local_addr().ok()).collect()
+    }
+
+    /// The served certificate, as `/v1/cert-hash` reports it.
+    pub fn cert(&self) -> &CertInfo {
+        &self.cert
+    }
+
+    /// The routing core.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, closes every
+    /// client with `SHUTDOWN` after its queued envelopes, and returns once
+    /// they are gone or the shutdown timeout has passed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        for listener in self.tcp {
+            tasks.spawn(http::serve_tcp(
+                listener,
+                self.router.clone(),
+                self.tls.clone(),
+                self.max_header_bytes,
+                stop.clone(),
+            ));
+        }
+        for endpoint in &self.quic {
+            tasks.spawn(webtransport::serve(endpoint.clone(), self.wt.clone(), stop.clone()));
+        }
+        tasks.spawn(sweep(self.hub.clone(), stop.clone()));
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        stop.cancel();
+        for endpoint in &self.quic {
+            endpoint.set_server_config(None);
+        }
+        let closing = self.hub.shutdown();
+        let drained = tokio::time::timeout(self.shutdown_timeout, self.hub.wait_idle()).await.is_ok();
+        tracing::info!(closing, drained, "clients closed");
+        for endpoint in &self.quic {
+            endpoint.close(0u32.into(), b"SHUTDOWN");
+        }
+        let _ = tokio::time::timeout(ENDPOINT_CLOSE_GRACE, async {
+            for endpoint in &self.quic {
+                endpoint.wait_idle().await;
+            }
+        })
+        .await;
+        tasks.close();
+        let _ = tokio::time::timeout(ENDPOINT_CLOSE_GRACE, tasks.wait()).await;
+        Ok(())
+    }
+}
+
+/// Binds every address of `listen`; port 0 is chosen by the first bind and
+/// reused for the others, so `localhost:0` gets one port on both loopbacks.
+async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> {
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    for addr in listen.addrs() {
+        let addr = match listeners.first().and_then(|l| l.local_addr().ok()) {
+            Some(first) if addr.port() == 0 => SocketAddr::new(addr.ip(), first.port()),
+            _ => addr,
+        };
+        match TcpListener::bind(addr).await {
+            Ok(listener) => listeners.push(listener),
+            // A host without IPv6 still serves `localhost` over IPv4.
+            Err(err) if !listeners.is_empty() => tracing::warn!(%addr, %err, "not listening on this address"),
+            Err(source) => return Err(GatewayError::BindTcp { addr, source }),
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_quic(listen: ListenAddr, config: quinn::ServerConfig) -> Result<Vec<quinn::Endpoint>, GatewayError> {
+    let mut endpoints: Vec<quinn::Endpoint> = Vec::new();
+    for addr in listen.addrs() {
+        let addr = match endpoints.first().and_then(|e| e.local_addr().ok()) {
+            Some(first) if addr.port() == 0 => SocketAddr::new(addr.ip(), first.port()),
+            _ => addr,
+        };
+        match webtransport::bind(addr, config.clone()) {
+            Ok(endpoint) => endpoints.push(endpoint),
+            Err(err) if !endpoints.is_empty() => tracing::warn!(%addr, %err, "not listening on this address"),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(endpoints)
+}
+
+async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
+    let period = (hub.limits.identity_ttl / 10).clamp(Duration::from_millis(100), SWEEP_INTERVAL);
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let expired = hub.sweep();
+                if expired > 0 {
+                    tracing::info!(expired, "expired unseen identities");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}

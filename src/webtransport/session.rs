@@ -1,0 +1,179 @@
+//! One WebTransport session: the client's bidirectional stream carries
+//! newline-delimited envelopes both ways, exactly as WebSocket frames do.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::quic::{BidiStream as _, RecvStream as _};
+use h3_webtransport::server::{AcceptedBi, WebTransportSession};
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+use tracing::Instrument;
+
+use super::framing::LineFramer;
+use crate::core::envelope::close_frame;
+use crate::core::outbox::Queued;
+use crate::core::{Admission, CloseReason, Hub, Session, Transport};
+
+type Session3 = WebTransportSession<h3_quinn::Connection, Bytes>;
+type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// How long to let the client read our final envelope and close the
+/// connection itself before we close it (closing QUIC at once would discard
+/// unacknowledged stream data).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Closes the QUIC connection (and with it the session) with the reason's
+/// code: the one place a WebTransport close code is chosen.
+pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason, hub: &Hub) {
+    hub.stats.closed_for(reason);
+    conn.close(quinn::VarInt::from_u32(u32::from(reason.code())), reason.reason().as_bytes());
+}
+
+/// Waits for the client's stream, attaches the session to `user`, and
+/// relays until either side closes.
+pub(super) async fn run(
+    session: Session3,
+    conn: quinn::Connection,
+    user: Arc<str>,
+    admission: Admission,
+    peer: SocketAddr,
+    hub: &Arc<Hub>,
+) {
+    let limits = hub.limits.clone();
+    let stream = match timeout(limits.stream_open_timeout, first_stream(&session)).await {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%user, "no stream opened in time");
+            close_connection(&conn, CloseReason::StreamTimeout, hub);
+            return;
+        }
+    };
+    let (send, recv) = stream.split();
+    let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
+    let span = tracing::info_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
+    relay(&session, &conn, send, recv, core).instrument(span).await;
+}
+
+type Bidi = h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// The client's first bidirectional stream; plain requests on the session
+/// are answered 404 (the session owns this connection).
+async fn first_stream(session: &Session3) -> Option<Bidi> {
+    loop {
+        match session.accept_bi().await {
+            Ok(Some(AcceptedBi::BidiStream(_, stream))) => return Some(stream),
+            Ok(Some(AcceptedBi::Request(_, mut stream))) => {
+                let response = http::Response::builder().status(http::StatusCode::NOT_FOUND).body(()).unwrap_or_default();
+                let _ = stream.send_response(response).await;
+                let _ = stream.finish().await;
+            }
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Why a batch could not be written.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("the connection stopped reading for {0:?}")]
+    Stalled(Duration),
+    #[error("the stream failed: {0}")]
+    Failed(std::io::Error),
+}
+
+async fn relay(
+    session: &Session3,
+    conn: &quinn::Connection,
+    mut send: SendHalf,
+    mut recv: h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>,
+    core: Session,
+) {
+    tracing::debug!("connected");
+    let limits = core.hub().limits.clone();
+    let mut framer = LineFramer::new(limits.max_envelope_bytes);
+    let mut batch: Vec<Queued> = Vec::new();
+    let mut reading = true;
+    let ended_by = loop {
+        tokio::select! {
+            biased;
+            closing = core.outbox().next_batch(&mut batch) => {
+                if let Err(err) = write_batch(&mut send, &batch, limits.write_timeout).await {
+                    core.report_unwritten(batch.drain(..), &err.to_string());
+                    if let WriteError::Stalled(_) = err {
+                        core.close(CloseReason::SlowConsumer);
+                        break Some(CloseReason::SlowConsumer);
+                    }
+                    break None;
+                }
+                core.record_written(&batch);
+                batch.clear();
+                if let Some(reason) = closing {
+                    break Some(reason);
+                }
+            }
+            data = poll_fn(|cx| recv.poll_data(cx)), if reading => match data {
+                Ok(Some(mut chunk)) => {
+                    let chunk = chunk.copy_to_bytes(chunk.remaining());
+                    if framer.feed(chunk, |line| core.handle_frame(line)).is_err() {
+                        core.close(CloseReason::MessageTooBig);
+                        reading = false;
+                    }
+                }
+                // The client finished its stream or the session is gone.
+                Ok(None) | Err(_) => {
+                    reading = false;
+                    if core.outbox().closing().is_none() {
+                        break None;
+                    }
+                }
+            },
+            extra = session.accept_bi() => match extra {
+                // One stream per session; later ones are ignored (dropped).
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break None,
+            },
+        }
+    };
+    match ended_by {
+        Some(reason) => {
+            let _ = timeout(limits.write_timeout, async {
+                send.write_all(&close_frame(reason)).await?;
+                send.shutdown().await
+            })
+            .await;
+            drop(core);
+            let _ = timeout(CLOSE_LINGER, conn.closed()).await;
+            conn.close(quinn::VarInt::from_u32(u32::from(reason.code())), reason.reason().as_bytes());
+            tracing::debug!(reason = reason.reason(), "closed by the gateway");
+        }
+        None => {
+            drop(core);
+            let _ = timeout(CLOSE_LINGER, send.shutdown()).await;
+            conn.close(quinn::VarInt::from_u32(0), b"BYE");
+            tracing::debug!("closed by the client");
+        }
+    }
+}
+
+async fn write_batch(send: &mut SendHalf, batch: &[Queued], write_timeout: Duration) -> Result<(), WriteError> {
+    let write = async {
+        if let [single] = batch {
+            return send.write_all(&single.frame).await;
+        }
+        let mut buf = BytesMut::with_capacity(batch.iter().map(|item| item.frame.len()).sum());
+        for item in batch {
+            buf.extend_from_slice(&item.frame);
+        }
+        send.write_all(&buf).await
+    };
+    match timeout(write_timeout, write).await {
+        Ok(result) => result.map_err(WriteError::Failed),
+        Err(_) => Err(WriteError::Stalled(write_timeout)),
+    }
+}
+
