@@ -22,7 +22,10 @@ pub const TOKEN_PARAM: &str = "token";
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The value of cookie `name`, from any `Cookie` header.
@@ -113,7 +116,12 @@ impl OriginPolicy {
     /// authority's: the demo page on `http://localhost:8000` opens
     /// WebTransport to `https://localhost:8000`, a different scheme but the
     /// same server.
-    pub fn judge(&self, origin: Option<&str>, authority: Option<&str>, secure: bool) -> OriginVerdict {
+    pub fn judge(
+        &self,
+        origin: Option<&str>,
+        authority: Option<&str>,
+        secure: bool,
+    ) -> OriginVerdict {
         let Some(origin) = origin else {
             return OriginVerdict::Absent;
         };
@@ -150,7 +158,9 @@ fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
         return None;
     }
     let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') && (!host.contains(':') || host.ends_with(']')) => {
+        Some((host, port))
+            if !port.contains(']') && (!host.contains(':') || host.ends_with(']')) =>
+        {
             (host, port.parse().ok()?)
         }
         _ => (authority, default_port),
@@ -166,19 +176,28 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         map
     }
 
     #[test]
     fn token_sources_in_order() {
-        let h = headers(&[("authorization", "Bearer abc"), ("cookie", "user_token=def")]);
+        let h = headers(&[
+            ("authorization", "Bearer abc"),
+            ("cookie", "user_token=def"),
+        ]);
         assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("abc"));
         let h = headers(&[("cookie", "a=1; user_token=def; b=2")]);
         assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("def"));
         let h = headers(&[]);
-        assert_eq!(session_token(&h, Some("x=1&token=g%2Dh")).as_deref(), Some("g-h"));
+        assert_eq!(
+            session_token(&h, Some("x=1&token=g%2Dh")).as_deref(),
+            Some("g-h")
+        );
         assert_eq!(session_token(&h, None), None);
         assert_eq!(session_token(&h, Some("token=")), None);
         let h = headers(&[("authorization", "Basic abc")]);
@@ -208,7 +227,10 @@ mod tests {
     #[test]
     fn origin_verdicts() {
         let policy = OriginPolicy::new(&["https://app.example".into()]);
-        assert_eq!(policy.judge(None, Some("localhost:8000"), false), OriginVerdict::Absent);
+        assert_eq!(
+            policy.judge(None, Some("localhost:8000"), false),
+            OriginVerdict::Absent
+        );
         assert_eq!(
             policy.judge(Some("http://localhost:8000"), Some("localhost:8000"), false),
             OriginVerdict::SameOrigin
@@ -222,7 +244,10 @@ mod tests {
             policy.judge(Some("http://[::1]:8000"), Some("[::1]:8000"), false),
             OriginVerdict::SameOrigin
         );
-        assert_eq!(policy.judge(Some("http://example.com"), Some("example.com"), false), OriginVerdict::SameOrigin);
+        assert_eq!(
+            policy.judge(Some("http://example.com"), Some("example.com"), false),
+            OriginVerdict::SameOrigin
+        );
         assert_eq!(
             policy.judge(Some("https://APP.example/"), Some("gw:8000"), false),
             OriginVerdict::Allowed
@@ -231,13 +256,19 @@ mod tests {
             policy.judge(Some("https://evil.example"), Some("gw:8000"), false),
             OriginVerdict::Refused
         );
-        assert_eq!(policy.judge(Some("null"), Some("gw:8000"), false), OriginVerdict::Refused);
+        assert_eq!(
+            policy.judge(Some("null"), Some("gw:8000"), false),
+            OriginVerdict::Refused
+        );
         assert_eq!(
             policy.judge(Some("http://localhost:9000"), Some("localhost:8000"), false),
             OriginVerdict::Refused,
             "another port is another origin"
         );
         let any = OriginPolicy::new(&["*".into()]);
-        assert_eq!(any.judge(Some("https://evil.example"), Some("gw"), false), OriginVerdict::Allowed);
+        assert_eq!(
+            any.judge(Some("https://evil.example"), Some("gw"), false),
+            OriginVerdict::Allowed
+        );
     }
 }

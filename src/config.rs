@@ -19,7 +19,7 @@ use crate::core::limits::{self, Limits};
 /// WebTransport, and trade offers, answers and ICE candidates with other
 /// users.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "signal-gateway", version, about, long_about = None)]
+#[command(name = "signal-gateway", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// What to do; without a subcommand the gateway runs.
     #[command(subcommand)]
@@ -82,7 +82,11 @@ pub struct Config {
 
     /// Origins allowed besides the gateway's own (repeatable, or
     /// comma-separated); `*` allows every origin.
-    #[arg(long = "allow-origin", env = "SIGNAL_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        env = "SIGNAL_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     pub allow_origins: Vec<String>,
 
     /// Tokio worker threads [default: the CPUs this process may run on]
@@ -221,7 +225,9 @@ impl LimitArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Keep-alives must come before the idle timeout fires.
-    #[error("--keep-alive-interval ({keep_alive:?}) must be shorter than --idle-timeout ({idle:?})")]
+    #[error(
+        "--keep-alive-interval ({keep_alive:?}) must be shorter than --idle-timeout ({idle:?})"
+    )]
     KeepAliveTooLong {
         /// The keep-alive interval.
         keep_alive: Duration,
@@ -241,7 +247,9 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(std::iter::once("signal-gateway".into()).chain(args.into_iter().map(Into::into)))?;
+        let cli = Cli::try_parse_from(
+            std::iter::once("signal-gateway".into()).chain(args.into_iter().map(Into::into)),
+        )?;
         Ok(cli.config)
     }
 
@@ -317,9 +325,9 @@ impl FromStr for ListenAddr {
                 .map(ListenAddr::Localhost)
                 .map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"));
         }
-        s.parse()
-            .map(ListenAddr::Socket)
-            .map_err(|_| format!("{s:?} is not an address like [::]:8000, 127.0.0.1:8000 or localhost:8000"))
+        s.parse().map(ListenAddr::Socket).map_err(|_| {
+            format!("{s:?} is not an address like [::]:8000, 127.0.0.1:8000 or localhost:8000")
+        })
     }
 }
 
@@ -355,7 +363,10 @@ mod tests {
     #[test]
     fn defaults_match_the_core_defaults() {
         let config = Config::from_args(Vec::<String>::new()).unwrap();
-        assert_eq!(config.listen, ListenAddr::Socket("[::]:8000".parse().unwrap()));
+        assert_eq!(
+            config.listen,
+            ListenAddr::Socket("[::]:8000".parse().unwrap())
+        );
         assert_eq!(config.wt_listen(), config.listen);
         let core = config.limits.core();
         let defaults = Limits::default();
@@ -383,16 +394,21 @@ mod tests {
 
     #[test]
     fn listen_addresses_parse() {
-        assert_eq!("localhost:0".parse::<ListenAddr>().unwrap(), ListenAddr::Localhost(0));
+        assert_eq!(
+            "localhost:0".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Localhost(0)
+        );
         assert_eq!(ListenAddr::Localhost(9).addrs().len(), 2);
         assert!("nonsense".parse::<ListenAddr>().is_err());
-        let config = Config::from_args(["--listen", "127.0.0.1:1", "--wt-listen", "[::1]:2"]).unwrap();
+        let config =
+            Config::from_args(["--listen", "127.0.0.1:1", "--wt-listen", "[::1]:2"]).unwrap();
         assert_eq!(config.wt_listen().port(), 2);
     }
 
     #[test]
     fn cross_setting_rules_are_checked() {
-        let config = Config::from_args(["--idle-timeout", "5s", "--keep-alive-interval", "5s"]).unwrap();
+        let config =
+            Config::from_args(["--idle-timeout", "5s", "--keep-alive-interval", "5s"]).unwrap();
         assert!(config.validate().is_err());
         let config = Config::from_args(["--allow-origin", "example.com"]).unwrap();
         assert!(config.validate().is_err());

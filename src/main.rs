@@ -11,11 +11,15 @@ use tracing_subscriber::EnvFilter;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("signal_gateway=info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("signal_gateway=info")),
+        )
         .init();
     let config = cli.config;
     if let Some(Command::Cert) = cli.command {
-        let identity = tls::generate_dev(&config.cert_dir, &config.sans).context("writing the development certificate")?;
+        let identity = tls::generate_dev(&config.cert_dir, &config.sans)
+            .context("writing the development certificate")?;
         let (cert, key) = tls::dev_paths(&config.cert_dir);
         println!("certificate: {}", cert.display());
         println!("key:         {}", key.display());
@@ -27,12 +31,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads.get());
     }
-    let runtime = runtime.enable_all().build().context("starting the async runtime")?;
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let gateway = Gateway::bind(config).await?;
         let cert = gateway.cert();
         for addr in gateway.http_addrs() {
-            tracing::info!("HTTP + WebSocket on http://{addr} (demo at /, WebSocket at /v1/connect)");
+            tracing::info!(
+                "HTTP + WebSocket on http://{addr} (demo at /, WebSocket at /v1/connect)"
+            );
         }
         for addr in gateway.webtransport_addrs() {
             tracing::info!("WebTransport on https://{addr}/v1/connect (UDP)");

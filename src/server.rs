@@ -69,7 +69,8 @@ impl Gateway {
         let identity = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => tls::load_pem(cert, key)?,
             _ => {
-                let (identity, generated) = tls::load_or_generate_dev(&config.cert_dir, &config.sans)?;
+                let (identity, generated) =
+                    tls::load_or_generate_dev(&config.cert_dir, &config.sans)?;
                 if generated {
                     tracing::info!(dir = %config.cert_dir.display(), "generated a development certificate");
                 }
@@ -78,10 +79,18 @@ impl Gateway {
         };
         let hub = Hub::new(config.limits.core());
         let tcp = bind_tcp(config.listen).await?;
-        let http_port = tcp.first().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
-        let wt_listen = config.wt_listen.unwrap_or(config.listen.with_port(http_port));
+        let http_port = tcp
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port());
+        let wt_listen = config
+            .wt_listen
+            .unwrap_or(config.listen.with_port(http_port));
         let quic = bind_quic(wt_listen, webtransport::server_config(&identity, &hub)?)?;
-        let webtransport_port = quic.first().and_then(|e| e.local_addr().ok()).map_or(0, |a| a.port());
+        let webtransport_port = quic
+            .first()
+            .and_then(|e| e.local_addr().ok())
+            .map_or(0, |a| a.port());
 
         let cert = CertInfo {
             sha256_base64: identity.sha256_base64(),
@@ -126,12 +135,18 @@ impl Gateway {
 
     /// The bound TCP (HTTP/WebSocket) addresses.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The bound UDP (WebTransport) addresses.
     pub fn webtransport_addrs(&self) -> Vec<SocketAddr> {
-        self.quic.iter().filter_map(|e| e.local_addr().ok()).collect()
+        self.quic
+            .iter()
+            .filter_map(|e| e.local_addr().ok())
+            .collect()
     }
 
     /// The served certificate, as `/v1/cert-hash` reports it.
@@ -160,7 +175,11 @@ impl Gateway {
             ));
         }
         for endpoint in &self.quic {
-            tasks.spawn(webtransport::serve(endpoint.clone(), self.wt.clone(), stop.clone()));
+            tasks.spawn(webtransport::serve(
+                endpoint.clone(),
+                self.wt.clone(),
+                stop.clone(),
+            ));
         }
         tasks.spawn(sweep(self.hub.clone(), stop.clone()));
 
@@ -171,7 +190,9 @@ impl Gateway {
             endpoint.set_server_config(None);
         }
         let closing = self.hub.shutdown();
-        let drained = tokio::time::timeout(self.shutdown_timeout, self.hub.wait_idle()).await.is_ok();
+        let drained = tokio::time::timeout(self.shutdown_timeout, self.hub.wait_idle())
+            .await
+            .is_ok();
         tracing::info!(closing, drained, "clients closed");
         for endpoint in &self.quic {
             endpoint.close(0u32.into(), b"SHUTDOWN");
@@ -200,14 +221,19 @@ async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> 
         match TcpListener::bind(addr).await {
             Ok(listener) => listeners.push(listener),
             // A host without IPv6 still serves `localhost` over IPv4.
-            Err(err) if !listeners.is_empty() => tracing::warn!(%addr, %err, "not listening on this address"),
+            Err(err) if !listeners.is_empty() => {
+                tracing::warn!(%addr, %err, "not listening on this address")
+            }
             Err(source) => return Err(GatewayError::BindTcp { addr, source }),
         }
     }
     Ok(listeners)
 }
 
-fn bind_quic(listen: ListenAddr, config: quinn::ServerConfig) -> Result<Vec<quinn::Endpoint>, GatewayError> {
+fn bind_quic(
+    listen: ListenAddr,
+    config: quinn::ServerConfig,
+) -> Result<Vec<quinn::Endpoint>, GatewayError> {
     let mut endpoints: Vec<quinn::Endpoint> = Vec::new();
     for addr in listen.addrs() {
         let addr = match endpoints.first().and_then(|e| e.local_addr().ok()) {
@@ -216,7 +242,9 @@ fn bind_quic(listen: ListenAddr, config: quinn::ServerConfig) -> Result<Vec<quin
         };
         match webtransport::bind(addr, config.clone()) {
             Ok(endpoint) => endpoints.push(endpoint),
-            Err(err) if !endpoints.is_empty() => tracing::warn!(%addr, %err, "not listening on this address"),
+            Err(err) if !endpoints.is_empty() => {
+                tracing::warn!(%addr, %err, "not listening on this address")
+            }
             Err(err) => return Err(err.into()),
         }
     }

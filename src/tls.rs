@@ -76,7 +76,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, development: bool) -> Self {
+    fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        development: bool,
+    ) -> Self {
         let sha256 = chain.first().map_or([0; 32], |leaf| sha256(leaf));
         Self {
             chain,
@@ -123,11 +127,16 @@ pub fn dev_paths(dir: &Path) -> (PathBuf, PathBuf) {
 /// Writes a new development certificate and key into `dir`.
 pub fn generate_dev(dir: &Path, extra_sans: &[String]) -> Result<Identity, TlsError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let sans: Vec<String> = DEV_SANS.iter().map(|s| s.to_string()).chain(extra_sans.iter().cloned()).collect();
+    let sans: Vec<String> = DEV_SANS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra_sans.iter().cloned())
+        .collect();
     let mut params = rcgen::CertificateParams::new(sans)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "signal-gateway development certificate");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "signal-gateway development certificate",
+    );
     let not_before = SystemTime::now() - DEV_BACKDATE;
     params.not_before = not_before.into();
     params.not_after = (not_before + DEV_VALIDITY).into();
@@ -160,13 +169,22 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsErro
 /// The development certificate from `dir`, made anew when it is missing,
 /// unusable by browsers, lacking a requested name, or expiring within a day.
 /// Returns whether it was regenerated.
-pub fn load_or_generate_dev(dir: &Path, extra_sans: &[String]) -> Result<(Identity, bool), TlsError> {
+pub fn load_or_generate_dev(
+    dir: &Path,
+    extra_sans: &[String],
+) -> Result<(Identity, bool), TlsError> {
     let (cert_path, key_path) = dev_paths(dir);
     if let Ok(identity) = load_pem(&cert_path, &key_path)
         && let Some(leaf) = identity.chain.first()
         && dev_cert_is_usable(leaf, extra_sans, SystemTime::now())
     {
-        return Ok((Identity { development: true, ..identity }, false));
+        return Ok((
+            Identity {
+                development: true,
+                ..identity
+            },
+            false,
+        ));
     }
     generate_dev(dir, extra_sans).map(|identity| (identity, true))
 }
@@ -196,7 +214,8 @@ impl CertificateFacts {
                 .as_ref()
                 .and_then(|p| p.as_oid().ok())
                 .is_some_and(|curve| curve == OID_EC_P256);
-        let time = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+        let time =
+            |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
         let names = cert
             .subject_alternative_name()
             .ok()
@@ -207,7 +226,9 @@ impl CertificateFacts {
                     .iter()
                     .filter_map(|name| match name {
                         GeneralName::DNSName(dns) => Some(dns.to_string()),
-                        GeneralName::IPAddress(bytes) => ip_from_bytes(bytes).map(|ip| ip.to_string()),
+                        GeneralName::IPAddress(bytes) => {
+                            ip_from_bytes(bytes).map(|ip| ip.to_string())
+                        }
                         _ => None,
                     })
                     .collect()
@@ -223,7 +244,9 @@ impl CertificateFacts {
 
     /// Total validity period.
     pub fn validity(&self) -> Duration {
-        self.not_after.duration_since(self.not_before).unwrap_or_default()
+        self.not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default()
     }
 }
 
@@ -241,10 +264,9 @@ fn dev_cert_is_usable(der: &[u8], extra_sans: &[String], now: SystemTime) -> boo
     };
     let covers = |want: &str| {
         let want_ip: Option<IpAddr> = want.parse().ok();
-        facts
-            .names
-            .iter()
-            .any(|have| have == want || (want_ip.is_some() && have.parse::<IpAddr>().ok() == want_ip))
+        facts.names.iter().any(|have| {
+            have == want || (want_ip.is_some() && have.parse::<IpAddr>().ok() == want_ip)
+        })
     };
     facts.p256
         && facts.validity() <= MAX_HASH_PINNED_VALIDITY
@@ -275,7 +297,11 @@ mod tests {
     use super::*;
 
     fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sg-tls-{}-{}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "sg-tls-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -289,7 +315,11 @@ mod tests {
         assert!(facts.validity() <= MAX_HASH_PINNED_VALIDITY);
         assert!(facts.not_before < SystemTime::now());
         for name in ["localhost", "127.0.0.1", "::1", "gateway.test", "10.0.0.7"] {
-            assert!(facts.names.iter().any(|n| n == name), "{name} in {:?}", facts.names);
+            assert!(
+                facts.names.iter().any(|n| n == name),
+                "{name} in {:?}",
+                facts.names
+            );
         }
         assert_eq!(identity.sha256, sha256(&identity.chain[0]));
         identity.server_config(&[b"h3"]).unwrap();
@@ -310,7 +340,10 @@ mod tests {
         assert_ne!(third.sha256, second.sha256);
         let leaf = third.chain[0].clone();
         let in_13_days = SystemTime::now() + Duration::from_secs(13 * 24 * 3600);
-        assert!(!dev_cert_is_usable(&leaf, &[], in_13_days), "renewed a day before expiry");
+        assert!(
+            !dev_cert_is_usable(&leaf, &[], in_13_days),
+            "renewed a day before expiry"
+        );
         fs::remove_dir_all(dir).ok();
     }
 
@@ -327,7 +360,11 @@ mod tests {
 
     #[test]
     fn missing_production_files_name_the_path() {
-        let err = load_pem(Path::new("/nonexistent/c.pem"), Path::new("/nonexistent/k.pem")).unwrap_err();
+        let err = load_pem(
+            Path::new("/nonexistent/c.pem"),
+            Path::new("/nonexistent/k.pem"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
     }
 }

@@ -69,10 +69,22 @@ pub fn parse_inbound(frame: &[u8], max_depth: usize) -> Result<Inbound<'_>, Enve
     if frame.iter().all(u8::is_ascii_whitespace) {
         return Err(EnvelopeError::Empty);
     }
-    let inbound: Inbound<'_> = serde_json::from_slice(frame).map_err(|err| match err.classify() {
-        serde_json::error::Category::Data => EnvelopeError::Shape(err.to_string()),
-        _ => EnvelopeError::Syntax(err.to_string()),
-    })?;
+    // serde's derived visitor also takes a struct from an array
+    // (`["bob","offer"]`); the protocol only has objects.
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let shape = match serde_json::from_slice::<serde::de::IgnoredAny>(frame) {
+            Ok(_) => EnvelopeError::Shape(
+                "expected an object like {\"target\":..,\"type\":..}".to_owned(),
+            ),
+            Err(err) => EnvelopeError::Syntax(err.to_string()),
+        };
+        return Err(shape);
+    }
+    let inbound: Inbound<'_> =
+        serde_json::from_slice(frame).map_err(|err| match err.classify() {
+            serde_json::error::Category::Data => EnvelopeError::Shape(err.to_string()),
+            _ => EnvelopeError::Syntax(err.to_string()),
+        })?;
     if inbound.target.len() > MAX_TARGET_BYTES {
         return Err(EnvelopeError::FieldTooLong {
             field: "target",
@@ -126,9 +138,15 @@ fn nesting_exceeds(json: &str, max: usize) -> bool {
 
 /// The envelope the target receives: `{"target","type","originator","payload"}`.
 /// `originator` is always the authenticated sender.
-pub fn forward_frame(target: &str, kind: &str, originator: &str, payload: Option<&RawValue>) -> Bytes {
+pub fn forward_frame(
+    target: &str,
+    kind: &str,
+    originator: &str,
+    payload: Option<&RawValue>,
+) -> Bytes {
     let payload = payload.map_or("null", RawValue::get);
-    let mut out = Vec::with_capacity(52 + target.len() + kind.len() + originator.len() + payload.len());
+    let mut out =
+        Vec::with_capacity(52 + target.len() + kind.len() + originator.len() + payload.len());
     out.extend_from_slice(b"{\"target\":");
     push_json_string(&mut out, target);
     out.extend_from_slice(b",\"type\":");
@@ -229,10 +247,16 @@ mod tests {
 
     #[test]
     fn accepts_the_seed_envelope_and_keeps_payload_raw() {
-        let env = parse(r#"{"target":"bob","type":"video-offer","payload":{"sdp":"v=0\r\n", "n": 1.50}}"#).unwrap();
+        let env = parse(
+            r#"{"target":"bob","type":"video-offer","payload":{"sdp":"v=0\r\n", "n": 1.50}}"#,
+        )
+        .unwrap();
         assert_eq!(env.target, "bob");
         assert_eq!(env.kind, "video-offer");
-        assert_eq!(env.payload.unwrap().get(), r#"{"sdp":"v=0\r\n", "n": 1.50}"#);
+        assert_eq!(
+            env.payload.unwrap().get(),
+            r#"{"sdp":"v=0\r\n", "n": 1.50}"#
+        );
     }
 
     #[test]
@@ -242,12 +266,16 @@ mod tests {
         let env = parse(r#"{"target":"bob","type":"bye","payload":null}"#).unwrap();
         let frame = forward_frame(&env.target, &env.kind, "alice", env.payload);
         let v: Value = serde_json::from_slice(&frame).unwrap();
-        assert_eq!(v, json!({"target":"bob","type":"bye","originator":"alice","payload":null}));
+        assert_eq!(
+            v,
+            json!({"target":"bob","type":"bye","originator":"alice","payload":null})
+        );
     }
 
     #[test]
     fn spoofed_originator_and_unknown_fields_are_ignored() {
-        let env = parse(r#"{"target":"bob","type":"x","originator":"mallory","extra":[1]}"#).unwrap();
+        let env =
+            parse(r#"{"target":"bob","type":"x","originator":"mallory","extra":[1]}"#).unwrap();
         let frame = forward_frame(&env.target, &env.kind, "alice", env.payload);
         let v: Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(v["originator"], "alice");
@@ -281,13 +309,23 @@ mod tests {
             ("   \n", "empty"),
             ("not json", "not valid JSON"),
             ("[1,2]", "wrong shape"),
+            (r#"["bob","video-offer",{}]"#, "expected an object"),
             ("\"text\"", "wrong shape"),
             ("{}", "missing field `target`"),
             (r#"{"target":"bob"}"#, "missing field `type`"),
-            (r#"{"target":5,"type":"x"}"#, "invalid type: integer `5`, expected a string"),
+            (
+                r#"{"target":5,"type":"x"}"#,
+                "invalid type: integer `5`, expected a string",
+            ),
             (r#"{"target":"bob","type":null}"#, "invalid type: null"),
-            (r#"{"target":"a","type":"b"} trailing"#, "trailing characters"),
-            (r#"{"target":"a","target":"b","type":"c"}"#, "duplicate field `target`"),
+            (
+                r#"{"target":"a","type":"b"} trailing"#,
+                "trailing characters",
+            ),
+            (
+                r#"{"target":"a","target":"b","type":"c"}"#,
+                "duplicate field `target`",
+            ),
             (r#"{"target":"a","type":"b","payload":}"#, "not valid JSON"),
         ];
         for (input, expected) in cases {
@@ -306,10 +344,22 @@ mod tests {
     fn long_fields_are_refused() {
         let long = "x".repeat(MAX_TARGET_BYTES + 1);
         let err = parse(&format!(r#"{{"target":"{long}","type":"x"}}"#)).unwrap_err();
-        assert_eq!(err, EnvelopeError::FieldTooLong { field: "target", max: MAX_TARGET_BYTES });
+        assert_eq!(
+            err,
+            EnvelopeError::FieldTooLong {
+                field: "target",
+                max: MAX_TARGET_BYTES
+            }
+        );
         let long = "x".repeat(MAX_TYPE_BYTES + 1);
         let err = parse(&format!(r#"{{"target":"a","type":"{long}"}}"#)).unwrap_err();
-        assert_eq!(err, EnvelopeError::FieldTooLong { field: "type", max: MAX_TYPE_BYTES });
+        assert_eq!(
+            err,
+            EnvelopeError::FieldTooLong {
+                field: "type",
+                max: MAX_TYPE_BYTES
+            }
+        );
     }
 
     #[test]
@@ -318,8 +368,14 @@ mod tests {
         let ok = format!(r#"{{"target":"a","type":"b","payload":{}}}"#, nested(32));
         assert!(parse(&ok).is_ok());
         let deep = format!(r#"{{"target":"a","type":"b","payload":{}}}"#, nested(33));
-        assert_eq!(parse(&deep).unwrap_err(), EnvelopeError::TooDeep { max: 32 });
-        let brackets_in_string = format!(r#"{{"target":"a","type":"b","payload":"{}\"{{"}}"#, "[".repeat(100));
+        assert_eq!(
+            parse(&deep).unwrap_err(),
+            EnvelopeError::TooDeep { max: 32 }
+        );
+        let brackets_in_string = format!(
+            r#"{{"target":"a","type":"b","payload":"{}\"{{"}}"#,
+            "[".repeat(100)
+        );
         assert!(parse(&brackets_in_string).is_ok());
     }
 
@@ -331,7 +387,8 @@ mod tests {
             kind: Some("video-offer"),
             retry_after_ms: None,
         };
-        let v: Value = serde_json::from_slice(&error_frame(ErrorType::TargetNotFound, &detail)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&error_frame(ErrorType::TargetNotFound, &detail)).unwrap();
         assert_eq!(
             v,
             json!({"target":"","type":"TARGET_NOT_FOUND","originator":"","payload":{

@@ -14,7 +14,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
 
-use super::envelope::{ErrorDetail, Inbound, Welcome, error_frame, forward_frame, parse_inbound, welcome_frame};
+use super::envelope::{
+    ErrorDetail, Inbound, Welcome, error_frame, forward_frame, parse_inbound, welcome_frame,
+};
 use super::limits::Limits;
 use super::outbox::{ConnId, Origin, Outbox, PushError, Queued};
 use super::registry::{Delivery, Entry, Transport, UserClientRegistry};
@@ -72,8 +74,14 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             all_gone: Notify::new(),
-            connect_rate: RateLimiter::keyed(quota(limits.connect_rate_per_ip, limits.connect_burst_per_ip)),
-            register_rate: RateLimiter::keyed(quota(limits.register_rate_per_ip, limits.register_burst_per_ip)),
+            connect_rate: RateLimiter::keyed(quota(
+                limits.connect_rate_per_ip,
+                limits.connect_burst_per_ip,
+            )),
+            register_rate: RateLimiter::keyed(quota(
+                limits.register_rate_per_ip,
+                limits.register_burst_per_ip,
+            )),
             limits,
         })
     }
@@ -89,7 +97,9 @@ impl Hub {
             .map_err(|not_until| Refusal::RateLimited(retry_after(&not_until)))?;
         let max = self.limits.max_connections;
         self.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .map_err(|_| Refusal::AtCapacity(max))?;
         Ok(Admission { hub: self.clone() })
     }
@@ -104,9 +114,18 @@ impl Hub {
     /// Attaches an admitted, authenticated connection to `user`. A previous
     /// connection of the same user is closed as `REPLACED`. The session's
     /// outbox starts with the `WELCOME` envelope.
-    pub fn attach(self: &Arc<Self>, admission: Admission, user: Arc<str>, transport: Transport, peer: IpAddr) -> Session {
+    pub fn attach(
+        self: &Arc<Self>,
+        admission: Admission,
+        user: Arc<str>,
+        transport: Transport,
+        peer: IpAddr,
+    ) -> Session {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let outbox = Arc::new(Outbox::new(self.limits.queue_envelopes, self.limits.queue_bytes));
+        let outbox = Arc::new(Outbox::new(
+            self.limits.queue_envelopes,
+            self.limits.queue_bytes,
+        ));
         let welcome = welcome_frame(&Welcome {
             username: &user,
             transport: transport.as_str(),
@@ -177,9 +196,9 @@ impl Hub {
     /// Periodic housekeeping: expires unseen identities and forgets idle
     /// per-IP rate state. Returns the number of identities expired.
     pub fn sweep(&self) -> usize {
-        let expired = self
-            .store
-            .expire(self.limits.identity_ttl, |name| self.registry.contains(name));
+        let expired = self.store.expire(self.limits.identity_ttl, |name| {
+            self.registry.contains(name)
+        });
         self.connect_rate.retain_recent();
         self.connect_rate.shrink_to_fit();
         self.register_rate.retain_recent();
@@ -208,7 +227,10 @@ impl Hub {
                 },
             );
             self.stats.undelivered_reported.inc();
-            if let Err(PushError::Full(_)) = sender.push(Queued { frame, origin: None }) {
+            if let Err(PushError::Full(_)) = sender.push(Queued {
+                frame,
+                origin: None,
+            }) {
                 sender.close(CloseReason::SlowConsumer);
                 self.registry.remove_if(&origin.user, origin.conn);
             }
@@ -279,7 +301,10 @@ impl Session {
             self.reply_error(
                 ErrorType::RateLimited,
                 ErrorDetail {
-                    message: format!("envelope dropped: over the rate limit; retry in {} ms", retry.as_millis()),
+                    message: format!(
+                        "envelope dropped: over the rate limit; retry in {} ms",
+                        retry.as_millis()
+                    ),
                     retry_after_ms: Some(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
                     ..ErrorDetail::default()
                 },
@@ -300,7 +325,12 @@ impl Session {
                 return;
             }
         };
-        let frame = forward_frame(&inbound.target, &inbound.kind, &self.origin.user, inbound.payload);
+        let frame = forward_frame(
+            &inbound.target,
+            &inbound.kind,
+            &self.origin.user,
+            inbound.payload,
+        );
         let item = Queued {
             frame,
             origin: Some(self.origin.clone()),
@@ -340,7 +370,10 @@ impl Session {
 
     fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
         let frame = error_frame(error, &detail);
-        if let Err(PushError::Full(_)) = self.outbox.push(Queued { frame, origin: None }) {
+        if let Err(PushError::Full(_)) = self.outbox.push(Queued {
+            frame,
+            origin: None,
+        }) {
             self.close(CloseReason::SlowConsumer);
         }
     }
@@ -351,7 +384,9 @@ impl Session {
         if self.outbox.close(reason) {
             self.hub.stats.closed_for(reason);
         }
-        self.hub.registry.remove_if(&self.origin.user, self.origin.conn);
+        self.hub
+            .registry
+            .remove_if(&self.origin.user, self.origin.conn);
     }
 
     /// Counts forwarded envelopes the transport has written.
@@ -429,7 +464,9 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"video-offer","payload":{"sdp":"x"},"originator":"eve"}"#);
+        alice.handle_frame(
+            br#"{"target":"bob","type":"video-offer","payload":{"sdp":"x"},"originator":"eve"}"#,
+        );
         let got = drain(&bob);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["originator"], "alice");
@@ -482,7 +519,10 @@ mod tests {
         let alice = connect(&hub, "alice");
         alice.handle_frame(br#"{"target":"bob","type":"t"}"#);
         drop(old);
-        assert!(hub.registry.contains("bob"), "old cleanup must not evict the new connection");
+        assert!(
+            hub.registry.contains("bob"),
+            "old cleanup must not evict the new connection"
+        );
         assert_eq!(drain(&new).len(), 1);
     }
 
@@ -599,7 +639,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(alice);
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]
@@ -608,7 +651,8 @@ mod tests {
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
         for i in 0..100 {
-            alice.handle_frame(format!(r#"{{"target":"bob","type":"n","payload":{i}}}"#).as_bytes());
+            alice
+                .handle_frame(format!(r#"{{"target":"bob","type":"n","payload":{i}}}"#).as_bytes());
         }
         let got = drain(&bob);
         let seq: Vec<i64> = got.iter().map(|v| v["payload"].as_i64().unwrap()).collect();

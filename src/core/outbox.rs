@@ -74,7 +74,9 @@ impl Outbox {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every update is a single push/drain), so a poisoned lock is usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a frame for the writer without waiting.
@@ -205,10 +207,16 @@ mod tests {
         assert!(!outbox.close(CloseReason::Shutdown), "first reason wins");
         assert!(matches!(outbox.push(frame(1)), Err(PushError::Closing(_))));
         let mut batch = Vec::new();
-        assert_eq!(outbox.next_batch(&mut batch).await, Some(CloseReason::Kicked));
+        assert_eq!(
+            outbox.next_batch(&mut batch).await,
+            Some(CloseReason::Kicked)
+        );
         assert_eq!(batch.len(), 1);
         batch.clear();
-        assert_eq!(outbox.next_batch(&mut batch).await, Some(CloseReason::Kicked));
+        assert_eq!(
+            outbox.next_batch(&mut batch).await,
+            Some(CloseReason::Kicked)
+        );
         assert!(batch.is_empty());
     }
 

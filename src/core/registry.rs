@@ -102,7 +102,9 @@ impl UserClientRegistry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update is a single map operation, so a poisoned lock still
         // guards a consistent map.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes `entry` the user's live connection. A previous connection is
@@ -270,7 +272,10 @@ mod tests {
     #[test]
     fn deliver_reports_missing_targets() {
         let registry = UserClientRegistry::default();
-        assert!(matches!(registry.deliver("bob", item()), Delivery::NotFound(_)));
+        assert!(matches!(
+            registry.deliver("bob", item()),
+            Delivery::NotFound(_)
+        ));
     }
 
     #[test]
@@ -279,10 +284,16 @@ mod tests {
         let bob = entry(7, 1);
         registry.insert("bob".into(), bob.clone());
         assert!(matches!(registry.deliver("bob", item()), Delivery::Queued));
-        assert!(matches!(registry.deliver("bob", item()), Delivery::TargetSlow(_)));
+        assert!(matches!(
+            registry.deliver("bob", item()),
+            Delivery::TargetSlow(_)
+        ));
         assert_eq!(bob.outbox.closing(), Some(CloseReason::SlowConsumer));
         assert!(!registry.contains("bob"));
-        assert!(matches!(registry.deliver("bob", item()), Delivery::NotFound(_)));
+        assert!(matches!(
+            registry.deliver("bob", item()),
+            Delivery::NotFound(_)
+        ));
     }
 
     #[test]

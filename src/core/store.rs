@@ -98,11 +98,15 @@ impl UserStore {
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // Both maps are updated together under the write lock by code that
         // cannot panic between the two updates, so poisoning is harmless.
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn now_ms(&self) -> u64 {
@@ -111,11 +115,16 @@ impl UserStore {
 
     /// Registers `name` (already validated). If the name is taken and
     /// `presented` is that identity's token, the owner gets it back.
-    pub fn register(&self, name: &str, presented: Option<&str>) -> Result<Registration, StoreError> {
+    pub fn register(
+        &self,
+        name: &str,
+        presented: Option<&str>,
+    ) -> Result<Registration, StoreError> {
         let now = self.now_ms();
         let mut inner = self.write();
         if let Some((username, identity)) = inner.by_name.get_key_value(name) {
-            let owns = presented.is_some_and(|token| bool::from(digest(token).ct_eq(&identity.digest)));
+            let owns =
+                presented.is_some_and(|token| bool::from(digest(token).ct_eq(&identity.digest)));
             if !owns {
                 return Ok(Registration::Taken);
             }
@@ -162,12 +171,16 @@ impl UserStore {
     /// Removes identities unseen for longer than `ttl` unless `in_use` says
     /// they are connected; returns the names freed.
     pub fn expire(&self, ttl: Duration, in_use: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
-        let cutoff = self.now_ms().saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let cutoff = self
+            .now_ms()
+            .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let mut inner = self.write();
         let expired: Vec<(Arc<str>, TokenDigest)> = inner
             .by_name
             .iter()
-            .filter(|(name, identity)| identity.last_seen.load(Ordering::Relaxed) < cutoff && !in_use(name))
+            .filter(|(name, identity)| {
+                identity.last_seen.load(Ordering::Relaxed) < cutoff && !in_use(name)
+            })
             .map(|(name, identity)| (name.clone(), identity.digest))
             .collect();
         for (name, token_digest) in &expired {
@@ -222,7 +235,11 @@ mod tests {
         assert_eq!(&*name, "alice");
         assert!(token.len() >= 43, "256-bit token in base64url");
         assert_eq!(store.authenticate(&token).as_deref(), Some("alice"));
-        assert_eq!(store.authenticate("alice"), None, "the name is not a credential");
+        assert_eq!(
+            store.authenticate("alice"),
+            None,
+            "the name is not a credential"
+        );
         assert_eq!(store.authenticate(""), None);
     }
 
@@ -231,9 +248,15 @@ mod tests {
         let store = UserStore::new(10);
         let (_, token) = created(store.register("alice", None).unwrap());
         assert_eq!(store.register("alice", None).unwrap(), Registration::Taken);
-        assert_eq!(store.register("alice", Some("guess")).unwrap(), Registration::Taken);
+        assert_eq!(
+            store.register("alice", Some("guess")).unwrap(),
+            Registration::Taken
+        );
         let (_, bob_token) = created(store.register("bob", None).unwrap());
-        assert_eq!(store.register("alice", Some(&bob_token)).unwrap(), Registration::Taken);
+        assert_eq!(
+            store.register("alice", Some(&bob_token)).unwrap(),
+            Registration::Taken
+        );
         assert_eq!(
             store.register("alice", Some(&token)).unwrap(),
             Registration::Reclaimed {
@@ -271,7 +294,10 @@ mod tests {
         let expired = store.expire(Duration::from_millis(20), |name| name == "online");
         assert_eq!(expired, vec![Arc::<str>::from("old")]);
         assert_eq!(store.authenticate(&old_token), None);
-        assert!(matches!(store.register("old", None).unwrap(), Registration::Created { .. }));
+        assert!(matches!(
+            store.register("old", None).unwrap(),
+            Registration::Created { .. }
+        ));
         assert_eq!(store.len(), 3);
     }
 

@@ -83,7 +83,16 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for name in ["alice", "Bob_2", "josé", "李雷", "a.b-c@d", "Mary Ann", "x", &"y".repeat(64)] {
+        for name in [
+            "alice",
+            "Bob_2",
+            "josé",
+            "李雷",
+            "a.b-c@d",
+            "Mary Ann",
+            "x",
+            &"y".repeat(64),
+        ] {
             assert_eq!(validate_username(name), Ok(()), "{name:?}");
         }
     }
@@ -113,6 +122,9 @@ mod tests {
     #[test]
     fn length_counts_characters_not_bytes() {
         assert_eq!(validate_username(&"é".repeat(64)), Ok(()));
-        assert_eq!(validate_username(&"é".repeat(65)), Err(UsernameError::TooLong));
+        assert_eq!(
+            validate_username(&"é".repeat(65)),
+            Err(UsernameError::TooLong)
+        );
     }
 }

@@ -52,11 +52,17 @@ impl From<Refusal> for ApiError {
         match refusal {
             Refusal::RateLimited(wait) => Self {
                 retry_after: Some(wait),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", refusal.to_string())
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    refusal.to_string(),
+                )
             },
-            Refusal::ShuttingDown | Refusal::AtCapacity(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", refusal.to_string())
-            }
+            Refusal::ShuttingDown | Refusal::AtCapacity(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                refusal.to_string(),
+            ),
         }
     }
 }
@@ -67,7 +73,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, body).into_response();
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }
@@ -86,22 +94,42 @@ struct RegisterRequest {
 
 /// Characters left as they are in the `user_username` cookie value; the
 /// rest is percent-encoded (read it back with `decodeURIComponent`).
-const COOKIE_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'@');
+const COOKIE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'@');
 
-fn session_cookies(username: &str, token: &str, secure: bool) -> [(axum::http::HeaderName, String); 2] {
+fn session_cookies(
+    username: &str,
+    token: &str,
+    secure: bool,
+) -> [(axum::http::HeaderName, String); 2] {
     let secure = if secure { "; Secure" } else { "" };
     let name = utf8_percent_encode(username, COOKIE_VALUE);
     [
-        (SET_COOKIE, format!("{USERNAME_COOKIE}={name}; Path=/; SameSite=Lax{secure}")),
-        (SET_COOKIE, format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax{secure}")),
+        (
+            SET_COOKIE,
+            format!("{USERNAME_COOKIE}={name}; Path=/; SameSite=Lax{secure}"),
+        ),
+        (
+            SET_COOKIE,
+            format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax{secure}"),
+        ),
     ]
 }
 
 fn cleared_cookies(secure: bool) -> [(axum::http::HeaderName, String); 2] {
     let secure = if secure { "; Secure" } else { "" };
     [
-        (SET_COOKIE, format!("{USERNAME_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax{secure}")),
-        (SET_COOKIE, format!("{TOKEN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}")),
+        (
+            SET_COOKIE,
+            format!("{USERNAME_COOKIE}=; Path=/; Max-Age=0; SameSite=Lax{secure}"),
+        ),
+        (
+            SET_COOKIE,
+            format!("{TOKEN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}"),
+        ),
     ]
 }
 
@@ -122,7 +150,9 @@ pub(crate) async fn register(
 ) -> Result<Response, ApiError> {
     ctx.hub.check_register_rate(peer.ip())?;
     if !is_json(&headers) {
-        return Err(ApiError::invalid("invalid body: Content-Type must be application/json"));
+        return Err(ApiError::invalid(
+            "invalid body: Content-Type must be application/json",
+        ));
     }
     let body = to_bytes(body, ctx.max_body_bytes).await.map_err(|_| {
         ApiError::new(
@@ -132,10 +162,18 @@ pub(crate) async fn register(
         )
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("invalid body: empty; send {\"username\": \"...\"}"));
+        return Err(ApiError::invalid(
+            "invalid body: empty; send {\"username\": \"...\"}",
+        ));
     }
-    let request: RegisterRequest =
-        serde_json::from_slice(&body).map_err(|err| ApiError::invalid(format!("invalid body: {err}")))?;
+    // serde's derived visitor would also take `["alice"]`.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid(
+            "invalid body: expected a JSON object like {\"username\": \"...\"}",
+        ));
+    }
+    let request: RegisterRequest = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::invalid(format!("invalid body: {err}")))?;
     validate_username(&request.username).map_err(|err| ApiError::invalid(err.to_string()))?;
 
     let presented = auth::session_token(&headers, None);
@@ -143,9 +181,17 @@ pub(crate) async fn register(
         .hub
         .store
         .register(&request.username, presented.as_deref())
-        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", err.to_string()))?;
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                err.to_string(),
+            )
+        })?;
     let (username, token) = match registration {
-        Registration::Created { username, token } | Registration::Reclaimed { username, token } => (username, token),
+        Registration::Created { username, token } | Registration::Reclaimed { username, token } => {
+            (username, token)
+        }
         Registration::Taken => {
             let body = json!({
                 "status": "TAKEN",
@@ -155,14 +201,20 @@ pub(crate) async fn register(
         }
     };
     tracing::info!(user = %username, "registered");
-    let body = json!({ "status": "SUCCESS", "message": "", "username": &*username, "token": token });
-    Ok((AppendHeaders(session_cookies(&username, &token, ctx.secure)), Json(body)).into_response())
+    let body =
+        json!({ "status": "SUCCESS", "message": "", "username": &*username, "token": token });
+    Ok((
+        AppendHeaders(session_cookies(&username, &token, ctx.secure)),
+        Json(body),
+    )
+        .into_response())
 }
 
 /// `GET /v1/user`: who the request's token belongs to, or 404 with the
 /// session cookies cleared.
 pub(crate) async fn user(State(ctx): State<AppState>, headers: HeaderMap) -> Response {
-    let user = auth::session_token(&headers, None).and_then(|token| ctx.hub.store.authenticate(&token));
+    let user =
+        auth::session_token(&headers, None).and_then(|token| ctx.hub.store.authenticate(&token));
     match user {
         Some(username) => Json(json!({ "username": &*username })).into_response(),
         None => (
@@ -225,7 +277,11 @@ pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
 }
 
 /// Refuses requests from foreign origins not on the allow-list (403).
-pub(crate) async fn origin_guard(State(ctx): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn origin_guard(
+    State(ctx): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
     let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
@@ -233,7 +289,10 @@ pub(crate) async fn origin_guard(State(ctx): State<AppState>, request: Request, 
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
-            format!("origin {} is not allowed; see --allow-origin", origin.unwrap_or_default()),
+            format!(
+                "origin {} is not allowed; see --allow-origin",
+                origin.unwrap_or_default()
+            ),
         )
         .into_response();
     }
@@ -249,16 +308,17 @@ pub(crate) async fn admin_guard(
     next: Next,
 ) -> Response {
     match &ctx.admin_token {
-        Some(expected) => {
-            if !auth::admin_token_matches(expected, auth::bearer(request.headers())) {
-                let mut response =
-                    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin routes need the admin bearer token")
-                        .into_response();
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
+        Some(expected) if !auth::admin_token_matches(expected, auth::bearer(request.headers())) => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "admin routes need the admin bearer token",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
         }
         None if !auth::is_loopback(peer.ip()) => {
             return ApiError::new(
@@ -268,14 +328,18 @@ pub(crate) async fn admin_guard(
             )
             .into_response();
         }
-        None => {}
+        _ => {}
     }
     next.run(request).await
 }
 
 /// Unknown route.
 pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no route for {method} {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!("no route for {method} {}", uri.path()),
+    )
 }
 
 /// Known route, wrong method.

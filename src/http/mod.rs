@@ -9,7 +9,7 @@ mod websocket;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header::{CONTENT_TYPE, AUTHORIZATION};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, request::Parts};
 use axum::middleware;
 use axum::routing::get;
@@ -71,9 +71,15 @@ pub fn router(ctx: AppState) -> Router {
                 .route("/v1/kick-active-users", get(api::kick).post(api::kick))
                 .route("/v1/users", get(api::list_users).delete(api::delete_users))
                 .route("/v1/stats", get(api::stats))
-                .route_layer(middleware::from_fn_with_state(ctx.clone(), api::admin_guard)),
+                .route_layer(middleware::from_fn_with_state(
+                    ctx.clone(),
+                    api::admin_guard,
+                )),
         )
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), api::origin_guard));
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            api::origin_guard,
+        ));
 
     let mut app = Router::new()
         .route("/healthcheck", get(api::healthcheck))
@@ -101,12 +107,89 @@ fn cors_layer(ctx: &AppState) -> CorsLayer {
     let policy = ctx.origins.clone();
     let secure = ctx.secure;
     CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, parts: &Parts| {
-            let host = parts.headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok());
-            policy.judge(origin.to_str().ok(), host, secure) == crate::auth::OriginVerdict::Allowed
-        }))
+        .allow_origin(AllowOrigin::predicate(
+            move |origin: &HeaderValue, parts: &Parts| {
+                let host = parts
+                    .headers
+                    .get(axum::http::header::HOST)
+                    .and_then(|h| h.to_str().ok());
+                policy.judge(origin.to_str().ok(), host, secure)
+                    == crate::auth::OriginVerdict::Allowed
+            },
+        ))
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([CONTENT_TYPE, AUTHORIZATION])
         .max_age(std::time::Duration::from_secs(600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Limits;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, StatusCode};
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    fn app(admin_token: Option<&str>) -> Router {
+        app_with(admin_token, false)
+    }
+
+    fn app_with(admin_token: Option<&str>, secure: bool) -> Router {
+        router(Arc::new(HttpContext {
+            hub: Hub::new(Limits::default()),
+            origins: OriginPolicy::default(),
+            admin_token: admin_token.map(str::to_owned),
+            secure,
+            cert: CertInfo {
+                sha256_base64: String::new(),
+                sha256_hex: String::new(),
+                development: true,
+                webtransport_port: 8000,
+            },
+            max_body_bytes: 1024,
+            websocket: WebSocketSettings::default(),
+        }))
+    }
+
+    async fn status(app: Router, peer: &str, auth: Option<&str>) -> StatusCode {
+        let mut request = Request::get("/v1/users");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn admin_routes_without_a_token_answer_only_loopback() {
+        assert_eq!(status(app(None), "127.0.0.1:5000", None).await, StatusCode::OK);
+        assert_eq!(status(app(None), "[::1]:5000", None).await, StatusCode::OK);
+        assert_eq!(status(app(None), "192.0.2.7:5000", None).await, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn admin_token_works_from_anywhere() {
+        let remote = "192.0.2.7:5000";
+        assert_eq!(status(app(Some("t")), remote, Some("Bearer t")).await, StatusCode::OK);
+        assert_eq!(status(app(Some("t")), remote, None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(app(Some("t")), "127.0.0.1:1", None).await, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn alt_svc_is_advertised_only_over_tls() {
+        let request = || {
+            let mut r = Request::get("/healthcheck").body(Body::empty()).unwrap();
+            r.extensions_mut().insert(ConnectInfo("127.0.0.1:1".parse::<SocketAddr>().unwrap()));
+            r
+        };
+        let plain = app(None).oneshot(request()).await.unwrap();
+        assert!(plain.headers().get("alt-svc").is_none());
+        let tls = app_with(None, true).oneshot(request()).await.unwrap();
+        assert_eq!(tls.headers()["alt-svc"], "h3=\":8000\"; ma=86400");
+    }
 }

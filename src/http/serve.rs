@@ -55,11 +55,15 @@ pub async fn serve_tcp(
         connections.spawn(async move {
             match tls {
                 None => serve_connection(stream, peer, router, max_header_bytes, stop).await,
-                Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, router, max_header_bytes, stop).await,
-                    Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, router, max_header_bytes, stop).await
+                        }
+                        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -67,8 +71,13 @@ pub async fn serve_tcp(
     connections.wait().await;
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router, max_header_bytes: usize, stop: CancellationToken)
-where
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    max_header_bytes: usize,
+    stop: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {

@@ -41,7 +41,9 @@ pub struct WebSocketSettings {
 
 impl Default for WebSocketSettings {
     fn default() -> Self {
-        Self { read_buffer_bytes: 4096 }
+        Self {
+            read_buffer_bytes: 4096,
+        }
     }
 }
 
@@ -64,7 +66,8 @@ pub(crate) async fn connect(
         Ok(admission) => admission,
         Err(refusal) => return ApiError::from(refusal).into_response(),
     };
-    let user = auth::session_token(&headers, uri.query()).and_then(|token| ctx.hub.store.authenticate(&token));
+    let user = auth::session_token(&headers, uri.query())
+        .and_then(|token| ctx.hub.store.authenticate(&token));
     let limits = &ctx.hub.limits;
     let hub = ctx.hub.clone();
     upgrade
@@ -96,7 +99,12 @@ fn not_an_upgrade(headers: &HeaderMap, rejection: WebSocketUpgradeRejection) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if asked_for_websocket {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID", format!("bad WebSocket handshake: {rejection}")).into_response()
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID",
+            format!("bad WebSocket handshake: {rejection}"),
+        )
+        .into_response()
     } else {
         let mut response = ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -104,7 +112,9 @@ fn not_an_upgrade(headers: &HeaderMap, rejection: WebSocketUpgradeRejection) -> 
             "/v1/connect needs a WebSocket upgrade (or WebTransport over HTTP/3)",
         )
         .into_response();
-        response.headers_mut().insert(UPGRADE, axum::http::HeaderValue::from_static("websocket"));
+        response
+            .headers_mut()
+            .insert(UPGRADE, axum::http::HeaderValue::from_static("websocket"));
         response
     }
 }
@@ -126,7 +136,10 @@ async fn serve(mut socket: WebSocket, session: Session) {
     let mut batch: Vec<Queued> = Vec::new();
     let mut reading = true;
     let mut last_heard = Instant::now();
-    let mut keep_alive = interval_at(Instant::now() + limits.keep_alive_interval, limits.keep_alive_interval);
+    let mut keep_alive = interval_at(
+        Instant::now() + limits.keep_alive_interval,
+        limits.keep_alive_interval,
+    );
     keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let ended_by = loop {
@@ -150,16 +163,22 @@ async fn serve(mut socket: WebSocket, session: Session) {
             message = socket.next(), if reading => {
                 last_heard = Instant::now();
                 reading = handle(&session, message);
-                // Take every frame already buffered before waiting again.
-                for _ in 0..READ_BATCH {
-                    if !reading {
-                        break;
-                    }
+                // Take the frames already buffered before waiting again...
+                let mut taken = 1;
+                while reading && taken < READ_BATCH {
                     let Some(message) = socket.next().now_or_never() else { break };
                     reading = handle(&session, message);
+                    taken += 1;
                 }
                 if !reading && session.outbox().closing().is_none() {
                     break None;
+                }
+                // ...but let the writers of the targets run before the next
+                // batch: frames parsed from tungstenite's buffer do not count
+                // against tokio's cooperative budget, so a flood could
+                // otherwise fill a target's queue on a single-thread runtime.
+                if taken == READ_BATCH {
+                    tokio::task::yield_now().await;
                 }
             }
             _ = keep_alive.tick() => {
@@ -208,12 +227,19 @@ fn handle(session: &Session, message: Option<Result<Message, axum::Error>>) -> b
     true
 }
 
-async fn write_batch(socket: &mut WebSocket, batch: &[Queued], write_timeout: Duration) -> Result<(), WriteError> {
+async fn write_batch(
+    socket: &mut WebSocket,
+    batch: &[Queued],
+    write_timeout: Duration,
+) -> Result<(), WriteError> {
     let failed = |err: &dyn std::fmt::Display| WriteError::Failed(err.to_string());
     let write = async {
         for item in batch {
             let text = Utf8Bytes::try_from(item.frame.clone()).map_err(|e| failed(&e))?;
-            socket.feed(Message::Text(text)).await.map_err(|e| failed(&e))?;
+            socket
+                .feed(Message::Text(text))
+                .await
+                .map_err(|e| failed(&e))?;
         }
         socket.flush().await.map_err(|e| failed(&e))
     };

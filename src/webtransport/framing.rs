@@ -36,7 +36,11 @@ impl LineFramer {
 
     /// Feeds one chunk, calling `on_line` for every line it completes, in
     /// order. After an error the framer must not be fed again.
-    pub fn feed(&mut self, mut chunk: Bytes, mut on_line: impl FnMut(&[u8])) -> Result<(), LineTooLong> {
+    pub fn feed(
+        &mut self,
+        mut chunk: Bytes,
+        mut on_line: impl FnMut(&[u8]),
+    ) -> Result<(), LineTooLong> {
         let too_long = LineTooLong { max: self.max_line };
         while let Some(end) = memchr::memchr(b'\n', &chunk) {
             if self.partial.len() + end > self.max_line {
@@ -92,14 +96,20 @@ mod tests {
     #[test]
     fn several_lines_in_one_chunk() {
         let mut framer = LineFramer::new(100);
-        assert_eq!(lines(&mut framer, &[b"a\nbb\nccc\n"]).unwrap(), ["a", "bb", "ccc"]);
+        assert_eq!(
+            lines(&mut framer, &[b"a\nbb\nccc\n"]).unwrap(),
+            ["a", "bb", "ccc"]
+        );
         assert_eq!(framer.pending(), 0);
     }
 
     #[test]
     fn a_line_across_many_chunks() {
         let mut framer = LineFramer::new(100);
-        assert_eq!(lines(&mut framer, &[b"{\"ta", b"rget\"", b":1}\nnext", b"\n"]).unwrap(), ["{\"target\":1}", "next"]);
+        assert_eq!(
+            lines(&mut framer, &[b"{\"ta", b"rget\"", b":1}\nnext", b"\n"]).unwrap(),
+            ["{\"target\":1}", "next"]
+        );
     }
 
     #[test]
@@ -119,11 +129,20 @@ mod tests {
     fn limit_is_exact() {
         let mut framer = LineFramer::new(4);
         assert_eq!(lines(&mut framer, &[b"abcd\n"]).unwrap(), ["abcd"]);
-        assert_eq!(lines(&mut framer, &[b"abcde\n"]), Err(LineTooLong { max: 4 }));
+        assert_eq!(
+            lines(&mut framer, &[b"abcde\n"]),
+            Err(LineTooLong { max: 4 })
+        );
         let mut framer = LineFramer::new(4);
-        assert_eq!(lines(&mut framer, &[b"ab", b"cd", b"\n"]).unwrap(), ["abcd"]);
+        assert_eq!(
+            lines(&mut framer, &[b"ab", b"cd", b"\n"]).unwrap(),
+            ["abcd"]
+        );
         let mut framer = LineFramer::new(4);
-        assert_eq!(lines(&mut framer, &[b"ab", b"cde"]), Err(LineTooLong { max: 4 }));
+        assert_eq!(
+            lines(&mut framer, &[b"ab", b"cde"]),
+            Err(LineTooLong { max: 4 })
+        );
     }
 
     #[test]
@@ -131,7 +150,10 @@ mod tests {
         let mut framer = LineFramer::new(1000);
         let chunk = vec![b'x'; 600];
         framer.feed(Bytes::from(chunk.clone()), |_| {}).unwrap();
-        assert_eq!(framer.feed(Bytes::from(chunk), |_| {}), Err(LineTooLong { max: 1000 }));
+        assert_eq!(
+            framer.feed(Bytes::from(chunk), |_| {}),
+            Err(LineTooLong { max: 1000 })
+        );
         assert!(framer.pending() <= 1000);
     }
 }

@@ -91,7 +91,8 @@ pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConf
         .keep_alive_interval(Some(limits.keep_alive_interval))
         .max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into())
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
-    let window = u32::try_from(limits.max_envelope_bytes.saturating_mul(4).max(256 * 1024)).unwrap_or(u32::MAX);
+    let window = u32::try_from(limits.max_envelope_bytes.saturating_mul(4).max(256 * 1024))
+        .unwrap_or(u32::MAX);
     transport
         .stream_receive_window(window.into())
         .receive_window((window.saturating_mul(2)).into())
@@ -102,13 +103,20 @@ pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConf
 }
 
 /// Binds a QUIC endpoint.
-pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<quinn::Endpoint, EndpointError> {
+pub fn bind(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, EndpointError> {
     quinn::Endpoint::server(config, addr).map_err(|source| EndpointError::Bind { addr, source })
 }
 
 /// Accepts QUIC connections until `stop` is cancelled. Connections over the
 /// cap or the per-IP rate are refused before the handshake.
-pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<WebTransportContext>, stop: tokio_util::sync::CancellationToken) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<WebTransportContext>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let incoming = tokio::select! {
@@ -185,9 +193,10 @@ async fn handle_connection(
                 return Ok(());
             }
         };
-        let (request, mut stream) = tokio::time::timeout(HANDSHAKE_TIMEOUT, resolver.resolve_request())
-            .await
-            .map_err(|_| ConnectionError::Timeout)??;
+        let (request, mut stream) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, resolver.resolve_request())
+                .await
+                .map_err(|_| ConnectionError::Timeout)??;
         if !is_webtransport_connect(&request) {
             tokio::spawn(serve_http3(request, stream, ctx.clone(), peer));
             continue;
@@ -198,7 +207,9 @@ async fn handle_connection(
                 respond(&mut stream, status, message).await?;
             }
             Ok(user) => {
-                let session = h3_webtransport::server::WebTransportSession::accept(request, stream, h3).await?;
+                let session =
+                    h3_webtransport::server::WebTransportSession::accept(request, stream, h3)
+                        .await?;
                 session::run(session, conn, user, admission, peer, &ctx.hub).await;
                 return Ok(());
             }
@@ -208,20 +219,33 @@ async fn handle_connection(
 
 fn is_webtransport_connect<T>(request: &Request<T>) -> bool {
     request.method() == Method::CONNECT
-        && request.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+        && request.extensions().get::<h3::ext::Protocol>()
+            == Some(&h3::ext::Protocol::WEB_TRANSPORT)
 }
 
 /// The checks made before a session is accepted: path, origin, token.
-fn authorize<T>(ctx: &WebTransportContext, request: &Request<T>) -> Result<Arc<str>, (StatusCode, String)> {
+fn authorize<T>(
+    ctx: &WebTransportContext,
+    request: &Request<T>,
+) -> Result<Arc<str>, (StatusCode, String)> {
     if request.uri().path() != CONNECT_PATH {
-        return Err((StatusCode::NOT_FOUND, format!("no WebTransport endpoint at {}", request.uri().path())));
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no WebTransport endpoint at {}", request.uri().path()),
+        ));
     }
-    let origin = request.headers().get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    let origin = request
+        .headers()
+        .get(ORIGIN)
+        .map(|v| v.to_str().unwrap_or("invalid"));
     let authority = request.uri().authority().map(|a| a.as_str());
     if !ctx.origins.judge(origin, authority, true).permits() {
         return Err((
             StatusCode::FORBIDDEN,
-            format!("origin {} is not allowed; see --allow-origin", origin.unwrap_or_default()),
+            format!(
+                "origin {} is not allowed; see --allow-origin",
+                origin.unwrap_or_default()
+            ),
         ));
     }
     auth::session_token(request.headers(), request.uri().query())
@@ -234,8 +258,16 @@ fn authorize<T>(ctx: &WebTransportContext, request: &Request<T>) -> Result<Arc<s
         })
 }
 
-async fn respond(stream: &mut H3Stream, status: StatusCode, message: String) -> Result<(), h3::error::StreamError> {
-    let code = status.canonical_reason().unwrap_or("ERROR").to_ascii_uppercase().replace(' ', "_");
+async fn respond(
+    stream: &mut H3Stream,
+    status: StatusCode,
+    message: String,
+) -> Result<(), h3::error::StreamError> {
+    let code = status
+        .canonical_reason()
+        .unwrap_or("ERROR")
+        .to_ascii_uppercase()
+        .replace(' ', "_");
     let body = serde_json::json!({ "status": code, "message": message }).to_string();
     let response = Response::builder()
         .status(status)
@@ -248,7 +280,12 @@ async fn respond(stream: &mut H3Stream, status: StatusCode, message: String) -> 
 }
 
 /// Answers a plain HTTP/3 request with the axum application.
-async fn serve_http3(request: Request<()>, mut stream: H3Stream, ctx: Arc<WebTransportContext>, peer: SocketAddr) {
+async fn serve_http3(
+    request: Request<()>,
+    mut stream: H3Stream,
+    ctx: Arc<WebTransportContext>,
+    peer: SocketAddr,
+) {
     let result = async {
         let mut body = BytesMut::new();
         while let Some(mut chunk) = stream.recv_data().await? {
@@ -260,14 +297,20 @@ async fn serve_http3(request: Request<()>, mut stream: H3Stream, ctx: Arc<WebTra
         }
         let (mut parts, ()) = request.into_parts();
         parts.extensions.insert(ConnectInfo(peer));
-        if let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(authority) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.entry(HOST).or_insert(authority);
         }
         let request = Request::from_parts(parts, Body::from(body.freeze()));
         let Ok(response) = ctx.router.clone().oneshot(request).await;
         let (parts, body) = response.into_parts();
         let body = to_bytes(body, MAX_RESPONSE_BYTES).await.unwrap_or_default();
-        stream.send_response(Response::from_parts(parts, ())).await?;
+        stream
+            .send_response(Response::from_parts(parts, ()))
+            .await?;
         if !body.is_empty() {
             stream.send_data(body).await?;
         }

@@ -25,12 +25,17 @@ type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>,
 /// connection itself before we close it (closing QUIC at once would discard
 /// unacknowledged stream data).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Lines handled before giving the targets' writers a turn.
+const READ_BATCH: usize = 64;
 
 /// Closes the QUIC connection (and with it the session) with the reason's
 /// code: the one place a WebTransport close code is chosen.
 pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason, hub: &Hub) {
     hub.stats.closed_for(reason);
-    conn.close(quinn::VarInt::from_u32(u32::from(reason.code())), reason.reason().as_bytes());
+    conn.close(
+        quinn::VarInt::from_u32(u32::from(reason.code())),
+        reason.reason().as_bytes(),
+    );
 }
 
 /// Waits for the client's stream, attaches the session to `user`, and
@@ -56,7 +61,9 @@ pub(super) async fn run(
     let (send, recv) = stream.split();
     let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
     let span = tracing::info_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
-    relay(&session, &conn, send, recv, core).instrument(span).await;
+    relay(&session, &conn, send, recv, core)
+        .instrument(span)
+        .await;
 }
 
 type Bidi = h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -68,7 +75,10 @@ async fn first_stream(session: &Session3) -> Option<Bidi> {
         match session.accept_bi().await {
             Ok(Some(AcceptedBi::BidiStream(_, stream))) => return Some(stream),
             Ok(Some(AcceptedBi::Request(_, mut stream))) => {
-                let response = http::Response::builder().status(http::StatusCode::NOT_FOUND).body(()).unwrap_or_default();
+                let response = http::Response::builder()
+                    .status(http::StatusCode::NOT_FOUND)
+                    .body(())
+                    .unwrap_or_default();
                 let _ = stream.send_response(response).await;
                 let _ = stream.finish().await;
             }
@@ -98,6 +108,7 @@ async fn relay(
     let mut framer = LineFramer::new(limits.max_envelope_bytes);
     let mut batch: Vec<Queued> = Vec::new();
     let mut reading = true;
+    let mut lines_since_yield = 0;
     let ended_by = loop {
         tokio::select! {
             biased;
@@ -119,9 +130,18 @@ async fn relay(
             data = poll_fn(|cx| recv.poll_data(cx)), if reading => match data {
                 Ok(Some(mut chunk)) => {
                     let chunk = chunk.copy_to_bytes(chunk.remaining());
-                    if framer.feed(chunk, |line| core.handle_frame(line)).is_err() {
+                    if framer.feed(chunk, |line| {
+                        lines_since_yield += 1;
+                        core.handle_frame(line);
+                    }).is_err() {
                         core.close(CloseReason::MessageTooBig);
                         reading = false;
+                    }
+                    // Let the targets' writers run during a flood (see the
+                    // WebSocket transport for why).
+                    if lines_since_yield >= READ_BATCH {
+                        lines_since_yield = 0;
+                        tokio::task::yield_now().await;
                     }
                 }
                 // The client finished its stream or the session is gone.
@@ -148,7 +168,10 @@ async fn relay(
             .await;
             drop(core);
             let _ = timeout(CLOSE_LINGER, conn.closed()).await;
-            conn.close(quinn::VarInt::from_u32(u32::from(reason.code())), reason.reason().as_bytes());
+            conn.close(
+                quinn::VarInt::from_u32(u32::from(reason.code())),
+                reason.reason().as_bytes(),
+            );
             tracing::debug!(reason = reason.reason(), "closed by the gateway");
         }
         None => {
@@ -160,7 +183,11 @@ async fn relay(
     }
 }
 
-async fn write_batch(send: &mut SendHalf, batch: &[Queued], write_timeout: Duration) -> Result<(), WriteError> {
+async fn write_batch(
+    send: &mut SendHalf,
+    batch: &[Queued],
+    write_timeout: Duration,
+) -> Result<(), WriteError> {
     let write = async {
         if let [single] = batch {
             return send.write_all(&single.frame).await;
@@ -176,4 +203,3 @@ async fn write_batch(send: &mut SendHalf, batch: &[Queued], write_timeout: Durat
         Err(_) => Err(WriteError::Stalled(write_timeout)),
     }
 }
-

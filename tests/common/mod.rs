@@ -1,0 +1,493 @@
+//! Test support: a real gateway on ephemeral loopback ports, and clients that
+//! talk to it as browsers and native apps do — tokio-tungstenite for
+//! WebSocket, wtransport (an independent QUIC/HTTP/3 stack) for
+//! WebTransport, and a raw h3 client where HTTP/3 status codes matter.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use signal_gateway::config::Config;
+use signal_gateway::core::Hub;
+use signal_gateway::server::Gateway;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Every await in the tests is bounded by this.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits `future` or fails the test after [`TIMEOUT`].
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(TIMEOUT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Generous rates so ordinary tests never trip the abuse limits; tests of
+/// the limits pass their own values (later flags win).
+const TEST_DEFAULTS: &[&str] = &[
+    "--listen",
+    "127.0.0.1:0",
+    "--connect-rate",
+    "100000",
+    "--connect-burst",
+    "100000",
+    "--register-rate",
+    "100000",
+    "--register-burst",
+    "100000",
+    "--envelope-rate",
+    "100000",
+    "--envelope-burst",
+    "100000",
+];
+
+/// A running gateway.
+pub struct TestGateway {
+    pub http: SocketAddr,
+    pub wt: SocketAddr,
+    pub cert_sha256: [u8; 32],
+    pub cert_der: Vec<u8>,
+    pub hub: Arc<Hub>,
+    pub certs: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: reqwest::Client,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Self {
+        let certs = tempfile::tempdir().expect("temp dir");
+        let mut argv: Vec<String> = TEST_DEFAULTS.iter().map(|s| s.to_string()).collect();
+        argv.extend(["--cert-dir".to_string(), certs.path().display().to_string()]);
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let config = Config::from_args(argv).expect("valid test config");
+        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        let http = gateway.http_addrs()[0];
+        let wt = gateway.webtransport_addrs()[0];
+        let hub = gateway.hub().clone();
+        let hex = &gateway.cert().sha256_hex;
+        let mut cert_sha256 = [0u8; 32];
+        for (i, byte) in cert_sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        let cert_der = read_cert_der(&certs.path().join("cert.pem"));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            gateway
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("gateway runs");
+        });
+        Self {
+            http,
+            wt,
+            cert_sha256,
+            cert_der,
+            hub,
+            certs,
+            stop: Some(stop),
+            task: Some(task),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// Starts shutdown and waits for `run` to return; returns how long it took.
+    pub async fn shutdown(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("gateway shutdown", task)
+                .await
+                .expect("gateway task");
+        }
+        started.elapsed()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Registers `name` and returns its token.
+    pub async fn register(&self, name: &str) -> String {
+        let response = within(
+            "register",
+            self.client
+                .post(self.url("/v1/register"))
+                .json(&json!({ "username": name }))
+                .send(),
+        )
+        .await
+        .expect("register request");
+        assert_eq!(response.status(), 200, "register {name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "SUCCESS", "register {name}: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers `name` and connects it over `transport`, past its WELCOME.
+    pub async fn user(&self, name: &str, transport: Kind) -> Client {
+        let token = self.register(name).await;
+        let mut client = Client::connect(self, transport, &token).await;
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "WELCOME", "{welcome}");
+        assert_eq!(welcome["payload"]["username"], name);
+        client
+    }
+
+    /// Polls `/v1/users` until `check` holds on the connected list.
+    pub async fn wait_connected(&self, what: &str, check: impl Fn(&[Value]) -> bool) {
+        within(what, async {
+            loop {
+                let users: Value = self
+                    .client
+                    .get(self.url("/v1/users"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if check(users["connected"].as_array().unwrap()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn read_cert_der(path: &std::path::Path) -> Vec<u8> {
+    let pem = std::fs::read(path).expect("dev certificate written");
+    let mut reader = std::io::BufReader::new(&pem[..]);
+    rustls_pemfile::certs(&mut reader)
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// Which transport a test client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    WebSocket,
+    WebTransport,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// Close code (WebSocket close frame or QUIC application close).
+    pub code: u32,
+    /// Close reason text.
+    pub reason: String,
+    /// The payload of the final `CLOSE` envelope, if one arrived.
+    pub envelope: Option<Value>,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A realtime client on either transport, with one interface.
+pub enum Client {
+    Ws(Ws),
+    Wt(WtClient),
+}
+
+pub struct WtClient {
+    pub conn: wtransport::Connection,
+    pub send: wtransport::SendStream,
+    pub recv: BufReader<wtransport::RecvStream>,
+    _endpoint: wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>,
+}
+
+/// Opens a WebSocket to `/v1/connect` with the given query and headers.
+pub async fn ws_connect(
+    gw: &TestGateway,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("ws://{}/v1/connect{query}", gw.http)
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    within(
+        "websocket connect",
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .map(|(ws, _)| ws)
+}
+
+/// Opens a WebTransport session with the given query and headers.
+pub async fn wt_connect(
+    gw: &TestGateway,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WtClient, wtransport::error::ConnectingError> {
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(gw.cert_sha256)])
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .build();
+    let endpoint = wtransport::Endpoint::client(config).unwrap();
+    let mut options = wtransport::endpoint::ConnectOptions::builder(format!(
+        "https://{}/v1/connect{query}",
+        gw.wt
+    ));
+    for (name, value) in headers {
+        options = options.add_header(*name, *value);
+    }
+    let conn = within("webtransport connect", endpoint.connect(options.build())).await?;
+    let (send, recv) = within("open stream", async {
+        conn.open_bi().await.unwrap().await.unwrap()
+    })
+    .await;
+    Ok(WtClient {
+        conn,
+        send,
+        recv: BufReader::new(recv),
+        _endpoint: endpoint,
+    })
+}
+
+impl Client {
+    /// Connects with `token` in the query string (as a browser must).
+    pub async fn connect(gw: &TestGateway, kind: Kind, token: &str) -> Self {
+        let query = format!("?token={token}");
+        match kind {
+            Kind::WebSocket => Client::Ws(
+                ws_connect(gw, &query, &[])
+                    .await
+                    .expect("websocket connects"),
+            ),
+            Kind::WebTransport => Client::Wt(
+                wt_connect(gw, &query, &[])
+                    .await
+                    .expect("webtransport connects"),
+            ),
+        }
+    }
+
+    /// Sends one envelope text (WebSocket text frame; WebTransport line).
+    pub async fn send_text(&mut self, text: &str) {
+        match self {
+            Client::Ws(ws) => within("ws send", ws.send(Message::text(text)))
+                .await
+                .expect("ws send"),
+            Client::Wt(wt) => {
+                let mut line = text.as_bytes().to_vec();
+                line.push(b'\n');
+                within("wt send", wt.send.write_all(&line))
+                    .await
+                    .expect("wt send");
+            }
+        }
+    }
+
+    /// Sends raw bytes: a binary frame on WebSocket, bytes as they are on
+    /// WebTransport (the caller adds newlines).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        match self {
+            Client::Ws(ws) => within("ws send", ws.send(Message::binary(bytes.to_vec())))
+                .await
+                .expect("ws send"),
+            Client::Wt(wt) => within("wt send", wt.send.write_all(bytes))
+                .await
+                .expect("wt send"),
+        }
+    }
+
+    /// Sends `{target, type, payload}`.
+    pub async fn send(&mut self, target: &str, kind: &str, payload: Value) {
+        self.send_text(&json!({ "target": target, "type": kind, "payload": payload }).to_string())
+            .await;
+    }
+
+    /// The next envelope as raw text (without the trailing newline).
+    pub async fn recv_text(&mut self) -> String {
+        match self {
+            Client::Ws(ws) => loop {
+                match within("ws recv", ws.next()).await {
+                    Some(Ok(Message::Text(text))) => return text.trim_end_matches('\n').to_owned(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected an envelope, got {other:?}"),
+                }
+            },
+            Client::Wt(wt) => {
+                let mut line = String::new();
+                let read = within("wt recv", wt.recv.read_line(&mut line))
+                    .await
+                    .expect("wt read");
+                assert!(read > 0, "stream ended while an envelope was expected");
+                line.trim_end_matches('\n').to_owned()
+            }
+        }
+    }
+
+    /// The next envelope.
+    pub async fn recv(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
+    }
+
+    /// Reads until the gateway closes the connection; returns the close
+    /// code, reason and final CLOSE envelope. Envelopes before it are returned
+    /// in `skipped`.
+    pub async fn closed(&mut self) -> Closed {
+        let mut envelope = None;
+        match self {
+            Client::Ws(ws) => loop {
+                match within("ws close", ws.next()).await {
+                    Some(Ok(Message::Text(text))) => {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        if v["type"] == "CLOSE" {
+                            envelope = Some(v["payload"].clone());
+                        }
+                    }
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return Closed {
+                            code: u16::from(frame.code).into(),
+                            reason: frame.reason.to_string(),
+                            envelope,
+                        };
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            },
+            Client::Wt(wt) => {
+                loop {
+                    let mut line = String::new();
+                    match within("wt close", wt.recv.read_line(&mut line)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let v: Value = serde_json::from_str(line.trim_end()).unwrap();
+                            if v["type"] == "CLOSE" {
+                                envelope = Some(v["payload"].clone());
+                            }
+                        }
+                    }
+                }
+                // Reading to the end is what a client does; the gateway
+                // closes the connection with the code right after.
+                match within("wt closed", wt.conn.closed()).await {
+                    wtransport::error::ConnectionError::ApplicationClosed(close) => Closed {
+                        code: u32::try_from(close.code().into_inner()).unwrap(),
+                        reason: String::from_utf8_lossy(close.reason()).into_owned(),
+                        envelope,
+                    },
+                    other => panic!("expected an application close, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Closes from the client side, cleanly.
+    pub async fn close(self) {
+        match self {
+            Client::Ws(mut ws) => {
+                let _ = within("ws close", ws.close(None)).await;
+            }
+            Client::Wt(mut wt) => {
+                let _ = within("wt finish", wt.send.finish()).await;
+                wt.conn.close(0u32.into(), b"bye");
+            }
+        }
+    }
+}
+
+/// A plain HTTP/3 request (optionally an extended CONNECT for WebTransport)
+/// with a raw h3 client, to see the status codes a browser would get.
+pub async fn h3_request(
+    gw: &TestGateway,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    webtransport: bool,
+) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(gw.cert_der.clone()))
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = within(
+        "quic connect",
+        endpoint.connect(gw.wt, "localhost").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (mut driver, mut send_request) = h3::client::builder()
+        .enable_extended_connect(true)
+        .enable_datagram(true)
+        .build::<_, _, bytes::Bytes>(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost:{}{path}", gw.wt.port()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if webtransport {
+        request = request.extension(h3::ext::Protocol::WEB_TRANSPORT);
+    }
+    let mut stream = within(
+        "h3 send",
+        send_request.send_request(request.body(()).unwrap()),
+    )
+    .await
+    .unwrap();
+    within("h3 finish", stream.finish()).await.unwrap();
+    let response = within("h3 response", stream.recv_response()).await.unwrap();
+    let mut body = Vec::new();
+    while let Some(mut chunk) = within("h3 body", stream.recv_data()).await.unwrap() {
+        use bytes::Buf;
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    drive.abort();
+    (
+        response.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
