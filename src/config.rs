@@ -140,6 +140,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGNAL_STREAM_OPEN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
     pub stream_open_timeout: Duration,
 
+    /// A client must finish its TLS/QUIC handshake and send its HTTP request
+    /// head within this time (cuts off slow-drip clients).
+    #[arg(long, env = "SIGNAL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
+    pub handshake_timeout: Duration,
+
     /// Inbound envelopes per second per connection.
     #[arg(long, env = "SIGNAL_ENVELOPE_RATE", default_value_t = NonZeroU32::new(limits::DEFAULT_ENVELOPE_RATE).unwrap_or(NonZeroU32::MIN))]
     pub envelope_rate: NonZeroU32,
@@ -208,6 +213,7 @@ impl LimitArgs {
             idle_timeout: self.idle_timeout,
             keep_alive_interval: self.keep_alive_interval,
             stream_open_timeout: self.stream_open_timeout,
+            handshake_timeout: self.handshake_timeout,
             envelope_rate: self.envelope_rate,
             envelope_burst: self.envelope_burst,
             max_connections: self.max_connections,
@@ -375,6 +381,7 @@ mod tests {
         assert_eq!(core.keep_alive_interval, defaults.keep_alive_interval);
         assert_eq!(core.write_timeout, defaults.write_timeout);
         assert_eq!(core.identity_ttl, defaults.identity_ttl);
+        assert_eq!(core.handshake_timeout, defaults.handshake_timeout);
         assert_eq!(core.envelope_rate, defaults.envelope_rate);
         config.validate().unwrap();
     }

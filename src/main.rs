@@ -1,6 +1,8 @@
 //! The `signal-gateway` binary: parse the configuration, set up logging,
 //! and run the library's [`Gateway`] until Ctrl-C or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use signal_gateway::config::{Cli, Command};
@@ -10,7 +12,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Logs go to stderr (stdout is for the `cert` subcommand's output), with
+    // colours only on a terminal.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("signal_gateway=info")),

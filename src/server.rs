@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::OriginPolicy;
 use crate::config::{Config, ConfigError, ListenAddr};
 use crate::core::Hub;
-use crate::http::{self, CertInfo, HttpContext, WebSocketSettings};
+use crate::http::{self, CertInfo, HttpContext, TcpLimits, WebSocketSettings};
 use crate::tls::{self, TlsError};
 use crate::webtransport::{self, EndpointError, WebTransportContext};
 
@@ -55,7 +55,7 @@ pub struct Gateway {
     tls: Option<Arc<rustls::ServerConfig>>,
     wt: Arc<WebTransportContext>,
     cert: CertInfo,
-    max_header_bytes: usize,
+    tcp_limits: TcpLimits,
     shutdown_timeout: Duration,
 }
 
@@ -128,7 +128,10 @@ impl Gateway {
             tls,
             wt,
             cert,
-            max_header_bytes: config.limits.max_header_bytes,
+            tcp_limits: TcpLimits {
+                max_header_bytes: config.limits.max_header_bytes,
+                handshake_timeout: config.limits.handshake_timeout,
+            },
             shutdown_timeout: config.limits.shutdown_timeout,
         })
     }
@@ -170,7 +173,7 @@ impl Gateway {
                 listener,
                 self.router.clone(),
                 self.tls.clone(),
-                self.max_header_bytes,
+                self.tcp_limits,
                 stop.clone(),
             ));
         }
@@ -195,7 +198,10 @@ impl Gateway {
             .is_ok();
         tracing::info!(closing, drained, "clients closed");
         for endpoint in &self.quic {
-            endpoint.close(0u32.into(), b"SHUTDOWN");
+            endpoint.close(
+                u32::from(crate::core::CloseReason::Shutdown.code()).into(),
+                crate::core::CloseReason::Shutdown.reason().as_bytes(),
+            );
         }
         let _ = tokio::time::timeout(ENDPOINT_CLOSE_GRACE, async {
             for endpoint in &self.quic {

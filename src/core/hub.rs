@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::envelope::{
     ErrorDetail, Inbound, Welcome, error_frame, forward_frame, parse_inbound, welcome_frame,
@@ -54,6 +55,7 @@ pub struct Hub {
     all_gone: Notify,
     connect_rate: DefaultKeyedRateLimiter<IpAddr>,
     register_rate: DefaultKeyedRateLimiter<IpAddr>,
+    stopping: CancellationToken,
 }
 
 fn quota(rate: std::num::NonZeroU32, burst: std::num::NonZeroU32) -> Quota {
@@ -78,6 +80,7 @@ impl Hub {
                 limits.connect_rate_per_ip,
                 limits.connect_burst_per_ip,
             )),
+            stopping: CancellationToken::new(),
             register_rate: RateLimiter::keyed(quota(
                 limits.register_rate_per_ip,
                 limits.register_burst_per_ip,
@@ -174,7 +177,14 @@ impl Hub {
 
     /// Starts shutdown: refuses newcomers and closes everyone as `SHUTDOWN`.
     pub fn shutdown(&self) -> usize {
+        self.stopping.cancel();
         self.registry.stop()
+    }
+
+    /// Completes once shutdown has started; connections that are not
+    /// attached yet (handshakes, sessions without a stream) wait on this.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await;
     }
 
     /// Waits until every admitted connection has ended.
@@ -227,7 +237,7 @@ impl Hub {
                 },
             );
             self.stats.undelivered_reported.inc();
-            if let Err(PushError::Full(_)) = sender.push(Queued {
+            if let Err(PushError::Full(_)) = sender.push_reply(Queued {
                 frame,
                 origin: None,
             }) {
@@ -291,6 +301,13 @@ impl Session {
     pub fn handle_frame(&self, frame: &[u8]) {
         let stats = &self.hub.stats;
         stats.frames_received.inc();
+        // Once the gateway has decided to close this connection (and said
+        // so in the CLOSE envelope queued for it), frames still in flight
+        // from the client are not accepted.
+        if self.outbox.closing().is_some() {
+            stats.after_close.inc();
+            return;
+        }
         if let Err(not_until) = self.limiter.check() {
             stats.rate_limited.inc();
             if self.strikes.check().is_err() {
@@ -370,7 +387,7 @@ impl Session {
 
     fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
         let frame = error_frame(error, &detail);
-        if let Err(PushError::Full(_)) = self.outbox.push(Queued {
+        if let Err(PushError::Full(_)) = self.outbox.push_reply(Queued {
             frame,
             origin: None,
         }) {
@@ -404,10 +421,12 @@ impl Session {
     pub fn transport(&self) -> Transport {
         self.transport
     }
-}
 
-impl Drop for Session {
-    fn drop(&mut self) {
+    /// Detaches the connection now: the user becomes unreachable and every
+    /// envelope still queued is answered to its sender. The transport calls
+    /// this when nothing more will be written, then takes its time to close
+    /// the socket; dropping the session does the same.
+    pub fn leave(&self) {
         let hub = &self.hub;
         hub.registry.remove_if(&self.origin.user, self.origin.conn);
         let why = match self.outbox.closing() {
@@ -416,8 +435,14 @@ impl Drop for Session {
         };
         let left = self.outbox.seal(CloseReason::InternalError);
         hub.report_undelivered(left, &self.origin.user, &why);
-        hub.store.touch(&self.origin.user);
-        hub.stats.connections_closed.inc();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave();
+        self.hub.store.touch(&self.origin.user);
+        self.hub.stats.connections_closed.inc();
     }
 }
 

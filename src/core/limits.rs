@@ -30,6 +30,9 @@ pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
 /// A WebTransport client must open its stream this soon after the session
 /// is accepted (Centrifugo's `bidiStreamAcceptTimeout`).
 pub const DEFAULT_STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must finish its TLS or QUIC handshake and send its HTTP request
+/// head within this time; slow-drip (slowloris) clients are cut off.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Inbound envelopes per second per connection. Signalling is bursty (ICE
 /// candidates come in a rush) but low on average.
 pub const DEFAULT_ENVELOPE_RATE: u32 = 50;
@@ -69,6 +72,8 @@ pub struct Limits {
     pub keep_alive_interval: Duration,
     /// See [`DEFAULT_STREAM_OPEN_TIMEOUT`].
     pub stream_open_timeout: Duration,
+    /// See [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
     /// See [`DEFAULT_ENVELOPE_RATE`].
     pub envelope_rate: NonZeroU32,
     /// See [`DEFAULT_ENVELOPE_BURST`].
@@ -107,6 +112,7 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             keep_alive_interval: DEFAULT_KEEP_ALIVE_INTERVAL,
             stream_open_timeout: DEFAULT_STREAM_OPEN_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             envelope_rate: nz(DEFAULT_ENVELOPE_RATE),
             envelope_burst: nz(DEFAULT_ENVELOPE_BURST),
             max_connections: DEFAULT_MAX_CONNECTIONS,

@@ -81,6 +81,20 @@ impl Outbox {
 
     /// Queues a frame for the writer without waiting.
     pub fn push(&self, item: Queued) -> Result<(), PushError> {
+        self.push_within(item, self.max_envelopes)
+    }
+
+    /// Queues the gateway's own reply to this connection (an error
+    /// envelope). Replies are bounded by the byte limit only: a reader
+    /// handles a whole batch of frames before the writer runs, and a burst
+    /// of bad frames must not make a client that reads its replies look
+    /// like a slow consumer. A client that does not read them still fills
+    /// the byte limit or stalls the writer.
+    pub fn push_reply(&self, item: Queued) -> Result<(), PushError> {
+        self.push_within(item, usize::MAX)
+    }
+
+    fn push_within(&self, item: Queued, max_envelopes: usize) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closing.is_some() {
             return Err(PushError::Closing(item));
@@ -89,7 +103,7 @@ impl Outbox {
         // An empty queue always takes one frame, however large, so a limit
         // below the envelope size cannot wedge a connection.
         if !state.queue.is_empty()
-            && (state.queue.len() >= self.max_envelopes || state.bytes + len > self.max_bytes)
+            && (state.queue.len() >= max_envelopes || state.bytes + len > self.max_bytes)
         {
             return Err(PushError::Full(item));
         }
@@ -174,6 +188,20 @@ mod tests {
         outbox.push(frame(1)).unwrap();
         outbox.push(frame(1)).unwrap();
         assert!(matches!(outbox.push(frame(1)), Err(PushError::Full(_))));
+    }
+
+    #[test]
+    fn replies_are_bounded_by_bytes_only() {
+        let outbox = Outbox::new(1, 10);
+        outbox.push(frame(1)).unwrap();
+        assert!(matches!(outbox.push(frame(1)), Err(PushError::Full(_))));
+        for _ in 0..9 {
+            outbox.push_reply(frame(1)).unwrap();
+        }
+        assert!(matches!(
+            outbox.push_reply(frame(1)),
+            Err(PushError::Full(_))
+        ));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Counters that make the delivery guarantee checkable from outside.
 //!
-//! Every inbound frame ends in exactly one of: invalid, rate-limited,
-//! target-not-found, target-slow, or forwarded; every forwarded envelope ends
+//! Every inbound frame ends in exactly one of: after-close (not accepted),
+//! invalid, rate-limited, target-not-found, target-slow, or forwarded; every forwarded envelope ends
 //! written, undelivered (reported to its sender) or undelivered (sender
 //! already gone), or is still queued. `/v1/stats` exposes these so the soak
 //! test can check that the sums add up.
@@ -42,6 +42,8 @@ pub struct Stats {
     pub connections_closed: Counter,
     /// Frames received from clients.
     pub frames_received: Counter,
+    /// Frames that arrived after the gateway began closing the connection.
+    pub after_close: Counter,
     /// Frames answered with `INVALID_MESSAGE`.
     pub invalid: Counter,
     /// Frames dropped by the rate limit.
@@ -75,6 +77,7 @@ impl Stats {
             connections_opened: self.connections_opened.get(),
             connections_closed: self.connections_closed.get(),
             frames_received: self.frames_received.get(),
+            after_close: self.after_close.get(),
             invalid: self.invalid.get(),
             rate_limited: self.rate_limited.get(),
             target_not_found: self.target_not_found.get(),
@@ -102,6 +105,8 @@ pub struct StatsSnapshot {
     pub connections_closed: u64,
     /// See [`Stats::frames_received`].
     pub frames_received: u64,
+    /// See [`Stats::after_close`].
+    pub after_close: u64,
     /// See [`Stats::invalid`].
     pub invalid: u64,
     /// See [`Stats::rate_limited`].

@@ -19,7 +19,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::auth::OriginPolicy;
 use crate::core::Hub;
 
-pub use serve::serve_tcp;
+pub use serve::{TcpLimits, serve_tcp};
 pub use websocket::WebSocketSettings;
 
 /// What the WebTransport endpoint looks like from a page: served by
@@ -167,24 +167,40 @@ mod tests {
 
     #[tokio::test]
     async fn admin_routes_without_a_token_answer_only_loopback() {
-        assert_eq!(status(app(None), "127.0.0.1:5000", None).await, StatusCode::OK);
+        assert_eq!(
+            status(app(None), "127.0.0.1:5000", None).await,
+            StatusCode::OK
+        );
         assert_eq!(status(app(None), "[::1]:5000", None).await, StatusCode::OK);
-        assert_eq!(status(app(None), "192.0.2.7:5000", None).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            status(app(None), "192.0.2.7:5000", None).await,
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[tokio::test]
     async fn admin_token_works_from_anywhere() {
         let remote = "192.0.2.7:5000";
-        assert_eq!(status(app(Some("t")), remote, Some("Bearer t")).await, StatusCode::OK);
-        assert_eq!(status(app(Some("t")), remote, None).await, StatusCode::UNAUTHORIZED);
-        assert_eq!(status(app(Some("t")), "127.0.0.1:1", None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status(app(Some("t")), remote, Some("Bearer t")).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(app(Some("t")), remote, None).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(app(Some("t")), "127.0.0.1:1", None).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[tokio::test]
     async fn alt_svc_is_advertised_only_over_tls() {
         let request = || {
             let mut r = Request::get("/healthcheck").body(Body::empty()).unwrap();
-            r.extensions_mut().insert(ConnectInfo("127.0.0.1:1".parse::<SocketAddr>().unwrap()));
+            r.extensions_mut()
+                .insert(ConnectInfo("127.0.0.1:1".parse::<SocketAddr>().unwrap()));
             r
         };
         let plain = app(None).oneshot(request()).await.unwrap();

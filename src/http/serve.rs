@@ -17,12 +17,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// A client must finish its request head (and a TLS handshake) this soon.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper refuses read buffers smaller than this.
 const HYPER_MIN_BUFFER: usize = 8 * 1024;
 /// Back-off after `accept` fails (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Limits of the TCP side.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Largest request head; hyper's floor is 8 KiB.
+    pub max_header_bytes: usize,
+    /// Time allowed for the TLS handshake and for each request head.
+    pub handshake_timeout: Duration,
+}
 
 /// Serves `router` on `listener` until `stop` is cancelled. In-flight HTTP
 /// requests finish; upgraded WebSocket connections are closed by the core.
@@ -30,7 +37,7 @@ pub async fn serve_tcp(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
-    max_header_bytes: usize,
+    limits: TcpLimits,
     stop: CancellationToken,
 ) {
     let tls = tls.map(TlsAcceptor::from);
@@ -54,11 +61,13 @@ pub async fn serve_tcp(
         let tls = tls.clone();
         connections.spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, router, max_header_bytes, stop).await,
+                None => serve_connection(stream, peer, router, limits, stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, router, max_header_bytes, stop).await
+                            serve_connection(stream, peer, router, limits, stop).await
                         }
                         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -75,7 +84,7 @@ async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
     router: Router,
-    max_header_bytes: usize,
+    limits: TcpLimits,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -86,8 +95,8 @@ async fn serve_connection<S>(
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(max_header_bytes.max(HYPER_MIN_BUFFER))
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUFFER))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);

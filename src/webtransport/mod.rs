@@ -13,7 +13,6 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -26,13 +25,11 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::auth::{self, OriginPolicy};
-use crate::core::{Admission, Hub};
+use crate::core::{Admission, CloseReason, Hub};
 use crate::tls::{Identity, TlsError};
 
 /// The path of the WebTransport endpoint (same as the WebSocket one).
 pub const CONNECT_PATH: &str = "/v1/connect";
-/// A QUIC handshake and each HTTP/3 request head must complete this soon.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest HTTP/3 response body relayed from the axum application.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Client-initiated streams allowed at once: the CONNECT, the session's
@@ -169,7 +166,8 @@ async fn handle_connection(
     ctx: Arc<WebTransportContext>,
 ) -> Result<(), ConnectionError> {
     let peer = incoming.remote_address();
-    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+    let handshake_timeout = ctx.hub.limits.handshake_timeout;
+    let conn = tokio::time::timeout(handshake_timeout, incoming)
         .await
         .map_err(|_| ConnectionError::Timeout)??;
     let mut h3 = h3::server::builder()
@@ -184,17 +182,24 @@ async fn handle_connection(
     let stream_timeout = ctx.hub.limits.stream_open_timeout;
     loop {
         // A connection that asks for nothing holds a slot for nothing.
-        let resolver = match tokio::time::timeout(stream_timeout, h3.accept()).await {
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout(stream_timeout, h3.accept()) => accepted,
+            () = ctx.hub.stopping() => {
+                session::close_connection(&conn, CloseReason::Shutdown, &ctx.hub);
+                return Ok(());
+            }
+        };
+        let resolver = match accepted {
             Ok(Ok(Some(resolver))) => resolver,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(err)) => return Err(err.into()),
             Err(_) => {
-                session::close_connection(&conn, crate::core::CloseReason::StreamTimeout, &ctx.hub);
+                session::close_connection(&conn, CloseReason::StreamTimeout, &ctx.hub);
                 return Ok(());
             }
         };
         let (request, mut stream) =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, resolver.resolve_request())
+            tokio::time::timeout(handshake_timeout, resolver.resolve_request())
                 .await
                 .map_err(|_| ConnectionError::Timeout)??;
         if !is_webtransport_connect(&request) {

@@ -49,7 +49,14 @@ pub(super) async fn run(
     hub: &Arc<Hub>,
 ) {
     let limits = hub.limits.clone();
-    let stream = match timeout(limits.stream_open_timeout, first_stream(&session)).await {
+    let waited = tokio::select! {
+        waited = timeout(limits.stream_open_timeout, first_stream(&session)) => waited,
+        () = hub.stopping() => {
+            close_connection(&conn, CloseReason::Shutdown, hub);
+            return;
+        }
+    };
+    let stream = match waited {
         Ok(Some(stream)) => stream,
         Ok(None) => return,
         Err(_) => {
@@ -159,28 +166,30 @@ async fn relay(
             },
         }
     };
-    match ended_by {
+    let (code, reason) = match ended_by {
         Some(reason) => {
             let _ = timeout(limits.write_timeout, async {
                 send.write_all(&close_frame(reason)).await?;
                 send.shutdown().await
             })
             .await;
-            drop(core);
-            let _ = timeout(CLOSE_LINGER, conn.closed()).await;
-            conn.close(
-                quinn::VarInt::from_u32(u32::from(reason.code())),
-                reason.reason().as_bytes(),
-            );
             tracing::debug!(reason = reason.reason(), "closed by the gateway");
+            (u32::from(reason.code()), reason.reason())
         }
         None => {
-            drop(core);
-            let _ = timeout(CLOSE_LINGER, send.shutdown()).await;
-            conn.close(quinn::VarInt::from_u32(0), b"BYE");
+            let _ = timeout(limits.write_timeout, send.shutdown()).await;
             tracing::debug!("closed by the client");
+            (0, "BYE")
         }
-    }
+    };
+    core.leave();
+    // Closing QUIC at once would discard stream data not yet acknowledged:
+    // give the client a moment to read to the end and close by itself.
+    let _ = timeout(CLOSE_LINGER, conn.closed()).await;
+    conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+    // `core` (and with it the connection's admission slot) goes only now, so
+    // a shutdown waits for this close.
+    drop(core);
 }
 
 async fn write_batch(

@@ -49,12 +49,19 @@ const TEST_DEFAULTS: &[&str] = &[
     "100000",
 ];
 
-/// A running gateway.
-pub struct TestGateway {
+/// Where a gateway is and how to trust it: all a client needs, and cheap to
+/// move into another thread.
+#[derive(Debug, Clone)]
+pub struct Addrs {
     pub http: SocketAddr,
     pub wt: SocketAddr,
     pub cert_sha256: [u8; 32],
     pub cert_der: Vec<u8>,
+}
+
+/// A running gateway (dereferences to its [`Addrs`]).
+pub struct TestGateway {
+    pub addrs: Addrs,
     pub hub: Arc<Hub>,
     pub certs: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -93,10 +100,12 @@ impl TestGateway {
                 .expect("gateway runs");
         });
         Self {
-            http,
-            wt,
-            cert_sha256,
-            cert_der,
+            addrs: Addrs {
+                http,
+                wt,
+                cert_sha256,
+                cert_der,
+            },
             hub,
             certs,
             stop: Some(stop),
@@ -177,6 +186,14 @@ impl TestGateway {
     }
 }
 
+impl std::ops::Deref for TestGateway {
+    type Target = Addrs;
+
+    fn deref(&self) -> &Addrs {
+        &self.addrs
+    }
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -230,7 +247,7 @@ pub struct WtClient {
 
 /// Opens a WebSocket to `/v1/connect` with the given query and headers.
 pub async fn ws_connect(
-    gw: &TestGateway,
+    gw: &Addrs,
     query: &str,
     headers: &[(&str, &str)],
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
@@ -253,7 +270,7 @@ pub async fn ws_connect(
 
 /// Opens a WebTransport session with the given query and headers.
 pub async fn wt_connect(
-    gw: &TestGateway,
+    gw: &Addrs,
     query: &str,
     headers: &[(&str, &str)],
 ) -> Result<WtClient, wtransport::error::ConnectingError> {
@@ -285,7 +302,7 @@ pub async fn wt_connect(
 
 impl Client {
     /// Connects with `token` in the query string (as a browser must).
-    pub async fn connect(gw: &TestGateway, kind: Kind, token: &str) -> Self {
+    pub async fn connect(gw: &Addrs, kind: Kind, token: &str) -> Self {
         let query = format!("?token={token}");
         match kind {
             Kind::WebSocket => Client::Ws(
@@ -432,12 +449,25 @@ impl Client {
 /// A plain HTTP/3 request (optionally an extended CONNECT for WebTransport)
 /// with a raw h3 client, to see the status codes a browser would get.
 pub async fn h3_request(
-    gw: &TestGateway,
+    gw: &Addrs,
     method: http::Method,
     path: &str,
     headers: &[(&str, &str)],
     webtransport: bool,
 ) -> (u16, String) {
+    h3_try_request(gw, method, path, headers, webtransport)
+        .await
+        .unwrap_or_else(|err| panic!("HTTP/3 request failed: {err}"))
+}
+
+/// Like [`h3_request`], returning protocol errors instead of failing.
+pub async fn h3_try_request(
+    gw: &Addrs,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    webtransport: bool,
+) -> Result<(u16, String), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -455,13 +485,13 @@ pub async fn h3_request(
         endpoint.connect(gw.wt, "localhost").unwrap(),
     )
     .await
-    .unwrap();
+    .map_err(|e| e.to_string())?;
     let (mut driver, mut send_request) = h3::client::builder()
         .enable_extended_connect(true)
         .enable_datagram(true)
         .build::<_, _, bytes::Bytes>(h3_quinn::Connection::new(conn))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
     let mut request = http::Request::builder()
         .method(method)
@@ -472,22 +502,227 @@ pub async fn h3_request(
     if webtransport {
         request = request.extension(h3::ext::Protocol::WEB_TRANSPORT);
     }
-    let mut stream = within(
-        "h3 send",
-        send_request.send_request(request.body(()).unwrap()),
+    let result = async {
+        let mut stream = within(
+            "h3 send",
+            send_request.send_request(request.body(()).unwrap()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        within("h3 finish", stream.finish())
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = within("h3 response", stream.recv_response())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = within("h3 body", stream.recv_data())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            use bytes::Buf;
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok((
+            response.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+    .await;
+    drive.abort();
+    result
+}
+
+impl Client {
+    /// Closes the sending side the way a well-behaved client does (close
+    /// frame / stream FIN) and keeps reading until the gateway ends the
+    /// connection; returns every envelope that arrived meanwhile.
+    pub async fn close_and_drain(&mut self) -> Vec<Value> {
+        let mut seen = Vec::new();
+        match self {
+            Client::Ws(ws) => {
+                within("ws close", ws.close(None)).await.ok();
+                while let Some(Ok(message)) = within("ws drain", ws.next()).await {
+                    if let Message::Text(text) = message {
+                        seen.push(serde_json::from_str(&text).unwrap());
+                    }
+                }
+            }
+            Client::Wt(wt) => {
+                within("wt finish", wt.send.finish()).await.ok();
+                loop {
+                    let mut line = String::new();
+                    match within("wt drain", wt.recv.read_line(&mut line)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => seen.push(serde_json::from_str(line.trim_end()).unwrap()),
+                    }
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// Connects with `token` in a thread of its own, then freezes that thread
+/// for `freeze`: its sockets go unserviced (no pongs, no QUIC
+/// acknowledgements), which is what a vanished browser looks like.
+/// Returns once the client is attached.
+pub async fn frozen_client(
+    addrs: &Addrs,
+    kind: Kind,
+    token: &str,
+    freeze: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let addrs = addrs.clone();
+    let token = token.to_owned();
+    let handle = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = runtime.block_on(async {
+            let mut client = Client::connect(&addrs, kind, &token).await;
+            assert_eq!(client.recv().await["type"], "WELCOME");
+            client
+        });
+        ready_tx.send(()).unwrap();
+        std::thread::sleep(freeze);
+        drop(client);
+        drop(runtime);
+    });
+    within(
+        "frozen client ready",
+        tokio::task::spawn_blocking(move || ready_rx.recv()),
     )
     .await
-    .unwrap();
-    within("h3 finish", stream.finish()).await.unwrap();
-    let response = within("h3 response", stream.recv_response()).await.unwrap();
-    let mut body = Vec::new();
-    while let Some(mut chunk) = within("h3 body", stream.recv_data()).await.unwrap() {
-        use bytes::Buf;
-        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    .unwrap()
+    .expect("frozen client connected");
+    handle
+}
+
+/// The gateway binary as a separate process, for what only a process shows:
+/// exit status, signals, its log, its memory.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub addrs: Addrs,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    pub certs: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `signal-gateway` with `args` (plus a temp cert dir and a
+    /// loopback listener) and `RUST_LOG` as given; waits until it listens.
+    pub async fn start(args: &[&str], rust_log: &str) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let certs = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-gateway"))
+            .args(["--listen", "127.0.0.1:0", "--cert-dir"])
+            .arg(certs.path())
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("gateway binary starts");
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (port_tx, port_rx) = tokio::sync::oneshot::channel();
+        let collected = log.clone();
+        tokio::spawn(async move {
+            let mut port_tx = Some(port_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("HTTP + WebSocket on http://").nth(1) {
+                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+                    if let Some(tx) = port_tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let http = match tokio::time::timeout(TIMEOUT, port_rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => panic!(
+                "gateway did not start; its log:\n{}",
+                log.lock().unwrap().join("\n")
+            ),
+        };
+        let cert_der = read_cert_der(&certs.path().join("cert.pem"));
+        let digest = ring::digest::digest(&ring::digest::SHA256, &cert_der);
+        let mut cert_sha256 = [0u8; 32];
+        cert_sha256.copy_from_slice(digest.as_ref());
+        Self {
+            child,
+            addrs: Addrs {
+                http,
+                wt: http,
+                cert_sha256,
+                cert_der,
+            },
+            log,
+            certs,
+        }
     }
-    drive.abort();
-    (
-        response.status().as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Registers `name` over HTTP and returns its token.
+    pub async fn register(&self, name: &str) -> String {
+        register_at(&self.addrs, name).await
+    }
+}
+
+impl std::ops::Deref for GatewayProcess {
+    type Target = Addrs;
+
+    fn deref(&self) -> &Addrs {
+        &self.addrs
+    }
+}
+
+/// Registers `name` at the gateway behind `addrs`; returns its token.
+pub async fn register_at(addrs: &Addrs, name: &str) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body: Value = within(
+        "register",
+        client
+            .post(format!("http://{}/v1/register", addrs.http))
+            .json(&json!({ "username": name }))
+            .send(),
     )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    body["token"].as_str().unwrap().to_owned()
 }
