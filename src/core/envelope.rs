@@ -401,3 +401,60 @@ mod tests {
         assert_eq!(v["payload"]["reconnect"], false);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            ".{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_an_envelope_or_a_clear_error(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            match parse_inbound(&bytes, 32) {
+                Ok(inbound) => {
+                    let frame = forward_frame(&inbound.target, &inbound.kind, "x", inbound.payload);
+                    let v: Value = serde_json::from_slice(&frame).expect("forwarded frames are JSON");
+                    prop_assert_eq!(v["target"].as_str(), Some(&*inbound.target));
+                }
+                Err(err) => prop_assert!(!err.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn json_text_gives_an_envelope_or_a_clear_error(text in r#"[{}\[\]":, a-z0-9\\]{0,200}"#) {
+            let _ = parse_inbound(text.as_bytes(), 32);
+        }
+
+        #[test]
+        fn valid_envelopes_round_trip(target in ".{0,40}", kind in ".{0,40}", originator in ".{0,20}", payload in json_value()) {
+            let text = serde_json::json!({"target": target, "type": kind, "payload": payload}).to_string();
+            let inbound = parse_inbound(text.as_bytes(), 32).expect("valid envelope");
+            prop_assert_eq!(&*inbound.target, target.as_str());
+            prop_assert_eq!(&*inbound.kind, kind.as_str());
+            let frame = forward_frame(&inbound.target, &inbound.kind, &originator, inbound.payload);
+            prop_assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+            let v: Value = serde_json::from_slice(&frame).unwrap();
+            prop_assert_eq!(&v["target"], &Value::String(target));
+            prop_assert_eq!(&v["type"], &Value::String(kind));
+            prop_assert_eq!(&v["originator"], &Value::String(originator));
+            prop_assert_eq!(&v["payload"], &payload);
+        }
+    }
+}

@@ -219,7 +219,10 @@ impl Hub {
     /// Answers envelopes that were accepted for `target` but never written.
     fn report_undelivered(&self, items: impl IntoIterator<Item = Queued>, target: &str, why: &str) {
         for item in items {
-            let Some(origin) = item.origin else { continue };
+            let Some(origin) = item.origin else {
+                self.stats.replies_dropped.inc();
+                continue;
+            };
             let kind = serde_json::from_slice::<Inbound<'_>>(&item.frame)
                 .ok()
                 .map(|inbound| inbound.kind.into_owned());
@@ -236,13 +239,17 @@ impl Hub {
                     retry_after_ms: None,
                 },
             );
-            self.stats.undelivered_reported.inc();
-            if let Err(PushError::Full(_)) = sender.push_reply(Queued {
+            match sender.push_reply(Queued {
                 frame,
                 origin: None,
             }) {
-                sender.close(CloseReason::SlowConsumer);
-                self.registry.remove_if(&origin.user, origin.conn);
+                Ok(()) => self.stats.undelivered_reported.inc(),
+                Err(PushError::Closing(_)) => self.stats.undelivered_unreported.inc(),
+                Err(PushError::Full(_)) => {
+                    self.stats.undelivered_unreported.inc();
+                    sender.close(CloseReason::SlowConsumer);
+                    self.registry.remove_if(&origin.user, origin.conn);
+                }
             }
         }
     }

@@ -60,6 +60,9 @@ pub struct Stats {
     pub undelivered_reported: Counter,
     /// Forwarded envelopes never written whose sender had already left.
     pub undelivered_unreported: Counter,
+    /// The gateway's own frames (error replies, WELCOME) discarded because
+    /// their connection closed before they could be written.
+    pub replies_dropped: Counter,
     closes: [Counter; CloseReason::ALL.len()],
 }
 
@@ -86,6 +89,7 @@ impl Stats {
             written: self.written.get(),
             undelivered_reported: self.undelivered_reported.get(),
             undelivered_unreported: self.undelivered_unreported.get(),
+            replies_dropped: self.replies_dropped.get(),
             closes: CloseReason::ALL
                 .iter()
                 .zip(&self.closes)
@@ -123,6 +127,8 @@ pub struct StatsSnapshot {
     pub undelivered_reported: u64,
     /// See [`Stats::undelivered_unreported`].
     pub undelivered_unreported: u64,
+    /// See [`Stats::replies_dropped`].
+    pub replies_dropped: u64,
     /// Connections the gateway closed, by close reason.
     pub closes: std::collections::BTreeMap<&'static str, u64>,
 }

@@ -22,7 +22,7 @@ use super::api::ApiError;
 use crate::auth;
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{CloseReason, Session, Transport};
+use crate::core::{CloseReason, Hub, Session, Transport};
 
 /// How long to wait for the client's close frame after sending ours, so the
 /// client reads our final envelope and close instead of a TCP reset.
@@ -86,7 +86,7 @@ pub(crate) async fn connect(
                 None => {
                     hub.stats.closed_for(CloseReason::Unauthenticated);
                     let mut socket = socket;
-                    close(&mut socket, CloseReason::Unauthenticated, hub.limits.write_timeout).await;
+                    close(&mut socket, CloseReason::Unauthenticated, &hub).await;
                     drop(admission);
                 }
             }
@@ -195,7 +195,7 @@ async fn serve(mut socket: WebSocket, session: Session) {
     };
     match ended_by {
         Some(reason) => {
-            close(&mut socket, reason, limits.write_timeout).await;
+            close(&mut socket, reason, session.hub()).await;
             tracing::debug!(reason = reason.reason(), "closed by the gateway");
         }
         None => tracing::debug!("closed by the client"),
@@ -250,7 +250,8 @@ async fn write_batch(
 
 /// Sends the final `CLOSE` envelope and the close frame, then waits briefly
 /// for the client's close so neither is lost to a TCP reset.
-async fn close(socket: &mut WebSocket, reason: CloseReason, write_timeout: Duration) {
+async fn close(socket: &mut WebSocket, reason: CloseReason, hub: &Hub) {
+    let write_timeout = hub.limits.write_timeout;
     let envelope = Utf8Bytes::try_from(close_frame(reason)).unwrap_or_default();
     let frame = CloseFrame {
         code: reason.code(),
@@ -264,8 +265,14 @@ async fn close(socket: &mut WebSocket, reason: CloseReason, write_timeout: Durat
     if matches!(sent, Ok(Ok(()))) {
         let _ = timeout(CLOSE_LINGER, async {
             while let Some(Ok(message)) = socket.next().await {
-                if let Message::Close(_) = message {
-                    break;
+                match message {
+                    Message::Close(_) => break,
+                    // Sent before the client saw our close; not accepted.
+                    Message::Text(_) | Message::Binary(_) => {
+                        hub.stats.frames_received.inc();
+                        hub.stats.after_close.inc();
+                    }
+                    Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
         })

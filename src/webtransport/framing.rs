@@ -157,3 +157,61 @@ mod tests {
         assert!(framer.pending() <= 1000);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `data` at the given cut points.
+    fn chunks(data: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        points.sort_unstable();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for point in points.into_iter().chain([data.len()]) {
+            out.push(Bytes::copy_from_slice(&data[start..point]));
+            start = point;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_yields_the_same_lines(
+            lines in prop::collection::vec("[^\n\r]*[^\n\r \t]", 0..20),
+            cuts in prop::collection::vec(any::<usize>(), 0..30),
+        ) {
+            let mut data = Vec::new();
+            for line in &lines {
+                data.extend_from_slice(line.as_bytes());
+                data.push(b'\n');
+            }
+            let mut framer = LineFramer::new(1 << 20);
+            let mut got = Vec::new();
+            for chunk in chunks(&data, &cuts) {
+                framer.feed(chunk, |line| got.push(String::from_utf8(line.to_vec()).unwrap())).unwrap();
+            }
+            prop_assert_eq!(got, lines);
+            prop_assert_eq!(framer.pending(), 0);
+        }
+
+        #[test]
+        fn any_bytes_never_exceed_the_limit(
+            data in prop::collection::vec(any::<u8>(), 0..2048),
+            cuts in prop::collection::vec(any::<usize>(), 0..30),
+            max in 1usize..300,
+        ) {
+            let mut framer = LineFramer::new(max);
+            for chunk in chunks(&data, &cuts) {
+                let mut longest = 0;
+                let fed = framer.feed(chunk, |line| longest = longest.max(line.len()));
+                prop_assert!(longest <= max);
+                prop_assert!(framer.pending() <= max);
+                if fed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

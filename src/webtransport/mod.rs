@@ -158,6 +158,8 @@ enum ConnectionError {
     Stream(#[from] h3::error::StreamError),
     #[error("timed out")]
     Timeout,
+    #[error("closed by the client")]
+    Closed,
 }
 
 async fn handle_connection(
@@ -212,6 +214,13 @@ async fn handle_connection(
                 respond(&mut stream, status, message).await?;
             }
             Ok(user) => {
+                let waited = tokio::time::timeout(handshake_timeout, peer_settings(&mut h3))
+                    .await
+                    .map_err(|_| ConnectionError::Timeout)??;
+                if let Some(resolver) = waited {
+                    // A request that arrived while we waited: answer it too.
+                    tokio::spawn(serve_resolver(resolver, ctx.clone(), peer));
+                }
                 let session =
                     h3_webtransport::server::WebTransportSession::accept(request, stream, h3)
                         .await?;
@@ -219,6 +228,54 @@ async fn handle_connection(
                 return Ok(());
             }
         }
+    }
+}
+
+type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// Waits until the client's HTTP/3 SETTINGS have arrived.
+///
+/// h3-webtransport checks the client's SETTINGS (WebTransport and datagram
+/// support) the moment a session is accepted, and closes the connection if
+/// they are not there yet. A CONNECT can overtake the SETTINGS frame: they
+/// travel on different QUIC streams. Polling the connection processes its
+/// control stream; a request accepted meanwhile is handed back.
+async fn peer_settings(h3: &mut H3Connection) -> Result<Option<Resolver>, ConnectionError> {
+    use h3::ConnectionState as _;
+    use std::borrow::Cow;
+    use std::task::Poll;
+    let stream = std::future::poll_fn(|cx| {
+        if matches!(h3.settings(), Cow::Borrowed(_)) {
+            return Poll::Ready(Ok(None));
+        }
+        match h3.poll_accept_request_stream(cx) {
+            Poll::Ready(Ok(Some(stream))) => Poll::Ready(Ok(Some(stream))),
+            Poll::Ready(Ok(None)) => Poll::Ready(Err(ConnectionError::Closed)),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err.into())),
+            Poll::Pending if matches!(h3.settings(), Cow::Borrowed(_)) => Poll::Ready(Ok(None)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await?;
+    Ok(stream.map(|stream| {
+        h3.create_resolver(h3::frame::FrameStream::new(h3::stream::BufRecvStream::new(
+            stream,
+        )))
+    }))
+}
+
+/// Resolves a request that arrived beside a session's CONNECT.
+async fn serve_resolver(resolver: Resolver, ctx: Arc<WebTransportContext>, peer: SocketAddr) {
+    let handshake_timeout = ctx.hub.limits.handshake_timeout;
+    match tokio::time::timeout(handshake_timeout, resolver.resolve_request()).await {
+        Ok(Ok((request, mut stream))) if is_webtransport_connect(&request) => {
+            let message = "one WebTransport session per connection".to_owned();
+            let _ = respond(&mut stream, StatusCode::TOO_MANY_REQUESTS, message).await;
+        }
+        Ok(Ok((request, stream))) => serve_http3(request, stream, ctx, peer).await,
+        Ok(Err(err)) => tracing::debug!(%err, "HTTP/3 request failed"),
+        Err(_) => tracing::debug!("HTTP/3 request head timed out"),
     }
 }
 

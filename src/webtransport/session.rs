@@ -185,7 +185,21 @@ async fn relay(
     core.leave();
     // Closing QUIC at once would discard stream data not yet acknowledged:
     // give the client a moment to read to the end and close by itself.
-    let _ = timeout(CLOSE_LINGER, conn.closed()).await;
+    // Frames it sent before it saw our close are read and counted (the
+    // session no longer accepts them), as on WebSocket.
+    let linger = async {
+        while reading {
+            match poll_fn(|cx| recv.poll_data(cx)).await {
+                Ok(Some(mut chunk)) => {
+                    let chunk = chunk.copy_to_bytes(chunk.remaining());
+                    reading = framer.feed(chunk, |line| core.handle_frame(line)).is_ok();
+                }
+                Ok(None) | Err(_) => reading = false,
+            }
+        }
+        conn.closed().await;
+    };
+    let _ = timeout(CLOSE_LINGER, linger).await;
     conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
     // `core` (and with it the connection's admission slot) goes only now, so
     // a shutdown waits for this close.

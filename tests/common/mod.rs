@@ -230,7 +230,9 @@ pub struct Closed {
     pub envelope: Option<Value>,
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A WebSocket client connection.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WsStream;
 
 /// A realtime client on either transport, with one interface.
 pub enum Client {

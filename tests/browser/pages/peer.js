@@ -1,0 +1,167 @@
+// A test page's script that uses nothing but the gateway's /client.js; the
+// suite drives it through `window.peer`. It runs either on a page of the
+// gateway's own origin (injected into /healthcheck) or in peer.html served by
+// the suite's static server with `?gw=http://host:port`, which loads
+// client.js from that gateway and talks to it through `baseUrl` (the gateway
+// must then allow the page's origin with --allow-origin).
+const gateway = new URLSearchParams(location.search).get("gw");
+const { SignalClient, SignalError } = await import(gateway ? `${gateway}/client.js` : "/client.js");
+const baseUrl = gateway ?? undefined;
+
+/** Everything a client did, for the suite to assert on. */
+const log = { events: [], messages: [], chat: [], errors: [] };
+let client = null;
+let pc = null;
+let channel = null;
+let remote = null;
+let pendingCandidates = [];
+let localMedia = null;
+
+function record(type) {
+  return (ev) => log.events.push({ type, at: Date.now(), detail: JSON.parse(JSON.stringify(ev.detail ?? null)) });
+}
+
+function watch(c) {
+  for (const type of ["open", "close", "reconnecting", "identity"]) c.addEventListener(type, record(type));
+  c.addEventListener("message", (ev) => {
+    log.messages.push(ev.detail);
+    onSignal(ev.detail).catch((err) => log.errors.push(String(err)));
+  });
+}
+
+// Chromium gathers loopback candidates only with media permission (and
+// --allow-loopback-in-peer-connection); asking once costs nothing here
+// thanks to the fake-device flags, and makes the test work on a machine
+// whose only interface is loopback.
+async function media() {
+  if (localMedia || !navigator.mediaDevices?.getUserMedia) return;
+  localMedia = await navigator.mediaDevices.getUserMedia({ audio: true }).catch(() => null);
+}
+
+function newPeerConnection(target) {
+  remote = target;
+  pendingCandidates = [];
+  pc = new RTCPeerConnection({ iceServers: [] });
+  pc.onicecandidate = (ev) => client.send(remote, "ice-candidate", ev.candidate);
+  return pc;
+}
+
+function useChannel(dc) {
+  channel = dc;
+  dc.onmessage = (ev) => log.chat.push(ev.data);
+}
+
+async function addPendingCandidates() {
+  for (const candidate of pendingCandidates) await pc.addIceCandidate(candidate);
+  pendingCandidates = [];
+}
+
+async function onSignal(envelope) {
+  const { type, originator, payload } = envelope;
+  if (type === "video-offer") {
+    await media();
+    newPeerConnection(originator);
+    pc.ondatachannel = (ev) => useChannel(ev.channel);
+    await pc.setRemoteDescription(payload);
+    await addPendingCandidates();
+    await pc.setLocalDescription(await pc.createAnswer());
+    client.send(originator, "video-answer", pc.localDescription);
+  } else if (type === "video-answer") {
+    await pc.setRemoteDescription(payload);
+    await addPendingCandidates();
+  } else if (type === "ice-candidate") {
+    if (payload === null) return; // end of candidates
+    if (pc?.remoteDescription) await pc.addIceCandidate(payload);
+    else pendingCandidates.push(payload);
+  }
+}
+
+function until(what, check, timeout = 10_000) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const poll = () => {
+      const value = check();
+      if (value) return resolve(value);
+      if (Date.now() - started > timeout) return reject(new Error(`timed out after ${timeout} ms: ${what}`));
+      setTimeout(poll, 25);
+    };
+    poll();
+  });
+}
+
+function describe(err) {
+  return { name: err?.name, code: err?.code, message: err?.message ?? String(err) };
+}
+
+window.peer = {
+  log,
+  get client() { return client; },
+  /** Registers `name` and connects with `options`; returns what the client reports. */
+  async join(name, options = {}) {
+    client = await SignalClient.register(name, { baseUrl });
+    watch(client);
+    const welcome = await client.connect(options);
+    return { transport: client.transport, welcome, token: client.token };
+  },
+  /** A second client for an existing token (same user, another tab). */
+  async resume(token, options = {}) {
+    client = await SignalClient.fromToken(token, { baseUrl });
+    watch(client);
+    await client.connect(options);
+    return { transport: client.transport, username: client.username };
+  },
+  /** connect() that is expected to fail: returns the error, or null. */
+  async tryConnect(name, options) {
+    client ??= await SignalClient.register(name, { baseUrl });
+    const started = Date.now();
+    try {
+      await client.connect(options);
+      return { error: null, ms: Date.now() - started, transport: client.transport, state: client.state, fallback: client.fallbackReason && describe(client.fallbackReason) };
+    } catch (err) {
+      return { error: describe(err), isSignalError: err instanceof SignalError, ms: Date.now() - started, state: client.state };
+    }
+  },
+  async register(name) {
+    try {
+      await SignalClient.register(name, { baseUrl });
+      return null;
+    } catch (err) {
+      return describe(err);
+    }
+  },
+  /** Calls `target`: offer with a data channel, then waits for it to open. */
+  async call(target) {
+    await media();
+    newPeerConnection(target);
+    useChannel(pc.createDataChannel("chat"));
+    await pc.setLocalDescription(await pc.createOffer());
+    client.send(target, "video-offer", pc.localDescription);
+  },
+  async channelOpen(timeout = 10_000) {
+    await until("data channel open", () => channel?.readyState === "open", timeout);
+    return { ice: pc.iceConnectionState, connection: pc.connectionState };
+  },
+  say(text) {
+    channel.send(text);
+  },
+  heard(text, timeout = 10_000) {
+    return until(`chat message ${JSON.stringify(text)}`, () => log.chat.includes(text), timeout);
+  },
+  send(target, type, payload) {
+    client.send(target, type, payload);
+  },
+  received(type, timeout = 10_000) {
+    return until(`envelope of type ${type}`, () => log.messages.find((m) => m.type === type), timeout);
+  },
+  event(type, timeout = 10_000, since = 0) {
+    return until(`${type} event`, () => log.events.find((e) => e.type === type && e.at >= since), timeout);
+  },
+  async close() {
+    await client.close();
+    return client.state;
+  },
+  hangUp() {
+    pc?.close();
+  },
+};
+document.title = "ready";

@@ -1,0 +1,694 @@
+// Browser tests of signal-gateway: headless Debian Chromium, driven by
+// playwright-core, against the real gateway binary.
+//
+//   node tests/browser/run.mjs        (scripts/browser-test installs and builds first)
+//
+// Env: SIGNAL_GATEWAY_BIN (default target/debug/signal-gateway), CHROMIUM_BIN
+// (default /usr/bin/chromium), BROWSER_TEST_ONLY=name,name (run a subset).
+// Artifacts (screenshots, gateway and console logs) go to tests/browser/artifacts/.
+
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import dgram from "node:dgram";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream, copyFileSync } from "node:fs";
+import http from "node:http";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, "../..");
+const ARTIFACTS = join(HERE, "artifacts");
+const GATEWAY_BIN = resolve(ROOT, process.env.SIGNAL_GATEWAY_BIN ?? "target/debug/signal-gateway");
+const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
+const ONLY = (process.env.BROWSER_TEST_ONLY ?? "").split(",").filter(Boolean);
+
+/** Every single wait in a scenario is bounded by this (ms)... */
+const STEP = 10_000;
+/** ...every scenario by this... */
+const SCENARIO_TIMEOUT = 40_000;
+/** ...and the whole suite by this: a hung run is killed, never left behind. */
+const SUITE_TIMEOUT = 170_000;
+
+/** Generous rates: the suite registers and connects many users from one IP. */
+const TEST_LIMITS = [
+  "--connect-rate", "1000", "--connect-burst", "1000",
+  "--register-rate", "1000", "--register-burst", "1000",
+  "--envelope-rate", "1000", "--envelope-burst", "1000",
+];
+
+/**
+ * Chromium as the feasibility notes ran it, plus WebRTC helpers: fake
+ * camera/microphone (so getUserMedia works headless and the demo shows
+ * video) and loopback ICE candidates (for machines with only loopback).
+ * No --disable-quic: WebTransport needs QUIC.
+ */
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+  "--allow-loopback-in-peer-connection",
+];
+
+const PEER_HTML = readFileSync(join(HERE, "pages/peer.html"), "utf8");
+const PEER_JS = readFileSync(join(HERE, "pages/peer.js"), "utf8");
+
+// ---- process bookkeeping: nothing outlives the suite ----
+
+const children = new Set();
+const cleanups = [];
+
+function killAll() {
+  for (const child of children) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+process.on("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, () => {
+    killAll();
+    process.exit(130);
+  });
+}
+
+// ---- small helpers ----
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function within(ms, what, promise) {
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function until(what, check, timeout = STEP, every = 50) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms: ${what}`);
+    await sleep(every);
+  }
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(`assertion failed: ${message}`);
+}
+
+function assertEqual(actual, expected, what) {
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+let nameCounter = 0;
+/** A fresh username per use, so scenarios never collide. */
+function uniqueName(base) {
+  nameCounter += 1;
+  return `${base}-${nameCounter}`;
+}
+
+// ---- the gateway ----
+
+class Gateway {
+  /**
+   * Starts the binary on `localhost:port` (127.0.0.1 and ::1; 0 = any port)
+   * and waits until it answers.
+   */
+  static async start(label, { port = 0, certDir, args = [] } = {}) {
+    const dir = certDir ?? mkdtempSync(join(tmpdir(), "signal-gateway-certs-"));
+    if (!certDir) cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const argv = ["--listen", `localhost:${port}`, "--cert-dir", dir, ...TEST_LIMITS, ...args];
+    const child = spawn(GATEWAY_BIN, argv, {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, NO_COLOR: "1", RUST_LOG: process.env.RUST_LOG ?? "signal_gateway=debug" },
+    });
+    children.add(child);
+    const log = createWriteStream(join(ARTIFACTS, `gateway-${label}.log`), { flags: "a" });
+    log.write(`\n$ ${GATEWAY_BIN} ${argv.join(" ")}\n`);
+    let seen = "";
+    const ports = new Promise((resolvePort, reject) => {
+      // tracing writes to stdout; take both streams.
+      const onData = (chunk) => {
+        log.write(chunk);
+        seen += chunk.toString().replace(/\x1b\[[0-9;]*m/g, "");
+        const httpPort = seen.match(/HTTP \+ WebSocket on http:\/\/(?:127\.0\.0\.1|\[::1\]):(\d+)/);
+        const wtPort = seen.match(/WebTransport on https:\/\/(?:127\.0\.0\.1|\[::1\]):(\d+)/);
+        if (httpPort && wtPort) resolvePort({ http: Number(httpPort[1]), wt: Number(wtPort[1]) });
+      };
+      child.stdout.on("data", onData);
+      child.stderr.on("data", onData);
+      child.once("exit", (code) => reject(new Error(`gateway exited early (${code}); see artifacts/gateway-${label}.log`)));
+    });
+    const gateway = new Gateway(label, child, await within(STEP, "gateway start", ports), dir, log);
+    await until("gateway answers /healthcheck", () => gateway.fetch("/healthcheck").then((r) => r.ok, () => false));
+    return gateway;
+  }
+
+  constructor(label, child, ports, certDir, log) {
+    this.label = label;
+    this.child = child;
+    this.port = ports.http;
+    this.wtPort = ports.wt;
+    this.certDir = certDir;
+    this.log = log;
+    this.exited = once(child, "exit");
+  }
+
+  /** The page origin for `host` ("localhost" or "127.0.0.1"). */
+  origin(host = "localhost") {
+    return `http://${host}:${this.port}`;
+  }
+
+  fetch(path, init) {
+    return fetch(`http://127.0.0.1:${this.port}${path}`, init);
+  }
+
+  /** GET /v1/users (admin; loopback is allowed). */
+  async users() {
+    const response = await this.fetch("/v1/users");
+    assert(response.ok, `GET /v1/users answered ${response.status}`);
+    return response.json();
+  }
+
+  async connected(username) {
+    return (await this.users()).connected.filter((c) => c.username === username);
+  }
+
+  /** SIGTERM, then SIGKILL if it does not exit in time. */
+  async stop() {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill("SIGTERM");
+    const exited = await within(12_000, `gateway ${this.label} exits on SIGTERM`, this.exited).catch(() => null);
+    if (!exited) this.child.kill("SIGKILL");
+    children.delete(this.child);
+    this.log.end();
+    return exited?.[0];
+  }
+}
+
+// ---- pages ----
+
+class Browser {
+  static async launch() {
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      timeout: 30_000,
+    });
+    return new Browser(browser);
+  }
+
+  constructor(browser) {
+    this.browser = browser;
+    this.consoleLog = createWriteStream(join(ARTIFACTS, "console.log"));
+  }
+
+  /**
+   * A page in its own browser context (its own cookies and storage, like
+   * another person's browser). `problems` collects console errors and
+   * uncaught exceptions.
+   */
+  async newPage(label, { initScript, viewport } = {}) {
+    const context = await this.browser.newContext({ viewport: viewport ?? { width: 1280, height: 800 } });
+    context.setDefaultTimeout(STEP);
+    if (initScript) await context.addInitScript(initScript);
+    const page = await context.newPage();
+    page.problems = [];
+    page.on("console", (msg) => {
+      this.consoleLog.write(`[${label}] ${msg.type()}: ${msg.text()}\n`);
+      if (msg.type() === "error") page.problems.push(`console.error: ${msg.text()}`);
+    });
+    page.on("pageerror", (err) => {
+      this.consoleLog.write(`[${label}] pageerror: ${err.message}\n`);
+      page.problems.push(`uncaught: ${err.message}`);
+    });
+    page.closeContext = () => context.close();
+    return page;
+  }
+
+  /**
+   * A test page whose only import is client.js. On a gateway origin it is
+   * the gateway's own /healthcheck document with pages/peer.js added (the
+   * gateway serves no test pages, and a page that Playwright fulfils itself
+   * has no IP address space, so Chromium's Local Network Access checks
+   * would block its WebSocket and WebTransport to loopback). With `query`,
+   * it is peer.html from the suite's static server (another origin).
+   */
+  async peer(label, origin, options = {}) {
+    const page = await this.newPage(label, options);
+    if (options.query) {
+      await page.goto(`${origin}/peer.html${options.query}`);
+    } else {
+      await page.goto(`${origin}/healthcheck`);
+      await page.addScriptTag({ type: "module", content: PEER_JS });
+    }
+    await page.waitForFunction(() => document.title === "ready");
+    return page;
+  }
+
+  close() {
+    this.consoleLog.end();
+    return this.browser.close();
+  }
+}
+
+// ---- scenarios ----
+
+/**
+ * Two users on two pages (two contexts) connect with the given transports,
+ * trade offer/answer/ICE through the gateway, open a data channel and
+ * exchange a message each way.
+ */
+async function dataChannelScenario(t, a, b) {
+  const alice = await t.browser.peer(`${a.name}-alice`, t.gateway.origin(a.host));
+  const bob = await t.browser.peer(`${b.name}-bob`, t.gateway.origin(b.host));
+  t.pages.push(alice, bob);
+  const aliceName = uniqueName("alice");
+  const bobName = uniqueName("bob");
+  const [joinedA, joinedB] = await Promise.all([
+    alice.evaluate(([n, o]) => peer.join(n, o), [aliceName, { transport: a.transport }]),
+    bob.evaluate(([n, o]) => peer.join(n, o), [bobName, { transport: b.transport }]),
+  ]);
+  assertEqual(joinedA.transport, a.expect, `${aliceName}'s client.transport`);
+  assertEqual(joinedB.transport, b.expect, `${bobName}'s client.transport`);
+  assertEqual(joinedA.welcome.transport, a.expect, `${aliceName}'s WELCOME transport`);
+  // The gateway agrees about who uses what.
+  const connected = (await t.gateway.users()).connected;
+  assertEqual(connected.find((c) => c.username === aliceName)?.transport, a.expect, `gateway's view of ${aliceName}`);
+  assertEqual(connected.find((c) => c.username === bobName)?.transport, b.expect, `gateway's view of ${bobName}`);
+
+  await alice.evaluate((target) => peer.call(target), bobName);
+  const [rtcA] = await Promise.all([
+    alice.evaluate(() => peer.channelOpen()),
+    bob.evaluate(() => peer.channelOpen()),
+  ]);
+  await alice.evaluate(() => peer.say("hello from alice"));
+  await bob.evaluate(() => peer.heard("hello from alice"));
+  await bob.evaluate(() => peer.say("hello from bob"));
+  await alice.evaluate(() => peer.heard("hello from bob"));
+  const kinds = await bob.evaluate(() => [...new Set(peer.log.messages.map((m) => m.type))].sort());
+  assertEqual(kinds, ["ice-candidate", "video-offer"], `envelope types ${bobName} received`);
+  for (const page of [alice, bob]) {
+    const errors = await page.evaluate(() => peer.log.errors);
+    assertEqual(errors, [], "signalling errors in the page");
+  }
+  return `${a.host}:${joinedA.transport} <-> ${b.host}:${joinedB.transport}, ICE ${rtcA.ice}`;
+}
+
+const scenarios = [
+  {
+    name: "webtransport<->webtransport",
+    run: (t) => dataChannelScenario(t,
+      { host: "localhost", transport: "webtransport", expect: "webtransport" },
+      { host: "127.0.0.1", transport: "webtransport", expect: "webtransport" }),
+  },
+  {
+    name: "websocket<->websocket",
+    run: (t) => dataChannelScenario(t,
+      { host: "localhost", transport: "websocket", expect: "websocket" },
+      { host: "127.0.0.1", transport: "websocket", expect: "websocket" }),
+  },
+  {
+    name: "webtransport<->websocket",
+    run: (t) => dataChannelScenario(t,
+      { host: "127.0.0.1", transport: "webtransport", expect: "webtransport" },
+      { host: "localhost", transport: "websocket", expect: "websocket" }),
+  },
+  {
+    name: "auto<->auto picks webtransport",
+    run: (t) => dataChannelScenario(t,
+      { host: "localhost", transport: "auto", expect: "webtransport" },
+      { host: "127.0.0.1", transport: "auto", expect: "webtransport" }),
+  },
+  {
+    name: "register errors reject with the gateway's message",
+    async run(t) {
+      const page = await t.browser.peer("register-errors", t.gateway.origin());
+      t.pages.push(page);
+      const name = uniqueName("carol");
+      assertEqual(await page.evaluate((n) => peer.register(n), name), null, "first registration");
+      const taken = await page.evaluate((n) => peer.register(n), name);
+      assertEqual(taken.code, "TAKEN", "second registration's code");
+      assert(taken.message.includes(name), `TAKEN message names the user: ${taken.message}`);
+      const invalid = await page.evaluate(() => peer.register("  two  spaces "));
+      assertEqual(invalid.code, "INVALID", "invalid name's code");
+      assert(invalid.message.length > 0, "INVALID carries the gateway's message");
+      return `TAKEN: "${taken.message}"; INVALID: "${invalid.message}"`;
+    },
+  },
+  {
+    name: "explicit webtransport never falls back; auto does",
+    async run(t) {
+      // A UDP port that swallows everything: the WebTransport handshake
+      // never completes. The page is told this port by /v1/cert-hash.
+      const sink = await blackHoleUdp();
+      t.cleanups.push(() => sink.close());
+      const page = await t.browser.peer("no-fallback", t.gateway.origin());
+      t.pages.push(page);
+      await page.route("**/v1/cert-hash", async (route) => {
+        const real = await (await route.fetch()).json();
+        await route.fulfill({ json: { ...real, webtransport: { ...real.webtransport, port: sink.port } } });
+      });
+      const name = uniqueName("dave");
+      const strict = await page.evaluate((n) => peer.tryConnect(n, { transport: "webtransport", timeout: 2500 }), name);
+      assert(strict.error, `connect({transport:"webtransport"}) must reject, got ${JSON.stringify(strict)}`);
+      assert(strict.isSignalError, "rejects with a SignalError");
+      assert(["TIMEOUT", "WEBTRANSPORT_FAILED"].includes(strict.error.code), `error code ${strict.error.code}`);
+      assert(/webtransport/i.test(strict.error.message), `message says what failed: ${strict.error.message}`);
+      assertEqual(strict.state, "closed", "state after the failed connect");
+      assertEqual(await t.gateway.connected(name), [], `${name} connected after a failed webtransport connect`);
+
+      const auto = await page.evaluate(() => peer.tryConnect(null, { transport: "auto", webtransportTimeout: 1500 }));
+      assertEqual(auto.error, null, "auto connects");
+      assertEqual(auto.transport, "websocket", "auto falls back to");
+      assert(auto.fallback?.code, "fallbackReason says why");
+      assert(auto.ms < 1500 + 3000, `auto fell back in ${auto.ms} ms`);
+      assertEqual((await t.gateway.connected(name)).map((c) => c.transport), ["websocket"], "gateway's view");
+
+      // A browser without WebTransport: "webtransport" refuses at once,
+      // "auto" goes straight to WebSocket.
+      const bare = await t.browser.peer("no-webtransport-api", t.gateway.origin("127.0.0.1"), {
+        initScript: () => { delete window.WebTransport; },
+      });
+      t.pages.push(bare);
+      const name2 = uniqueName("erin");
+      const missing = await bare.evaluate((n) => peer.tryConnect(n, { transport: "webtransport" }), name2);
+      assertEqual(missing.error?.code, "WEBTRANSPORT_UNAVAILABLE", "without the API");
+      const auto2 = await bare.evaluate(() => peer.tryConnect(null, { transport: "auto" }));
+      assertEqual(auto2.transport, "websocket", "auto without the API");
+      return `webtransport rejected in ${strict.ms} ms (${strict.error.code}); auto -> websocket in ${auto.ms} ms; no API: ${missing.error.code}, auto -> ${auto2.transport}`;
+    },
+  },
+  {
+    name: "close() drops the user from the gateway at once",
+    async run(t) {
+      const results = [];
+      for (const transport of ["webtransport", "websocket"]) {
+        const page = await t.browser.peer(`close-${transport}`, t.gateway.origin());
+        t.pages.push(page);
+        const name = uniqueName(`frank-${transport}`);
+        await page.evaluate(([n, o]) => peer.join(n, o), [name, { transport }]);
+        await until(`${name} listed`, async () => (await t.gateway.connected(name)).length === 1);
+        const started = Date.now();
+        const state = await page.evaluate(() => peer.close());
+        assertEqual(state, "closed", "state after close()");
+        await until(`${name} gone from GET /v1/users`, async () => (await t.gateway.connected(name)).length === 0, 3000, 20);
+        const ms = Date.now() - started;
+        const close = await page.evaluate(() => peer.event("close"));
+        assertEqual([close.detail.code, close.detail.willReconnect], [1000, false], "close event");
+        results.push(`${transport} ${ms} ms`);
+      }
+      return `gone after ${results.join(", ")}`;
+    },
+  },
+  {
+    name: "REPLACED closes the old connection without a reconnect",
+    async run(t) {
+      const first = await t.browser.peer("replaced-first", t.gateway.origin());
+      const second = await t.browser.peer("replaced-second", t.gateway.origin("127.0.0.1"));
+      const third = await t.browser.peer("replaced-third", t.gateway.origin());
+      t.pages.push(first, second, third);
+      const name = uniqueName("grace");
+      const fast = { reconnect: { initialDelay: 100, maxDelay: 200 } };
+      const { token } = await first.evaluate(([n, o]) => peer.join(n, o), [name, { transport: "webtransport", ...fast }]);
+      // The same user in another browser, over the other transport.
+      await second.evaluate(([tok, o]) => peer.resume(tok, o), [token, { transport: "websocket", ...fast }]);
+      const closed = await first.evaluate(() => peer.event("close"));
+      assertEqual([closed.detail.code, closed.detail.reason, closed.detail.willReconnect], [4001, "REPLACED", false],
+        "webtransport client's close event");
+      // And the other way round: a WebSocket client replaced by a WebTransport one.
+      await third.evaluate(([tok, o]) => peer.resume(tok, o), [token, { transport: "webtransport", ...fast }]);
+      const closed2 = await second.evaluate(() => peer.event("close"));
+      assertEqual([closed2.detail.code, closed2.detail.reason, closed2.detail.willReconnect], [4001, "REPLACED", false],
+        "websocket client's close event");
+      await sleep(1000); // several backoff periods: a reconnect would have happened by now
+      for (const [page, label] of [[first, "first"], [second, "second"]]) {
+        const state = await page.evaluate(() => ({ state: peer.client.state, tries: peer.log.events.filter((e) => e.type === "reconnecting").length }));
+        assertEqual(state, { state: "closed", tries: 0 }, `${label} client after REPLACED`);
+      }
+      assertEqual((await t.gateway.connected(name)).map((c) => c.transport), ["webtransport"], "gateway keeps only the newest");
+      return "webtransport and websocket clients got 4001 REPLACED and stayed closed";
+    },
+  },
+  {
+    name: "reconnect with backoff after the gateway restarts",
+    async run(t) {
+      // A gateway of its own, restarted on the same port and certificate.
+      const certDir = mkdtempSync(join(tmpdir(), "signal-gateway-certs-"));
+      t.cleanups.push(() => rmSync(certDir, { recursive: true, force: true }));
+      let gateway = await Gateway.start("restart", { certDir, args: ["--shutdown-timeout", "3s"] });
+      t.cleanups.push(() => gateway.stop());
+      const fast = { reconnect: { initialDelay: 200, maxDelay: 1000 } };
+      const alice = await t.browser.peer("restart-alice", gateway.origin());
+      const bob = await t.browser.peer("restart-bob", gateway.origin("127.0.0.1"));
+      t.pages.push(alice, bob);
+      const aliceName = uniqueName("heidi");
+      const bobName = uniqueName("ivan");
+      const [a, b] = await Promise.all([
+        alice.evaluate(([n, o]) => peer.join(n, o), [aliceName, { transport: "webtransport", ...fast }]),
+        bob.evaluate(([n, o]) => peer.join(n, o), [bobName, { transport: "websocket", ...fast }]),
+      ]);
+      const stoppedAt = Date.now();
+      const code = await gateway.stop();
+      assertEqual(code, 0, "gateway exit code on SIGTERM");
+      for (const page of [alice, bob]) {
+        const close = await page.evaluate(() => peer.event("close"));
+        assertEqual([close.detail.code, close.detail.reason, close.detail.willReconnect], [1001, "SHUTDOWN", true], "close event on shutdown");
+      }
+      await sleep(700); // let a few attempts fail against the stopped gateway
+      gateway = await Gateway.start("restart", { port: gateway.port, certDir, args: ["--shutdown-timeout", "3s"] });
+      const [openA, openB] = await Promise.all([
+        alice.evaluate((s) => peer.event("open", 15_000, s), stoppedAt),
+        bob.evaluate((s) => peer.event("open", 15_000, s), stoppedAt),
+      ]);
+      assertEqual([openA.detail.reconnected, openA.detail.transport], [true, "webtransport"], "alice's reopen");
+      assertEqual([openB.detail.reconnected, openB.detail.transport], [true, "websocket"], "bob's reopen");
+      const after = await Promise.all([alice, bob].map((p) => p.evaluate(() => ({
+        tries: peer.log.events.filter((e) => e.type === "reconnecting").map((e) => e.detail.delay),
+        identity: peer.log.events.some((e) => e.type === "identity"),
+        token: peer.client.token,
+      }))));
+      assert(after[0].tries.length >= 2, `alice retried with backoff: delays ${after[0].tries}`);
+      assert(after[0].identity && after[0].token !== a.token, "alice registered her name again on the new gateway");
+      assert(after[1].identity && after[1].token !== b.token, "bob registered his name again on the new gateway");
+      // Signalling works across the new gateway.
+      await alice.evaluate((to) => peer.send(to, "ping", { n: 1 }), bobName);
+      const ping = await bob.evaluate(() => peer.received("ping"));
+      assertEqual([ping.originator, ping.payload], [aliceName, { n: 1 }], "envelope after the restart");
+      return `back in ${openA.at - stoppedAt} ms (webtransport) / ${openB.at - stoppedAt} ms (websocket); alice's delays ${after[0].tries.join(", ")} ms`;
+    },
+  },
+  {
+    name: "cross-origin page with baseUrl (--allow-origin)",
+    async run(t) {
+      const results = [];
+      for (const transport of ["webtransport", "websocket"]) {
+        const a = await t.browser.peer(`xorigin-${transport}-a`, t.staticOrigin, { query: `?gw=${t.gateway.origin()}` });
+        const b = await t.browser.peer(`xorigin-${transport}-b`, t.staticOrigin, { query: `?gw=${t.gateway.origin()}` });
+        t.pages.push(a, b);
+        const nameA = uniqueName("judy");
+        const nameB = uniqueName("ken");
+        const joined = await a.evaluate(([n, o]) => peer.join(n, o), [nameA, { transport }]);
+        await b.evaluate(([n, o]) => peer.join(n, o), [nameB, { transport }]);
+        assertEqual(joined.transport, transport, "transport from a foreign origin");
+        await a.evaluate((to) => peer.call(to), nameB);
+        await Promise.all([a.evaluate(() => peer.channelOpen()), b.evaluate(() => peer.channelOpen())]);
+        await a.evaluate(() => peer.say("across origins"));
+        await b.evaluate(() => peer.heard("across origins"));
+        results.push(transport);
+      }
+      return `page on ${t.staticOrigin}: data channel over ${results.join(" and ")}`;
+    },
+  },
+  {
+    name: "demo app: call, chat, no console errors, screenshot",
+    run: demoScenario,
+  },
+];
+
+// ---- the demo ----
+
+async function demoScenario(t) {
+  // A gateway of its own, so the online list holds only these two.
+  const gateway = await Gateway.start("demo");
+  t.cleanups.push(() => gateway.stop());
+  const viewport = { width: 1280, height: 800 };
+  const alice = await t.browser.newPage("demo-alice", { viewport });
+  const bob = await t.browser.newPage("demo-bob", { viewport });
+  t.pages.push(alice, bob);
+  await alice.goto(gateway.origin("localhost") + "/");
+  await bob.goto(gateway.origin("127.0.0.1") + "/");
+  const aliceName = "Alice";
+  const bobName = "Bob";
+
+  // Bob picks WebSocket, Alice leaves "Auto": the screenshot shows both badges.
+  await bob.getByLabel("Your name", { exact: true }).fill(bobName);
+  await bob.getByRole("radio", { name: "WebSocket" }).check();
+  await bob.getByRole("button", { name: "Join" }).click();
+  await alice.getByLabel("Your name", { exact: true }).fill(aliceName);
+  await alice.getByRole("button", { name: "Join" }).click();
+  await alice.locator("#me-transport").getByText("WebTransport").waitFor();
+  await bob.locator("#me-transport").getByText("WebSocket").waitFor();
+
+  // Alice sees Bob online and calls him; Bob accepts.
+  const bobRow = alice.locator("#people li").filter({ has: alice.getByText(bobName, { exact: true }) });
+  await bobRow.waitFor();
+  await bobRow.getByRole("button", { name: /call/i }).click();
+  await bob.getByRole("button", { name: "Accept" }).click();
+  await alice.locator("#call-state").getByText("Connected").waitFor();
+  await bob.locator("#call-state").getByText("Connected").waitFor();
+  await alice.locator("#peer-transport").getByText("WebSocket").waitFor();
+  await bob.locator("#peer-transport").getByText("WebTransport").waitFor();
+
+  // Chat over the data channel, both ways.
+  await alice.getByLabel("Message", { exact: true }).fill("Hi Bob! This goes over a WebRTC data channel.");
+  await alice.getByRole("button", { name: "Send" }).click();
+  await bob.locator("#chat-log").getByText("Hi Bob!").waitFor();
+  await bob.getByLabel("Message", { exact: true }).fill("Hi Alice, I can see you.");
+  await bob.getByLabel("Message", { exact: true }).press("Enter");
+  await alice.locator("#chat-log").getByText("I can see you").waitFor();
+
+  // Video: the fake camera's frames arrive on both sides.
+  for (const page of [alice, bob]) {
+    await page.waitForFunction(() => {
+      const video = document.querySelector("#remote-video");
+      return video && video.videoWidth > 0 && !video.paused;
+    }, null, { timeout: STEP });
+  }
+  await sleep(300); // let the video paint a frame
+  await alice.screenshot({ path: join(ARTIFACTS, "demo.png") });
+  await bob.screenshot({ path: join(ARTIFACTS, "demo-bob.png") });
+  copyFileSync(join(ARTIFACTS, "demo.png"), join(ROOT, "docs/demo.png"));
+
+  // Hang up: both sides go back to the list.
+  await alice.getByRole("button", { name: "Hang up" }).click();
+  await bob.locator("#call-state").getByText(/ended|hung up/i).waitFor();
+
+  for (const [page, label] of [[alice, "alice"], [bob, "bob"]]) {
+    assertEqual(page.problems, [], `console errors on ${label}'s demo page`);
+  }
+  return "screenshot: tests/browser/artifacts/demo.png (copied to docs/demo.png)";
+}
+
+// ---- support ----
+
+/** A UDP socket on 127.0.0.1 and ::1 (same port) that never answers. */
+async function blackHoleUdp() {
+  const v4 = dgram.createSocket("udp4");
+  v4.bind(0, "127.0.0.1");
+  await once(v4, "listening");
+  const port = v4.address().port;
+  const v6 = dgram.createSocket({ type: "udp6", ipv6Only: true });
+  v6.on("error", () => {});
+  v6.bind(port, "::1");
+  await once(v6, "listening").catch(() => {});
+  return { port, close: () => { v4.close(); try { v6.close(); } catch { /* not bound */ } } };
+}
+
+/** A static server for the cross-origin page (same page, another origin). */
+async function staticServer() {
+  const files = {
+    "/peer.html": ["text/html; charset=utf-8", PEER_HTML],
+    "/peer.js": ["text/javascript; charset=utf-8", PEER_JS],
+  };
+  const server = http.createServer((req, res) => {
+    const file = files[new URL(req.url, "http://x").pathname];
+    if (file) {
+      res.writeHead(200, { "content-type": file[0] });
+      res.end(file[1]);
+    } else {
+      res.writeHead(404).end();
+    }
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return server;
+}
+
+async function main() {
+  const started = Date.now();
+  rmSync(ARTIFACTS, { recursive: true, force: true });
+  mkdirSync(ARTIFACTS, { recursive: true });
+  mkdirSync(join(ROOT, "docs"), { recursive: true });
+  const watchdog = setTimeout(() => {
+    console.error(`FAIL: the suite took longer than ${SUITE_TIMEOUT / 1000} s; killing everything`);
+    killAll();
+    process.exit(1);
+  }, SUITE_TIMEOUT);
+
+  const server = await staticServer();
+  const staticOrigin = `http://127.0.0.1:${server.address().port}`;
+  const gateway = await Gateway.start("main", { args: ["--allow-origin", staticOrigin] });
+  const browser = await Browser.launch();
+  console.log(`gateway ${GATEWAY_BIN} on port ${gateway.port} (WebTransport UDP ${gateway.wtPort})`);
+  console.log(`browser ${CHROMIUM} ${browser.browser.version()}`);
+
+  let passed = 0;
+  let failed = 0;
+  let skipped = 0;
+  for (const scenario of scenarios) {
+    if (ONLY.length && !ONLY.some((o) => scenario.name.includes(o))) {
+      skipped += 1;
+      continue;
+    }
+    const t = { gateway, browser, staticOrigin, pages: [], cleanups: [] };
+    const begun = Date.now();
+    try {
+      const note = await within(SCENARIO_TIMEOUT, scenario.name, scenario.run(t));
+      passed += 1;
+      console.log(`PASS  ${scenario.name} (${((Date.now() - begun) / 1000).toFixed(1)} s)${note ? `: ${note}` : ""}`);
+    } catch (err) {
+      failed += 1;
+      console.log(`FAIL  ${scenario.name} (${((Date.now() - begun) / 1000).toFixed(1)} s): ${err.message}`);
+      const safe = scenario.name.replace(/[^a-z0-9]+/gi, "-");
+      await Promise.all(t.pages.map((p, i) =>
+        p.screenshot({ path: join(ARTIFACTS, `failed-${safe}-${i}.png`) }).catch(() => {})));
+      for (const p of t.pages) {
+        const log = await p.evaluate(() => globalThis.peer?.log).catch(() => null);
+        if (log) writeFileSync(join(ARTIFACTS, `failed-${safe}-${t.pages.indexOf(p)}.json`), JSON.stringify(log, null, 2));
+      }
+    }
+    await Promise.all(t.pages.map((p) => p.closeContext().catch(() => {})));
+    for (const cleanup of t.cleanups.reverse()) await Promise.resolve().then(cleanup).catch(() => {});
+  }
+
+  await browser.close();
+  const code = await gateway.stop();
+  server.close();
+  for (const cleanup of cleanups) cleanup();
+  clearTimeout(watchdog);
+  if (code !== 0) {
+    console.log(`FAIL  gateway exit code ${code} on SIGTERM (expected 0)`);
+    failed += 1;
+  }
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  console.log(`\nbrowser suite: ${seconds} s; artifacts in ${ARTIFACTS}`);
+  console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
+  process.exitCode = failed ? 1 : 0;
+}
+
+main().catch((err) => {
+  console.error(`FAIL  suite: ${err.stack ?? err}`);
+  killAll();
+  process.exit(1);
+});
