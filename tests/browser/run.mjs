@@ -225,13 +225,16 @@ class Browser {
 
   /**
    * A page in its own browser context (its own cookies and storage, like
-   * another person's browser). `problems` collects console errors and
-   * uncaught exceptions.
+   * another person's browser), or with `tabOf`, another tab of that page's
+   * browser. `problems` collects console errors and uncaught exceptions.
    */
-  async newPage(label, { initScript, viewport } = {}) {
-    const context = await this.browser.newContext({ viewport: viewport ?? { width: 1280, height: 800 } });
-    context.setDefaultTimeout(STEP);
-    if (initScript) await context.addInitScript(initScript);
+  async newPage(label, { initScript, viewport, tabOf } = {}) {
+    let context = tabOf?.context();
+    if (!context) {
+      context = await this.browser.newContext({ viewport: viewport ?? { width: 1280, height: 800 } });
+      context.setDefaultTimeout(STEP);
+      if (initScript) await context.addInitScript(initScript);
+    }
     const page = await context.newPage();
     page.problems = [];
     page.on("console", (msg) => {
@@ -418,6 +421,19 @@ const scenarios = [
         assertEqual([close.detail.code, close.detail.willReconnect], [1000, false], "close event");
         results.push(`${transport} ${ms} ms`);
       }
+      // Closing the tab without calling close(): client.js ends the stream
+      // on pagehide (else a WebTransport session lingers until the idle timeout).
+      for (const transport of ["webtransport", "websocket"]) {
+        const page = await t.browser.peer(`tab-close-${transport}`, t.gateway.origin());
+        const name = uniqueName(`gina-${transport}`);
+        await page.evaluate(([n, o]) => peer.join(n, o), [name, { transport }]);
+        await until(`${name} listed`, async () => (await t.gateway.connected(name)).length === 1);
+        const started = Date.now();
+        await page.close({ runBeforeUnload: true });
+        await until(`${name} gone after its tab closed`, async () => (await t.gateway.connected(name)).length === 0, 3000, 20);
+        results.push(`${transport} tab closed ${Date.now() - started} ms`);
+        await page.closeContext();
+      }
       return `gone after ${results.join(", ")}`;
     },
   },
@@ -524,6 +540,10 @@ const scenarios = [
     name: "demo app: call, chat, no console errors, screenshot",
     run: demoScenario,
   },
+  {
+    name: "demo app without the online list (--admin-token)",
+    run: demoWithoutListScenario,
+  },
 ];
 
 // ---- the demo ----
@@ -533,13 +553,21 @@ async function demoScenario(t) {
   const gateway = await Gateway.start("demo");
   t.cleanups.push(() => gateway.stop());
   const viewport = { width: 1280, height: 800 };
+  // Alice and Bob: two tabs of one browser, as a newcomer tries it. Carol:
+  // another browser, on http://127.0.0.1.
   const alice = await t.browser.newPage("demo-alice", { viewport });
-  const bob = await t.browser.newPage("demo-bob", { viewport });
-  t.pages.push(alice, bob);
+  const bob = await t.browser.newPage("demo-bob", { tabOf: alice });
+  const carol = await t.browser.newPage("demo-carol", { viewport });
+  t.pages.push(alice, bob, carol);
   await alice.goto(gateway.origin("localhost") + "/");
-  await bob.goto(gateway.origin("127.0.0.1") + "/");
+  await bob.goto(gateway.origin("localhost") + "/");
+  await carol.goto(gateway.origin("127.0.0.1") + "/");
   const aliceName = "Alice";
   const bobName = "Bob";
+
+  await carol.getByLabel("Your name", { exact: true }).fill("Carol");
+  await carol.getByRole("button", { name: "Join" }).click();
+  await carol.locator("#me-transport").getByText("WebTransport").waitFor();
 
   // Bob picks WebSocket, Alice leaves "Auto": the screenshot shows both badges.
   await bob.getByLabel("Your name", { exact: true }).fill(bobName);
@@ -553,10 +581,12 @@ async function demoScenario(t) {
   // Alice sees Bob online and calls him; Bob accepts.
   const bobRow = alice.locator("#people li").filter({ has: alice.getByText(bobName, { exact: true }) });
   await bobRow.waitFor();
+  await alice.locator("#people li").filter({ has: alice.getByText("Carol", { exact: true }) }).waitFor();
   await bobRow.getByRole("button", { name: /call/i }).click();
   await bob.getByRole("button", { name: "Accept" }).click();
-  await alice.locator("#call-state").getByText("Connected").waitFor();
-  await bob.locator("#call-state").getByText("Connected").waitFor();
+  await alice.locator("#call-state").getByText(`Connected to ${bobName}`).waitFor();
+  await bob.locator("#call-state").getByText(`Connected to ${aliceName}`).waitFor();
+  await alice.locator("#my-call-transport").getByText("WebTransport").waitFor();
   await alice.locator("#peer-transport").getByText("WebSocket").waitFor();
   await bob.locator("#peer-transport").getByText("WebTransport").waitFor();
 
@@ -584,10 +614,51 @@ async function demoScenario(t) {
   await alice.getByRole("button", { name: "Hang up" }).click();
   await bob.locator("#call-state").getByText(/ended|hung up/i).waitFor();
 
-  for (const [page, label] of [[alice, "alice"], [bob, "bob"]]) {
+  for (const [page, label] of [[alice, "alice"], [bob, "bob"], [carol, "carol"]]) {
     assertEqual(page.problems, [], `console errors on ${label}'s demo page`);
   }
-  return "screenshot: tests/browser/artifacts/demo.png (copied to docs/demo.png)";
+  return "Alice (auto: WebTransport) and Bob (WebSocket) in two tabs, Carol on 127.0.0.1; "
+    + "screenshot: tests/browser/artifacts/demo.png (copied to docs/demo.png)";
+}
+
+/**
+ * Behind --admin-token the page may not list who is online: the demo says
+ * so and calls by name instead. Calling someone offline says so too.
+ */
+async function demoWithoutListScenario(t) {
+  const gateway = await Gateway.start("demo-admin-token", { args: ["--admin-token", "not-for-pages"] });
+  t.cleanups.push(() => gateway.stop());
+  const alice = await t.browser.newPage("nolist-alice");
+  const bob = await t.browser.newPage("nolist-bob");
+  t.pages.push(alice, bob);
+  for (const [page, name] of [[alice, "Ana"], [bob, "Ben"]]) {
+    await page.goto(gateway.origin() + "/");
+    await page.getByLabel("Your name", { exact: true }).fill(name);
+    await page.getByRole("button", { name: "Join" }).click();
+    await page.locator("#me-transport").getByText("WebTransport").waitFor();
+  }
+  await alice.locator("#people-note").getByText("Call someone by name").waitFor();
+
+  await alice.getByLabel("Call by name", { exact: true }).fill("Nobody");
+  await alice.locator("#dial-button").click();
+  await alice.locator("#call-state").getByText("Nobody is not online").waitFor();
+
+  await alice.getByLabel("Call by name", { exact: true }).fill("Ben");
+  await alice.locator("#dial-button").click();
+  await bob.getByRole("button", { name: "Accept" }).click();
+  await alice.locator("#call-state").getByText("Connected to Ben").waitFor();
+  await alice.getByLabel("Message", { exact: true }).fill("ping");
+  await alice.getByLabel("Message", { exact: true }).press("Enter");
+  await bob.locator("#chat-log").getByText("ping").waitFor();
+  await bob.getByRole("button", { name: "Hang up" }).click();
+  await alice.locator("#call-state").getByText("Ben hung up").waitFor();
+
+  // The refused GET /v1/users is logged by Chromium as a failed load; nothing else may be.
+  const refused = /Failed to load resource: the server responded with a status of 401/;
+  for (const [page, label] of [[alice, "Ana"], [bob, "Ben"]]) {
+    assertEqual(page.problems.filter((p) => !refused.test(p)), [], `console errors on ${label}'s page`);
+  }
+  return "list refused (401) -> call by name; calling someone offline says so";
 }
 
 // ---- support ----
