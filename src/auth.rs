@@ -65,6 +65,30 @@ pub fn admin_token_matches(expected: &str, presented: Option<&str>) -> bool {
     presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected.as_bytes())))
 }
 
+/// The client's address: the TCP peer, or, when the peer is a trusted
+/// reverse proxy, the right-most address in `X-Forwarded-For` that is not
+/// itself a trusted proxy (the left-most entries are the client's own
+/// claims and cannot be trusted).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted_proxies.contains(ip))
+        .unwrap_or(peer)
+}
+
 /// Whether a peer address is on the loopback interface (IPv4-mapped too).
 pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
@@ -215,6 +239,33 @@ mod tests {
         assert!(admin_token_matches("s3cret", Some("s3cret")));
         assert!(!admin_token_matches("s3cret", Some("s3cre")));
         assert!(!admin_token_matches("s3cret", None));
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9")]);
+        assert_eq!(
+            client_ip(proxy, &h, &[]),
+            proxy,
+            "untrusted peers are taken as they are"
+        );
+        assert_eq!(
+            client_ip(proxy, &h, &[proxy]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &h, &[proxy]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        let chain = headers(&[("x-forwarded-for", "198.51.100.1, 10.0.0.2")]);
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_ip(proxy, &chain, &[proxy, inner]),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(proxy, &headers(&[]), &[proxy]), proxy);
     }
 
     #[test]

@@ -89,6 +89,16 @@ pub struct Config {
     )]
     pub allow_origins: Vec<String>,
 
+    /// Reverse proxies whose `X-Forwarded-For` is believed (repeatable, or
+    /// comma-separated IPs). Per-IP limits and the admin loopback rule then
+    /// apply to the address the proxy reports, not to the proxy.
+    #[arg(
+        long = "trusted-proxy",
+        env = "SIGNAL_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Tokio worker threads [default: the CPUs this process may run on]
     #[arg(long, env = "SIGNAL_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,

@@ -103,6 +103,11 @@ impl Gateway {
             hub: hub.clone(),
             origins: origins.clone(),
             admin_token: config.admin_token.clone(),
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .collect(),
             secure: config.tls,
             cert: cert.clone(),
             max_body_bytes: config.limits.max_body_bytes,

@@ -661,3 +661,59 @@ async fn tls_mode_serves_https_and_wss_with_secure_cookies() {
     let welcome = within("welcome", wss.next()).await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().contains("WELCOME"));
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_apply_to_the_forwarded_client() {
+    let gw = TestGateway::start_with(&[
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--register-rate",
+        "1",
+        "--register-burst",
+        "1",
+    ])
+    .await;
+    let register = |name: &str, client: &str| {
+        gw.http()
+            .post(gw.url("/v1/register"))
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .json(&json!({ "username": name }))
+            .send()
+    };
+    assert_eq!(register("a", "203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(
+        register("b", "203.0.113.1").await.unwrap().status(),
+        429,
+        "same client"
+    );
+    assert_eq!(
+        register("c", "203.0.113.2").await.unwrap().status(),
+        200,
+        "another client"
+    );
+    let admin = gw
+        .http()
+        .get(gw.url("/v1/users"))
+        .header("x-forwarded-for", "203.0.113.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.status(),
+        403,
+        "a remote client behind the local proxy is not loopback"
+    );
+
+    // Without --trusted-proxy the header is ignored: everyone is 127.0.0.1.
+    let direct = TestGateway::start_with(&["--register-rate", "1", "--register-burst", "1"]).await;
+    let forged = |name: &str, client: &str| {
+        direct
+            .http()
+            .post(direct.url("/v1/register"))
+            .header("x-forwarded-for", client.to_owned())
+            .json(&json!({ "username": name }))
+            .send()
+    };
+    assert_eq!(forged("a", "203.0.113.1").await.unwrap().status(), 200);
+    assert_eq!(forged("b", "203.0.113.2").await.unwrap().status(), 429);
+}

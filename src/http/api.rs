@@ -148,7 +148,8 @@ pub(crate) async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ctx.hub.check_register_rate(peer.ip())?;
+    ctx.hub
+        .check_register_rate(auth::client_ip(peer.ip(), &headers, &ctx.trusted_proxies))?;
     if !is_json(&headers) {
         return Err(ApiError::invalid(
             "invalid body: Content-Type must be application/json",
@@ -320,7 +321,12 @@ pub(crate) async fn admin_guard(
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        None if !auth::is_loopback(peer.ip()) => {
+        None if !auth::is_loopback(auth::client_ip(
+            peer.ip(),
+            request.headers(),
+            &ctx.trusted_proxies,
+        )) =>
+        {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
                 "FORBIDDEN",

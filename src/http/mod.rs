@@ -45,6 +45,8 @@ pub struct HttpContext {
     pub origins: OriginPolicy,
     /// Bearer token for admin routes, if configured.
     pub admin_token: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Whether the TCP listener speaks TLS (cookies get `Secure`).
     pub secure: bool,
     /// The certificate WebTransport serves.
@@ -142,6 +144,7 @@ mod tests {
             hub: Hub::new(Limits::default()),
             origins: OriginPolicy::default(),
             admin_token: admin_token.map(str::to_owned),
+            trusted_proxies: Vec::new(),
             secure,
             cert: CertInfo {
                 sha256_base64: String::new(),

@@ -62,7 +62,8 @@ pub(crate) async fn connect(
         Ok(upgrade) => upgrade,
         Err(rejection) => return not_an_upgrade(&headers, rejection),
     };
-    let admission = match ctx.hub.admit(peer.ip()) {
+    let client = auth::client_ip(peer.ip(), &headers, &ctx.trusted_proxies);
+    let admission = match ctx.hub.admit(client) {
         Ok(admission) => admission,
         Err(refusal) => return ApiError::from(refusal).into_response(),
     };
@@ -79,7 +80,7 @@ pub(crate) async fn connect(
         .on_upgrade(move |socket| async move {
             match user {
                 Some(user) => {
-                    let session = hub.attach(admission, user, Transport::WebSocket, peer.ip());
+                    let session = hub.attach(admission, user, Transport::WebSocket, client);
                     let span = tracing::info_span!("conn", id = session.conn_id(), user = %session.user(), transport = "websocket");
                     serve(socket, session).instrument(span).await;
                 }

@@ -4,13 +4,15 @@
 //   node tests/browser/run.mjs        (scripts/browser-test installs and builds first)
 //
 // Env: SIGNAL_GATEWAY_BIN (default target/debug/signal-gateway), CHROMIUM_BIN
-// (default /usr/bin/chromium), BROWSER_TEST_ONLY=name,name (run a subset).
+// (default /usr/bin/chromium), BROWSER_TEST_ONLY=part,part (run the scenarios
+// whose names contain one of these), UPDATE_SCREENSHOT=1 (also copy the demo
+// screenshot to docs/demo.png, which the README shows).
 // Artifacts (screenshots, gateway and console logs) go to tests/browser/artifacts/.
 
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import dgram from "node:dgram";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream, copyFileSync } from "node:fs";
+import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -146,7 +148,7 @@ class Gateway {
     log.write(`\n$ ${GATEWAY_BIN} ${argv.join(" ")}\n`);
     let seen = "";
     const ports = new Promise((resolvePort, reject) => {
-      // tracing writes to stdout; take both streams.
+      // The log goes to stderr; stdout is read too, in case that changes.
       const onData = (chunk) => {
         log.write(chunk);
         seen += chunk.toString().replace(/\x1b\[[0-9;]*m/g, "");
@@ -342,6 +344,33 @@ const scenarios = [
     run: (t) => dataChannelScenario(t,
       { host: "localhost", transport: "auto", expect: "webtransport" },
       { host: "127.0.0.1", transport: "auto", expect: "webtransport" }),
+  },
+  {
+    name: "webtransport framing: split multi-byte lines, many lines per read",
+    async run(t) {
+      const a = await t.browser.peer("framing-a", t.gateway.origin());
+      const b = await t.browser.peer("framing-b", t.gateway.origin("127.0.0.1"));
+      t.pages.push(a, b);
+      const nameA = uniqueName("lena");
+      const nameB = uniqueName("mia");
+      await a.evaluate(([n, o]) => peer.join(n, o), [nameA, { transport: "webtransport" }]);
+      await b.evaluate(([n, o]) => peer.join(n, o), [nameB, { transport: "webtransport" }]);
+      // ~60 KB of 4-byte characters: QUIC delivers it in many reads that cut
+      // characters in half. Then 100 small envelopes at once, which the
+      // gateway writes in batches (several lines per read).
+      await a.evaluate((to) => {
+        peer.send(to, "big", { text: "😀é".repeat(10_000) });
+        for (let i = 0; i < 100; i += 1) peer.send(to, "burst", { i });
+      }, nameB);
+      await b.waitForFunction(() => peer.log.messages.filter((m) => m.type === "burst").length === 100);
+      const got = await b.evaluate(() => ({
+        big: peer.log.messages.find((m) => m.type === "big")?.payload.text,
+        order: peer.log.messages.filter((m) => m.type === "burst").map((m) => m.payload.i),
+      }));
+      assert(got.big === "😀é".repeat(10_000), `the big envelope arrived intact (${got.big?.length} chars)`);
+      assertEqual(got.order, [...Array(100).keys()], "burst order");
+      return "60 KB envelope intact, 100 envelopes in order";
+    },
   },
   {
     name: "register errors reject with the gateway's message",
@@ -608,7 +637,10 @@ async function demoScenario(t) {
   await sleep(300); // let the video paint a frame
   await alice.screenshot({ path: join(ARTIFACTS, "demo.png") });
   await bob.screenshot({ path: join(ARTIFACTS, "demo-bob.png") });
-  copyFileSync(join(ARTIFACTS, "demo.png"), join(ROOT, "docs/demo.png"));
+  // docs/demo.png is committed for the README: refresh it on request (or
+  // when missing), so that a test run leaves the work tree clean.
+  const docsShot = join(ROOT, "docs/demo.png");
+  if (process.env.UPDATE_SCREENSHOT === "1" || !existsSync(docsShot)) copyFileSync(join(ARTIFACTS, "demo.png"), docsShot);
 
   // Hang up: both sides go back to the list.
   await alice.getByRole("button", { name: "Hang up" }).click();
@@ -618,7 +650,7 @@ async function demoScenario(t) {
     assertEqual(page.problems, [], `console errors on ${label}'s demo page`);
   }
   return "Alice (auto: WebTransport) and Bob (WebSocket) in two tabs, Carol on 127.0.0.1; "
-    + "screenshot: tests/browser/artifacts/demo.png (copied to docs/demo.png)";
+    + "screenshot: tests/browser/artifacts/demo.png";
 }
 
 /**
@@ -761,5 +793,6 @@ async function main() {
 main().catch((err) => {
   console.error(`FAIL  suite: ${err.stack ?? err}`);
   killAll();
+  for (const cleanup of cleanups) cleanup();
   process.exit(1);
 });
