@@ -51,13 +51,15 @@ pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str
         .filter(|value| !value.is_empty())
 }
 
-/// The session token a request carries: `Authorization: Bearer`, then the
-/// `user_token` cookie, then `?token=` (only where `query` is given).
+/// The session token a request carries: `Authorization: Bearer`, then
+/// `?token=` (only where `query` is given), then the `user_token` cookie.
+/// What the client names explicitly wins over the cookie the browser adds
+/// on its own, so a stale cookie never logs a connection in as someone else.
 pub fn session_token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
     bearer(headers)
-        .or_else(|| cookie(headers, TOKEN_COOKIE))
         .map(Cow::Borrowed)
         .or_else(|| query_param(query, TOKEN_PARAM))
+        .or_else(|| cookie(headers, TOKEN_COOKIE).map(Cow::Borrowed))
 }
 
 /// Whether `presented` equals the configured admin token, in constant time.
@@ -216,7 +218,8 @@ mod tests {
         ]);
         assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("abc"));
         let h = headers(&[("cookie", "a=1; user_token=def; b=2")]);
-        assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("def"));
+        assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("ghi"), "explicit beats the cookie");
+        assert_eq!(session_token(&h, None).as_deref(), Some("def"));
         let h = headers(&[]);
         assert_eq!(
             session_token(&h, Some("x=1&token=g%2Dh")).as_deref(),

@@ -1,1 +1,1080 @@
-// The browser client: see README.
+// @ts-check
+/**
+ * @file The browser client of signal-gateway, served at `/client.js`.
+ *
+ * An ES module with no dependencies and no build step:
+ *
+ * ```js
+ * import { SignalClient } from "/client.js";
+ * const client = await SignalClient.register("alice");
+ * client.addEventListener("message", (ev) => console.log(ev.detail));
+ * await client.connect({ transport: "auto" });   // or "webtransport" / "websocket"
+ * client.send("bob", "video-offer", offer);
+ * client.close();
+ * ```
+ *
+ * What it does for you:
+ * - registers a name (`POST /v1/register`) or resumes a token (`GET /v1/user`);
+ * - opens WebTransport (pinning the development certificate with the hash
+ *   from `/v1/cert-hash`, so no browser flags are needed) or WebSocket, and
+ *   resolves `connect()` on the gateway's `WELCOME` envelope;
+ * - frames envelopes as JSON lines on the WebTransport stream;
+ * - reports the gateway's `CLOSE` envelope as a `close` event (a browser
+ *   cannot read a WebTransport close code from this gateway);
+ * - reconnects after an unexpected drop with capped exponential backoff and
+ *   jitter, re-using the token (and registering the same name again if the
+ *   gateway forgot it, e.g. after a restart), but never after `REPLACED`,
+ *   `KICKED` or another close the gateway marks as final.
+ *
+ * Cookies are never used: every request carries the token explicitly, so two
+ * tabs (or two clients in one page) can be two different users.
+ */
+
+/** The transports, in the order `"auto"` tries them. */
+export const TRANSPORTS = Object.freeze(["webtransport", "websocket"]);
+
+/**
+ * `type`s of the error envelopes the gateway sends back to a sender (with
+ * `originator: ""`); they arrive as `message` events like any envelope.
+ */
+export const ERROR_TYPES = Object.freeze([
+  "TARGET_NOT_FOUND",
+  "INVALID_MESSAGE",
+  "RATE_LIMITED",
+  "TARGET_SLOW",
+  "UNDELIVERED",
+]);
+
+/** Default options of {@link SignalClient#connect}. */
+export const CONNECT_DEFAULTS = Object.freeze({
+  /** @type {"auto" | "webtransport" | "websocket"} */
+  transport: "auto",
+  /** Milliseconds for a connection to open (WELCOME received). */
+  timeout: 10_000,
+  /**
+   * In `"auto"`: milliseconds WebTransport gets before falling back to
+   * WebSocket. A QUIC handshake on a working path takes a few round trips;
+   * a path that drops UDP never answers, so waiting longer only delays the
+   * fallback.
+   */
+  webtransportTimeout: 3_000,
+  /** Reconnect after an unexpected drop; `false` turns it off. */
+  reconnect: Object.freeze({
+    /** First delay, in milliseconds. */
+    initialDelay: 500,
+    /** Cap on the delay, in milliseconds. */
+    maxDelay: 15_000,
+    /** Growth factor per failed attempt. */
+    factor: 2,
+    /** Attempts before giving up (`Infinity`: keep trying). */
+    maxAttempts: Infinity,
+  }),
+  /** Envelopes held by `send()` while (re)connecting; more throw. */
+  maxQueued: 256,
+  /**
+   * Close the connection when the page is hidden for good (tab closed,
+   * navigation), so the gateway sees the user leave at once; a page put in
+   * the back/forward cache reconnects when shown again. Without this a
+   * closing tab's WebTransport session lingers on the gateway until its idle
+   * timeout.
+   */
+  closeOnPageHide: true,
+});
+
+/** WebSocket close codes after which the gateway does not want a reconnect. */
+const FINAL_CLOSE_CODES = new Set([1002, 1009, 4000, 4001, 4002, 4029]);
+/** Close reasons the gateway uses, by code (for closes without a `CLOSE` envelope). */
+const CLOSE_REASONS = {
+  1000: "NORMAL",
+  1001: "SHUTDOWN",
+  1002: "PROTOCOL_ERROR",
+  1006: "CONNECTION_LOST",
+  1009: "MESSAGE_TOO_BIG",
+  1011: "INTERNAL_ERROR",
+  4000: "UNAUTHENTICATED",
+  4001: "REPLACED",
+  4002: "KICKED",
+  4008: "SLOW_CONSUMER",
+  4029: "RATE_LIMITED",
+  4408: "IDLE_TIMEOUT",
+  4409: "STREAM_TIMEOUT",
+};
+/** A connection up this long resets the backoff when it drops; a shorter one
+ * (a flapping gateway) keeps backing off. */
+const STABLE_CONNECTION_MS = 10_000;
+/** How long `close()` lets the WebTransport stream's end reach the gateway. */
+const STREAM_CLOSE_GRACE_MS = 1_000;
+/** A WebTransport line may not outgrow this many times the envelope limit... */
+const LINE_SLACK = 2;
+/** ...or, before WELCOME says the limit, this many characters. */
+const DEFAULT_MAX_LINE = 64 * 1024;
+
+const ENCODER = new TextEncoder();
+
+/**
+ * An error from the gateway or the client, with a machine-readable `code`:
+ * `TAKEN`, `INVALID`, `RATE_LIMITED`, `UNAVAILABLE`, `UNAUTHENTICATED`,
+ * `UNREACHABLE`, `TIMEOUT`, `WEBTRANSPORT_UNAVAILABLE`, `WEBTRANSPORT_FAILED`,
+ * `WEBSOCKET_FAILED`, `NOT_CONNECTED`, `ALREADY_CONNECTED`, `QUEUE_FULL`,
+ * `MESSAGE_TOO_BIG`, `FORBIDDEN`, `UNAUTHORIZED`, `CLOSED`, or a close reason
+ * such as `REPLACED`.
+ */
+export class SignalError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {Record<string, unknown>} [details] extra fields (`status`, `retryAfter`, `cause`...)
+   */
+  constructor(code, message, details = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = "SignalError";
+    /** @type {string} */
+    this.code = code;
+    Object.assign(this, details);
+  }
+}
+
+/**
+ * @typedef {object} Envelope
+ * @property {string} target    the recipient (your name, on what you receive)
+ * @property {string} type      `video-offer`, `ice-candidate`, an error type...
+ * @property {string} originator the authenticated sender; `""` for the gateway
+ * @property {any} payload      any JSON value
+ *
+ * @typedef {object} CloseDetail
+ * @property {number} code      WebSocket-style close code (4001 REPLACED...)
+ * @property {string} reason    `REPLACED`, `SHUTDOWN`, `CONNECTION_LOST`...
+ * @property {string} message   a sentence for humans
+ * @property {boolean} reconnect whether the gateway wants the client back
+ * @property {boolean} willReconnect whether this client is about to reconnect
+ *
+ * @typedef {object} Welcome
+ * @property {string} username
+ * @property {"websocket" | "webtransport"} transport
+ * @property {number} connection_id
+ * @property {number} max_envelope_bytes
+ *
+ * @typedef {object} ReconnectOptions
+ * @property {number} [initialDelay]
+ * @property {number} [maxDelay]
+ * @property {number} [factor]
+ * @property {number} [maxAttempts]
+ *
+ * @typedef {object} ConnectOptions
+ * @property {"auto" | "webtransport" | "websocket"} [transport]
+ * @property {number} [timeout]
+ * @property {number} [webtransportTimeout]
+ * @property {ReconnectOptions | false} [reconnect]
+ * @property {number} [maxQueued]
+ * @property {boolean} [closeOnPageHide]
+ *
+ * @typedef {object} ClientOptions
+ * @property {string} [baseUrl] the gateway's HTTP origin (and path prefix, if
+ *   behind a proxy); default: the page's origin
+ */
+
+/**
+ * A client of the gateway: one registered user and (at most) one live
+ * connection.
+ *
+ * Events (all `CustomEvent`s; read `ev.detail`):
+ * - `open`: {@link Welcome} plus `reconnected` (boolean), on every (re)connection;
+ * - `message`: an {@link Envelope}; error envelopes from the gateway arrive
+ *   here too, with `originator: ""` and a type from {@link ERROR_TYPES};
+ * - `close`: {@link CloseDetail}, whenever the connection ends (also on
+ *   `close()`, with code 1000); `willReconnect` tells whether it comes back;
+ * - `reconnecting`: `{attempt, delay, error}` before each reconnect attempt;
+ * - `identity`: `{username, token}` when the token changed because the
+ *   gateway had forgotten the name and the client registered it again.
+ *
+ * `send()` while connecting or reconnecting queues the envelope (up to
+ * `maxQueued`) and sends it once the connection is open; `send()` before
+ * `connect()` or after the client closed throws `NOT_CONNECTED`.
+ */
+export class SignalClient extends EventTarget {
+  /** @type {string} */ #baseUrl;
+  /** @type {string} */ #username;
+  /** @type {string} */ #token;
+  /** @type {"idle" | "connecting" | "open" | "reconnecting" | "closed"} */
+  #state = "idle";
+  /** @type {Link | null} */ #link = null;
+  /** @type {"websocket" | "webtransport" | null} */ #transport = null;
+  /** @type {Welcome | null} */ #welcome = null;
+  /** @type {Required<Omit<ConnectOptions, "reconnect">> & { reconnect: Required<ReconnectOptions> | false }} */
+  #options = normalizeOptions({});
+  /** @type {string[]} */ #queue = [];
+  #attempt = 0;
+  #openedAt = 0;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */ #retryTimer;
+  /** Bumped by connect() and close(): a late result of an older call is dropped. */
+  #generation = 0;
+  /** @type {SignalError | null} */ #fallbackReason = null;
+  /** Back online, or back from the back/forward cache: retry now. */
+  #retryNow = () => {
+    if (this.#state === "reconnecting") {
+      clearTimeout(this.#retryTimer);
+      this.#reconnect(this.#generation);
+    }
+  };
+  /** @param {PageTransitionEvent} ev */
+  #onPageHide = (ev) => {
+    if (!this.#options.closeOnPageHide || this.#state === "idle" || this.#state === "closed") return;
+    if (!ev.persisted || this.#options.reconnect === false) {
+      this.close(); // the page is going away: leave at once
+      return;
+    }
+    // Into the back/forward cache: leave now, come back on pageshow.
+    this.#generation++;
+    clearTimeout(this.#retryTimer);
+    const link = this.#link;
+    this.#link = null;
+    this.#state = "reconnecting";
+    this.#emit("close", {
+      code: 1001,
+      reason: "PAGE_HIDDEN",
+      message: "the page was put in the back/forward cache",
+      reconnect: true,
+      willReconnect: true,
+    });
+    link?.close();
+  };
+
+  /**
+   * Prefer {@link SignalClient.register} or {@link SignalClient.fromToken}.
+   * @param {{ username: string, token: string, baseUrl?: string }} identity
+   */
+  constructor({ username, token, baseUrl }) {
+    super();
+    if (typeof token !== "string" || token === "") {
+      throw new TypeError("SignalClient needs a token: use SignalClient.register(name)");
+    }
+    this.#baseUrl = resolveBaseUrl(baseUrl);
+    this.#username = username;
+    this.#token = token;
+  }
+
+  /**
+   * Registers `username` with the gateway (`POST /v1/register`).
+   * Rejects with a {@link SignalError} carrying the gateway's message: code
+   * `TAKEN` (someone else has the name), `INVALID` (not a valid name),
+   * `RATE_LIMITED` (with `retryAfter` seconds), `UNAVAILABLE`, `UNREACHABLE`.
+   * @param {string} username 1–64 characters
+   * @param {ClientOptions & { token?: string }} [options] `token`: a token
+   *   this name had before, to claim it back instead of getting `TAKEN`
+   * @returns {Promise<SignalClient>}
+   */
+  static async register(username, options = {}) {
+    const baseUrl = resolveBaseUrl(options.baseUrl);
+    const { status, body, headers } = await request(baseUrl, "/v1/register", {
+      method: "POST",
+      token: options.token,
+      json: { username },
+    });
+    if (status === 200 && body?.status === "SUCCESS") {
+      return new SignalClient({ username: body.username, token: body.token, baseUrl });
+    }
+    if (body?.status === "TAKEN") {
+      throw new SignalError("TAKEN", body.message || `username "${username}" is already registered`);
+    }
+    const retryAfter = Number(headers.get("retry-after")) || undefined;
+    throw new SignalError(
+      body?.status || `HTTP_${status}`,
+      body?.message || `registration failed with HTTP ${status}`,
+      { status, retryAfter },
+    );
+  }
+
+  /**
+   * A client for a token from an earlier registration (e.g. kept in
+   * `sessionStorage` across reloads); checks it with `GET /v1/user`.
+   * Rejects with code `UNAUTHENTICATED` when the gateway does not know it.
+   * @param {string} token
+   * @param {ClientOptions} [options]
+   * @returns {Promise<SignalClient>}
+   */
+  static async fromToken(token, options = {}) {
+    const baseUrl = resolveBaseUrl(options.baseUrl);
+    const username = await whoAmI(baseUrl, token);
+    if (username === null) {
+      throw new SignalError("UNAUTHENTICATED", "the gateway does not know this token; register again");
+    }
+    return new SignalClient({ username, token, baseUrl });
+  }
+
+  /**
+   * Who is registered and connected (`GET /v1/users`, an admin route: open
+   * to pages on the gateway's own machine, or with the admin token).
+   * Rejects with code `FORBIDDEN` or `UNAUTHORIZED` (and `status`) otherwise.
+   * @param {ClientOptions & { adminToken?: string }} [options]
+   * @returns {Promise<{ registered: string[], connected: Array<{ username: string, transport: string, connection_id: number, connected_at: string, queued: number }> }>}
+   */
+  static async users(options = {}) {
+    const baseUrl = resolveBaseUrl(options.baseUrl);
+    const { status, body } = await request(baseUrl, "/v1/users", { token: options.adminToken });
+    if (status !== 200) {
+      throw new SignalError(
+        body?.status || `HTTP_${status}`,
+        body?.message || `listing users failed with HTTP ${status}`,
+        { status },
+      );
+    }
+    return body;
+  }
+
+  /** Whether this browser has WebTransport (it needs a secure context: https or localhost). */
+  static get webTransportSupported() {
+    return typeof globalThis.WebTransport === "function";
+  }
+
+  /** The registered name. */
+  get username() {
+    return this.#username;
+  }
+
+  /** The session token (keep it to resume with {@link SignalClient.fromToken}). */
+  get token() {
+    return this.#token;
+  }
+
+  /** The gateway's base URL. */
+  get baseUrl() {
+    return this.#baseUrl;
+  }
+
+  /** `"idle"`, `"connecting"`, `"open"`, `"reconnecting"` or `"closed"`. */
+  get state() {
+    return this.#state;
+  }
+
+  /**
+   * The transport of the current (or, once closed, the last) connection:
+   * `"webtransport"` or `"websocket"`; `null` before the first one opened.
+   */
+  get transport() {
+    return this.#transport;
+  }
+
+  /** The gateway's id of the current (or last) connection. */
+  get connectionId() {
+    return this.#welcome?.connection_id ?? null;
+  }
+
+  /** Why `"auto"` fell back to WebSocket on the last connection, if it did. */
+  get fallbackReason() {
+    return this.#fallbackReason;
+  }
+
+  /**
+   * Opens a connection. Resolves with the gateway's WELCOME payload once the
+   * connection is attached; rejects with a {@link SignalError} otherwise
+   * (`TIMEOUT`, `UNAUTHENTICATED`, `WEBTRANSPORT_UNAVAILABLE`,
+   * `WEBTRANSPORT_FAILED`, `WEBSOCKET_FAILED`, `ALREADY_CONNECTED`...).
+   *
+   * `transport`: `"webtransport"` and `"websocket"` use that transport and
+   * never another; `"auto"` uses WebTransport when the browser has it and
+   * the gateway answers over it within `webtransportTimeout`, else
+   * WebSocket.
+   * @param {ConnectOptions} [options] see {@link CONNECT_DEFAULTS}
+   * @returns {Promise<Welcome>}
+   */
+  async connect(options = {}) {
+    if (this.#state === "connecting" || this.#state === "open" || this.#state === "reconnecting") {
+      throw new SignalError("ALREADY_CONNECTED", `already ${this.#state}; call close() first`);
+    }
+    this.#options = normalizeOptions(options);
+    this.#state = "connecting";
+    this.#attempt = 0;
+    const generation = ++this.#generation;
+    this.#watchPage(true);
+    try {
+      const { link, welcome } = await this.#open();
+      if (generation !== this.#generation) {
+        link.close();
+        throw new SignalError("CLOSED", "close() was called while connecting");
+      }
+      this.#attach(link, welcome, false);
+      return welcome;
+    } catch (err) {
+      if (generation === this.#generation) {
+        this.#state = "closed";
+        this.#queue = [];
+        this.#watchPage(false);
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Sends `{target, type, payload}` to user `target`. While connecting or
+   * reconnecting the envelope is queued and sent once open. Throws a
+   * {@link SignalError}: `NOT_CONNECTED` (before `connect()` or after the
+   * client closed), `QUEUE_FULL`, `MESSAGE_TOO_BIG` (over the gateway's
+   * limit, which would close the connection).
+   * @param {string} target
+   * @param {string} type
+   * @param {any} [payload] anything `JSON.stringify` takes
+   *   (RTCSessionDescription and RTCIceCandidate included); default `null`
+   */
+  send(target, type, payload = null) {
+    if (typeof target !== "string" || typeof type !== "string") {
+      throw new TypeError("send(target, type, payload): target and type must be strings");
+    }
+    const text = JSON.stringify({ target, type, payload: payload === undefined ? null : payload });
+    const limit = this.#welcome?.max_envelope_bytes;
+    if (limit && ENCODER.encode(text).length > limit) {
+      throw new SignalError("MESSAGE_TOO_BIG", `envelope is larger than the gateway's ${limit} bytes`);
+    }
+    if (this.#state === "open" && this.#link) {
+      this.#link.send(text);
+    } else if (this.#state === "connecting" || this.#state === "reconnecting") {
+      if (this.#queue.length >= this.#options.maxQueued) {
+        throw new SignalError("QUEUE_FULL", `${this.#queue.length} envelopes already wait for the connection`);
+      }
+      this.#queue.push(text);
+    } else {
+      throw new SignalError("NOT_CONNECTED", `cannot send while ${this.#state}; call connect() first`);
+    }
+  }
+
+  /**
+   * Closes the connection for good (no reconnect). Over WebTransport it
+   * first ends the stream, so the gateway sees the user leave at once.
+   * Fires `close` with code 1000 if a connection was open or opening.
+   * Resolves once the transport is closed.
+   * @returns {Promise<void>}
+   */
+  async close() {
+    const wasActive = this.#state !== "idle" && this.#state !== "closed";
+    this.#generation++;
+    clearTimeout(this.#retryTimer);
+    this.#watchPage(false);
+    this.#state = "closed";
+    this.#queue = [];
+    const link = this.#link;
+    this.#link = null;
+    if (wasActive) {
+      this.#emit("close", {
+        code: 1000,
+        reason: "CLOSED",
+        message: "closed by the client",
+        reconnect: false,
+        willReconnect: false,
+      });
+    }
+    await link?.close();
+  }
+
+  /**
+   * {@link SignalClient.users} against this client's gateway.
+   * @param {{ adminToken?: string }} [options]
+   */
+  users(options = {}) {
+    return SignalClient.users({ ...options, baseUrl: this.#baseUrl });
+  }
+
+  // ---- internals ----
+
+  /**
+   * Opens a link with the configured transport and waits for WELCOME.
+   * @returns {Promise<{ link: Link, welcome: Welcome }>}
+   */
+  async #open() {
+    const { transport, timeout, webtransportTimeout } = this.#options;
+    const deadline = Date.now() + timeout;
+    if (transport === "websocket") {
+      return this.#openWith("websocket", timeout);
+    }
+    if (transport === "webtransport") {
+      return this.#openWith("webtransport", timeout);
+    }
+    this.#fallbackReason = null;
+    if (SignalClient.webTransportSupported) {
+      try {
+        return await this.#openWith("webtransport", Math.min(webtransportTimeout, timeout));
+      } catch (err) {
+        if (err instanceof SignalError && err.code === "UNAUTHENTICATED") throw err;
+        this.#fallbackReason = asSignalError(err);
+      }
+    } else {
+      this.#fallbackReason = noWebTransport();
+    }
+    return this.#openWith("websocket", Math.max(1_000, deadline - Date.now()));
+  }
+
+  /**
+   * @param {"websocket" | "webtransport"} kind
+   * @param {number} timeout
+   * @returns {Promise<{ link: Link, welcome: Welcome }>}
+   */
+  async #openWith(kind, timeout) {
+    const deadline = Date.now() + timeout;
+    /** @type {Link} */
+    let link;
+    /** @type {CertInfo | null} */
+    let cert = null;
+    if (kind === "websocket") {
+      link = new WebSocketLink(websocketUrl(this.#baseUrl, this.#token));
+    } else {
+      if (!SignalClient.webTransportSupported) throw noWebTransport();
+      cert = await withTimeout(certInfo(this.#baseUrl), timeout, () =>
+        new SignalError("TIMEOUT", `no answer from ${this.#baseUrl}/v1/cert-hash within ${timeout} ms`),
+      );
+      link = new WebTransportLink(webtransportUrl(this.#baseUrl, cert, this.#token), cert);
+    }
+    try {
+      const welcome = await withTimeout(link.opened, Math.max(0, deadline - Date.now()), () =>
+        new SignalError("TIMEOUT", `${kind} did not open within ${timeout} ms (${redact(link.url)})`),
+      );
+      return { link, welcome };
+    } catch (err) {
+      link.close();
+      if (!cert || !(err instanceof SignalError) || err.code !== "WEBTRANSPORT_FAILED") throw err;
+      // A browser hides why a WebTransport handshake failed (401, 403...):
+      // ask the gateway whether the token is the reason, else name the usual ones.
+      if ((await whoAmI(this.#baseUrl, this.#token).catch(() => "?")) === null) {
+        throw new SignalError("UNAUTHENTICATED", "the gateway does not know this token; register again", { cause: err });
+      }
+      throw new SignalError(
+        "WEBTRANSPORT_FAILED",
+        `${err.message} (is UDP port ${cert.webtransport.port} reachable, and this page's origin ` +
+          `${globalThis.location?.origin ?? ""} allowed by the gateway's --allow-origin?)`,
+        { cause: err },
+      );
+    }
+  }
+
+  /**
+   * Makes `link` the client's connection and flushes the queue.
+   * @param {Link} link
+   * @param {Welcome} welcome
+   * @param {boolean} reconnected
+   */
+  #attach(link, welcome, reconnected) {
+    this.#link = link;
+    this.#welcome = welcome;
+    this.#transport = link.kind;
+    this.#state = "open";
+    this.#openedAt = Date.now();
+    link.onEnvelope = (envelope) => this.#emit("message", envelope);
+    link.onClose = (info) => this.#dropped(link, info);
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const text of queued) link.send(text);
+    this.#emit("open", { ...welcome, reconnected });
+  }
+
+  /**
+   * The connection ended without `close()`.
+   * @param {Link} link
+   * @param {Omit<CloseDetail, "willReconnect">} info
+   */
+  #dropped(link, info) {
+    if (link !== this.#link) return;
+    this.#link = null;
+    const willReconnect = info.reconnect && this.#options.reconnect !== false;
+    if (Date.now() - this.#openedAt >= STABLE_CONNECTION_MS) this.#attempt = 0;
+    this.#state = willReconnect ? "reconnecting" : "closed";
+    if (!willReconnect) {
+      this.#queue = [];
+      this.#watchPage(false);
+    }
+    this.#emit("close", { ...info, willReconnect });
+    if (willReconnect && this.#state === "reconnecting") this.#scheduleReconnect(null);
+  }
+
+  /** @param {unknown} error why the last attempt failed */
+  #scheduleReconnect(error) {
+    const policy = this.#options.reconnect;
+    if (policy === false) return;
+    const generation = this.#generation;
+    this.#attempt += 1;
+    if (this.#attempt > policy.maxAttempts) {
+      this.#giveUp(asSignalError(error ?? new SignalError("CLOSED", "no reconnect attempts left")));
+      return;
+    }
+    const ceiling = Math.min(policy.maxDelay, policy.initialDelay * policy.factor ** (this.#attempt - 1));
+    // "Equal jitter": at least half the ceiling, so retries stay spread out
+    // without collapsing to zero.
+    const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+    this.#emit("reconnecting", { attempt: this.#attempt, delay, error });
+    this.#retryTimer = setTimeout(() => this.#reconnect(generation), delay);
+  }
+
+  /** @param {number} generation */
+  async #reconnect(generation) {
+    if (generation !== this.#generation || this.#state !== "reconnecting") return;
+    try {
+      // Cheap probe first: is the gateway up, and does it still know us?
+      let username = await whoAmI(this.#baseUrl, this.#token);
+      if (generation !== this.#generation) return;
+      if (username === null) {
+        const again = await SignalClient.register(this.#username, { baseUrl: this.#baseUrl, token: this.#token });
+        if (generation !== this.#generation) return;
+        this.#token = again.token;
+        username = again.username;
+        this.#emit("identity", { username, token: this.#token });
+      }
+      const { link, welcome } = await this.#open();
+      if (generation !== this.#generation || this.#state !== "reconnecting") {
+        link.close();
+        return;
+      }
+      this.#attach(link, welcome, true);
+    } catch (err) {
+      if (generation !== this.#generation) return;
+      const error = asSignalError(err);
+      if (error.code === "TAKEN" || error.code === "INVALID") {
+        this.#giveUp(new SignalError("UNAUTHENTICATED", `cannot get the name back: ${error.message}`, { cause: err }));
+      } else {
+        this.#scheduleReconnect(error);
+      }
+    }
+  }
+
+  /** @param {SignalError} error */
+  #giveUp(error) {
+    this.#state = "closed";
+    this.#queue = [];
+    this.#watchPage(false);
+    this.#emit("close", {
+      code: error.code === "UNAUTHENTICATED" ? 4000 : 1006,
+      reason: error.code,
+      message: error.message,
+      reconnect: false,
+      willReconnect: false,
+    });
+  }
+
+  /**
+   * Follows the page's life while connected: network back online, page
+   * hidden (closed, navigated away, cached) and shown again.
+   * @param {boolean} on
+   */
+  #watchPage(on) {
+    const method = on ? "addEventListener" : "removeEventListener";
+    globalThis[method]?.("online", this.#retryNow);
+    globalThis[method]?.("pagehide", this.#onPageHide);
+    globalThis[method]?.("pageshow", this.#retryNow);
+  }
+
+  /**
+   * @param {string} type
+   * @param {unknown} detail
+   */
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+// ---- transports ----
+
+/**
+ * One transport connection. Parses envelopes, recognises WELCOME (resolves
+ * `opened`) and CLOSE (remembers why, then closes), and reports the end once.
+ */
+class Link {
+  /** @type {((envelope: Envelope) => void) | null} */ onEnvelope = null;
+  /** @type {((info: Omit<CloseDetail, "willReconnect">) => void) | null} */ onClose = null;
+  /** @type {Welcome | null} */ welcome = null;
+  ended = false;
+  /** @type {(welcome: Welcome) => void} */ #resolve = () => {};
+  /** @type {(error: SignalError) => void} */ #reject = () => {};
+
+  /**
+   * @param {"websocket" | "webtransport"} kind
+   * @param {string} url
+   */
+  constructor(kind, url) {
+    this.kind = kind;
+    this.url = url;
+    /** Resolves with the WELCOME payload; rejects if the link ends first. */
+    this.opened = new Promise((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    this.opened.catch(() => {});
+  }
+
+  /** @param {string} text one envelope */
+  receive(text) {
+    let envelope;
+    try {
+      envelope = JSON.parse(text);
+    } catch {
+      return; // the gateway sends only JSON; nothing sensible to do with noise
+    }
+    if (envelope === null || typeof envelope !== "object") return;
+    // Only the gateway itself sends originator "" (forwarded envelopes carry
+    // the authenticated sender), so WELCOME and CLOSE cannot be spoofed.
+    if (envelope.originator === "" && envelope.type === "WELCOME" && !this.welcome) {
+      this.welcome = envelope.payload;
+      this.#resolve(envelope.payload);
+    } else if (envelope.originator === "" && envelope.type === "CLOSE") {
+      const p = envelope.payload ?? {};
+      this.end({
+        code: Number(p.code) || 1000,
+        reason: String(p.reason ?? CLOSE_REASONS[p.code] ?? "CLOSED"),
+        message: String(p.message ?? ""),
+        reconnect: p.reconnect !== false,
+      });
+      this.teardown(); // the gateway waits for us to close after CLOSE
+    } else {
+      this.onEnvelope?.(envelope);
+    }
+  }
+
+  /**
+   * Reports the end of the link, once.
+   * @param {Omit<CloseDetail, "willReconnect">} info
+   */
+  end(info) {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.welcome) {
+      this.onClose?.(info);
+    } else {
+      const failure = info.reason === "CONNECTION_LOST" ? `${this.kind.toUpperCase()}_FAILED` : info.reason;
+      this.#reject(new SignalError(failure, info.message || `${this.kind} closed (${info.code} ${info.reason})`, { closeCode: info.code }));
+    }
+  }
+
+  /** @param {string} _text */
+  send(_text) {}
+  /** Closes the transport without ceremony. */
+  teardown() {}
+  /** Closes the link on purpose (no `onClose`). */
+  async close() {
+    this.onClose = null;
+    this.end({ code: 1000, reason: "CLOSED", message: "closed by the client", reconnect: false });
+    this.teardown();
+  }
+}
+
+/** Envelopes as WebSocket text frames. */
+class WebSocketLink extends Link {
+  /** @param {string} url */
+  constructor(url) {
+    super("websocket", url);
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (err) {
+      this.ws = null;
+      this.end(lost(`cannot open a WebSocket to ${redact(url)}: ${errorMessage(err)}`));
+      return;
+    }
+    this.ws = ws;
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") this.receive(ev.data);
+    };
+    ws.onclose = (ev) => {
+      const reason = ev.reason || CLOSE_REASONS[ev.code] || "CLOSED";
+      this.end({
+        code: ev.code,
+        reason: ev.code === 1006 ? "CONNECTION_LOST" : reason,
+        message: ev.code === 1006 ? `the WebSocket to ${redact(url)} failed or was cut` : `WebSocket closed: ${ev.code} ${reason}`,
+        reconnect: !FINAL_CLOSE_CODES.has(ev.code),
+      });
+    };
+  }
+
+  /** @param {string} text */
+  send(text) {
+    this.ws?.send(text);
+  }
+
+  teardown() {
+    try {
+      this.ws?.close(1000, "BYE");
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/**
+ * Envelopes as newline-terminated JSON lines on one bidirectional stream of
+ * a WebTransport session.
+ */
+class WebTransportLink extends Link {
+  /** @type {WritableStreamDefaultWriter<Uint8Array> | null} */ writer = null;
+
+  /**
+   * @param {string} url
+   * @param {CertInfo} cert
+   */
+  constructor(url, cert) {
+    super("webtransport", url);
+    /** @type {WebTransportOptions} */
+    const options = {};
+    if (cert.development) {
+      // A self-signed development certificate: pin it. A CA-issued one is
+      // checked the usual way (pinning it would fail: it lives > 14 days).
+      options.serverCertificateHashes = [{ algorithm: "sha-256", value: base64Bytes(cert.value) }];
+    }
+    try {
+      this.wt = new WebTransport(url, options);
+    } catch (err) {
+      this.wt = null;
+      this.end(lost(`cannot open WebTransport to ${redact(url)}: ${errorMessage(err)}`));
+      return;
+    }
+    this.wt.closed.then(
+      (info) => this.end({
+        code: info?.closeCode || 1000,
+        reason: CLOSE_REASONS[info?.closeCode ?? 1000] ?? "CLOSED",
+        message: `WebTransport session closed${info?.reason ? `: ${info.reason}` : ""}`,
+        reconnect: !FINAL_CLOSE_CODES.has(info?.closeCode ?? 0),
+      }),
+      (err) => this.end(lost(`WebTransport to ${redact(url)} failed or was cut: ${errorMessage(err)}`)),
+    );
+    this.#start();
+  }
+
+  async #start() {
+    const wt = /** @type {WebTransport} */ (this.wt);
+    try {
+      await wt.ready;
+      const stream = await wt.createBidirectionalStream();
+      this.writer = stream.writable.getWriter();
+      // The gateway only sees a stream once something is written on it; a
+      // blank line is ignored by its framing.
+      this.writer.write(ENCODER.encode("\n")).catch(() => {});
+      this.#read(stream.readable.getReader());
+    } catch (err) {
+      this.end(lost(`WebTransport handshake with ${redact(this.url)} failed: ${errorMessage(err)}`));
+      this.teardown();
+    }
+  }
+
+  /** @param {ReadableStreamDefaultReader<Uint8Array>} reader */
+  async #read(reader) {
+    const decoder = new TextDecoder();
+    let partial = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        // Lines may arrive split across reads (even inside a character:
+        // `stream: true` keeps the bytes of an unfinished one), or several
+        // per read. Only the new text is searched for line ends.
+        const text = decoder.decode(value, { stream: true });
+        let start = 0;
+        for (let end = text.indexOf("\n"); end !== -1; end = text.indexOf("\n", start)) {
+          const line = partial + text.slice(start, end);
+          partial = "";
+          start = end + 1;
+          if (line.trim() !== "") this.receive(line);
+        }
+        partial += text.slice(start);
+        if (partial.length > LINE_SLACK * (this.welcome?.max_envelope_bytes ?? DEFAULT_MAX_LINE)) {
+          this.end({ code: 1009, reason: "MESSAGE_TOO_BIG", message: "the gateway sent an over-long line", reconnect: true });
+          break;
+        }
+      }
+    } catch {
+      // the session failed; `closed` says how
+    }
+    // The gateway ended its stream (after a CLOSE envelope) or the session died.
+    this.end(lost("the gateway ended the WebTransport stream"));
+    this.teardown();
+  }
+
+  /** @param {string} text */
+  send(text) {
+    this.writer?.write(ENCODER.encode(text + "\n")).catch(() => {});
+  }
+
+  teardown() {
+    try {
+      this.wt?.close();
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Ends the stream (so the gateway drops the user at once), then the session. */
+  async close() {
+    this.onClose = null;
+    this.end({ code: 1000, reason: "CLOSED", message: "closed by the client", reconnect: false });
+    if (this.writer) {
+      await withTimeout(this.writer.close(), STREAM_CLOSE_GRACE_MS, () => new Error("timeout")).catch(() => {});
+    }
+    this.teardown();
+  }
+}
+
+// ---- HTTP helpers ----
+
+/**
+ * @typedef {object} CertInfo
+ * @property {string} value   base64 SHA-256 of the certificate
+ * @property {boolean} development
+ * @property {{ port: number, path: string }} webtransport
+ */
+
+/**
+ * @param {string} baseUrl
+ * @returns {Promise<CertInfo>}
+ */
+async function certInfo(baseUrl) {
+  const { status, body } = await request(baseUrl, "/v1/cert-hash", {});
+  if (status !== 200 || !body?.webtransport?.port) {
+    throw new SignalError("WEBTRANSPORT_FAILED", `the gateway did not describe its WebTransport endpoint (HTTP ${status})`);
+  }
+  return body;
+}
+
+/**
+ * The name a token belongs to, or `null` if the gateway does not know it.
+ * @param {string} baseUrl
+ * @param {string} token
+ * @returns {Promise<string | null>}
+ */
+async function whoAmI(baseUrl, token) {
+  const { status, body } = await request(baseUrl, "/v1/user", { token });
+  if (status === 200 && typeof body?.username === "string") return body.username;
+  if (status === 404 || status === 401) return null;
+  throw new SignalError(body?.status || `HTTP_${status}`, body?.message || `GET /v1/user failed with HTTP ${status}`, { status });
+}
+
+/**
+ * A JSON request without cookies (the token travels explicitly).
+ * @param {string} baseUrl
+ * @param {string} path
+ * @param {{ method?: string, token?: string, json?: unknown }} init
+ * @returns {Promise<{ status: number, body: any, headers: Headers }>}
+ */
+async function request(baseUrl, path, { method = "GET", token, json }) {
+  /** @type {Record<string, string>} */
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(baseUrl + path, {
+      method,
+      headers,
+      body: json === undefined ? undefined : JSON.stringify(json),
+      credentials: "omit",
+      cache: "no-store",
+    });
+  } catch (err) {
+    throw new SignalError("UNREACHABLE", `cannot reach the gateway at ${baseUrl}: ${errorMessage(err)}`, { cause: err });
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: the status code says enough
+  }
+  return { status: response.status, body, headers: response.headers };
+}
+
+/**
+ * @param {string | undefined} baseUrl
+ * @returns {string} absolute, without a trailing slash
+ */
+function resolveBaseUrl(baseUrl) {
+  const here = globalThis.location?.href;
+  if (baseUrl === undefined && !here) {
+    throw new TypeError("no page origin: pass { baseUrl: \"http://host:port\" }");
+  }
+  const url = new URL(baseUrl ?? "/", here);
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new TypeError(`baseUrl must be http(s), not ${url.protocol}`);
+  }
+  return (url.origin + url.pathname).replace(/\/+$/, "");
+}
+
+/**
+ * @param {string} baseUrl
+ * @param {string} token
+ */
+function websocketUrl(baseUrl, token) {
+  const url = new URL(`${baseUrl}/v1/connect`);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("token", token);
+  return url.href;
+}
+
+/**
+ * WebTransport goes to the gateway's host on its UDP port; browsers send no
+ * cookies on this handshake, so the token rides in the query.
+ * @param {string} baseUrl
+ * @param {CertInfo} cert
+ * @param {string} token
+ */
+function webtransportUrl(baseUrl, cert, token) {
+  const url = new URL(baseUrl);
+  const endpoint = new URL(`https://${url.hostname}:${cert.webtransport.port}${cert.webtransport.path || "/v1/connect"}`);
+  endpoint.searchParams.set("token", token);
+  return endpoint.href;
+}
+
+// ---- small helpers ----
+
+/** @param {Partial<ConnectOptions>} options */
+function normalizeOptions(options) {
+  const transport = options.transport ?? CONNECT_DEFAULTS.transport;
+  if (transport !== "auto" && !TRANSPORTS.includes(transport)) {
+    throw new TypeError(`transport must be "auto", "webtransport" or "websocket", not ${JSON.stringify(transport)}`);
+  }
+  const reconnect = options.reconnect === false ? false : { ...CONNECT_DEFAULTS.reconnect, ...(options.reconnect ?? {}) };
+  return {
+    transport,
+    timeout: options.timeout ?? CONNECT_DEFAULTS.timeout,
+    webtransportTimeout: options.webtransportTimeout ?? CONNECT_DEFAULTS.webtransportTimeout,
+    reconnect,
+    maxQueued: options.maxQueued ?? CONNECT_DEFAULTS.maxQueued,
+    closeOnPageHide: options.closeOnPageHide ?? CONNECT_DEFAULTS.closeOnPageHide,
+  };
+}
+
+/**
+ * @template T
+ * @param {Promise<T>} promise
+ * @param {number} ms
+ * @param {() => Error} onTimeout
+ * @returns {Promise<T>}
+ */
+function withTimeout(promise, ms, onTimeout) {
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+  });
+  return /** @type {Promise<T>} */ (Promise.race([promise, expired])).finally(() => clearTimeout(timer));
+}
+
+/** @param {string} message */
+function lost(message) {
+  return { code: 1006, reason: "CONNECTION_LOST", message, reconnect: true };
+}
+
+function noWebTransport() {
+  return new SignalError(
+    "WEBTRANSPORT_UNAVAILABLE",
+    "this browser has no WebTransport here (it needs a recent Chromium or Firefox and a secure context: https, localhost or 127.0.0.1)",
+  );
+}
+
+/** @param {unknown} err */
+function asSignalError(err) {
+  return err instanceof SignalError ? err : new SignalError("UNREACHABLE", errorMessage(err), { cause: err });
+}
+
+/** @param {unknown} err */
+function errorMessage(err) {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** @param {string} url the URL without its token, for messages */
+function redact(url) {
+  return url.split("?")[0];
+}
+
+/** @param {string} b64 */
+function base64Bytes(b64) {
+  return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+}

@@ -346,30 +346,37 @@ const scenarios = [
       { host: "127.0.0.1", transport: "auto", expect: "webtransport" }),
   },
   {
-    name: "webtransport framing: split multi-byte lines, many lines per read",
+    name: "webtransport framing: lines and characters split across reads, several lines per read",
     async run(t) {
+      // Page b's stream reads hand client.js at most 5 bytes at a time, so
+      // every line and most characters arrive cut in pieces; page a reads
+      // as Chromium delivers (the gateway writes a burst in batches, so
+      // several lines come in one read).
       const a = await t.browser.peer("framing-a", t.gateway.origin());
-      const b = await t.browser.peer("framing-b", t.gateway.origin("127.0.0.1"));
+      const b = await t.browser.peer("framing-b", t.gateway.origin("127.0.0.1"), { initScript: tinyStreamReads });
       t.pages.push(a, b);
       const nameA = uniqueName("lena");
       const nameB = uniqueName("mia");
       await a.evaluate(([n, o]) => peer.join(n, o), [nameA, { transport: "webtransport" }]);
       await b.evaluate(([n, o]) => peer.join(n, o), [nameB, { transport: "webtransport" }]);
-      // ~60 KB of 4-byte characters: QUIC delivers it in many reads that cut
-      // characters in half. Then 100 small envelopes at once, which the
-      // gateway writes in batches (several lines per read).
-      await a.evaluate((to) => {
-        peer.send(to, "big", { text: "😀é".repeat(10_000) });
-        for (let i = 0; i < 100; i += 1) peer.send(to, "burst", { i });
-      }, nameB);
-      await b.waitForFunction(() => peer.log.messages.filter((m) => m.type === "burst").length === 100);
-      const got = await b.evaluate(() => ({
-        big: peer.log.messages.find((m) => m.type === "big")?.payload.text,
-        order: peer.log.messages.filter((m) => m.type === "burst").map((m) => m.payload.i),
-      }));
-      assert(got.big === "😀é".repeat(10_000), `the big envelope arrived intact (${got.big?.length} chars)`);
-      assertEqual(got.order, [...Array(100).keys()], "burst order");
-      return "60 KB envelope intact, 100 envelopes in order";
+      const burst = (to) => {
+        peer.send(to, "big", { text: "😀é".repeat(10_000) }); // ~60 KB, 4- and 2-byte characters
+        for (let i = 0; i < 100; i += 1) peer.send(to, "burst", { i, s: "ü😀" });
+      };
+      await a.evaluate(burst, nameB);
+      await b.evaluate(burst, nameA);
+      for (const [page, label] of [[b, "5-byte reads"], [a, "batched reads"]]) {
+        await page.waitForFunction(() => peer.log.messages.filter((m) => m.type === "burst").length === 100);
+        const got = await page.evaluate(() => ({
+          big: peer.log.messages.find((m) => m.type === "big")?.payload.text,
+          order: peer.log.messages.filter((m) => m.type === "burst").map((m) => m.payload.i),
+          text: [...new Set(peer.log.messages.filter((m) => m.type === "burst").map((m) => m.payload.s))],
+        }));
+        assert(got.big === "😀é".repeat(10_000), `${label}: the big envelope arrived intact (${got.big?.length} chars)`);
+        assertEqual(got.order, [...Array(100).keys()], `${label}: burst order`);
+        assertEqual(got.text, ["ü😀"], `${label}: characters`);
+      }
+      return "60 KB envelope and 100-envelope burst intact and in order, in 5-byte reads and in batched reads";
     },
   },
   {
@@ -467,7 +474,7 @@ const scenarios = [
     },
   },
   {
-    name: "REPLACED closes the old connection without a reconnect",
+    name: "REPLACED and KICKED close without a reconnect",
     async run(t) {
       const first = await t.browser.peer("replaced-first", t.gateway.origin());
       const second = await t.browser.peer("replaced-second", t.gateway.origin("127.0.0.1"));
@@ -492,7 +499,16 @@ const scenarios = [
         assertEqual(state, { state: "closed", tries: 0 }, `${label} client after REPLACED`);
       }
       assertEqual((await t.gateway.connected(name)).map((c) => c.transport), ["webtransport"], "gateway keeps only the newest");
-      return "webtransport and websocket clients got 4001 REPLACED and stayed closed";
+      // An administrator's kick is final too.
+      const kicked = await t.gateway.fetch("/v1/kick-active-users", { method: "POST" });
+      assert(kicked.ok, `POST /v1/kick-active-users answered ${kicked.status}`);
+      const closed3 = await third.evaluate(() => peer.event("close"));
+      assertEqual([closed3.detail.code, closed3.detail.reason, closed3.detail.willReconnect], [4002, "KICKED", false],
+        "kicked webtransport client's close event");
+      await sleep(600);
+      assertEqual(await third.evaluate(() => peer.client.state), "closed", "state after KICKED");
+      assertEqual(await t.gateway.connected(name), [], "nobody reconnected after the kick");
+      return "webtransport and websocket clients got 4001 REPLACED, then 4002 KICKED, and stayed closed";
     },
   },
   {
@@ -685,15 +701,47 @@ async function demoWithoutListScenario(t) {
   await bob.getByRole("button", { name: "Hang up" }).click();
   await alice.locator("#call-state").getByText("Ben hung up").waitFor();
 
+  // A reload comes back as the same user; leaving and joining again with
+  // the same name in the same browser gets the name back (not TAKEN).
+  await bob.reload();
+  await bob.locator("#me-name").getByText("Ben", { exact: true }).waitFor();
+  await bob.locator("#me-transport").getByText("WebTransport").waitFor();
+  await bob.getByRole("button", { name: "Leave" }).click();
+  await bob.getByLabel("Your name", { exact: true }).fill("Ben");
+  await bob.getByRole("button", { name: "Join" }).click();
+  await bob.locator("#me-transport").getByText("WebTransport").waitFor();
+  const listed = await (await gateway.fetch("/v1/users", { headers: { authorization: "Bearer not-for-pages" } })).json();
+  assertEqual(listed.connected.map((c) => c.username).sort(), ["Ana", "Ben"], "connected after rejoining");
+
   // The refused GET /v1/users is logged by Chromium as a failed load; nothing else may be.
   const refused = /Failed to load resource: the server responded with a status of 401/;
   for (const [page, label] of [[alice, "Ana"], [bob, "Ben"]]) {
     assertEqual(page.problems.filter((p) => !refused.test(p)), [], `console errors on ${label}'s page`);
   }
-  return "list refused (401) -> call by name; calling someone offline says so";
+  return "list refused (401) -> call by name; calling someone offline says so; reload resumes; rejoin keeps the name";
 }
 
 // ---- support ----
+
+/**
+ * Runs in a test page before its scripts: every stream read hands out at
+ * most 5 bytes (WebTransport streams are ReadableStreams), so line framing
+ * and UTF-8 decoding across reads are exercised on every line.
+ */
+function tinyStreamReads() {
+  const read = ReadableStreamDefaultReader.prototype.read;
+  const leftovers = new WeakMap();
+  ReadableStreamDefaultReader.prototype.read = async function tinyRead() {
+    let rest = leftovers.get(this);
+    if (!rest?.length) {
+      const result = await read.call(this);
+      if (result.done || !(result.value instanceof Uint8Array)) return result;
+      rest = result.value;
+    }
+    leftovers.set(this, rest.subarray(5));
+    return { done: false, value: rest.subarray(0, 5) };
+  };
+}
 
 /** A UDP socket on 127.0.0.1 and ::1 (same port) that never answers. */
 async function blackHoleUdp() {
