@@ -218,7 +218,11 @@ mod tests {
         ]);
         assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("abc"));
         let h = headers(&[("cookie", "a=1; user_token=def; b=2")]);
-        assert_eq!(session_token(&h, Some("token=ghi")).as_deref(), Some("ghi"), "explicit beats the cookie");
+        assert_eq!(
+            session_token(&h, Some("token=ghi")).as_deref(),
+            Some("ghi"),
+            "explicit beats the cookie"
+        );
         assert_eq!(session_token(&h, None).as_deref(), Some("def"));
         let h = headers(&[]);
         assert_eq!(

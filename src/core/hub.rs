@@ -414,8 +414,11 @@ impl Session {
     }
 
     /// Counts forwarded envelopes the transport has written.
-    pub fn record_written(&self, batch: &[Queued]) {
-        let forwarded = batch.iter().filter(|item| item.origin.is_some()).count();
+    pub fn record_written<'a>(&self, batch: impl IntoIterator<Item = &'a Queued>) {
+        let forwarded = batch
+            .into_iter()
+            .filter(|item| item.origin.is_some())
+            .count();
         self.hub.stats.written.add(forwarded as u64);
     }
 
@@ -482,8 +485,7 @@ mod tests {
     }
 
     fn take(session: &Session) -> Vec<Value> {
-        let mut batch = Vec::new();
-        futures::executor::block_on(session.outbox.next_batch(&mut batch));
+        let (batch, _) = futures::executor::block_on(session.outbox.next_batch());
         batch
             .iter()
             .map(|item| serde_json::from_slice::<Value>(&item.frame).unwrap())

@@ -132,20 +132,20 @@ impl Outbox {
         self.lock().closing
     }
 
-    /// Waits until there is something to do, then moves every queued frame
-    /// into `batch`. Returns the close reason when the connection must close
-    /// after writing `batch`.
-    pub async fn next_batch(&self, batch: &mut Vec<Queued>) -> Option<CloseReason> {
+    /// Waits until there is something to do, then takes every queued frame
+    /// (the queue itself moves out, so an idle connection keeps no queue
+    /// allocation). Returns the close reason when the connection must close
+    /// after writing the batch.
+    pub async fn next_batch(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
         loop {
             {
                 let mut state = self.lock();
                 if !state.queue.is_empty() {
-                    batch.extend(state.queue.drain(..));
                     state.bytes = 0;
-                    return state.closing;
+                    return (std::mem::take(&mut state.queue), state.closing);
                 }
                 if state.closing.is_some() {
-                    return state.closing;
+                    return (VecDeque::new(), state.closing);
                 }
             }
             self.ready.notified().await;
@@ -221,8 +221,8 @@ mod tests {
         for _ in 0..3 {
             outbox.push(frame(1)).unwrap();
         }
-        let mut batch = Vec::new();
-        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        let (batch, closing) = outbox.next_batch().await;
+        assert_eq!(closing, None);
         assert_eq!(batch.len(), 3);
         outbox.push(frame(1)).unwrap();
     }
@@ -234,17 +234,11 @@ mod tests {
         assert!(outbox.close(CloseReason::Kicked));
         assert!(!outbox.close(CloseReason::Shutdown), "first reason wins");
         assert!(matches!(outbox.push(frame(1)), Err(PushError::Closing(_))));
-        let mut batch = Vec::new();
-        assert_eq!(
-            outbox.next_batch(&mut batch).await,
-            Some(CloseReason::Kicked)
-        );
+        let (batch, closing) = outbox.next_batch().await;
+        assert_eq!(closing, Some(CloseReason::Kicked));
         assert_eq!(batch.len(), 1);
-        batch.clear();
-        assert_eq!(
-            outbox.next_batch(&mut batch).await,
-            Some(CloseReason::Kicked)
-        );
+        let (batch, closing) = outbox.next_batch().await;
+        assert_eq!(closing, Some(CloseReason::Kicked));
         assert!(batch.is_empty());
     }
 
@@ -253,11 +247,7 @@ mod tests {
         let outbox = Arc::new(Outbox::new(10, 1 << 20));
         let writer = {
             let outbox = outbox.clone();
-            tokio::spawn(async move {
-                let mut batch = Vec::new();
-                outbox.next_batch(&mut batch).await;
-                batch.len()
-            })
+            tokio::spawn(async move { outbox.next_batch().await.0.len() })
         };
         tokio::task::yield_now().await;
         outbox.push(frame(1)).unwrap();

@@ -3,6 +3,7 @@
 
 mod api;
 mod assets;
+mod read_ahead;
 mod serve;
 mod websocket;
 

@@ -17,6 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::read_ahead::ReadAhead;
+
 /// hyper refuses read buffers smaller than this.
 const HYPER_MIN_BUFFER: usize = 8 * 1024;
 /// Back-off after `accept` fails (e.g. out of file descriptors).
@@ -61,7 +63,7 @@ pub async fn serve_tcp(
         let tls = tls.clone();
         connections.spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, router, limits, stop).await,
+                None => serve_connection(ReadAhead::new(stream), peer, router, limits, stop).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                         .await

@@ -1,6 +1,7 @@
 //! One WebTransport session: the client's bidirectional stream carries
 //! newline-delimited envelopes both ways, exactly as WebSocket frames do.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ pub(super) async fn run(
     };
     let (send, recv) = stream.split();
     let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
-    let span = tracing::info_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
+    let span = tracing::debug_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
     relay(&session, &conn, send, recv, core)
         .instrument(span)
         .await;
@@ -113,15 +114,14 @@ async fn relay(
     tracing::debug!("connected");
     let limits = core.hub().limits.clone();
     let mut framer = LineFramer::new(limits.max_envelope_bytes);
-    let mut batch: Vec<Queued> = Vec::new();
     let mut reading = true;
     let mut lines_since_yield = 0;
     let ended_by = loop {
         tokio::select! {
             biased;
-            closing = core.outbox().next_batch(&mut batch) => {
+            (batch, closing) = core.outbox().next_batch() => {
                 if let Err(err) = write_batch(&mut send, &batch, limits.write_timeout).await {
-                    core.report_unwritten(batch.drain(..), &err.to_string());
+                    core.report_unwritten(batch, &err.to_string());
                     if let WriteError::Stalled(_) = err {
                         core.close(CloseReason::SlowConsumer);
                         break Some(CloseReason::SlowConsumer);
@@ -129,7 +129,6 @@ async fn relay(
                     break None;
                 }
                 core.record_written(&batch);
-                batch.clear();
                 if let Some(reason) = closing {
                     break Some(reason);
                 }
@@ -208,11 +207,11 @@ async fn relay(
 
 async fn write_batch(
     send: &mut SendHalf,
-    batch: &[Queued],
+    batch: &VecDeque<Queued>,
     write_timeout: Duration,
 ) -> Result<(), WriteError> {
     let write = async {
-        if let [single] = batch {
+        if let (Some(single), 1) = (batch.front(), batch.len()) {
             return send.write_all(&single.frame).await;
         }
         let mut buf = BytesMut::with_capacity(batch.iter().map(|item| item.frame.len()).sum());
