@@ -224,7 +224,16 @@ async fn handle_connection(
                 let session =
                     h3_webtransport::server::WebTransportSession::accept(request, stream, h3)
                         .await?;
-                session::run(session, conn, user, admission, peer, &ctx.hub).await;
+                // The session gets a task of its own, holding only what it
+                // needs; this one, with the whole handshake's state, ends.
+                tokio::spawn(session::run(
+                    Box::new(session),
+                    conn,
+                    user,
+                    admission,
+                    peer,
+                    ctx.hub.clone(),
+                ));
                 return Ok(());
             }
         }

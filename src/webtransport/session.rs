@@ -2,7 +2,7 @@
 //! newline-delimited envelopes both ways, exactly as WebSocket frames do.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,38 +40,47 @@ pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason, hu
 }
 
 /// Waits for the client's stream, attaches the session to `user`, and
-/// relays until either side closes.
-pub(super) async fn run(
-    session: Session3,
+/// relays until either side closes. Runs as the connection's own task, which
+/// holds only what the relay needs (the session is boxed: it owns the HTTP/3
+/// connection, which must live as long as the session).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice for the session's life"
+)]
+pub(super) fn run(
+    session: Box<Session3>,
     conn: quinn::Connection,
     user: Arc<str>,
     admission: Admission,
     peer: SocketAddr,
-    hub: &Arc<Hub>,
-) {
-    let limits = hub.limits.clone();
-    let waited = tokio::select! {
-        waited = timeout(limits.stream_open_timeout, first_stream(&session)) => waited,
-        () = hub.stopping() => {
-            close_connection(&conn, CloseReason::Shutdown, hub);
-            return;
-        }
-    };
-    let stream = match waited {
-        Ok(Some(stream)) => stream,
-        Ok(None) => return,
-        Err(_) => {
-            tracing::debug!(%user, "no stream opened in time");
-            close_connection(&conn, CloseReason::StreamTimeout, hub);
-            return;
-        }
-    };
-    let (send, recv) = stream.split();
-    let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
-    let span = tracing::debug_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
-    relay(&session, &conn, send, recv, core)
-        .instrument(span)
-        .await;
+    hub: Arc<Hub>,
+) -> impl Future<Output = ()> {
+    async move {
+        let waited = tokio::select! {
+            // Boxed: accepting streams takes a large future, needed only here.
+            waited = timeout(hub.limits.stream_open_timeout, Box::pin(first_stream(&session))) => waited,
+            () = hub.stopping() => {
+                close_connection(&conn, CloseReason::Shutdown, &hub);
+                return;
+            }
+        };
+        let stream = match waited {
+            Ok(Some(stream)) => stream,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(%user, "no stream opened in time");
+                close_connection(&conn, CloseReason::StreamTimeout, &hub);
+                return;
+            }
+        };
+        let (send, recv) = stream.split();
+        let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
+        drop(hub);
+        let span = tracing::debug_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
+        relay(session, conn, send, recv, core)
+            .instrument(span)
+            .await;
+    }
 }
 
 type Bidi = h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -104,105 +113,111 @@ enum WriteError {
     Failed(std::io::Error),
 }
 
-async fn relay(
-    session: &Session3,
-    conn: &quinn::Connection,
+/// The relay loop and the close sequence. After the client's stream is
+/// open nothing else on the HTTP/3 connection matters: further streams are
+/// not accepted, and the end of the connection shows as the end of the
+/// stream.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice for the session's life"
+)]
+fn relay(
+    session: Box<Session3>,
+    conn: quinn::Connection,
     mut send: SendHalf,
     mut recv: h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>,
     core: Session,
-) {
-    tracing::debug!("connected");
-    let limits = core.hub().limits.clone();
-    let mut framer = LineFramer::new(limits.max_envelope_bytes);
-    let mut reading = true;
-    let mut lines_since_yield = 0;
-    let ended_by = loop {
-        tokio::select! {
-            biased;
-            (batch, closing) = core.outbox().next_batch() => {
-                if let Err(err) = write_batch(&mut send, &batch, limits.write_timeout).await {
-                    core.report_unwritten(batch, &err.to_string());
-                    if let WriteError::Stalled(_) = err {
-                        core.close(CloseReason::SlowConsumer);
-                        break Some(CloseReason::SlowConsumer);
-                    }
-                    break None;
-                }
-                core.record_written(&batch);
-                if let Some(reason) = closing {
-                    break Some(reason);
-                }
-            }
-            data = poll_fn(|cx| recv.poll_data(cx)), if reading => match data {
-                Ok(Some(mut chunk)) => {
-                    let chunk = chunk.copy_to_bytes(chunk.remaining());
-                    if framer.feed(chunk, |line| {
-                        lines_since_yield += 1;
-                        core.handle_frame(line);
-                    }).is_err() {
-                        core.close(CloseReason::MessageTooBig);
-                        reading = false;
-                    }
-                    // Let the targets' writers run during a flood (see the
-                    // WebSocket transport for why).
-                    if lines_since_yield >= READ_BATCH {
-                        lines_since_yield = 0;
-                        tokio::task::yield_now().await;
-                    }
-                }
-                // The client finished its stream or the session is gone.
-                Ok(None) | Err(_) => {
-                    reading = false;
-                    if core.outbox().closing().is_none() {
+) -> impl Future<Output = ()> {
+    async move {
+        tracing::debug!("connected");
+        let write_timeout = core.hub().limits.write_timeout;
+        let mut framer = LineFramer::new(core.hub().limits.max_envelope_bytes);
+        let mut reading = true;
+        let mut lines_since_yield = 0;
+        let ended_by = loop {
+            tokio::select! {
+                biased;
+                (batch, closing) = core.outbox().next_batch() => {
+                    if let Err(err) = write_batch(&mut send, &batch, write_timeout).await {
+                        core.report_unwritten(batch, &err.to_string());
+                        if let WriteError::Stalled(_) = err {
+                            core.close(CloseReason::SlowConsumer);
+                            break Some(CloseReason::SlowConsumer);
+                        }
                         break None;
                     }
+                    core.record_written(&batch);
+                    if let Some(reason) = closing {
+                        break Some(reason);
+                    }
                 }
-            },
-            extra = session.accept_bi() => match extra {
-                // One stream per session; later ones are ignored (dropped).
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break None,
-            },
-        }
-    };
-    let (code, reason) = match ended_by {
-        Some(reason) => {
-            let _ = timeout(limits.write_timeout, async {
-                send.write_all(&close_frame(reason)).await?;
-                send.shutdown().await
-            })
-            .await;
-            tracing::debug!(reason = reason.reason(), "closed by the gateway");
-            (u32::from(reason.code()), reason.reason())
-        }
-        None => {
-            let _ = timeout(limits.write_timeout, send.shutdown()).await;
-            tracing::debug!("closed by the client");
-            (0, "BYE")
-        }
-    };
-    core.leave();
-    // Closing QUIC at once would discard stream data not yet acknowledged:
-    // give the client a moment to read to the end and close by itself.
-    // Frames it sent before it saw our close are read and counted (the
-    // session no longer accepts them), as on WebSocket.
-    let linger = async {
-        while reading {
-            match poll_fn(|cx| recv.poll_data(cx)).await {
-                Ok(Some(mut chunk)) => {
-                    let chunk = chunk.copy_to_bytes(chunk.remaining());
-                    reading = framer.feed(chunk, |line| core.handle_frame(line)).is_ok();
-                }
-                Ok(None) | Err(_) => reading = false,
+                data = poll_fn(|cx| recv.poll_data(cx)), if reading => match data {
+                    Ok(Some(mut chunk)) => {
+                        let chunk = chunk.copy_to_bytes(chunk.remaining());
+                        if framer.feed(chunk, |line| {
+                            lines_since_yield += 1;
+                            core.handle_frame(line);
+                        }).is_err() {
+                            core.close(CloseReason::MessageTooBig);
+                            reading = false;
+                        }
+                        // Let the targets' writers run during a flood (see the
+                        // WebSocket transport for why).
+                        if lines_since_yield >= READ_BATCH {
+                            lines_since_yield = 0;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    // The client finished its stream or the session is gone.
+                    Ok(None) | Err(_) => {
+                        reading = false;
+                        if core.outbox().closing().is_none() {
+                            break None;
+                        }
+                    }
+                },
             }
-        }
-        conn.closed().await;
-    };
-    let _ = timeout(CLOSE_LINGER, linger).await;
-    conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
-    // `core` (and with it the connection's admission slot) goes only now, so
-    // a shutdown waits for this close.
-    drop(core);
+        };
+        let (code, reason) = match ended_by {
+            Some(reason) => {
+                let _ = timeout(write_timeout, async {
+                    send.write_all(&close_frame(reason)).await?;
+                    send.shutdown().await
+                })
+                .await;
+                tracing::debug!(reason = reason.reason(), "closed by the gateway");
+                (u32::from(reason.code()), reason.reason())
+            }
+            None => {
+                let _ = timeout(write_timeout, send.shutdown()).await;
+                tracing::debug!("closed by the client");
+                (0, "BYE")
+            }
+        };
+        core.leave();
+        // Closing QUIC at once would discard stream data not yet acknowledged:
+        // give the client a moment to read to the end and close by itself.
+        // Frames it sent before it saw our close are read and counted (the
+        // session no longer accepts them), as on WebSocket.
+        let linger = async {
+            while reading {
+                match poll_fn(|cx| recv.poll_data(cx)).await {
+                    Ok(Some(mut chunk)) => {
+                        let chunk = chunk.copy_to_bytes(chunk.remaining());
+                        reading = framer.feed(chunk, |line| core.handle_frame(line)).is_ok();
+                    }
+                    Ok(None) | Err(_) => reading = false,
+                }
+            }
+            conn.closed().await;
+        };
+        let _ = timeout(CLOSE_LINGER, linger).await;
+        conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+        // `core` (and with it the connection's admission slot) goes only now, so
+        // a shutdown waits for this close.
+        drop(core);
+        drop(session);
+    }
 }
 
 async fn write_batch(
