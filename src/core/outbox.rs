@@ -132,24 +132,33 @@ impl Outbox {
         self.lock().closing
     }
 
-    /// Waits until there is something to do, then takes every queued frame
-    /// (the queue itself moves out, so an idle connection keeps no queue
-    /// allocation). Returns the close reason when the connection must close
-    /// after writing the batch.
-    pub async fn next_batch(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
+    /// Waits until there is something to do: a frame queued, or a close
+    /// asked for.
+    pub async fn ready(&self) {
         loop {
             {
-                let mut state = self.lock();
-                if !state.queue.is_empty() {
-                    state.bytes = 0;
-                    return (std::mem::take(&mut state.queue), state.closing);
-                }
-                if state.closing.is_some() {
-                    return (VecDeque::new(), state.closing);
+                let state = self.lock();
+                if !state.queue.is_empty() || state.closing.is_some() {
+                    return;
                 }
             }
             self.ready.notified().await;
         }
+    }
+
+    /// Takes every queued frame (the queue itself moves out, so an idle
+    /// connection keeps no queue allocation), and the close reason when the
+    /// connection must close after writing them.
+    pub fn take(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
+        let mut state = self.lock();
+        state.bytes = 0;
+        (std::mem::take(&mut state.queue), state.closing)
+    }
+
+    /// [`Outbox::ready`], then [`Outbox::take`].
+    pub async fn next_batch(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
+        self.ready().await;
+        self.take()
     }
 
     /// Seals the outbox and returns whatever was never taken by the writer.

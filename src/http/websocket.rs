@@ -39,6 +39,11 @@ use crate::core::{Admission, CloseReason, Hub, Session, Transport};
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Frames handled per wake-up before giving the writer a turn.
 const READ_BATCH: usize = 64;
+/// tungstenite collects a batch's frames in a buffer of up to this size and
+/// writes them with one system call on flush. (At 0 it would write every
+/// frame on its own.) The buffer keeps its largest size while the
+/// connection lives, so it is kept modest.
+const WRITE_BUFFER: usize = 16 * 1024;
 /// RFC 6455 §1.3: appended to the client's key to prove the upgrade.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -106,7 +111,7 @@ pub(crate) async fn connect(
     let limits = &ctx.hub.limits;
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.websocket.read_buffer_bytes)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(
             limits
                 .queue_bytes
@@ -265,7 +270,11 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
         let ended_by = loop {
             tokio::select! {
                 biased;
-                (batch, closing) = session.outbox().next_batch() => {
+                () = session.outbox().ready() => {
+                    // Let the other ready tasks queue more for this
+                    // connection first, so that one flush carries a batch.
+                    tokio::task::yield_now().await;
+                    let (batch, closing) = session.outbox().take();
                     if let Err(err) = write_batch(&mut socket, &batch, timeouts.write).await {
                         session.report_unwritten(batch, &err.to_string());
                         if let WriteError::Stalled(_) = err {

@@ -137,7 +137,10 @@ fn relay(
         let ended_by = loop {
             tokio::select! {
                 biased;
-                (batch, closing) = core.outbox().next_batch() => {
+                () = core.outbox().ready() => {
+                    // As on WebSocket: let more queue up, then write them at once.
+                    tokio::task::yield_now().await;
+                    let (batch, closing) = core.outbox().take();
                     if let Err(err) = write_batch(&mut send, &batch, write_timeout).await {
                         core.report_unwritten(batch, &err.to_string());
                         if let WriteError::Stalled(_) = err {
