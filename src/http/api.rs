@@ -201,7 +201,7 @@ pub(crate) async fn register(
             return Ok(Json(body).into_response());
         }
     };
-    tracing::info!(user = %username, "registered");
+    tracing::debug!(user = %username, "registered");
     let body =
         json!({ "status": "SUCCESS", "message": "", "username": &*username, "token": token });
     Ok((

@@ -1,0 +1,784 @@
+#!/usr/bin/env python3
+"""Runs the signal-bench scenarios and writes bench-results/ (stdlib only).
+
+scripts/bench builds the binaries, installs PeerJS server and raises the
+open-file limit, then runs this driver. For every run it starts a fresh
+server (signal-gateway, or PeerJS server under node) pinned to core 0,
+runs one scenario with signal-bench pinned to core 1, and stops the server.
+Systems are interleaved in a rotating order (ABC, BCA, CAB) so drift hits
+them alike, each configuration runs --reps times, runs polluted by foreign
+CPU load are repeated, and comparisons between systems are ratios of runs
+made in the same repetition.
+
+Outputs: bench-results/latest.json (machine, date, commit, one object per
+scenario x configuration x system with medians and min-max, the raw runs,
+paired ratios and the targets), bench-results/latest.md (the tables, also
+printed) and bench-results/chart.svg.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATEWAY = os.path.join(ROOT, "target", "release", "signal-gateway")
+BENCH = os.path.join(ROOT, "target", "release", "signal-bench")
+PEERJS_DIR = os.path.join(ROOT, "target", "bench-peerjs")
+PEERJS_SERVER = os.path.join(ROOT, "bench", "peerjs", "server.cjs")
+RUN_DIR = os.path.join(ROOT, "target", "bench-run")
+PID_DIR = os.path.join(RUN_DIR, "pids")
+
+SYSTEMS = ["ws", "wt", "peerjs"]
+LABELS = {"ws": "gateway WebSocket", "wt": "gateway WebTransport", "peerjs": "PeerJS server"}
+COLORS = {"ws": "#2b6cb0", "wt": "#2f855a", "peerjs": "#c05621"}
+
+# A run whose window saw more than this much CPU (percent of one core) used
+# by anything but the server and the generator is repeated.
+FOREIGN_MAX_PCT = 10.0
+RETRIES = 2
+# Before a run, wait for the machine to be quiet: at most QUIET_WAIT_S per
+# run and QUIET_BUDGET_S over the whole invocation (so a busy machine cannot
+# stretch it without bound; runs made anyway are gated as above).
+QUIET_PCT = 15.0
+QUIET_WAIT_S = 60.0
+QUIET_BUDGET_S = {"quick": 30.0, "full": 240.0}
+QUIET_LEFT = [0.0]
+
+# Limits raised so that the bench measures the relay, not the abuse limits.
+GATEWAY_FLAGS = [
+    "--worker-threads", "1",
+    "--envelope-rate", "10000000", "--envelope-burst", "10000000",
+    "--connect-rate", "1000000", "--connect-burst", "1000000",
+    "--register-rate", "1000000", "--register-burst", "1000000",
+    "--max-connections", "200000", "--max-identities", "1000000",
+    "--queue-envelopes", "4096", "--queue-bytes", "16777216",
+    "--shutdown-timeout", "1s",
+]
+
+# --- plans -------------------------------------------------------------------
+
+
+def plan(quick):
+    """(scenario, config key, bench arguments) for every configuration."""
+    tw, td = (1, 2) if quick else (2, 5)
+    lw, ld = (1, 3) if quick else (2, 10)
+    items = []
+    for pairs, window, payload in [(100, 10, 200), (10, 1, 200), (100, 10, 4096)]:
+        items.append(("throughput", {"pairs": pairs, "window": window, "payload_bytes": payload},
+                      ["throughput", "--pairs", pairs, "--window", window,
+                       "--payload-bytes", payload, "--warmup", tw, "--duration", td]))
+    for pairs, rate in [(100, 10), (100, 100)]:
+        items.append(("latency", {"pairs": pairs, "rate": rate, "payload_bytes": 200},
+                      ["latency", "--pairs", pairs, "--rate", rate, "--payload-bytes", 200,
+                       "--warmup", lw, "--duration", ld]))
+    conns = 500 if quick else 2000
+    items.append(("setup", {"connections": conns, "concurrency": 32},
+                  ["setup", "--connections", conns, "--concurrency", 32]))
+    levels = [1000] if quick else [1000, 10000]
+    items.append(("idle", {"levels": levels},
+                  ["idle", "--levels", ",".join(map(str, levels)), "--settle", 2 if quick else 3]))
+    return items
+
+
+# --- processes -----------------------------------------------------------------
+
+STARTED = []
+
+
+def cleanup():
+    for proc in STARTED:
+        stop(proc)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    if proc in STARTED:
+        STARTED.remove(proc)
+    try:
+        os.remove(os.path.join(PID_DIR, str(proc.pid)))
+    except OSError:
+        pass
+
+
+def on_signal(signum, _frame):
+    cleanup()
+    sys.exit(128 + signum)
+
+
+def free_port():
+    """A port free on TCP and UDP (the gateway uses both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def pin(core, pinned):
+    return ["taskset", "-c", str(core)] if pinned else []
+
+
+def start_server(system, pinned, log_path):
+    port = free_port()
+    if system == "peerjs":
+        cmd = pin(0, pinned) + ["node", PEERJS_SERVER, PEERJS_DIR, str(port)]
+        ready = f"http://127.0.0.1:{port}/peerjs/id"
+        env = dict(os.environ)
+    else:
+        certs = os.path.join(RUN_DIR, "certs")
+        cmd = pin(0, pinned) + [GATEWAY, "--listen", f"127.0.0.1:{port}", "--cert-dir", certs] + GATEWAY_FLAGS
+        ready = f"http://127.0.0.1:{port}/healthcheck"
+        # No per-registration INFO line (PeerJS logs nothing per connection either).
+        env = dict(os.environ, RUST_LOG="signal_gateway=warn")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    STARTED.append(proc)
+    with open(os.path.join(PID_DIR, str(proc.pid)), "w") as f:
+        f.write(" ".join(cmd) + "\n")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system} server exited at start; see {log_path}")
+        try:
+            with urllib.request.urlopen(ready, timeout=1) as answer:
+                if answer.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"{system} server not ready in 15 s; see {log_path}")
+
+
+def machine_busy_pct(interval=1.0):
+    def busy():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[0] + v[1] + v[2] + v[5] + v[6]
+    tck = os.sysconf("SC_CLK_TCK")
+    a = busy()
+    time.sleep(interval)
+    return 100.0 * (busy() - a) / tck / interval
+
+
+def wait_quiet():
+    """Waits (bounded) until the machine is idle; returns the last busy %."""
+    started = time.monotonic()
+    deadline = started + min(QUIET_WAIT_S, QUIET_LEFT[0])
+    try:
+        while True:
+            pct = machine_busy_pct(0.5)
+            if pct < QUIET_PCT or time.monotonic() > deadline:
+                if pct >= QUIET_PCT:
+                    log(f"  machine still busy ({pct:.0f}% of a core); running anyway")
+                return pct
+            log(f"  waiting for a quiet machine ({pct:.0f}% of a core busy)")
+            time.sleep(2)
+    finally:
+        QUIET_LEFT[0] = max(0.0, QUIET_LEFT[0] - (time.monotonic() - started))
+
+
+def foreign_pct(result):
+    if result.get("scenario") == "idle":
+        return max((lvl["cpu"]["foreign_cpu_pct"] for lvl in result["levels"]), default=0.0)
+    return result["cpu"]["foreign_cpu_pct"]
+
+
+def run_one(system, args, pinned, label, tag):
+    """One run on a fresh server; repeated while foreign load pollutes it."""
+    attempts = []
+    for attempt in range(RETRIES + 1):
+        wait_quiet()
+        log_path = os.path.join(RUN_DIR, "logs", f"{tag}-{system}-{attempt}.log")
+        proc, port = start_server(system, pinned, log_path)
+        try:
+            cmd = pin(1, pinned) + [
+                BENCH, "--system", system, "--addr", f"127.0.0.1:{port}",
+                "--server-pid", str(proc.pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK")),
+                "--label", label,
+            ] + [str(a) for a in args]
+            t0 = time.monotonic()
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                                 env=dict(os.environ, RUST_BACKTRACE="0"))
+            elapsed = time.monotonic() - t0
+        finally:
+            stop(proc)
+        if out.returncode != 0 or not out.stdout.strip():
+            err = out.stderr.strip().splitlines()[-3:]
+            log(f"  {system}: FAILED (exit {out.returncode}): {' | '.join(err)}")
+            attempts.append({"error": " | ".join(err), "exit": out.returncode})
+            continue
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["run_s"] = round(elapsed, 2)
+        result["attempt"] = attempt
+        noisy = foreign_pct(result) > FOREIGN_MAX_PCT
+        result["noisy"] = noisy
+        if noisy and attempt < RETRIES:
+            log(f"  {system}: foreign CPU {foreign_pct(result):.0f}% > {FOREIGN_MAX_PCT:.0f}%; repeating")
+            attempts.append({"rejected_foreign_cpu_pct": round(foreign_pct(result), 1)})
+            continue
+        result["rejected"] = attempts
+        return result
+    return {"system": system, "failed": True, "rejected": attempts}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- figures -------------------------------------------------------------------
+
+
+def figures(result):
+    """The headline figures of one run, flat, per configuration key."""
+    s = result["scenario"]
+    if s == "throughput":
+        return [({}, {
+            "relayed_per_s": result["relayed_per_s"],
+            "server_cpu_us_per_relayed": result["server_cpu_us_per_relayed"],
+            "server_cpu_pct": result["cpu"]["server_cpu_pct"],
+            "client_cpu_pct": result["cpu"]["client_cpu_pct"],
+            "rtt_p50_us": result["rtt"]["p50_us"],
+            "rtt_p99_us": result["rtt"]["p99_us"],
+            "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
+        })]
+    if s == "latency":
+        return [({}, {
+            "relayed_per_s": result["relayed_per_s"],
+            "rtt_p50_us": result["rtt"]["p50_us"],
+            "rtt_p90_us": result["rtt"]["p90_us"],
+            "rtt_p99_us": result["rtt"]["p99_us"],
+            "rtt_p999_us": result["rtt"]["p999_us"],
+            "rtt_max_us": result["rtt"]["max_us"],
+            "rtt_from_schedule_p99_us": result["rtt_from_schedule"]["p99_us"],
+            "send_lag_p99_us": result["send_lag"]["p99_us"],
+            "server_cpu_pct": result["cpu"]["server_cpu_pct"],
+            "server_cpu_us_per_relayed": result["server_cpu_us_per_relayed"],
+            "client_cpu_pct": result["cpu"]["client_cpu_pct"],
+            "lost_in_window": result["lost_in_window"],
+            "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
+        })]
+    if s == "setup":
+        return [({}, {
+            "connections_per_s": result["connections_per_s"],
+            "setup_p50_us": result["setup"]["p50_us"],
+            "setup_p99_us": result["setup"]["p99_us"],
+            "identity_p50_us": result["identity"]["p50_us"],
+            "connect_p50_us": result["connect"]["p50_us"],
+            "first_envelope_p50_us": result["first_envelope"]["p50_us"],
+            "server_cpu_us_per_connection": result["server_cpu_us_per_connection"],
+            "server_cpu_pct": result["cpu"]["server_cpu_pct"],
+            "client_cpu_pct": result["cpu"]["client_cpu_pct"],
+            "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
+        })]
+    if s == "idle":
+        return [({"connections": lvl["connections"]}, {
+            "rss_kib": lvl["rss_kib"],
+            "rss_base_kib": lvl["rss_base_kib"],
+            "rss_kib_per_connection": lvl["rss_bytes_per_connection"] / 1024,
+            "rss_kib_per_connection_marginal": lvl["rss_bytes_per_connection_marginal"] / 1024,
+            "idle_server_cpu_pct": lvl["idle_server_cpu_pct"],
+            "setup_per_s": lvl["setup_per_s"],
+            "foreign_cpu_pct": lvl["cpu"]["foreign_cpu_pct"],
+        }) for lvl in result["levels"]]
+    return []
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(runs):
+    """One object per scenario x configuration x system."""
+    groups = {}
+    for run in runs:
+        r = run["result"]
+        if r.get("failed"):
+            key = (run["scenario"], json.dumps(run["config"], sort_keys=True), run["system"])
+            groups.setdefault(key, {"config": run["config"], "figs": [], "raw": [], "failed": 0})
+            groups[key]["failed"] += 1
+            continue
+        for extra, figs in figures(r):
+            config = dict(run["config"], **extra)
+            if run["scenario"] == "idle":
+                config.pop("levels", None)
+            key = (run["scenario"], json.dumps(config, sort_keys=True), run["system"])
+            g = groups.setdefault(key, {"config": config, "figs": [], "raw": [], "failed": 0})
+            g["figs"].append(dict(figs, rep=run["rep"]))
+            g["raw"].append(r)
+    out = []
+    for (scenario, _, system), g in groups.items():
+        names = [k for k in (g["figs"][0] if g["figs"] else {}) if k != "rep"]
+        out.append({
+            "scenario": scenario,
+            "config": g["config"],
+            "system": system,
+            "server": "peerjs" if system == "peerjs" else "signal-gateway",
+            "transport": "webtransport" if system == "wt" else "websocket",
+            "n": len(g["figs"]),
+            "failed_runs": g["failed"],
+            "noisy_runs": sum(1 for r in g["raw"] if r.get("noisy")),
+            "figures": {k: spread([f[k] for f in g["figs"]]) for k in names},
+            "per_rep": {str(f["rep"]): {k: f[k] for k in names} for f in g["figs"]},
+            "runs": g["raw"],
+        })
+    return out
+
+
+def find(results, scenario, system, **config):
+    for r in results:
+        if r["scenario"] == scenario and r["system"] == system and all(
+                r["config"].get(k) == v for k, v in config.items()):
+            return r
+    return None
+
+
+def paired_ratio(results, scenario, num_sys, den_sys, fig, **config):
+    """Median (min-max) over repetitions of num/den measured in the same repetition."""
+    a, b = find(results, scenario, num_sys, **config), find(results, scenario, den_sys, **config)
+    if not a or not b:
+        return None
+    ratios = []
+    for rep, fa in a["per_rep"].items():
+        fb = b["per_rep"].get(rep)
+        if fb and fa.get(fig) and fb.get(fig):
+            ratios.append(fa[fig] / fb[fig])
+    return spread(ratios)
+
+
+def med(results, scenario, system, fig, **config):
+    r = find(results, scenario, system, **config)
+    f = r and r["figures"].get(fig)
+    return f["median"] if f else None
+
+
+def ratios_and_targets(results, levels):
+    top = max(levels)
+    sat = dict(pairs=100, window=10, payload_bytes=200)
+    light = dict(pairs=10, window=1, payload_bytes=200)
+    r2k = dict(pairs=100, rate=10)
+    ratios = {
+        "peerjs/ws server CPU per relayed, 100x10 200 B": paired_ratio(results, "throughput", "peerjs", "ws", "server_cpu_us_per_relayed", **sat),
+        "peerjs/ws server CPU per relayed, 10x1 200 B": paired_ratio(results, "throughput", "peerjs", "ws", "server_cpu_us_per_relayed", **light),
+        "peerjs/ws server CPU per relayed, 100x10 4 KiB": paired_ratio(results, "throughput", "peerjs", "ws", "server_cpu_us_per_relayed", pairs=100, window=10, payload_bytes=4096),
+        "wt/ws server CPU per relayed, 100x10 200 B": paired_ratio(results, "throughput", "wt", "ws", "server_cpu_us_per_relayed", **sat),
+        "wt/ws server CPU per relayed, 10x1 200 B": paired_ratio(results, "throughput", "wt", "ws", "server_cpu_us_per_relayed", **light),
+        "ws/peerjs RTT p99, 2k relayed/s": paired_ratio(results, "latency", "ws", "peerjs", "rtt_p99_us", **r2k),
+        "wt/ws RTT p99, 2k relayed/s": paired_ratio(results, "latency", "wt", "ws", "rtt_p99_us", **r2k),
+        "ws/peerjs RTT p99, 20k relayed/s": paired_ratio(results, "latency", "ws", "peerjs", "rtt_p99_us", pairs=100, rate=100),
+        "ws/peerjs setup rate": paired_ratio(results, "setup", "ws", "peerjs", "connections_per_s"),
+        "wt/ws setup rate": paired_ratio(results, "setup", "wt", "ws", "connections_per_s"),
+        f"ws/peerjs RSS per idle connection at {top}": paired_ratio(results, "idle", "ws", "peerjs", "rss_kib_per_connection", connections=top),
+    }
+
+    def target(name, value, limit, better, unit, ratio_name=None):
+        met = None if value is None else (value <= limit if better == "max" else value >= limit)
+        ratio = ratios.get(ratio_name) if ratio_name else None
+        return {"target": name, "value": value, "limit": limit, "kind": better, "unit": unit,
+                "range": [ratio["min"], ratio["max"]] if ratio else None, "met": met}
+
+    def rv(name):
+        return ratios[name]["median"] if ratios.get(name) else None
+
+    targets = [
+        target("WS: server CPU per relayed 200 B envelope at saturation (100x10)",
+               med(results, "throughput", "ws", "server_cpu_us_per_relayed", **sat), 2.0, "max", "us"),
+        target("WS: PeerJS/WS server CPU per envelope at 100x10",
+               rv("peerjs/ws server CPU per relayed, 100x10 200 B"), 6.0, "min", "x",
+               "peerjs/ws server CPU per relayed, 100x10 200 B"),
+        target("WS: no worse than PeerJS per envelope at 10x1 (PeerJS/WS)",
+               rv("peerjs/ws server CPU per relayed, 10x1 200 B"), 1.0, "min", "x",
+               "peerjs/ws server CPU per relayed, 10x1 200 B"),
+        target("WS: RTT p99 at 2k envelopes/s vs PeerJS (WS/PeerJS)",
+               rv("ws/peerjs RTT p99, 2k relayed/s"), 0.6, "max", "x", "ws/peerjs RTT p99, 2k relayed/s"),
+        target(f"WS: RSS per idle connection ({top} connections)",
+               med(results, "idle", "ws", "rss_kib_per_connection", connections=top), 4.0, "max", "KiB"),
+        target("WS: connection set-up rate vs PeerJS (WS/PeerJS)",
+               rv("ws/peerjs setup rate"), 3.0, "min", "x", "ws/peerjs setup rate"),
+        target("WT: server CPU per relayed 200 B envelope at saturation (100x10)",
+               med(results, "throughput", "wt", "server_cpu_us_per_relayed", **sat), 6.0, "max", "us"),
+        target("WT: RTT p99 at 2k envelopes/s vs WS (WT/WS)",
+               rv("wt/ws RTT p99, 2k relayed/s"), 1.5, "max", "x", "wt/ws RTT p99, 2k relayed/s"),
+        target(f"WT: RSS per idle session ({top} sessions)",
+               med(results, "idle", "wt", "rss_kib_per_connection", connections=top), 32.0, "max", "KiB"),
+    ]
+    return ratios, targets
+
+
+# --- reports -------------------------------------------------------------------
+
+
+def num(v, digits=None):
+    if v is None:
+        return "–"
+    if digits is None:
+        digits = 0 if abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
+    return f"{v:,.{digits}f}"
+
+
+def cell(f, digits=None):
+    if not f:
+        return "–"
+    if f["n"] == 1 or f["min"] == f["max"]:
+        return num(f["median"], digits)
+    return f"{num(f['median'], digits)} ({num(f['min'], digits)}–{num(f['max'], digits)})"
+
+
+def markdown(doc):
+    res = doc["results"]
+    m = doc["machine"]
+    lines = [
+        f"# signal-bench results ({doc['mode']})",
+        "",
+        f"{doc['date']} · commit `{doc['git_commit'][:12]}`{' (dirty tree)' if doc['git_dirty'] else ''} · "
+        f"{m['cpu_model']} · {m['cores']} cores · Linux {m['kernel']} · {m['rustc']} · node {m['node']} · peer {m['peer']}",
+        "",
+        f"Server on core 0, generator on core 1 ({'pinned with taskset' if doc['pinned'] else 'NOT pinned'}); "
+        f"fresh server per run; {doc['reps']} repetition(s), systems interleaved; "
+        "cells are median (min–max). \"Relayed\" counts envelopes forwarded by the server (a round trip is 2). "
+        "Server CPU is the server process's utime+stime over the measured window.",
+        "",
+        "## Relay throughput (closed loop)",
+        "",
+        "| pairs × window | payload | system | relayed/s | server µs CPU / relayed | server CPU % | generator CPU % | RTT p50 µs | RTT p99 µs | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        if r["scenario"] != "throughput":
+            continue
+        c, f = r["config"], r["figures"]
+        lines.append(
+            f"| {c['pairs']} × {c['window']} | {c['payload_bytes']} B | {LABELS[r['system']]} | "
+            f"{cell(f.get('relayed_per_s'), 0)} | **{cell(f.get('server_cpu_us_per_relayed'), 2)}** | "
+            f"{cell(f.get('server_cpu_pct'), 0)} | {cell(f.get('client_cpu_pct'), 0)} | "
+            f"{cell(f.get('rtt_p50_us'), 0)} | {cell(f.get('rtt_p99_us'), 0)} | {r['n']} |")
+    lines += [
+        "",
+        "## Latency (open loop, RTT A→server→B→server→A stamped at the real send)",
+        "",
+        "| pairs × rate | relayed/s | system | RTT p50 µs | p90 | p99 | p99.9 | max | p99 from schedule | send lag p99 | server CPU % | µs / relayed | lost | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        if r["scenario"] != "latency":
+            continue
+        c, f = r["config"], r["figures"]
+        lines.append(
+            f"| {c['pairs']} × {c['rate']}/s | {num(2 * c['pairs'] * c['rate'], 0)} | {LABELS[r['system']]} | "
+            f"{cell(f.get('rtt_p50_us'), 0)} | {cell(f.get('rtt_p90_us'), 0)} | **{cell(f.get('rtt_p99_us'), 0)}** | "
+            f"{cell(f.get('rtt_p999_us'), 0)} | {cell(f.get('rtt_max_us'), 0)} | {cell(f.get('rtt_from_schedule_p99_us'), 0)} | "
+            f"{cell(f.get('send_lag_p99_us'), 0)} | {cell(f.get('server_cpu_pct'), 1)} | "
+            f"{cell(f.get('server_cpu_us_per_relayed'), 1)} | {cell(f.get('lost_in_window'), 0)} | {r['n']} |")
+    lines += [
+        "",
+        "## Connection set-up (identity + connect + first envelope to itself and back, 32 at a time)",
+        "",
+        "| connections | system | connections/s | set-up p50 ms | p99 ms | identity p50 ms | connect p50 ms | first envelope p50 ms | server µs CPU / connection | generator CPU % | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        if r["scenario"] != "setup":
+            continue
+        c, f = r["config"], r["figures"]
+
+        def ms(k):
+            x = f.get(k)
+            return cell({kk: (v / 1000 if kk != "n" else v) for kk, v in x.items()}, 2) if x else "–"
+        lines.append(
+            f"| {c['connections']} | {LABELS[r['system']]} | **{cell(f.get('connections_per_s'), 0)}** | "
+            f"{ms('setup_p50_us')} | {ms('setup_p99_us')} | {ms('identity_p50_us')} | {ms('connect_p50_us')} | "
+            f"{ms('first_envelope_p50_us')} | {cell(f.get('server_cpu_us_per_connection'), 0)} | "
+            f"{cell(f.get('client_cpu_pct'), 0)} | {r['n']} |")
+    lines += [
+        "",
+        "## Idle memory (server RSS growth over the fresh server's RSS, divided by the connections)",
+        "",
+        "| connections | system | server RSS MiB | KiB / connection | KiB / connection, marginal | idle server CPU % | opened/s | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted((r for r in res if r["scenario"] == "idle"), key=lambda r: (r["config"]["connections"], SYSTEMS.index(r["system"]))):
+        c, f = r["config"], r["figures"]
+        rss = f.get("rss_kib")
+        lines.append(
+            f"| {c['connections']:,} | {LABELS[r['system']]} | "
+            f"{cell({k: (v / 1024 if k != 'n' else v) for k, v in rss.items()}, 1) if rss else '–'} | "
+            f"**{cell(f.get('rss_kib_per_connection'), 1)}** | {cell(f.get('rss_kib_per_connection_marginal'), 1)} | "
+            f"{cell(f.get('idle_server_cpu_pct'), 1)} | {cell(f.get('setup_per_s'), 0)} | {r['n']} |")
+    lines += ["", "## Ratios (paired: computed per repetition, then median (min–max))", "",
+              "| ratio | value |", "|---|---|"]
+    for name, v in doc["ratios"].items():
+        lines.append(f"| {name} | {cell(v, 2)} |")
+    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+    for t in doc["targets"]:
+        bound = "≤" if t["kind"] == "max" else "≥"
+        value = num(t["value"], 2) + (f" {t['unit']}" if t["value"] is not None else "")
+        if t["range"]:
+            value += f" ({num(t['range'][0], 2)}–{num(t['range'][1], 2)})"
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {value} | {bound} {t['limit']} {t['unit']} | {met} |")
+    noisy = [(r["scenario"], r["system"], r["noisy_runs"]) for r in res if r["noisy_runs"]]
+    failed = [(r["scenario"], r["system"], r["failed_runs"]) for r in res if r["failed_runs"]]
+    lines += ["", f"Runs repeated for foreign CPU load: {doc['rejected_runs']}; "
+              f"kept although noisy: {sum(n for *_, n in noisy)}; failed: {sum(n for *_, n in failed)}. "
+              f"Total time {doc['duration_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def svg_chart(doc):
+    res = doc["results"]
+    top = max(doc["levels"])
+    panels = [
+        ("Server CPU per relayed envelope (µs, lower is better)", "server_cpu_us_per_relayed", "throughput",
+         [("100×10, 200 B", dict(pairs=100, window=10, payload_bytes=200)),
+          ("10×1, 200 B", dict(pairs=10, window=1, payload_bytes=200)),
+          ("100×10, 4 KiB", dict(pairs=100, window=10, payload_bytes=4096))]),
+        ("RTT p99, open loop (µs, log scale, lower is better)", "rtt_p99_us", "latency",
+         [("2k relayed/s", dict(pairs=100, rate=10)), ("20k relayed/s", dict(pairs=100, rate=100))]),
+        ("Connection set-up (connections/s, higher is better)", "connections_per_s", "setup", [("32 at a time", {})]),
+        ("Idle RSS per connection (KiB, lower is better)", "rss_kib_per_connection", "idle",
+         [(f"{lvl:,} connections", dict(connections=lvl)) for lvl in doc["levels"]]),
+    ]
+    log_panels = {"rtt_p99_us"}
+    pw, ph, gap = 470, 300, 20
+    width, height = 2 * pw + 3 * gap, 2 * ph + 3 * gap + 60
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
+           f'<text x="{gap}" y="28" font-size="16" font-weight="bold">signal-gateway vs PeerJS server — '
+           f'{doc["mode"]} run, {doc["date"][:10]}, {doc["reps"]} rep(s), medians with min–max</text>']
+    lx = gap
+    for system in SYSTEMS:
+        out.append(f'<rect x="{lx}" y="40" width="12" height="12" fill="{COLORS[system]}"/>'
+                   f'<text x="{lx + 17}" y="50">{LABELS[system]}</text>')
+        lx += 190
+    for i, (title, fig, scenario, groups) in enumerate(panels):
+        x0 = gap + (i % 2) * (pw + gap)
+        y0 = 60 + gap + (i // 2) * (ph + gap)
+        out.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#dddddd"/>')
+        out.append(f'<text x="{x0 + 10}" y="{y0 + 20}" font-weight="bold">{title}</text>')
+        vals = []
+        for _, cfg in groups:
+            for system in SYSTEMS:
+                r = find(res, scenario, system, **cfg)
+                f = r and r["figures"].get(fig)
+                vals.append(f["max"] if f else 0)
+        left, bottom, plot_h = x0 + 50, y0 + ph - 40, ph - 80
+        plot_w = pw - 70
+        if fig in log_panels:
+            positive = [v for v in vals if v > 0] or [1.0]
+            lo = 10 ** math.floor(math.log10(min(positive) / 2))
+            hi = 10 ** math.ceil(math.log10(max(positive) * 1.3))
+
+            def scale(v, lo=lo, hi=hi):
+                return plot_h * (math.log10(max(v, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+            ticks = [10 ** e for e in range(int(math.log10(lo)), int(math.log10(hi)) + 1)]
+        else:
+            vmax = max(vals + [1e-9]) * 1.15
+
+            def scale(v, vmax=vmax):
+                return plot_h * v / vmax
+            ticks = [vmax * t / 4 for t in range(5)]
+        for v in ticks:
+            y = bottom - scale(v)
+            out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e5e5e5"/>')
+            out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#666">{num(v)}</text>')
+        gw = plot_w / len(groups)
+        bw = min(40, gw / (len(SYSTEMS) + 1))
+        for g, (label, cfg) in enumerate(groups):
+            gx = left + g * gw + (gw - bw * len(SYSTEMS)) / 2
+            out.append(f'<text x="{left + g * gw + gw / 2:.1f}" y="{bottom + 18}" text-anchor="middle">{label}</text>')
+            for s, system in enumerate(SYSTEMS):
+                r = find(res, scenario, system, **cfg)
+                f = r and r["figures"].get(fig)
+                x = gx + s * bw
+                if not f:
+                    out.append(f'<text x="{x + bw / 2:.1f}" y="{bottom - 4}" text-anchor="middle" fill="#999">n/a</text>')
+                    continue
+                h = scale(f["median"])
+                out.append(f'<rect x="{x + 2:.1f}" y="{bottom - h:.1f}" width="{bw - 4:.1f}" height="{h:.1f}" '
+                           f'fill="{COLORS[system]}"><title>{LABELS[system]}, {label}: {num(f["median"])} '
+                           f'({num(f["min"])}–{num(f["max"])})</title></rect>')
+                if f["max"] > f["min"]:
+                    y1, y2 = bottom - scale(f["min"]), bottom - scale(f["max"])
+                    cx = x + bw / 2
+                    out.append(f'<line x1="{cx:.1f}" y1="{y1:.1f}" x2="{cx:.1f}" y2="{y2:.1f}" stroke="#222"/>'
+                               f'<line x1="{cx - 4:.1f}" y1="{y2:.1f}" x2="{cx + 4:.1f}" y2="{y2:.1f}" stroke="#222"/>'
+                               f'<line x1="{cx - 4:.1f}" y1="{y1:.1f}" x2="{cx + 4:.1f}" y2="{y1:.1f}" stroke="#222"/>')
+                top_y = bottom - scale(f["max"])
+                out.append(f'<text x="{x + bw / 2:.1f}" y="{top_y - 5:.1f}" text-anchor="middle" font-size="10">'
+                           f'{num(f["median"])}</text>')
+        out.append(f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#333"/>')
+    out.append(f'<text x="{gap}" y="{height - 8}" fill="#666" font-size="10">Server on one core (taskset -c 0), '
+               f'generator on the other; idle RSS read at up to {top:,} connections; commit {doc["git_commit"][:12]}; '
+               f'data: bench-results/{doc["mode"]}.json</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# --- machine -------------------------------------------------------------------
+
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=ROOT).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    vulns = {}
+    vdir = "/sys/devices/system/cpu/vulnerabilities"
+    if os.path.isdir(vdir):
+        for name in sorted(os.listdir(vdir)):
+            with open(os.path.join(vdir, name)) as f:
+                vulns[name] = f.read().strip()
+    peer = ""
+    try:
+        with open(os.path.join(PEERJS_DIR, "node_modules", "peer", "package.json")) as f:
+            peer = json.load(f)["version"]
+    except OSError:
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "rustc": sh("rustc", "--version"),
+        "node": sh("node", "--version"),
+        "peer": peer,
+        "clk_tck": os.sysconf("SC_CLK_TCK"),
+        "open_files_limit": sh("sh", "-c", "ulimit -n"),
+        "vulnerabilities": vulns,
+    }
+
+
+def main():
+    global GATEWAY
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one short repetition (smoke run, under 3 minutes)")
+    ap.add_argument("--reps", type=int, help="repetitions per configuration (default 3, 1 with --quick)")
+    ap.add_argument("--only", help="comma-separated scenarios to run (throughput,latency,setup,idle)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (ws,wt,peerjs)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"), help="output directory")
+    ap.add_argument("--gateway", default=GATEWAY, help="gateway binary to run (to compare a build)")
+    ap.add_argument("--render", metavar="JSON", help="only re-render chart.svg and the Markdown from a results file")
+    args = ap.parse_args()
+    GATEWAY = os.path.abspath(args.gateway)
+    if args.render:
+        with open(args.render) as f:
+            doc = json.load(f)
+        with open(os.path.join(args.out, "chart.svg"), "w") as f:
+            f.write(svg_chart(doc))
+        print(markdown(doc))
+        return 0
+    reps = args.reps or (1 if args.quick else 3)
+    systems = [s for s in args.systems.split(",") if s]
+    for s in systems:
+        if s not in SYSTEMS:
+            ap.error(f"unknown system {s}")
+    items = plan(args.quick)
+    if args.only:
+        wanted = set(args.only.split(","))
+        items = [i for i in items if i[0] in wanted]
+    os.makedirs(os.path.join(RUN_DIR, "logs"), exist_ok=True)
+    os.makedirs(PID_DIR, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    pinned = (os.cpu_count() or 1) >= 2
+    QUIET_LEFT[0] = QUIET_BUDGET_S["quick" if args.quick else "full"]
+    started = time.monotonic()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    runs = []
+    total = reps * len(items) * len(systems)
+    done = 0
+    for rep in range(reps):
+        for index, (scenario, config, bench_args) in enumerate(items):
+            k = (rep + index) % len(systems)
+            order = systems[k:] + systems[:k]
+            for system in order:
+                done += 1
+                tag = f"r{rep}-{scenario}-{index}"
+                log(f"[{done}/{total}] rep {rep + 1} {scenario} {json.dumps(config)} {system} "
+                    f"({time.monotonic() - started:.0f} s)")
+                result = run_one(system, bench_args, pinned, f"rep{rep}", tag)
+                runs.append({"rep": rep, "scenario": scenario, "config": config, "system": system, "result": result})
+    results = aggregate(runs)
+    levels = next((i[1]["levels"] for i in items if i[0] == "idle"), [1000])
+    ratios, targets = ratios_and_targets(results, levels)
+    doc = {
+        "tool": "signal-bench",
+        "mode": "quick" if args.quick else "full",
+        "date": date,
+        "git_commit": sh("git", "rev-parse", "HEAD"),
+        "git_dirty": bool(sh("git", "status", "--porcelain")),
+        "machine": machine(),
+        "pinned": pinned,
+        "reps": reps,
+        "levels": levels,
+        "foreign_cpu_max_pct": FOREIGN_MAX_PCT,
+        "rejected_runs": sum(len(r["result"].get("rejected", [])) for r in runs),
+        "duration_s": time.monotonic() - started,
+        "gateway": os.path.relpath(GATEWAY, ROOT),
+        "gateway_flags": GATEWAY_FLAGS,
+        "results": results,
+        "ratios": ratios,
+        "targets": targets,
+    }
+    md = markdown(doc)
+    # latest.* is the last run of either kind; quick.* / full.* keep the
+    # last run of each kind side by side.
+    for name in ("latest", doc["mode"]):
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        with open(os.path.join(args.out, f"{name}.md"), "w") as f:
+            f.write(md)
+    with open(os.path.join(args.out, "chart.svg"), "w") as f:
+        f.write(svg_chart(doc))
+    print(md)
+    log(f"wrote {args.out}/latest.json, latest.md, {doc['mode']}.json, {doc['mode']}.md and chart.svg "
+        f"in {doc['duration_s']:.0f} s")
+    failed = sum(r["failed_runs"] for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
