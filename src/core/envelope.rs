@@ -66,6 +66,25 @@ pub enum EnvelopeError {
 
 /// Parses and validates one inbound envelope.
 pub fn parse_inbound(frame: &[u8], max_depth: usize) -> Result<Inbound<'_>, EnvelopeError> {
+    parse(Source::Bytes(frame), max_depth)
+}
+
+/// Like [`parse_inbound`], for text already known to be UTF-8 (a WebSocket
+/// text frame): serde then skips checking every string again.
+pub fn parse_inbound_text(text: &str, max_depth: usize) -> Result<Inbound<'_>, EnvelopeError> {
+    parse(Source::Text(text), max_depth)
+}
+
+enum Source<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+fn parse(source: Source<'_>, max_depth: usize) -> Result<Inbound<'_>, EnvelopeError> {
+    let frame = match source {
+        Source::Text(text) => text.as_bytes(),
+        Source::Bytes(bytes) => bytes,
+    };
     if frame.iter().all(u8::is_ascii_whitespace) {
         return Err(EnvelopeError::Empty);
     }
@@ -80,11 +99,14 @@ pub fn parse_inbound(frame: &[u8], max_depth: usize) -> Result<Inbound<'_>, Enve
         };
         return Err(shape);
     }
-    let inbound: Inbound<'_> =
-        serde_json::from_slice(frame).map_err(|err| match err.classify() {
-            serde_json::error::Category::Data => EnvelopeError::Shape(err.to_string()),
-            _ => EnvelopeError::Syntax(err.to_string()),
-        })?;
+    let parsed = match source {
+        Source::Text(text) => serde_json::from_str(text),
+        Source::Bytes(bytes) => serde_json::from_slice(bytes),
+    };
+    let inbound: Inbound<'_> = parsed.map_err(|err| match err.classify() {
+        serde_json::error::Category::Data => EnvelopeError::Shape(err.to_string()),
+        _ => EnvelopeError::Syntax(err.to_string()),
+    })?;
     if inbound.target.len() > MAX_TARGET_BYTES {
         return Err(EnvelopeError::FieldTooLong {
             field: "target",
@@ -108,6 +130,11 @@ pub fn parse_inbound(frame: &[u8], max_depth: usize) -> Result<Inbound<'_>, Enve
 /// Whether already-validated JSON text nests arrays/objects deeper than
 /// `max`. A scan instead of a parse: the payload is never turned into a tree.
 fn nesting_exceeds(json: &str, max: usize) -> bool {
+    // Depth cannot exceed the number of `{` and `[`: an SDP or ICE payload
+    // has a handful, so the exact scan below rarely runs.
+    if memchr::memchr2_iter(b'{', b'[', json.as_bytes()).count() <= max {
+        return false;
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -332,6 +359,33 @@ mod tests {
             let err = parse(input).expect_err(input).to_string();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
+    }
+
+    #[test]
+    fn text_and_bytes_parse_alike() {
+        let text = r#"{"target":"b\u00f6b","type":"t","payload":[{"a":[1]}]}"#;
+        let a = parse_inbound_text(text, 32).unwrap();
+        let b = parse_inbound(text.as_bytes(), 32).unwrap();
+        assert_eq!((a.target, a.kind), (b.target, b.kind));
+        assert_eq!(a.payload.unwrap().get(), b.payload.unwrap().get());
+        assert!(matches!(
+            parse_inbound_text("[1]", 32),
+            Err(EnvelopeError::Shape(_))
+        ));
+        assert!(matches!(
+            parse_inbound_text("nope", 32),
+            Err(EnvelopeError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn depth_fast_path_agrees_with_the_scan() {
+        // Many brackets but shallow: the fast path cannot decide; the scan does.
+        let wide = format!("[{}]", vec!["[]"; 100].join(","));
+        assert!(!nesting_exceeds(&wide, 32));
+        let deep = format!("{}{}", "[".repeat(33), "]".repeat(33));
+        assert!(nesting_exceeds(&deep, 32));
+        assert!(!nesting_exceeds(r#"{"sdp":"v=0"}"#, 32));
     }
 
     #[test]

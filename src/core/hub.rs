@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{
-    ErrorDetail, Inbound, Welcome, error_frame, forward_frame, parse_inbound, welcome_frame,
+    EnvelopeError, ErrorDetail, Inbound, Welcome, error_frame, forward_frame, parse_inbound,
+    parse_inbound_text, welcome_frame,
 };
 use super::limits::Limits;
 use super::outbox::{ConnId, Origin, Outbox, PushError, Queued};
@@ -306,6 +307,21 @@ impl Session {
     /// Handles one inbound frame: validates it, stamps the originator and
     /// queues it for the target, or queues an error envelope for the sender.
     pub fn handle_frame(&self, frame: &[u8]) {
+        if self.admit_frame() {
+            self.route(parse_inbound(frame, self.hub.limits.max_json_depth));
+        }
+    }
+
+    /// [`Session::handle_frame`] for text already known to be UTF-8.
+    pub fn handle_text(&self, text: &str) {
+        if self.admit_frame() {
+            self.route(parse_inbound_text(text, self.hub.limits.max_json_depth));
+        }
+    }
+
+    /// Counts a frame and applies the rate limit; false when the frame is
+    /// not accepted (already answered, or the connection is closing).
+    fn admit_frame(&self) -> bool {
         let stats = &self.hub.stats;
         stats.frames_received.inc();
         // Once the gateway has decided to close this connection (and said
@@ -313,13 +329,13 @@ impl Session {
         // from the client are not accepted.
         if self.outbox.closing().is_some() {
             stats.after_close.inc();
-            return;
+            return false;
         }
         if let Err(not_until) = self.limiter.check() {
             stats.rate_limited.inc();
             if self.strikes.check().is_err() {
                 self.close(CloseReason::RateLimited);
-                return;
+                return false;
             }
             let retry = retry_after(&not_until);
             self.reply_error(
@@ -333,9 +349,15 @@ impl Session {
                     ..ErrorDetail::default()
                 },
             );
-            return;
+            return false;
         }
-        let inbound = match parse_inbound(frame, self.hub.limits.max_json_depth) {
+        true
+    }
+
+    /// Forwards a parsed envelope, or answers why it was not.
+    fn route(&self, parsed: Result<Inbound<'_>, EnvelopeError>) {
+        let stats = &self.hub.stats;
+        let inbound = match parsed {
             Ok(inbound) => inbound,
             Err(err) => {
                 stats.invalid.inc();

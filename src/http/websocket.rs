@@ -339,7 +339,7 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
 /// sends the close); a closed or failed socket just ends reading.
 fn handle(session: &Session, message: Option<Result<Message, tungstenite::Error>>) -> bool {
     match message {
-        Some(Ok(Message::Text(text))) => session.handle_frame(text.as_bytes()),
+        Some(Ok(Message::Text(text))) => session.handle_text(&text),
         Some(Ok(Message::Binary(data))) => session.handle_frame(&data),
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
         Some(Ok(Message::Close(_))) | None => return false,

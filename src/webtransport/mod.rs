@@ -99,12 +99,64 @@ pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConf
     Ok(config)
 }
 
-/// Binds a QUIC endpoint.
+/// Kernel buffer asked for on the UDP socket. One socket carries every
+/// session; at the default (~208 KiB) a burst from many clients overflows it
+/// and the kernel drops datagrams, which QUIC then has to retransmit. Linux
+/// caps it at `net.core.rmem_max` / `wmem_max`.
+const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Binds a QUIC endpoint on a UDP socket with large kernel buffers.
 pub fn bind(
     addr: SocketAddr,
     config: quinn::ServerConfig,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    quinn::Endpoint::server(config, addr).map_err(|source| EndpointError::Bind { addr, source })
+    let bind_error = |source| EndpointError::Bind { addr, source };
+    let socket = udp_socket(addr).map_err(bind_error)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `[::]` serves IPv4 too, as the TCP listener does.
+        socket.set_only_v6(false)?;
+    }
+    for (name, set, get) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        (
+            "send",
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        // Linux reports twice what it grants (bookkeeping included).
+        let granted = set(&socket, UDP_SOCKET_BUFFER)
+            .and_then(|()| get(&socket))
+            .unwrap_or(0)
+            / 2;
+        if granted < UDP_SOCKET_BUFFER {
+            tracing::warn!(
+                %addr,
+                granted,
+                wanted = UDP_SOCKET_BUFFER,
+                "UDP {name} buffer is smaller than asked for; raise net.core.rmem_max and net.core.wmem_max"
+            );
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Accepts QUIC connections until `stop` is cancelled. Connections over the
