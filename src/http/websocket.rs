@@ -271,9 +271,6 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
             tokio::select! {
                 biased;
                 () = session.outbox().ready() => {
-                    // Let the other ready tasks queue more for this
-                    // connection first, so that one flush carries a batch.
-                    tokio::task::yield_now().await;
                     let (batch, closing) = session.outbox().take();
                     if let Err(err) = write_batch(&mut socket, &batch, timeouts.write).await {
                         session.report_unwritten(batch, &err.to_string());

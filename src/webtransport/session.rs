@@ -138,8 +138,6 @@ fn relay(
             tokio::select! {
                 biased;
                 () = core.outbox().ready() => {
-                    // As on WebSocket: let more queue up, then write them at once.
-                    tokio::task::yield_now().await;
                     let (batch, closing) = core.outbox().take();
                     if let Err(err) = write_batch(&mut send, &batch, write_timeout).await {
                         core.report_unwritten(batch, &err.to_string());
