@@ -134,7 +134,7 @@ impl Outbox {
 
     /// Waits until there is something to do: a frame queued, or a close
     /// asked for.
-    pub async fn ready(&self) {
+    async fn ready(&self) {
         loop {
             {
                 let state = self.lock();
@@ -149,13 +149,14 @@ impl Outbox {
     /// Takes every queued frame (the queue itself moves out, so an idle
     /// connection keeps no queue allocation), and the close reason when the
     /// connection must close after writing them.
-    pub fn take(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
+    fn take(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
         let mut state = self.lock();
         state.bytes = 0;
         (std::mem::take(&mut state.queue), state.closing)
     }
 
-    /// [`Outbox::ready`], then [`Outbox::take`].
+    /// Waits until there is something to do, then takes every queued frame
+    /// (see [`Outbox::take`]).
     pub async fn next_batch(&self) -> (VecDeque<Queued>, Option<CloseReason>) {
         self.ready().await;
         self.take()

@@ -270,8 +270,7 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
         let ended_by = loop {
             tokio::select! {
                 biased;
-                () = session.outbox().ready() => {
-                    let (batch, closing) = session.outbox().take();
+                (batch, closing) = session.outbox().next_batch() => {
                     if let Err(err) = write_batch(&mut socket, &batch, timeouts.write).await {
                         session.report_unwritten(batch, &err.to_string());
                         if let WriteError::Stalled(_) = err {

@@ -137,8 +137,7 @@ fn relay(
         let ended_by = loop {
             tokio::select! {
                 biased;
-                () = core.outbox().ready() => {
-                    let (batch, closing) = core.outbox().take();
+                (batch, closing) = core.outbox().next_batch() => {
                     if let Err(err) = write_batch(&mut send, &batch, write_timeout).await {
                         core.report_unwritten(batch, &err.to_string());
                         if let WriteError::Stalled(_) = err {
