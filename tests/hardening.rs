@@ -3,6 +3,7 @@
 //! frame limits, graceful shutdown, log hygiene, TLS cookies — and the
 //! delivery guarantee.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -15,17 +16,6 @@ use common::{
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod websocket {
-            $(#[tokio::test] async fn $name() { super::$name(super::Kind::WebSocket).await })*
-        }
-        mod webtransport {
-            $(#[tokio::test] async fn $name() { super::$name(super::Kind::WebTransport).await })*
-        }
-    };
-}
 
 both_transports!(
     connection_cap_refuses_before_any_work,
@@ -104,27 +94,17 @@ async fn per_ip_connection_rate_refuses_before_any_work(kind: Kind) {
 #[tokio::test]
 async fn websocket_rate_refusal_says_when_to_retry() {
     let gw = TestGateway::start_with(&["--connect-rate", "1", "--connect-burst", "1"]).await;
-    let first = gw
-        .http()
-        .get(gw.url("/v1/connect"))
-        .header("upgrade", "websocket")
-        .header("connection", "upgrade")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), 101);
-    let second = gw
-        .http()
-        .get(gw.url("/v1/connect"))
-        .header("upgrade", "websocket")
-        .header("connection", "upgrade")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let upgrade = || {
+        gw.http()
+            .get(gw.url("/v1/connect"))
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+    };
+    assert_eq!(upgrade().await.unwrap().status(), 101);
+    let second = upgrade().await.unwrap();
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(

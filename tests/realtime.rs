@@ -1,21 +1,11 @@
 //! The realtime protocol, written once and run over both transports: every
 //! test below runs as `websocket::<name>` and `webtransport::<name>`.
 
+#[macro_use]
 mod common;
 
 use common::{Client, Kind, TestGateway, within};
 use serde_json::{Value, json};
-
-macro_rules! both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod websocket {
-            $(#[tokio::test] async fn $name() { super::$name(super::Kind::WebSocket).await })*
-        }
-        mod webtransport {
-            $(#[tokio::test] async fn $name() { super::$name(super::Kind::WebTransport).await })*
-        }
-    };
-}
 
 both_transports!(
     welcome_comes_first,

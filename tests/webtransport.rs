@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Client, Kind, TestGateway, h3_request, within, wt_connect};
+use common::{Client, Kind, TestGateway, h3_request, within, wt_connect, wt_endpoint};
 use serde_json::{Value, json};
 use signal_gateway::tls::{CertificateFacts, MAX_HASH_PINNED_VALIDITY};
 
@@ -169,11 +169,7 @@ async fn both_loopbacks_serve_both_transports() {
         let welcome = within("ws welcome", ws.next()).await.unwrap().unwrap();
         assert!(welcome.to_text().unwrap().contains("WELCOME"), "{ip}");
 
-        let config = wtransport::ClientConfig::builder()
-            .with_bind_default()
-            .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(gw.cert_sha256)])
-            .build();
-        let endpoint = wtransport::Endpoint::client(config).unwrap();
+        let endpoint = wt_endpoint(&gw);
         let conn = within(
             "wt connect",
             endpoint.connect(format!("https://{ip}:{port}/v1/connect?token={token}")),
@@ -229,11 +225,7 @@ async fn the_pinned_hash_is_the_certificate_quic_serves_and_browsers_accept_it()
 async fn a_session_that_opens_no_stream_is_closed() {
     let gw = TestGateway::start_with(&["--stream-open-timeout", "300ms"]).await;
     let token = gw.register("lazy").await;
-    let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(gw.cert_sha256)])
-        .build();
-    let endpoint = wtransport::Endpoint::client(config).unwrap();
+    let endpoint = wt_endpoint(&gw);
     let conn = within(
         "connect",
         endpoint.connect(format!("https://{}/v1/connect?token={token}", gw.wt)),

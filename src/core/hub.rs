@@ -5,6 +5,7 @@
 //! writes what [`Session::outbox`] hands it; everything else, from the
 //! envelope rules to who is reachable, is decided here.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -256,6 +257,39 @@ impl Hub {
     }
 }
 
+/// Why a transport could not write a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The connection took nothing for the whole write timeout.
+    #[error("the connection stopped reading for {0:?}")]
+    Stalled(Duration),
+    /// The socket or stream failed.
+    #[error("the connection failed: {0}")]
+    Failed(String),
+}
+
+/// Runs a transport's write under the write timeout.
+pub async fn write_within<E: std::fmt::Display>(
+    write_timeout: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), WriteError> {
+    match tokio::time::timeout(write_timeout, write).await {
+        Ok(result) => result.map_err(|err| WriteError::Failed(err.to_string())),
+        Err(_) => Err(WriteError::Stalled(write_timeout)),
+    }
+}
+
+/// What a transport's writer does after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterWrite {
+    /// Wait for the next batch.
+    Continue,
+    /// Send the final `CLOSE` envelope and close with this reason.
+    Close(CloseReason),
+    /// The connection is gone; nothing more can be written.
+    Gone,
+}
+
 /// A slot under the global connection cap; released on drop.
 #[derive(Debug)]
 pub struct Admission {
@@ -433,6 +467,32 @@ impl Session {
         self.hub
             .registry
             .remove_if(&self.origin.user, self.origin.conn);
+    }
+
+    /// Settles a batch the transport tried to write: counts what was
+    /// written, answers what was not, and says what the writer does next. A
+    /// stalled write makes the connection a slow consumer.
+    pub fn batch_written(
+        &self,
+        batch: VecDeque<Queued>,
+        result: Result<(), WriteError>,
+        closing: Option<CloseReason>,
+    ) -> AfterWrite {
+        match result {
+            Ok(()) => {
+                self.record_written(&batch);
+                closing.map_or(AfterWrite::Continue, AfterWrite::Close)
+            }
+            Err(err) => {
+                self.report_unwritten(batch, &err.to_string());
+                if let WriteError::Stalled(_) = err {
+                    self.close(CloseReason::SlowConsumer);
+                    AfterWrite::Close(CloseReason::SlowConsumer)
+                } else {
+                    AfterWrite::Gone
+                }
+            }
+        }
     }
 
     /// Counts forwarded envelopes the transport has written.

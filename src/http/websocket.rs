@@ -32,7 +32,7 @@ use super::api::ApiError;
 use crate::auth;
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{Admission, CloseReason, Hub, Session, Transport};
+use crate::core::{Admission, AfterWrite, CloseReason, Hub, Session, Transport, write_within};
 
 /// How long to wait for the client's close frame after sending ours, so the
 /// client reads our final envelope and close instead of a TCP reset.
@@ -241,17 +241,6 @@ fn upgrade_required(message: &str) -> Response {
     response
 }
 
-/// Why a batch could not be written.
-#[derive(Debug, thiserror::Error)]
-enum WriteError {
-    /// The socket took nothing for the whole write timeout.
-    #[error("the connection stopped reading for {0:?}")]
-    Stalled(Duration),
-    /// The socket failed.
-    #[error("the connection failed: {0}")]
-    Failed(String),
-}
-
 /// The connection's one task. A plain function returning an `async move`
 /// block, so the socket and session live once in the task, not twice (an
 /// `async fn` keeps its arguments' slots besides the locals they move into).
@@ -271,17 +260,11 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
             tokio::select! {
                 biased;
                 (batch, closing) = session.outbox().next_batch() => {
-                    if let Err(err) = write_batch(&mut socket, &batch, timeouts.write).await {
-                        session.report_unwritten(batch, &err.to_string());
-                        if let WriteError::Stalled(_) = err {
-                            session.close(CloseReason::SlowConsumer);
-                            break Some(CloseReason::SlowConsumer);
-                        }
-                        break None;
-                    }
-                    session.record_written(&batch);
-                    if let Some(reason) = closing {
-                        break Some(reason);
+                    let written = write_within(timeouts.write, write_batch(&mut socket, &batch)).await;
+                    match session.batch_written(batch, written, closing) {
+                        AfterWrite::Continue => {}
+                        AfterWrite::Close(reason) => break Some(reason),
+                        AfterWrite::Gone => break None,
                     }
                 }
                 message = socket.next(), if reading => {
@@ -353,25 +336,18 @@ fn handle(session: &Session, message: Option<Result<Message, tungstenite::Error>
     true
 }
 
+/// Feeds a batch to tungstenite's write buffer and flushes it: one system
+/// call for the whole batch.
 async fn write_batch(
     socket: &mut Socket,
     batch: &VecDeque<Queued>,
-    write_timeout: Duration,
-) -> Result<(), WriteError> {
-    let failed = |err: &dyn std::fmt::Display| WriteError::Failed(err.to_string());
-    let write = async {
-        for item in batch {
-            let text = Utf8Bytes::try_from(item.frame.clone()).map_err(|e| failed(&e))?;
-            socket
-                .feed(Message::Text(text))
-                .await
-                .map_err(|e| failed(&e))?;
-        }
-        socket.flush().await.map_err(|e| failed(&e))
-    };
-    timeout(write_timeout, write)
-        .await
-        .unwrap_or(Err(WriteError::Stalled(write_timeout)))
+) -> Result<(), tungstenite::Error> {
+    for item in batch {
+        let text = Utf8Bytes::try_from(item.frame.clone())
+            .map_err(|_| tungstenite::Error::Utf8(String::from("gateway frame is not UTF-8")))?;
+        socket.feed(Message::Text(text)).await?;
+    }
+    socket.flush().await
 }
 
 /// Sends the final `CLOSE` envelope and the close frame, then waits briefly

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::framing::LineFramer;
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{Admission, CloseReason, Hub, Session, Transport};
+use crate::core::{Admission, AfterWrite, CloseReason, Hub, Session, Transport, write_within};
 
 type Session3 = WebTransportSession<h3_quinn::Connection, Bytes>;
 type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -104,15 +104,6 @@ async fn first_stream(session: &Session3) -> Option<Bidi> {
     }
 }
 
-/// Why a batch could not be written.
-#[derive(Debug, thiserror::Error)]
-enum WriteError {
-    #[error("the connection stopped reading for {0:?}")]
-    Stalled(Duration),
-    #[error("the stream failed: {0}")]
-    Failed(std::io::Error),
-}
-
 /// The relay loop and the close sequence. After the client's stream is
 /// open nothing else on the HTTP/3 connection matters: further streams are
 /// not accepted, and the end of the connection shows as the end of the
@@ -138,17 +129,11 @@ fn relay(
             tokio::select! {
                 biased;
                 (batch, closing) = core.outbox().next_batch() => {
-                    if let Err(err) = write_batch(&mut send, &batch, write_timeout).await {
-                        core.report_unwritten(batch, &err.to_string());
-                        if let WriteError::Stalled(_) = err {
-                            core.close(CloseReason::SlowConsumer);
-                            break Some(CloseReason::SlowConsumer);
-                        }
-                        break None;
-                    }
-                    core.record_written(&batch);
-                    if let Some(reason) = closing {
-                        break Some(reason);
+                    let written = write_within(write_timeout, write_batch(&mut send, &batch)).await;
+                    match core.batch_written(batch, written, closing) {
+                        AfterWrite::Continue => {}
+                        AfterWrite::Close(reason) => break Some(reason),
+                        AfterWrite::Gone => break None,
                     }
                 }
                 data = poll_fn(|cx| recv.poll_data(cx)), if reading => match data {
@@ -220,23 +205,15 @@ fn relay(
     }
 }
 
-async fn write_batch(
-    send: &mut SendHalf,
-    batch: &VecDeque<Queued>,
-    write_timeout: Duration,
-) -> Result<(), WriteError> {
-    let write = async {
-        if let (Some(single), 1) = (batch.front(), batch.len()) {
-            return send.write_all(&single.frame).await;
-        }
-        let mut buf = BytesMut::with_capacity(batch.iter().map(|item| item.frame.len()).sum());
-        for item in batch {
-            buf.extend_from_slice(&item.frame);
-        }
-        send.write_all(&buf).await
-    };
-    match timeout(write_timeout, write).await {
-        Ok(result) => result.map_err(WriteError::Failed),
-        Err(_) => Err(WriteError::Stalled(write_timeout)),
+/// Writes a batch to the stream with one write: a single frame as it is,
+/// several concatenated.
+async fn write_batch(send: &mut SendHalf, batch: &VecDeque<Queued>) -> std::io::Result<()> {
+    if let (Some(single), 1) = (batch.front(), batch.len()) {
+        return send.write_all(&single.frame).await;
     }
+    let mut buf = BytesMut::with_capacity(batch.iter().map(|item| item.frame.len()).sum());
+    for item in batch {
+        buf.extend_from_slice(&item.frame);
+    }
+    send.write_all(&buf).await
 }

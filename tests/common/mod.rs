@@ -2,7 +2,8 @@
 //! talk to it as browsers and native apps do — tokio-tungstenite for
 //! WebSocket, wtransport (an independent QUIC/HTTP/3 stack) for
 //! WebTransport, and a raw h3 client where HTTP/3 status codes matter.
-#![allow(dead_code)]
+// Each test file uses its own part of this module.
+#![allow(dead_code, unused_macros)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,20 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Runs each listed `async fn name(kind: Kind)` as `websocket::name` and
+/// `webtransport::name`: one behaviour test, written once, for both
+/// transports.
+macro_rules! both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod websocket {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::WebSocket).await })*
+        }
+        mod webtransport {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::WebTransport).await })*
+        }
+    };
+}
 
 /// Every await in the tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,19 +178,26 @@ impl TestGateway {
         client
     }
 
+    /// GETs `path` and parses the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        within(path, async {
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+        .await
+    }
+
     /// Polls `/v1/users` until `check` holds on the connected list.
     pub async fn wait_connected(&self, what: &str, check: impl Fn(&[Value]) -> bool) {
         within(what, async {
             loop {
-                let users: Value = self
-                    .client
-                    .get(self.url("/v1/users"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let users = self.get_json("/v1/users").await;
                 if check(users["connected"].as_array().unwrap()) {
                     return;
                 }
@@ -270,18 +292,25 @@ pub async fn ws_connect(
     .map(|(ws, _)| ws)
 }
 
+/// A wtransport client endpoint that pins the gateway's certificate.
+pub fn wt_endpoint(
+    gw: &Addrs,
+) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(gw.cert_sha256)])
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .build();
+    wtransport::Endpoint::client(config).unwrap()
+}
+
 /// Opens a WebTransport session with the given query and headers.
 pub async fn wt_connect(
     gw: &Addrs,
     query: &str,
     headers: &[(&str, &str)],
 ) -> Result<WtClient, wtransport::error::ConnectingError> {
-    let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(gw.cert_sha256)])
-        .keep_alive_interval(Some(Duration::from_secs(2)))
-        .build();
-    let endpoint = wtransport::Endpoint::client(config).unwrap();
+    let endpoint = wt_endpoint(gw);
     let mut options = wtransport::endpoint::ConnectOptions::builder(format!(
         "https://{}/v1/connect{query}",
         gw.wt
