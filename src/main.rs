@@ -30,6 +30,11 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("signal_gateway=info")),
         )
         .init();
+    // jemalloc gives freed pages back to the system only when it gets the
+    // chance: a background thread lets an idle gateway shrink after a burst.
+    if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(%err, "jemalloc background thread unavailable; memory returns to the system later");
+    }
     let config = cli.config;
     if let Some(Command::Cert) = cli.command {
         let identity = tls::generate_dev(&config.cert_dir, &config.sans)

@@ -222,6 +222,13 @@ impl Gateway {
 
 /// Binds every address of `listen`; port 0 is chosen by the first bind and
 /// reused for the others, so `localhost:0` gets one port on both loopbacks.
+/// `0.0.0.0:PORT` for `[::]:PORT`: the default listens dual-stack, and a
+/// host with IPv6 disabled still gets a working gateway on IPv4.
+fn ipv4_fallback(addr: SocketAddr) -> Option<SocketAddr> {
+    (addr.is_ipv6() && addr.ip().is_unspecified())
+        .then(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()))
+}
+
 async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> {
     let mut listeners: Vec<TcpListener> = Vec::new();
     for addr in listen.addrs() {
@@ -229,7 +236,15 @@ async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> 
             Some(first) if addr.port() == 0 => SocketAddr::new(addr.ip(), first.port()),
             _ => addr,
         };
-        match TcpListener::bind(addr).await {
+        let bound = match TcpListener::bind(addr).await {
+            Err(err) if ipv4_fallback(addr).is_some() => {
+                let v4 = ipv4_fallback(addr).unwrap_or(addr);
+                tracing::warn!(%addr, %err, "IPv6 unavailable; listening on {v4} only");
+                TcpListener::bind(v4).await
+            }
+            bound => bound,
+        };
+        match bound {
             Ok(listener) => listeners.push(listener),
             // A host without IPv6 still serves `localhost` over IPv4.
             Err(err) if !listeners.is_empty() => {
@@ -251,7 +266,15 @@ fn bind_quic(
             Some(first) if addr.port() == 0 => SocketAddr::new(addr.ip(), first.port()),
             _ => addr,
         };
-        match webtransport::bind(addr, config.clone()) {
+        let bound = match webtransport::bind(addr, config.clone()) {
+            Err(err) if ipv4_fallback(addr).is_some() => {
+                let v4 = ipv4_fallback(addr).unwrap_or(addr);
+                tracing::warn!(%addr, %err, "IPv6 unavailable; WebTransport on {v4} only");
+                webtransport::bind(v4, config.clone())
+            }
+            bound => bound,
+        };
+        match bound {
             Ok(endpoint) => endpoints.push(endpoint),
             Err(err) if !endpoints.is_empty() => {
                 tracing::warn!(%addr, %err, "not listening on this address")
