@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Client, GatewayProcess, Kind, TestGateway, frozen_client, h3_try_request, within, ws_connect,
-    wt_connect,
+    Client, GatewayProcess, Kind, TestGateway, frozen_client, h3_try_request, status_field, within,
+    ws_connect, wt_connect,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,10 +107,7 @@ async fn websocket_rate_refusal_says_when_to_retry() {
     let second = upgrade().await.unwrap();
     assert_eq!(second.status(), 429);
     assert_eq!(second.headers()["retry-after"], "1");
-    assert_eq!(
-        second.json::<Value>().await.unwrap()["status"],
-        "RATE_LIMITED"
-    );
+    assert_eq!(status_field(second).await, "RATE_LIMITED");
 }
 
 #[tokio::test]
@@ -136,10 +133,7 @@ async fn registration_rate_and_identity_cap() {
         .unwrap();
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["status"],
-        "RATE_LIMITED"
-    );
+    assert_eq!(status_field(response).await, "RATE_LIMITED");
 
     let gw = TestGateway::start_with(&["--max-identities", "2"]).await;
     gw.register("a").await;
@@ -152,10 +146,7 @@ async fn registration_rate_and_identity_cap() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["status"],
-        "UNAVAILABLE"
-    );
+    assert_eq!(status_field(response).await, "UNAVAILABLE");
 }
 
 #[tokio::test]
@@ -180,21 +171,9 @@ async fn unseen_identities_expire_and_connected_ones_stay() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        again.json::<Value>().await.unwrap()["status"],
-        "SUCCESS",
-        "the name is free"
-    );
+    assert_eq!(status_field(again).await, "SUCCESS", "the name is free");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let names: Value = gw
-        .http()
-        .get(gw.url("/v1/users"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let names = gw.get_json("/v1/users").await;
     assert!(
         names["registered"]
             .as_array()

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Client, Kind, TestGateway, within, ws_connect};
+use common::{Client, Kind, TestGateway, status_field, within, ws_connect};
 use reqwest::header::{CONTENT_TYPE, SET_COOKIE};
 use serde_json::{Value, json};
 
@@ -117,7 +117,7 @@ async fn taken_names_and_owner_re_registration() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.json::<Value>().await.unwrap()["status"], "TAKEN");
+    assert_eq!(status_field(response).await, "TAKEN");
 }
 
 #[tokio::test]
@@ -236,10 +236,7 @@ async fn connect_without_upgrade_is_426() {
     let response = gw.http().get(gw.url("/v1/connect")).send().await.unwrap();
     assert_eq!(response.status(), 426);
     assert_eq!(response.headers()["upgrade"], "websocket");
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["status"],
-        "UPGRADE_REQUIRED"
-    );
+    assert_eq!(status_field(response).await, "UPGRADE_REQUIRED");
 }
 
 #[tokio::test]
@@ -292,10 +289,7 @@ async fn foreign_origins_are_refused_unless_allowed() {
     };
     let refused = post("https://evil.example").await.unwrap();
     assert_eq!(refused.status(), 403);
-    assert_eq!(
-        refused.json::<Value>().await.unwrap()["status"],
-        "FORBIDDEN"
-    );
+    assert_eq!(status_field(refused).await, "FORBIDDEN");
     assert_eq!(post(&own).await.unwrap().status(), 200);
     let allowed = post("https://app.example").await.unwrap();
     assert_eq!(allowed.status(), 200);
@@ -326,15 +320,7 @@ async fn admin_routes_list_and_delete_users() {
     let gw = TestGateway::start().await;
     let mut alice = gw.user("alice", Kind::WebSocket).await;
     gw.register("bob").await;
-    let users: Value = gw
-        .http()
-        .get(gw.url("/v1/users"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let users = gw.get_json("/v1/users").await;
     assert_eq!(users["registered"], json!(["alice", "bob"]));
     assert_eq!(users["connected"][0]["username"], "alice");
     assert_eq!(users["connected"][0]["transport"], "websocket");
@@ -379,31 +365,17 @@ async fn unknown_routes_and_wrong_methods_have_short_bodies() {
     let gw = TestGateway::start().await;
     let missing = gw.http().get(gw.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
-    assert_eq!(
-        missing.json::<Value>().await.unwrap()["status"],
-        "NOT_FOUND"
-    );
+    assert_eq!(status_field(missing).await, "NOT_FOUND");
     let wrong = gw.http().get(gw.url("/v1/register")).send().await.unwrap();
     assert_eq!(wrong.status(), 405);
     assert!(wrong.headers()["allow"].to_str().unwrap().contains("POST"));
-    assert_eq!(
-        wrong.json::<Value>().await.unwrap()["status"],
-        "METHOD_NOT_ALLOWED"
-    );
+    assert_eq!(status_field(wrong).await, "METHOD_NOT_ALLOWED");
 }
 
 #[tokio::test]
 async fn cert_hash_matches_the_served_certificate() {
     let gw = TestGateway::start().await;
-    let body: Value = gw
-        .http()
-        .get(gw.url("/v1/cert-hash"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = gw.get_json("/v1/cert-hash").await;
     assert_eq!(body["algorithm"], "sha-256");
     let hex: String = gw.cert_sha256.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(body["hex"], hex);

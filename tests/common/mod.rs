@@ -45,6 +45,12 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
     }
 }
 
+/// The `status` field of a JSON answer (the API's error and register bodies).
+pub async fn status_field(response: reqwest::Response) -> String {
+    let body: Value = within("a JSON body", response.json()).await.unwrap();
+    body["status"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Generous rates so ordinary tests never trip the abuse limits; tests of
 /// the limits pass their own values (later flags win).
 const TEST_DEFAULTS: &[&str] = &[
