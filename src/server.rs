@@ -220,15 +220,19 @@ impl Gateway {
     }
 }
 
-/// Binds every address of `listen`; port 0 is chosen by the first bind and
-/// reused for the others, so `localhost:0` gets one port on both loopbacks.
-/// `0.0.0.0:PORT` for `[::]:PORT`: the default listens dual-stack, and a
-/// host with IPv6 disabled still gets a working gateway on IPv4.
-fn ipv4_fallback(addr: SocketAddr) -> Option<SocketAddr> {
-    (addr.is_ipv6() && addr.ip().is_unspecified())
+/// Where to listen instead of `addr` when binding it failed: the IPv4
+/// wildcard for the IPv6 one, when the host has no IPv6 (not when the port
+/// is taken). The default listens dual-stack; a host with IPv6 disabled
+/// still gets a working gateway on IPv4.
+fn ipv4_instead(addr: SocketAddr, err: &std::io::Error) -> Option<SocketAddr> {
+    use std::io::ErrorKind::{AddrInUse, PermissionDenied};
+    let port_refused = matches!(err.kind(), AddrInUse | PermissionDenied);
+    (addr.is_ipv6() && addr.ip().is_unspecified() && !port_refused)
         .then(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()))
 }
 
+/// Binds every address of `listen`; port 0 is chosen by the first bind and
+/// reused for the others, so `localhost:0` gets one port on both loopbacks.
 async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> {
     let mut listeners: Vec<TcpListener> = Vec::new();
     for addr in listen.addrs() {
@@ -237,11 +241,13 @@ async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> 
             _ => addr,
         };
         let bound = match TcpListener::bind(addr).await {
-            Err(err) if ipv4_fallback(addr).is_some() => {
-                let v4 = ipv4_fallback(addr).unwrap_or(addr);
-                tracing::warn!(%addr, %err, "IPv6 unavailable; listening on {v4} only");
-                TcpListener::bind(v4).await
-            }
+            Err(err) => match ipv4_instead(addr, &err) {
+                Some(v4) => {
+                    tracing::warn!(%addr, %err, "IPv6 unavailable; listening on {v4} only");
+                    TcpListener::bind(v4).await
+                }
+                None => Err(err),
+            },
             bound => bound,
         };
         match bound {
@@ -256,6 +262,7 @@ async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> 
     Ok(listeners)
 }
 
+/// [`bind_tcp`] for the QUIC endpoints.
 fn bind_quic(
     listen: ListenAddr,
     config: quinn::ServerConfig,
@@ -267,11 +274,13 @@ fn bind_quic(
             _ => addr,
         };
         let bound = match webtransport::bind(addr, config.clone()) {
-            Err(err) if ipv4_fallback(addr).is_some() => {
-                let v4 = ipv4_fallback(addr).unwrap_or(addr);
-                tracing::warn!(%addr, %err, "IPv6 unavailable; WebTransport on {v4} only");
-                webtransport::bind(v4, config.clone())
-            }
+            Err(err) => match ipv4_instead(addr, &err) {
+                Some(v4) => {
+                    tracing::warn!(%addr, %err, "IPv6 unavailable; WebTransport on {v4} only");
+                    webtransport::bind(v4, config.clone())
+                }
+                None => Err(err),
+            },
             bound => bound,
         };
         match bound {
@@ -279,7 +288,7 @@ fn bind_quic(
             Err(err) if !endpoints.is_empty() => {
                 tracing::warn!(%addr, %err, "not listening on this address")
             }
-            Err(err) => return Err(err.into()),
+            Err(source) => return Err(EndpointError::Bind { addr, source }.into()),
         }
     }
     Ok(endpoints)
@@ -298,5 +307,26 @@ async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
             }
             () = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn only_the_ipv6_wildcard_without_ipv6_falls_back_to_ipv4() {
+        let wildcard: SocketAddr = "[::]:8000".parse().unwrap();
+        let no_ipv6 = Error::from_raw_os_error(97); // EAFNOSUPPORT
+        assert_eq!(
+            ipv4_instead(wildcard, &no_ipv6),
+            Some("0.0.0.0:8000".parse().unwrap())
+        );
+        let taken = Error::from(ErrorKind::AddrInUse);
+        assert_eq!(ipv4_instead(wildcard, &taken), None, "port taken");
+        let loopback: SocketAddr = "[::1]:8000".parse().unwrap();
+        assert_eq!(ipv4_instead(loopback, &no_ipv6), None, "not the wildcard");
     }
 }

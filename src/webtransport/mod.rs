@@ -105,20 +105,15 @@ pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConf
 /// caps it at `net.core.rmem_max` / `wmem_max`.
 const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Binds a QUIC endpoint on a UDP socket with large kernel buffers.
-pub fn bind(
-    addr: SocketAddr,
-    config: quinn::ServerConfig,
-) -> Result<quinn::Endpoint, EndpointError> {
-    let bind_error = |source| EndpointError::Bind { addr, source };
-    let socket = udp_socket(addr).map_err(bind_error)?;
+/// Binds a QUIC endpoint on a UDP socket with large kernel buffers (the
+/// caller names the address in [`EndpointError::Bind`]).
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config),
-        socket,
+        udp_socket(addr)?,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(bind_error)
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
