@@ -1,12 +1,14 @@
 //! What is specific to WebTransport: the two transports reaching each other,
 //! the checks before a session is accepted, plain HTTP/3, both loopbacks,
-//! and the certificate browsers pin.
+//! the certificate browsers pin, and datagrams nobody reads.
 
 mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Client, Kind, TestGateway, h3_request, within, wt_connect, wt_endpoint};
+use common::{
+    Client, GatewayProcess, Kind, TestGateway, h3_request, within, wt_connect, wt_endpoint,
+};
 use serde_json::{Value, json};
 use signal_gateway::tls::{CertificateFacts, MAX_HASH_PINNED_VALIDITY};
 
@@ -239,4 +241,50 @@ async fn a_session_that_opens_no_stream_is_closed() {
         }
         other => panic!("expected STREAM_TIMEOUT, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn unread_datagrams_cannot_pin_memory() {
+    const SESSIONS: usize = 20;
+    const DATAGRAMS: u64 = 500;
+    let gw = GatewayProcess::start(&[], "signal_gateway=info").await;
+    let mut clients = Vec::new();
+    for i in 0..SESSIONS {
+        let token = gw.register(&format!("dgram{i}")).await;
+        let mut client = Client::connect(&gw.addrs, Kind::WebTransport, &token).await;
+        assert_eq!(client.recv().await["type"], "WELCOME");
+        clients.push(client);
+    }
+    let before = gw.rss_kib();
+    // Browsers need datagram support to open WebTransport at all, so the
+    // gateway accepts datagrams; it just never reads them. Each session
+    // sends it ~500 KB of them, all put on the wire.
+    for client in &clients {
+        let Client::Wt(wt) = client else {
+            unreachable!("WebTransport clients")
+        };
+        let size = wt.conn.max_datagram_size().expect("datagrams supported");
+        let datagram = vec![b'x'; size.min(1000)];
+        for _ in 0..DATAGRAMS {
+            wt.conn.send_datagram(&datagram).unwrap();
+        }
+        within("datagrams sent", async {
+            while wt.conn.quic_connection().stats().frame_tx.datagram < DATAGRAMS {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+    // A round trip on each session: the gateway has read what came before.
+    for (i, client) in clients.iter_mut().enumerate() {
+        client
+            .send(&format!("dgram{i}"), "after-datagrams", json!(1))
+            .await;
+        assert_eq!(client.recv().await["type"], "after-datagrams");
+    }
+    let grown = gw.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 4096,
+        "RSS grew {grown} KiB for ~10 MB of unread datagrams"
+    );
 }

@@ -37,6 +37,12 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// streams of its own (control, QPACK encoder and decoder).
 const MAX_BIDI_STREAMS: u32 = 16;
 const MAX_UNI_STREAMS: u32 = 8;
+/// QUIC datagrams are not part of the protocol, but browsers only open
+/// WebTransport to a server that accepts them, so they are accepted into
+/// this small buffer and never read: quinn drops the oldest past it. Its
+/// default (1.25 MB per connection) would let a client pin that much memory
+/// per session with datagrams nobody reads.
+const DATAGRAM_BUFFER_BYTES: usize = 4096;
 
 type H3Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
@@ -87,7 +93,8 @@ pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConf
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
         .keep_alive_interval(Some(limits.keep_alive_interval))
         .max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into())
-        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into());
+        .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER_BYTES));
     let window = u32::try_from(limits.max_envelope_bytes.saturating_mul(4).max(256 * 1024))
         .unwrap_or(u32::MAX);
     transport
