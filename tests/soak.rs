@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Addrs, GatewayProcess, Kind, register_at};
+use common::{Addrs, GatewayProcess, Kind, get_json_at, register_at};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -312,20 +312,6 @@ async fn user(
     }
 }
 
-async fn stats(addrs: &Addrs) -> Value {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{}/v1/stats", addrs.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long-running: run with scripts/soak"]
 async fn soak() {
@@ -393,7 +379,9 @@ async fn soak() {
                     .unwrap_or(0);
                 peak_rss.fetch_max(rss, Ordering::Relaxed);
                 peak_connections.fetch_max(
-                    stats(&addrs).await["connections"].as_u64().unwrap_or(0),
+                    get_json_at(&addrs, "/v1/stats").await["connections"]
+                        .as_u64()
+                        .unwrap_or(0),
                     Ordering::Relaxed,
                 );
                 if Instant::now() >= next_kick && Instant::now() + Duration::from_secs(5) < deadline
@@ -420,12 +408,12 @@ async fn soak() {
 
     // Everyone has left: the registry must empty.
     let settle = Instant::now();
-    let mut server = stats(&gw.addrs).await;
+    let mut server = get_json_at(&gw.addrs, "/v1/stats").await;
     while (server["connections"] != 0 || server["admitted"] != 0)
         && settle.elapsed() < Duration::from_secs(20)
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        server = stats(&gw.addrs).await;
+        server = get_json_at(&gw.addrs, "/v1/stats").await;
     }
     // Freed memory goes back to the system in the background: give it time.
     let peak = peak_rss.load(Ordering::Relaxed);

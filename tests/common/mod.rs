@@ -745,6 +745,22 @@ impl std::ops::Deref for GatewayProcess {
     }
 }
 
+/// GETs `path` from the gateway behind `addrs` and parses the JSON answer.
+pub async fn get_json_at(addrs: &Addrs, path: &str) -> Value {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    within(path, async {
+        client
+            .get(format!("http://{}{path}", addrs.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+    .await
+}
+
 /// Registers `name` at the gateway behind `addrs`; returns its token.
 pub async fn register_at(addrs: &Addrs, name: &str) -> String {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
