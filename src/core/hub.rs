@@ -5,10 +5,10 @@
 //! writes what [`Session::outbox`] hands it; everything else, from the
 //! envelope rules to who is reachable, is decided here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use governor::clock::{Clock, DefaultClock};
@@ -20,11 +20,11 @@ use super::envelope::{
     EnvelopeError, ErrorDetail, Inbound, Welcome, error_frame, forward_frame, parse_inbound,
     parse_inbound_text, welcome_frame,
 };
-use super::limits::Limits;
+use super::limits::{Limits, ip_key};
 use super::outbox::{ConnId, Origin, Outbox, PushError, Queued};
-use super::registry::{Delivery, Entry, Transport, UserClientRegistry};
+use super::registry::{Delivery, Entry, Grant, Transport, UserClientRegistry};
 use super::stats::Stats;
-use super::store::UserStore;
+use super::store::{Registration, StoreError, UserStore};
 use super::wire::{CloseReason, ErrorType};
 
 /// Why a new connection or registration is refused before any work is done.
@@ -39,6 +39,21 @@ pub enum Refusal {
     /// This client IP is over its rate.
     #[error("too many requests from this address; retry in {} ms", .0.as_millis())]
     RateLimited(Duration),
+    /// Too many connections are still authenticating.
+    #[error("the gateway is at its limit of {0} connections still authenticating")]
+    PendingFull(usize),
+    /// This client IP has too many connections still authenticating.
+    #[error("this address has {0} connections still authenticating, the most it may have")]
+    PendingFromAddress(usize),
+}
+
+/// A token that was valid, and what had been revoked when it was checked
+/// (see [`Grant`]).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The user the token belongs to.
+    pub user: Arc<str>,
+    grant: Grant,
 }
 
 /// The shared state behind both transports and the HTTP API.
@@ -54,6 +69,8 @@ pub struct Hub {
     pub stats: Stats,
     next_conn: AtomicU64,
     admitted: AtomicUsize,
+    pending: AtomicUsize,
+    pending_by_ip: Mutex<HashMap<IpAddr, usize>>,
     all_gone: Notify,
     connect_rate: DefaultKeyedRateLimiter<IpAddr>,
     register_rate: DefaultKeyedRateLimiter<IpAddr>,
@@ -72,11 +89,13 @@ impl Hub {
     /// A hub with no users and the given limits.
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            store: UserStore::new(limits.max_identities),
+            store: UserStore::new(limits.max_identities, limits.max_identities_per_ip),
             registry: UserClientRegistry::default(),
             stats: Stats::default(),
             next_conn: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            pending_by_ip: Mutex::default(),
             all_gone: Notify::new(),
             connect_rate: RateLimiter::keyed(quota(
                 limits.connect_rate_per_ip,
@@ -91,15 +110,29 @@ impl Hub {
         })
     }
 
-    /// Admits a new realtime connection from `peer`, or refuses it: checked
-    /// before the upgrade or QUIC handshake, so a refusal costs nothing.
+    /// Admits a new realtime connection from `peer` that carries its token
+    /// (a WebSocket upgrade), or refuses it before the upgrade, so a refusal
+    /// costs nothing.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admission, Refusal> {
         if !self.registry.is_accepting() {
             return Err(Refusal::ShuttingDown);
         }
+        self.check_connect_rate(peer)?;
+        self.claim_slot()
+    }
+
+    fn check_connect_rate(&self, peer: IpAddr) -> Result<(), Refusal> {
         self.connect_rate
-            .check_key(&peer.to_canonical())
-            .map_err(|not_until| Refusal::RateLimited(retry_after(&not_until)))?;
+            .check_key(&ip_key(peer))
+            .map_err(|not_until| Refusal::RateLimited(retry_after(&not_until)))
+    }
+
+    /// Takes one of the `--max-connections` slots for a connection that has
+    /// authenticated.
+    pub fn claim_slot(self: &Arc<Self>) -> Result<Admission, Refusal> {
+        if !self.registry.is_accepting() {
+            return Err(Refusal::ShuttingDown);
+        }
         let max = self.limits.max_connections;
         self.admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -109,23 +142,94 @@ impl Hub {
         Ok(Admission { hub: self.clone() })
     }
 
+    /// Admits a connection that has yet to authenticate (a QUIC connection,
+    /// before its WebTransport CONNECT), under limits of its own: it takes
+    /// none of the slots authenticated connections need.
+    pub fn admit_pending(self: &Arc<Self>, peer: IpAddr) -> Result<PendingAdmission, Refusal> {
+        if !self.registry.is_accepting() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let key = ip_key(peer);
+        let max = self.limits.max_pending_connections;
+        let per_ip = self.limits.max_pending_per_ip;
+        let mut by_ip = self.lock_pending();
+        let held = by_ip.get(&key).copied().unwrap_or(0);
+        if held >= per_ip {
+            return Err(Refusal::PendingFromAddress(per_ip));
+        }
+        if self.pending.load(Ordering::Acquire) >= max {
+            return Err(Refusal::PendingFull(max));
+        }
+        self.check_connect_rate(peer)?;
+        by_ip.insert(key, held + 1);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        Ok(PendingAdmission {
+            hub: self.clone(),
+            key,
+        })
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Every update is a single map operation.
+        self.pending_by_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Connections admitted and still authenticating.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Whether unauthenticated connections crowd the gateway enough that a
+    /// new one must first prove its address (a QUIC Retry): then a flood
+    /// of spoofed or abandoned handshakes costs no state at all.
+    pub fn under_pressure(&self) -> bool {
+        self.pending() >= (self.limits.max_pending_connections / 4).max(1)
+    }
+
     /// Checks the per-IP registration rate.
     pub fn check_register_rate(&self, peer: IpAddr) -> Result<(), Refusal> {
         self.register_rate
-            .check_key(&peer.to_canonical())
+            .check_key(&ip_key(peer))
             .map_err(|not_until| Refusal::RateLimited(retry_after(&not_until)))
     }
 
-    /// Attaches an admitted, authenticated connection to `user`. A previous
-    /// connection of the same user is closed as `REPLACED`. The session's
-    /// outbox starts with the `WELCOME` envelope.
+    /// Registers `name` (already validated) for a client at `peer`, or
+    /// hands the name back to its owner presenting its token.
+    pub fn register(
+        &self,
+        name: &str,
+        presented: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<Registration, StoreError> {
+        self.store.register(name, presented, ip_key(peer))
+    }
+
+    /// The user `token` belongs to, with what had been revoked at this
+    /// moment; [`Hub::attach`] refuses it if anything was revoked since.
+    pub fn authenticate(&self, token: &str) -> Option<Authenticated> {
+        // Taken before the lookup: a deletion that the lookup does not see
+        // yet is then seen by the attach.
+        let grant = self.registry.grant();
+        let user = self.store.authenticate(token)?;
+        Some(Authenticated { user, grant })
+    }
+
+    /// Attaches an admitted, authenticated connection to its user. A
+    /// previous connection of the same user is closed as `REPLACED`. The
+    /// session's outbox starts with the `WELCOME` envelope. Refused, with
+    /// the reason to close the connection with, when the gateway is shutting
+    /// down or the authentication was revoked since (a kick, deleted
+    /// identities).
     pub fn attach(
         self: &Arc<Self>,
         admission: Admission,
-        user: Arc<str>,
+        authenticated: Authenticated,
         transport: Transport,
         peer: IpAddr,
-    ) -> Session {
+    ) -> Result<Session, CloseReason> {
+        let Authenticated { user, grant } = authenticated;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(
             self.limits.queue_envelopes,
@@ -151,10 +255,12 @@ impl Hub {
                 since: SystemTime::now(),
                 peer,
             },
-        );
+            grant,
+        )?;
+        self.store.touch(&user);
         self.stats.connections_opened.inc();
         let envelope_quota = quota(self.limits.envelope_rate, self.limits.envelope_burst);
-        Session {
+        Ok(Session {
             hub: self.clone(),
             origin: Origin { user, conn },
             transport,
@@ -162,19 +268,23 @@ impl Hub {
             limiter: RateLimiter::direct(envelope_quota),
             strikes: RateLimiter::direct(envelope_quota),
             _admission: admission,
-        }
+        })
     }
 
-    /// Closes every live connection as `KICKED` (admin reset); returns how many.
+    /// Closes every live connection as `KICKED` (admin reset), and those
+    /// authenticated but not attached yet as they attach; returns how many
+    /// were live.
     pub fn kick_all(&self) -> usize {
-        self.registry.close_all(CloseReason::Kicked)
+        self.registry.kick_all()
     }
 
-    /// Forgets every identity and kicks every connection; returns
-    /// `(identities, connections)`.
+    /// Forgets every identity and kicks every connection; a connection
+    /// whose token was checked before and that attaches after is refused.
+    /// Returns `(identities, connections)`.
     pub fn delete_identities(&self) -> (usize, usize) {
+        // The store first: see `Hub::authenticate`.
         let identities = self.store.clear();
-        (identities, self.kick_all())
+        (identities, self.registry.revoke_all())
     }
 
     /// Starts shutdown: refuses newcomers and closes everyone as `SHUTDOWN`.
@@ -294,6 +404,27 @@ pub enum AfterWrite {
 #[derive(Debug)]
 pub struct Admission {
     hub: Arc<Hub>,
+}
+
+/// A slot under the caps of connections still authenticating; released
+/// on drop.
+#[derive(Debug)]
+pub struct PendingAdmission {
+    hub: Arc<Hub>,
+    key: IpAddr,
+}
+
+impl Drop for PendingAdmission {
+    fn drop(&mut self) {
+        let mut by_ip = self.hub.lock_pending();
+        if let Some(held) = by_ip.get_mut(&self.key) {
+            *held -= 1;
+            if *held == 0 {
+                by_ip.remove(&self.key);
+            }
+        }
+        self.hub.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for Admission {
@@ -553,7 +684,12 @@ mod tests {
 
     fn connect(hub: &Arc<Hub>, user: &str) -> Session {
         let admission = hub.admit(LOCAL).unwrap();
-        hub.attach(admission, user.into(), Transport::WebSocket, LOCAL)
+        let authenticated = Authenticated {
+            user: user.into(),
+            grant: hub.registry.grant(),
+        };
+        hub.attach(admission, authenticated, Transport::WebSocket, LOCAL)
+            .unwrap()
     }
 
     /// Everything queued for `session`, as JSON, skipping the WELCOME.
@@ -773,5 +909,50 @@ mod tests {
         let got = drain(&bob);
         let seq: Vec<i64> = got.iter().map(|v| v["payload"].as_i64().unwrap()).collect();
         assert_eq!(seq, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn pending_connections_have_caps_of_their_own() {
+        let hub = hub_with(Limits {
+            max_connections: 1,
+            max_pending_connections: 3,
+            max_pending_per_ip: 2,
+            ..Limits::default()
+        });
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        let a = hub.admit_pending(LOCAL).unwrap();
+        let _b = hub.admit_pending(LOCAL).unwrap();
+        assert_eq!(
+            hub.admit_pending(LOCAL).unwrap_err(),
+            Refusal::PendingFromAddress(2)
+        );
+        let _c = hub.admit_pending(other).unwrap();
+        let third = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+        assert_eq!(
+            hub.admit_pending(third).unwrap_err(),
+            Refusal::PendingFull(3)
+        );
+        let _slot = hub.admit(LOCAL).unwrap();
+        assert_eq!(hub.pending(), 3, "authenticated slots are apart");
+        drop(a);
+        assert!(hub.admit_pending(LOCAL).is_ok());
+    }
+
+    #[test]
+    fn a_token_checked_before_a_deletion_cannot_attach_after_it() {
+        let hub = hub_with(Limits::default());
+        let token = match hub.register("alice", None, LOCAL).unwrap() {
+            Registration::Created { token, .. } => token,
+            other => panic!("{other:?}"),
+        };
+        let authenticated = hub.authenticate(&token).unwrap();
+        hub.delete_identities();
+        let admission = hub.admit(LOCAL).unwrap();
+        let refused = hub
+            .attach(admission, authenticated, Transport::WebTransport, LOCAL)
+            .unwrap_err();
+        assert_eq!(refused, CloseReason::Unauthenticated);
+        assert!(hub.authenticate(&token).is_none());
+        assert!(!hub.registry.contains("alice"));
     }
 }

@@ -12,7 +12,10 @@ pub mod store;
 pub mod username;
 pub mod wire;
 
-pub use hub::{Admission, AfterWrite, Hub, Refusal, Session, WriteError, write_within};
+pub use hub::{
+    Admission, AfterWrite, Authenticated, Hub, PendingAdmission, Refusal, Session, WriteError,
+    write_within,
+};
 pub use limits::Limits;
 pub use registry::Transport;
 pub use wire::{CloseReason, ErrorType};

@@ -161,6 +161,48 @@ impl ErrorType {
     }
 }
 
+/// Why the gateway closes a QUIC connection on which no WebTransport
+/// session was authenticated. Carried as the QUIC application close: an
+/// HTTP/3 error code (RFC 9114 §8.1) and this reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PreSessionClose {
+    /// No session was authenticated within `--handshake-timeout` of the
+    /// first packet, whatever the connection did meanwhile.
+    Timeout,
+    /// The connection sent more than `--pre-session-bytes`.
+    ByteLimit,
+    /// The connection made more than `--pre-session-requests` requests.
+    RequestLimit,
+}
+
+impl PreSessionClose {
+    /// Every reason, in table order.
+    pub const ALL: [PreSessionClose; 3] = [
+        PreSessionClose::Timeout,
+        PreSessionClose::ByteLimit,
+        PreSessionClose::RequestLimit,
+    ];
+
+    /// The HTTP/3 error code: `H3_NO_ERROR` (0x100) for the deadline, which
+    /// an ordinary HTTP/3 client reaches too; `H3_EXCESSIVE_LOAD` (0x107)
+    /// for the limits.
+    pub const fn h3_code(self) -> u32 {
+        match self {
+            PreSessionClose::Timeout => 0x100,
+            PreSessionClose::ByteLimit | PreSessionClose::RequestLimit => 0x107,
+        }
+    }
+
+    /// The reason phrase of the close.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            PreSessionClose::Timeout => "PRE_SESSION_TIMEOUT",
+            PreSessionClose::ByteLimit => "PRE_SESSION_BYTES",
+            PreSessionClose::RequestLimit => "PRE_SESSION_REQUESTS",
+        }
+    }
+}
+
 /// `type` of the first envelope on every connection: the gateway has
 /// attached it to the user and it can now receive envelopes.
 pub const WELCOME_TYPE: &str = "WELCOME";

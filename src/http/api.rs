@@ -20,7 +20,7 @@ use serde_json::json;
 use super::AppState;
 use crate::auth::{self, TOKEN_COOKIE, USERNAME_COOKIE};
 use crate::core::Refusal;
-use crate::core::store::Registration;
+use crate::core::store::{Registration, StoreError};
 use crate::core::username::validate_username;
 
 /// An error answer: status code plus `{"status", "message"}`.
@@ -58,7 +58,10 @@ impl From<Refusal> for ApiError {
                     refusal.to_string(),
                 )
             },
-            Refusal::ShuttingDown | Refusal::AtCapacity(_) => Self::new(
+            Refusal::ShuttingDown
+            | Refusal::AtCapacity(_)
+            | Refusal::PendingFull(_)
+            | Refusal::PendingFromAddress(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
                 refusal.to_string(),
@@ -148,20 +151,14 @@ pub(crate) async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ctx.hub
-        .check_register_rate(auth::client_ip(peer.ip(), &headers, &ctx.trusted_proxies))?;
+    let client = ctx.proxies.client(peer.ip(), &headers);
+    ctx.hub.check_register_rate(client.ip)?;
     if !is_json(&headers) {
         return Err(ApiError::invalid(
             "invalid body: Content-Type must be application/json",
         ));
     }
-    let body = to_bytes(body, ctx.max_body_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "INVALID",
-            format!("invalid body: larger than {} bytes", ctx.max_body_bytes),
-        )
-    })?;
+    let body = read_body(&ctx, body).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "invalid body: empty; send {\"username\": \"...\"}",
@@ -180,14 +177,18 @@ pub(crate) async fn register(
     let presented = auth::session_token(&headers, None);
     let registration = ctx
         .hub
-        .store
-        .register(&request.username, presented.as_deref())
-        .map_err(|err| {
-            ApiError::new(
+        .register(&request.username, presented.as_deref(), client.ip)
+        .map_err(|err| match err {
+            StoreError::Full(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
                 err.to_string(),
-            )
+            ),
+            StoreError::AddressFull(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_IDENTITIES",
+                err.to_string(),
+            ),
         })?;
     let (username, token) = match registration {
         Registration::Created { username, token } | Registration::Reclaimed { username, token } => {
@@ -211,13 +212,34 @@ pub(crate) async fn register(
         .into_response())
 }
 
+/// Reads a request body within `--max-body-bytes` and `--handshake-timeout`:
+/// a client dripping its body holds a connection no longer than one
+/// dripping its request head.
+async fn read_body(ctx: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(ctx.body_timeout, to_bytes(body, ctx.max_body_bytes)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "INVALID",
+            format!("invalid body: larger than {} bytes", ctx.max_body_bytes),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "TIMEOUT",
+            format!(
+                "the request body did not arrive within {} ms",
+                ctx.body_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 /// `GET /v1/user`: who the request's token belongs to, or 404 with the
 /// session cookies cleared.
 pub(crate) async fn user(State(ctx): State<AppState>, headers: HeaderMap) -> Response {
-    let user =
-        auth::session_token(&headers, None).and_then(|token| ctx.hub.store.authenticate(&token));
+    let user = auth::session_token(&headers, None).and_then(|token| ctx.hub.authenticate(&token));
     match user {
-        Some(username) => Json(json!({ "username": &*username })).into_response(),
+        Some(authenticated) => Json(json!({ "username": &*authenticated.user })).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             AppendHeaders(cleared_cookies(ctx.secure)),
@@ -256,6 +278,7 @@ pub(crate) async fn stats(State(ctx): State<AppState>) -> Json<serde_json::Value
     Json(json!({
         "connections": hub.registry.len(),
         "admitted": hub.admitted(),
+        "pending": hub.pending(),
         "identities": hub.store.len(),
         "counters": hub.stats.snapshot(),
     }))
@@ -301,15 +324,20 @@ pub(crate) async fn origin_guard(
 }
 
 /// Admin routes: the admin bearer token when one is configured, else
-/// loopback clients only.
+/// loopback clients only, addressing the gateway by a loopback name or a
+/// `--public-host`, from no page or a page that is the gateway's own or
+/// listed in `--allow-origin`. The last two refuse a DNS-rebinding page:
+/// its requests reach the gateway on loopback, but under the attacker's
+/// host name and origin.
 pub(crate) async fn admin_guard(
     State(ctx): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
+    let headers = request.headers();
     match &ctx.admin_token {
-        Some(expected) if !auth::admin_token_matches(expected, auth::bearer(request.headers())) => {
+        Some(expected) if !auth::admin_token_matches(expected, auth::bearer(headers)) => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
@@ -321,22 +349,47 @@ pub(crate) async fn admin_guard(
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        None if !auth::is_loopback(auth::client_ip(
-            peer.ip(),
-            request.headers(),
-            &ctx.trusted_proxies,
-        )) =>
-        {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "admin routes answer only loopback clients unless --admin-token is set",
-            )
-            .into_response();
+        None => {
+            if let Err(why) = local_admin(&ctx, peer, headers) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    format!("{why} (or set --admin-token)"),
+                )
+                .into_response();
+            }
         }
-        _ => {}
+        Some(_) => {}
     }
     next.run(request).await
+}
+
+/// The checks on an admin request without `--admin-token`.
+fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
+    if !ctx.proxies.client(peer.ip(), headers).is_loopback() {
+        return Err("admin routes answer only loopback clients");
+    }
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+    let named_locally = host.is_some_and(|host| {
+        auth::is_loopback_authority(host) || auth::authority_is_one_of(host, &ctx.public_hosts)
+    });
+    if !named_locally {
+        return Err("admin routes answer only requests to a loopback name or a --public-host");
+    }
+    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    match origin {
+        None => Ok(()),
+        Some(origin) if ctx.origins.lists(origin) => Ok(()),
+        Some(origin)
+            if ctx.origins.judge(Some(origin), host, ctx.secure)
+                == auth::OriginVerdict::SameOrigin =>
+        {
+            Ok(())
+        }
+        Some(_) => {
+            Err("admin routes answer only pages of the gateway itself or listed in --allow-origin")
+        }
+    }
 }
 
 /// Unknown route.

@@ -6,6 +6,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,6 +22,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
@@ -32,7 +35,9 @@ use super::api::ApiError;
 use crate::auth;
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{Admission, AfterWrite, CloseReason, Hub, Session, Transport, write_within};
+use crate::core::{
+    Admission, AfterWrite, Authenticated, CloseReason, Hub, Session, Transport, write_within,
+};
 
 /// How long to wait for the client's close frame after sending ours, so the
 /// client reads our final envelope and close instead of a TCP reset.
@@ -65,7 +70,7 @@ impl Default for WebSocketSettings {
     }
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Socket = WebSocketStream<Counted<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// The timeouts a connection's task needs (copied, not the whole `Limits`:
 /// the task lives as long as the connection).
@@ -101,13 +106,13 @@ pub(crate) async fn connect(
         return upgrade_required("this connection cannot be upgraded; use HTTP/1.1");
     };
     let headers = request.headers();
-    let client = auth::client_ip(peer.ip(), headers, &ctx.trusted_proxies);
+    let client = ctx.proxies.client(peer.ip(), headers).ip;
     let admission = match ctx.hub.admit(client) {
         Ok(admission) => admission,
         Err(refusal) => return ApiError::from(refusal).into_response(),
     };
     let user = auth::session_token(headers, request.uri().query())
-        .and_then(|token| ctx.hub.store.authenticate(&token));
+        .and_then(|token| ctx.hub.authenticate(&token));
     let limits = &ctx.hub.limits;
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.websocket.read_buffer_bytes)
@@ -149,7 +154,7 @@ fn run(
     config: WebSocketConfig,
     hub: std::sync::Arc<Hub>,
     admission: Admission,
-    user: Option<std::sync::Arc<str>>,
+    user: Option<Authenticated>,
     client: IpAddr,
 ) -> impl Future<Output = ()> {
     async move {
@@ -160,21 +165,26 @@ fn run(
                 return;
             }
         };
-        let mut socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        let Some(user) = user else {
-            hub.stats.closed_for(CloseReason::Unauthenticated);
-            close(&mut socket, CloseReason::Unauthenticated, &hub).await;
-            drop(admission);
-            return;
-        };
+        let io = Counted::new(TokioIo::new(upgraded));
+        let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         let timeouts = Timeouts {
             write: hub.limits.write_timeout,
             idle: hub.limits.idle_timeout,
             keep_alive: hub.limits.keep_alive_interval,
         };
-        let session = hub.attach(admission, user, Transport::WebSocket, client);
+        // The token was checked before the upgrade; attaching checks that
+        // nothing revoked it since.
+        let attached = user
+            .ok_or(CloseReason::Unauthenticated)
+            .and_then(|user| hub.attach(admission, user, Transport::WebSocket, client));
+        let session = match attached {
+            Ok(session) => session,
+            Err(reason) => {
+                hub.stats.closed_for(reason);
+                close(&mut socket, reason, &hub).await;
+                return;
+            }
+        };
         drop(hub);
         let span = tracing::debug_span!("conn", id = session.conn_id(), user = %session.user(), transport = "websocket");
         serve(socket, session, timeouts).instrument(span).await;
@@ -253,6 +263,7 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
         tracing::debug!("connected");
         let mut reading = true;
         let mut last_heard = Instant::now();
+        let mut watch = MessageWatch::default();
         let mut keep_alive = interval_at(Instant::now() + timeouts.keep_alive, timeouts.keep_alive);
         keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -269,12 +280,12 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
                 }
                 message = socket.next(), if reading => {
                     last_heard = Instant::now();
-                    reading = handle(&session, message);
+                    reading = handle(&session, message, &mut watch, socket.get_ref().read);
                     // Take the frames already buffered before waiting again...
                     let mut taken = 1;
                     while reading && taken < READ_BATCH {
                         let Some(message) = socket.next().now_or_never() else { break };
-                        reading = handle(&session, message);
+                        reading = handle(&session, message, &mut watch, socket.get_ref().read);
                         taken += 1;
                     }
                     if !reading && session.outbox().closing().is_none() {
@@ -290,7 +301,8 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
                     }
                 }
                 _ = keep_alive.tick() => {
-                    if last_heard.elapsed() >= timeouts.idle {
+                    let stalled = watch.stalled(socket.get_ref().read, Instant::now(), timeouts.idle);
+                    if last_heard.elapsed() >= timeouts.idle || stalled {
                         session.close(CloseReason::IdleTimeout);
                         continue;
                     }
@@ -315,12 +327,25 @@ fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Futur
 
 /// Hands one read result to the core; returns whether reading goes on. A
 /// framing error asks the session to close (the writer then drains and
-/// sends the close); a closed or failed socket just ends reading.
-fn handle(session: &Session, message: Option<Result<Message, tungstenite::Error>>) -> bool {
+/// sends the close); a closed or failed socket just ends reading. `read`
+/// is what the socket has delivered so far, for `watch`.
+fn handle(
+    session: &Session,
+    message: Option<Result<Message, tungstenite::Error>>,
+    watch: &mut MessageWatch,
+    read: u64,
+) -> bool {
     match message {
-        Some(Ok(Message::Text(text))) => session.handle_text(&text),
-        Some(Ok(Message::Binary(data))) => session.handle_frame(&data),
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+        Some(Ok(Message::Text(text))) => {
+            watch.message(read);
+            session.handle_text(&text);
+        }
+        Some(Ok(Message::Binary(data))) => {
+            watch.message(read);
+            session.handle_frame(&data);
+        }
+        Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => watch.control(payload.len()),
+        Some(Ok(Message::Frame(_))) => {}
         Some(Ok(Message::Close(_))) | None => return false,
         Some(Err(err)) => {
             match err {
@@ -334,6 +359,110 @@ fn handle(session: &Session, message: Option<Result<Message, tungstenite::Error>
         }
     }
     true
+}
+
+/// Notices a data message that never ends. tungstenite gathers the frames
+/// of a fragmented message out of sight, and the pongs a client sends in
+/// between keep the connection alive, so one message that never ends
+/// could hold up to `--max-envelope-bytes` for as long as the client
+/// likes. Bytes the socket delivered that neither completed a data message
+/// nor carried a control frame belong to a message still in progress; one
+/// in progress for the idle timeout closes the connection as idle.
+#[derive(Debug, Default)]
+struct MessageWatch {
+    /// Socket bytes read when the last data message completed.
+    read_at_message: u64,
+    /// Bytes of control frames since then.
+    control_bytes: u64,
+    /// Since when bytes are unexplained.
+    incomplete_since: Option<Instant>,
+}
+
+impl MessageWatch {
+    /// A client's control frame (payload of at most 125 bytes) is 6 bytes
+    /// of header and mask plus its payload (RFC 6455 §5.2).
+    const CONTROL_FRAME_OVERHEAD: u64 = 6;
+
+    fn message(&mut self, read: u64) {
+        self.read_at_message = read;
+        self.control_bytes = 0;
+        self.incomplete_since = None;
+    }
+
+    fn control(&mut self, payload: usize) {
+        self.control_bytes += payload as u64 + Self::CONTROL_FRAME_OVERHEAD;
+    }
+
+    /// Whether a message has been in progress for `limit` or longer.
+    fn stalled(&mut self, read: u64, now: Instant, limit: Duration) -> bool {
+        // Bytes read ahead of the last message (part of the next frame)
+        // make this undercount, never overcount.
+        let unexplained = read
+            .saturating_sub(self.read_at_message)
+            .saturating_sub(self.control_bytes);
+        if unexplained == 0 {
+            self.incomplete_since = None;
+            return false;
+        }
+        now.duration_since(*self.incomplete_since.get_or_insert(now)) >= limit
+    }
+}
+
+/// The upgraded connection, counting the bytes read from it (for
+/// [`MessageWatch`]).
+#[derive(Debug)]
+pub(crate) struct Counted<S> {
+    inner: S,
+    read: u64,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> Self {
+        Self { inner, read: 0 }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Feeds a batch to tungstenite's write buffer and flushes it: one system
@@ -379,5 +508,43 @@ async fn close(socket: &mut Socket, reason: CloseReason, hub: &Hub) {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_never_ends_is_noticed_despite_pongs() {
+        let limit = Duration::from_secs(20);
+        let start = Instant::now();
+        let mut watch = MessageWatch::default();
+        // A 100-byte message, then the first fragment of another (1,000
+        // bytes) followed by pongs every few seconds.
+        watch.message(100);
+        let mut read = 1_100;
+        assert!(!watch.stalled(read, start, limit));
+        for tick in 1..=3u64 {
+            watch.control(4);
+            read += 10;
+            let now = start + Duration::from_secs(7 * tick);
+            assert_eq!(watch.stalled(read, now, limit), tick == 3, "tick {tick}");
+        }
+    }
+
+    #[test]
+    fn complete_messages_and_control_frames_are_never_a_stall() {
+        let limit = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut watch = MessageWatch::default();
+        for i in 1..=5u64 {
+            watch.control(0);
+            watch.message(i * 100 + i * 6);
+            let now = start + Duration::from_secs(2 * i);
+            assert!(!watch.stalled(i * 100 + i * 6, now, limit));
+        }
+        watch.control(125);
+        assert!(!watch.stalled(506 + 131, start + Duration::from_secs(60), limit));
     }
 }

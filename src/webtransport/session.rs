@@ -15,12 +15,16 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use super::framing::LineFramer;
+use super::metered::{Meter, MeteredBidi, MeteredConnection, MeteredRecv};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{Admission, AfterWrite, CloseReason, Hub, Session, Transport, write_within};
+use crate::core::{
+    Admission, AfterWrite, Authenticated, CloseReason, Hub, Session, Transport, write_within,
+};
 
-type Session3 = WebTransportSession<h3_quinn::Connection, Bytes>;
+type Session3 = WebTransportSession<MeteredConnection, Bytes>;
 type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3_webtransport::stream::RecvStream<MeteredRecv, Bytes>;
 
 /// How long to let the client read our final envelope and close the
 /// connection itself before we close it (closing QUIC at once would discard
@@ -28,6 +32,8 @@ type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>,
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Lines handled before giving the targets' writers a turn.
 const READ_BATCH: usize = 64;
+/// `H3_REQUEST_REJECTED`: a stream the gateway refuses unread.
+const STREAM_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(0x10b);
 
 /// Closes the QUIC connection (and with it the session) with the reason's
 /// code: the one place a WebTransport close code is chosen.
@@ -50,8 +56,9 @@ pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason, hu
 pub(super) fn run(
     session: Box<Session3>,
     conn: quinn::Connection,
-    user: Arc<str>,
+    user: Authenticated,
     admission: Admission,
+    meter: Meter,
     peer: SocketAddr,
     hub: Arc<Hub>,
 ) -> impl Future<Output = ()> {
@@ -68,13 +75,35 @@ pub(super) fn run(
             Ok(Some(stream)) => stream,
             Ok(None) => return,
             Err(_) => {
-                tracing::debug!(%user, "no stream opened in time");
+                tracing::debug!(user = %user.user, "no stream opened in time");
                 close_connection(&conn, CloseReason::StreamTimeout, &hub);
                 return;
             }
         };
-        let (send, recv) = stream.split();
-        let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
+        let (mut send, recv) = stream.split();
+        // The token was checked at the CONNECT; attaching checks that
+        // nothing revoked it since.
+        let core = match hub.attach(admission, user, Transport::WebTransport, peer.ip()) {
+            Ok(core) => core,
+            Err(reason) => {
+                let _ = timeout(hub.limits.write_timeout, async {
+                    send.write_all(&close_frame(reason)).await?;
+                    send.shutdown().await
+                })
+                .await;
+                // Let the client read the CLOSE envelope before the
+                // connection goes (see `relay`).
+                let _ = timeout(CLOSE_LINGER, conn.closed()).await;
+                close_connection(&conn, reason, &hub);
+                return;
+            }
+        };
+        // From here on h3 reads nothing but this stream: no budget, the
+        // window of one session, and no further streams.
+        meter.lift();
+        conn.set_receive_window(super::session_window(&hub.limits));
+        conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(0));
+        conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
         drop(hub);
         let span = tracing::debug_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
         relay(session, conn, send, recv, core)
@@ -83,7 +112,7 @@ pub(super) fn run(
     }
 }
 
-type Bidi = h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type Bidi = h3_webtransport::stream::BidiStream<MeteredBidi, Bytes>;
 
 /// The client's first bidirectional stream; plain requests on the session
 /// are answered 404 (the session owns this connection).
@@ -116,7 +145,7 @@ fn relay(
     session: Box<Session3>,
     conn: quinn::Connection,
     mut send: SendHalf,
-    mut recv: h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>,
+    mut recv: RecvHalf,
     core: Session,
 ) -> impl Future<Output = ()> {
     async move {
@@ -124,6 +153,7 @@ fn relay(
         let write_timeout = core.hub().limits.write_timeout;
         let mut framer = LineFramer::new(core.hub().limits.max_envelope_bytes);
         let mut reading = true;
+        let mut accepting_extra = true;
         let mut lines_since_yield = 0;
         let ended_by = loop {
             tokio::select! {
@@ -160,6 +190,21 @@ fn relay(
                             break None;
                         }
                     }
+                },
+                // Streams beyond the session's own are refused at once, so
+                // what a client sends on them is dropped, not held.
+                extra = conn.accept_bi(), if accepting_extra => match extra {
+                    Ok((mut send, mut recv)) => {
+                        let _ = send.reset(STREAM_REFUSED);
+                        let _ = recv.stop(STREAM_REFUSED);
+                    }
+                    Err(_) => accepting_extra = false,
+                },
+                extra = conn.accept_uni(), if accepting_extra => match extra {
+                    Ok(mut recv) => {
+                        let _ = recv.stop(STREAM_REFUSED);
+                    }
+                    Err(_) => accepting_extra = false,
                 },
             }
         };

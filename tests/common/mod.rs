@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod raw_h3;
+
 /// Runs each listed `async fn name(kind: Kind)` as `websocket::name` and
 /// `webtransport::name`: one behaviour test, written once, for both
 /// transports.
@@ -302,8 +304,16 @@ pub async fn ws_connect(
 pub fn wt_endpoint(
     gw: &Addrs,
 ) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    wt_endpoint_from(gw, "[::]:0".parse().unwrap())
+}
+
+/// [`wt_endpoint`] bound to `bind` (to be another client address).
+pub fn wt_endpoint_from(
+    gw: &Addrs,
+    bind: SocketAddr,
+) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
     let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
+        .with_bind_address(bind)
         .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(gw.cert_sha256)])
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .build();
@@ -651,9 +661,24 @@ impl GatewayProcess {
     /// Starts `signal-gateway` with `args` (plus a temp cert dir and a
     /// loopback listener) and `RUST_LOG` as given; waits until it listens.
     pub async fn start(args: &[&str], rust_log: &str) -> Self {
+        Self::start_under(&[], args, rust_log).await
+    }
+
+    /// [`GatewayProcess::start`] through a wrapper command (e.g. `prlimit`),
+    /// which must exec the gateway so the child's PID is the gateway's.
+    pub async fn start_under(wrapper: &[&str], args: &[&str], rust_log: &str) -> Self {
         use tokio::io::AsyncBufReadExt as _;
         let certs = tempfile::tempdir().unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-gateway"))
+        let binary = env!("CARGO_BIN_EXE_signal-gateway");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--cert-dir"])
             .arg(certs.path())
             .args(args)
