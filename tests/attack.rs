@@ -331,7 +331,7 @@ async fn attack() {
             "--keep-alive-interval",
             "3s",
         ],
-        "signal_gateway=warn",
+        "signal_gateway=info",
     )
     .await;
     let pid = gw.child.id().unwrap();
