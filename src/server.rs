@@ -293,7 +293,7 @@ fn bind_quic(
 }
 
 async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
-    let period = (hub.limits.identity_ttl / 10).clamp(Duration::from_millis(100), SWEEP_INTERVAL);
+    let period = (hub.limits().identity_ttl / 10).clamp(Duration::from_millis(100), SWEEP_INTERVAL);
     let mut ticker = tokio::time::interval(period);
     loop {
         tokio::select! {

@@ -100,6 +100,17 @@ pub enum StoreError {
     AddressFull(usize),
 }
 
+impl StoreError {
+    /// What an HTTP client is answered.
+    pub fn http_error(&self) -> crate::core::wire::HttpError {
+        use crate::core::wire::HttpError;
+        match self {
+            StoreError::Full(_) => HttpError::Unavailable,
+            StoreError::AddressFull(_) => HttpError::TooManyIdentities,
+        }
+    }
+}
+
 /// The registered identities.
 #[derive(Debug)]
 pub struct UserStore {

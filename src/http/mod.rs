@@ -20,6 +20,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::core::Hub;
 
+pub(crate) use api::error_response;
 pub use serve::{TcpLimits, serve_tcp};
 pub use websocket::WebSocketSettings;
 

@@ -133,18 +133,27 @@ impl Shedder {
         // The connection waiting in the queue is ready, so this does not wait.
         if let Ok(Ok((stream, _))) = tokio::time::timeout(ACCEPT_BACKOFF, listener.accept()).await {
             if self.plain_http {
-                // What the client already sent is read first: closing with
-                // unread data would reset the connection, answer and all.
-                let mut request = [0u8; 4096];
-                while matches!(stream.try_read(&mut request), Ok(n) if n > 0) {}
-                let _ = stream.try_write(SHED_RESPONSE);
+                answer_shed(stream);
             }
-            drop(stream);
         } else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
         }
         self.reserve = std::fs::File::open("/dev/null").ok();
     }
+}
+
+/// Tells a shed client why, with plain non-blocking system calls (the
+/// socket is not worth registering with the reactor): what it already sent
+/// is read first, since closing with unread data would reset the connection,
+/// answer and all.
+fn answer_shed(stream: tokio::net::TcpStream) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = stream.into_std() else {
+        return;
+    };
+    let mut request = [0u8; 4096];
+    while matches!(stream.read(&mut request), Ok(n) if n > 0) {}
+    let _ = stream.write_all(SHED_RESPONSE);
 }
 
 async fn serve_connection<S>(

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 use tungstenite::protocol::frame::CloseFrame;
@@ -33,17 +33,12 @@ use tungstenite::{Message, Utf8Bytes};
 use super::AppState;
 use super::api::ApiError;
 use crate::auth;
+use crate::connection::{self, Link, Liveness, READ_BATCH, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{
-    Admission, AfterWrite, Authenticated, CloseReason, Hub, Session, Transport, write_within,
-};
+use crate::core::wire::HttpError;
+use crate::core::{Admission, Authenticated, CloseReason, Hub, Session, Transport};
 
-/// How long to wait for the client's close frame after sending ours, so the
-/// client reads our final envelope and close instead of a TCP reset.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Frames handled per wake-up before giving the writer a turn.
-const READ_BATCH: usize = 64;
 /// tungstenite collects a batch's frames in a buffer of up to this size and
 /// writes them with one system call on flush. (At 0 it would write every
 /// frame on its own.) The buffer keeps its largest size while the
@@ -111,9 +106,14 @@ pub(crate) async fn connect(
         Ok(admission) => admission,
         Err(refusal) => return ApiError::from(refusal).into_response(),
     };
-    let user = auth::session_token(headers, request.uri().query())
-        .and_then(|token| ctx.hub.authenticate(&token));
-    let limits = &ctx.hub.limits;
+    let user = match auth::session_token(headers, request.uri().query()) {
+        Some(token) => match ctx.hub.authenticate(&token).await {
+            Ok(user) => user,
+            Err(err) => return ApiError::from(err).into_response(),
+        },
+        None => None,
+    };
+    let limits = ctx.hub.limits();
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.websocket.read_buffer_bytes)
         .write_buffer_size(WRITE_BUFFER)
@@ -144,7 +144,7 @@ pub(crate) async fn connect(
 
 /// Once hyper has handed over the connection: serve it, or close it as
 /// unauthenticated. (A function returning an `async move` block for the same
-/// reason as [`serve`].)
+/// reason as [`connection::serve`].)
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn would hold its arguments twice for the connection's life"
@@ -166,11 +166,17 @@ fn run(
             }
         };
         let io = Counted::new(TokioIo::new(upgraded));
-        let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        let timeouts = Timeouts {
-            write: hub.limits.write_timeout,
-            idle: hub.limits.idle_timeout,
-            keep_alive: hub.limits.keep_alive_interval,
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        let limits = hub.limits();
+        let link = WsLink {
+            socket,
+            timeouts: Timeouts {
+                write: limits.write_timeout,
+                idle: limits.idle_timeout,
+                keep_alive: limits.keep_alive_interval,
+            },
+            last_heard: Instant::now(),
+            watch: MessageWatch::default(),
         };
         // The token was checked before the upgrade; attaching checks that
         // nothing revoked it since.
@@ -180,14 +186,14 @@ fn run(
         let session = match attached {
             Ok(session) => session,
             Err(reason) => {
-                hub.stats.closed_for(reason);
-                close(&mut socket, reason, &hub).await;
+                // Boxed for the same reason as the close in `serve`.
+                Box::pin(connection::refuse(link, reason, &hub)).await;
                 return;
             }
         };
         drop(hub);
         let span = tracing::debug_span!("conn", id = session.conn_id(), user = %session.user(), transport = "websocket");
-        serve(socket, session, timeouts).instrument(span).await;
+        connection::serve(link, session).instrument(span).await;
     }
 }
 
@@ -202,8 +208,7 @@ fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
     let bad = |message: &str| {
         Box::new(
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID",
+                HttpError::Invalid,
                 format!("bad WebSocket handshake: {message}"),
             )
             .into_response(),
@@ -243,122 +248,160 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 }
 
 fn upgrade_required(message: &str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UPGRADE_REQUIRED, "UPGRADE_REQUIRED", message).into_response();
+    let mut response = ApiError::new(HttpError::UpgradeRequired, message).into_response();
     response
         .headers_mut()
         .insert(UPGRADE, HeaderValue::from_static("websocket"));
     response
 }
 
-/// The connection's one task. A plain function returning an `async move`
-/// block, so the socket and session live once in the task, not twice (an
-/// `async fn` keeps its arguments' slots besides the locals they move into).
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold the socket and session twice"
-)]
-fn serve(mut socket: Socket, session: Session, timeouts: Timeouts) -> impl Future<Output = ()> {
-    async move {
-        tracing::debug!("connected");
-        let mut reading = true;
-        let mut last_heard = Instant::now();
-        let mut watch = MessageWatch::default();
-        let mut keep_alive = interval_at(Instant::now() + timeouts.keep_alive, timeouts.keep_alive);
-        keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+/// A WebSocket connection as the connection loop drives it.
+struct WsLink {
+    socket: Socket,
+    timeouts: Timeouts,
+    last_heard: Instant,
+    watch: MessageWatch,
+}
 
-        let ended_by = loop {
-            tokio::select! {
-                biased;
-                (batch, closing) = session.outbox().next_batch() => {
-                    let written = write_within(timeouts.write, write_batch(&mut socket, &batch)).await;
-                    match session.batch_written(batch, written, closing) {
-                        AfterWrite::Continue => {}
-                        AfterWrite::Close(reason) => break Some(reason),
-                        AfterWrite::Gone => break None,
-                    }
-                }
-                message = socket.next(), if reading => {
-                    last_heard = Instant::now();
-                    reading = handle(&session, message, &mut watch, socket.get_ref().read);
-                    // Take the frames already buffered before waiting again...
-                    let mut taken = 1;
-                    while reading && taken < READ_BATCH {
-                        let Some(message) = socket.next().now_or_never() else { break };
-                        reading = handle(&session, message, &mut watch, socket.get_ref().read);
-                        taken += 1;
-                    }
-                    if !reading && session.outbox().closing().is_none() {
-                        break None;
-                    }
-                    // ...but let the writers of the targets run before the
-                    // next batch: frames parsed from tungstenite's buffer do
-                    // not count against tokio's cooperative budget, so a flood
-                    // could otherwise fill a target's queue on a single-thread
-                    // runtime.
-                    if taken == READ_BATCH {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                _ = keep_alive.tick() => {
-                    let stalled = watch.stalled(socket.get_ref().read, Instant::now(), timeouts.idle);
-                    if last_heard.elapsed() >= timeouts.idle || stalled {
-                        session.close(CloseReason::IdleTimeout);
-                        continue;
-                    }
-                    let ping = timeout(timeouts.write, socket.send(Message::Ping(Bytes::new()))).await;
-                    if !matches!(ping, Ok(Ok(()))) {
-                        break None;
-                    }
-                }
+/// What one message read means for the loop.
+enum Step {
+    More,
+    Stop(Read),
+}
+
+impl WsLink {
+    /// Hands one read result to the core. A framing error asks for a close
+    /// with its reason; a closed or failed socket ends reading.
+    fn handle(
+        &mut self,
+        session: &Session,
+        message: Option<Result<Message, tungstenite::Error>>,
+    ) -> Step {
+        let read = self.socket.get_ref().read;
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                self.watch.message(read);
+                session.handle_text(&text);
             }
-        };
-        match ended_by {
-            Some(reason) => {
-                // Boxed: the close sequence runs once, and keeping its state
-                // inline would grow every connection's task.
-                Box::pin(close(&mut socket, reason, session.hub())).await;
-                tracing::debug!(reason = reason.reason(), "closed by the gateway");
+            Some(Ok(Message::Binary(data))) => {
+                self.watch.message(read);
+                session.handle_frame(&data);
             }
-            None => tracing::debug!("closed by the client"),
+            Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
+                self.watch.control(payload.len());
+            }
+            Some(Ok(Message::Frame(_))) => {}
+            Some(Ok(Message::Close(_))) | None => return Step::Stop(Read::Ended),
+            Some(Err(err)) => return Step::Stop(Self::failure(&err)),
+        }
+        Step::More
+    }
+
+    /// What a read error means: a client that broke the framing rules is
+    /// closed with the matching code; one that just went away (a reset,
+    /// no closing handshake) is gone.
+    fn failure(err: &tungstenite::Error) -> Read {
+        use tungstenite::error::ProtocolError;
+        match err {
+            tungstenite::Error::Capacity(_) => Read::Close(CloseReason::MessageTooBig),
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Read::Ended
+            }
+            tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
+                Read::Close(CloseReason::ProtocolError)
+            }
+            _ => Read::Ended,
         }
     }
 }
 
-/// Hands one read result to the core; returns whether reading goes on. A
-/// framing error asks the session to close (the writer then drains and
-/// sends the close); a closed or failed socket just ends reading. `read`
-/// is what the socket has delivered so far, for `watch`.
-fn handle(
-    session: &Session,
-    message: Option<Result<Message, tungstenite::Error>>,
-    watch: &mut MessageWatch,
-    read: u64,
-) -> bool {
-    match message {
-        Some(Ok(Message::Text(text))) => {
-            watch.message(read);
-            session.handle_text(&text);
-        }
-        Some(Ok(Message::Binary(data))) => {
-            watch.message(read);
-            session.handle_frame(&data);
-        }
-        Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => watch.control(payload.len()),
-        Some(Ok(Message::Frame(_))) => {}
-        Some(Ok(Message::Close(_))) | None => return false,
-        Some(Err(err)) => {
-            match err {
-                tungstenite::Error::Capacity(_) => session.close(CloseReason::MessageTooBig),
-                tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
-                    session.close(CloseReason::ProtocolError);
-                }
-                _ => {}
+impl Link for WsLink {
+    type Error = tungstenite::Error;
+
+    /// Takes every frame tungstenite already holds, up to a batch, after
+    /// the first one arrives.
+    async fn read(&mut self, session: &Session) -> Read {
+        let mut message = self.socket.next().await;
+        self.last_heard = Instant::now();
+        let mut taken = 0;
+        loop {
+            if let Step::Stop(read) = self.handle(session, message) {
+                return read;
             }
-            return false;
+            taken += 1;
+            if taken == READ_BATCH {
+                return Read::Frames(taken);
+            }
+            match self.socket.next().now_or_never() {
+                Some(next) => message = next,
+                None => return Read::Frames(taken),
+            }
         }
     }
-    true
+
+    /// Feeds the batch to tungstenite's write buffer and flushes it: one
+    /// system call for the whole batch.
+    async fn write(&mut self, batch: &VecDeque<Queued>) -> Result<(), tungstenite::Error> {
+        for item in batch {
+            let text = Utf8Bytes::try_from(item.frame.clone()).map_err(|_| {
+                tungstenite::Error::Utf8(String::from("gateway frame is not UTF-8"))
+            })?;
+            self.socket.feed(Message::Text(text)).await?;
+        }
+        self.socket.flush().await
+    }
+
+    fn keep_alive_interval(&self) -> Option<Duration> {
+        Some(self.timeouts.keep_alive)
+    }
+
+    async fn keep_alive(&mut self) -> Liveness {
+        let idle = self.timeouts.idle;
+        let stalled = self
+            .watch
+            .stalled(self.socket.get_ref().read, Instant::now(), idle);
+        if self.last_heard.elapsed() >= idle || stalled {
+            return Liveness::Idle;
+        }
+        let ping = timeout(
+            self.timeouts.write,
+            self.socket.send(Message::Ping(Bytes::new())),
+        )
+        .await;
+        if matches!(ping, Ok(Ok(()))) {
+            Liveness::Alive
+        } else {
+            Liveness::Gone
+        }
+    }
+
+    async fn send_close(&mut self, reason: CloseReason) {
+        let envelope = Utf8Bytes::try_from(close_frame(reason)).unwrap_or_default();
+        let frame = CloseFrame {
+            code: reason.code().into(),
+            reason: Utf8Bytes::from_static(reason.reason()),
+        };
+        let _ = timeout(self.timeouts.write, async {
+            self.socket.feed(Message::Text(envelope)).await?;
+            self.socket.send(Message::Close(Some(frame))).await
+        })
+        .await;
+    }
+
+    /// The client sent its close frame (tungstenite answers it) or is gone.
+    async fn finish(&mut self) {}
+
+    async fn drain(&mut self, frames: &mut u64) {
+        while let Some(Ok(message)) = self.socket.next().await {
+            match message {
+                Message::Close(_) => break,
+                Message::Text(_) | Message::Binary(_) => *frames += 1,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    fn release(self, _reason: Option<CloseReason>) {}
 }
 
 /// Notices a data message that never ends. tungstenite gathers the frames
@@ -462,52 +505,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Feeds a batch to tungstenite's write buffer and flushes it: one system
-/// call for the whole batch.
-async fn write_batch(
-    socket: &mut Socket,
-    batch: &VecDeque<Queued>,
-) -> Result<(), tungstenite::Error> {
-    for item in batch {
-        let text = Utf8Bytes::try_from(item.frame.clone())
-            .map_err(|_| tungstenite::Error::Utf8(String::from("gateway frame is not UTF-8")))?;
-        socket.feed(Message::Text(text)).await?;
-    }
-    socket.flush().await
-}
-
-/// Sends the final `CLOSE` envelope and the close frame, then waits briefly
-/// for the client's close so neither is lost to a TCP reset.
-async fn close(socket: &mut Socket, reason: CloseReason, hub: &Hub) {
-    let write_timeout = hub.limits.write_timeout;
-    let envelope = Utf8Bytes::try_from(close_frame(reason)).unwrap_or_default();
-    let frame = CloseFrame {
-        code: reason.code().into(),
-        reason: Utf8Bytes::from_static(reason.reason()),
-    };
-    let sent = timeout(write_timeout, async {
-        socket.feed(Message::Text(envelope)).await?;
-        socket.send(Message::Close(Some(frame))).await
-    })
-    .await;
-    if matches!(sent, Ok(Ok(()))) {
-        let _ = timeout(CLOSE_LINGER, async {
-            while let Some(Ok(message)) = socket.next().await {
-                match message {
-                    Message::Close(_) => break,
-                    // Sent before the client saw our close; not accepted.
-                    Message::Text(_) | Message::Binary(_) => {
-                        hub.stats.frames_received.inc();
-                        hub.stats.after_close.inc();
-                    }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                }
-            }
-        })
-        .await;
     }
 }
 

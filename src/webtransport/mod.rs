@@ -8,7 +8,6 @@
 //! axum application as HTTP/1.1, which keeps the `Alt-Svc` advertisement
 //! honest.
 
-pub mod framing;
 mod metered;
 mod session;
 
@@ -20,13 +19,13 @@ use axum::body::{Body, to_bytes};
 use axum::extract::ConnectInfo;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::server::RequestStream;
-use http::header::{CONTENT_TYPE, HOST, ORIGIN};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{HOST, ORIGIN};
+use http::{HeaderValue, Method, Request, Response};
 use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::auth::{self, OriginPolicy};
-use crate::core::wire::PreSessionClose;
+use crate::core::wire::{HttpError, PreSessionClose};
 use crate::core::{Admission, Authenticated, CloseReason, Hub, PendingAdmission};
 use crate::tls::{Identity, TlsError};
 use metered::{Meter, MeteredBidi, MeteredConnection};
@@ -90,7 +89,7 @@ pub enum EndpointError {
 pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConfig, EndpointError> {
     let tls = identity.server_config(&[b"h3"])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let limits = &hub.limits;
+    let limits = hub.limits();
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
@@ -204,7 +203,7 @@ pub async fn serve(
         let peer = incoming.remote_address();
         if ctx.hub.under_pressure() && !incoming.remote_address_validated() {
             if incoming.may_retry() {
-                ctx.hub.stats.quic_retries.inc();
+                ctx.hub.stats().quic_retries.inc();
                 if let Err(err) = incoming.retry() {
                     err.into_incoming().refuse();
                 }
@@ -276,13 +275,13 @@ async fn handle_connection(
 ) -> Result<(), ConnectionError> {
     let peer = incoming.remote_address();
     let hub = &ctx.hub;
-    let deadline = tokio::time::Instant::now() + hub.limits.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + hub.limits().handshake_timeout;
     let Ok(handshake) = tokio::time::timeout_at(deadline, incoming).await else {
-        hub.stats.pre_session_closed(PreSessionClose::Timeout);
+        hub.stats().pre_session_closed(PreSessionClose::Timeout);
         return Err(ConnectionError::PreSession("QUIC handshake timed out"));
     };
     let conn = handshake?;
-    let meter = Meter::new(conn.clone(), hub.limits.pre_session_bytes);
+    let meter = Meter::new(conn.clone(), hub.limits().pre_session_bytes);
     // Closed while the HTTP/3 state is still alive: dropping it first
     // would close the connection without saying why.
     let mut pre = Box::pin(pre_session(&conn, &meter, &ctx, peer));
@@ -291,7 +290,7 @@ async fn handle_connection(
             Ok(authorized) => authorized,
             Err(err) => {
                 if meter.exceeded() {
-                    hub.stats.pre_session_closed(PreSessionClose::ByteLimit);
+                    hub.stats().pre_session_closed(PreSessionClose::ByteLimit);
                 }
                 return Err(err);
             }
@@ -301,7 +300,7 @@ async fn handle_connection(
             return Err(ConnectionError::PreSession("no session within the deadline"));
         }
         () = hub.stopping() => {
-            session::close_connection(&conn, CloseReason::Shutdown, hub);
+            session::close_connection(&conn, CloseReason::Shutdown);
             return Err(ConnectionError::ShuttingDown);
         }
     };
@@ -322,7 +321,7 @@ async fn handle_connection(
 }
 
 fn close_pre_session(conn: &quinn::Connection, why: PreSessionClose, hub: &Hub) {
-    hub.stats.pre_session_closed(why);
+    hub.stats().pre_session_closed(why);
     conn.close(
         quinn::VarInt::from_u32(why.h3_code()),
         why.reason().as_bytes(),
@@ -350,7 +349,7 @@ async fn pre_session(
         .max_webtransport_sessions(1)
         .send_grease(true);
     let setup = builder.build(MeteredConnection::new(conn.clone(), meter.clone()));
-    let mut h3: H3Connection = tokio::time::timeout(hub.limits.write_timeout, setup)
+    let mut h3: H3Connection = tokio::time::timeout(hub.limits().write_timeout, setup)
         .await
         .map_err(|_| ConnectionError::PreSession("the client took no SETTINGS"))??;
     let mut requests = 0;
@@ -359,7 +358,7 @@ async fn pre_session(
             return Err(ConnectionError::Closed);
         };
         requests += 1;
-        if requests > hub.limits.pre_session_requests {
+        if requests > hub.limits().pre_session_requests {
             close_pre_session(conn, PreSessionClose::RequestLimit, hub);
             return Err(ConnectionError::PreSession("too many requests"));
         }
@@ -378,7 +377,7 @@ async fn pre_session(
             tokio::spawn(serve_http3(request, stream, ctx.clone(), peer));
             continue;
         }
-        let refusal = match authorize(ctx, &request) {
+        let refusal = match authorize(ctx, &request).await {
             Ok(user) => match hub.claim_slot() {
                 Ok(admission) => {
                     if let Some(resolver) = peer_settings(&mut h3).await? {
@@ -392,12 +391,22 @@ async fn pre_session(
                         admission,
                     });
                 }
-                Err(refusal) => (StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
+                Err(refusal) => (refusal.http_error(), refusal.to_string()),
             },
             Err(refusal) => refusal,
         };
-        tracing::debug!(status = %refusal.0, message = refusal.1, "refused WebTransport session");
-        respond(&mut stream, refusal.0, refusal.1, hub.limits.write_timeout).await?;
+        tracing::debug!(
+            status = refusal.0.status(),
+            message = refusal.1,
+            "refused WebTransport session"
+        );
+        respond(
+            &mut stream,
+            refusal.0,
+            refusal.1,
+            hub.limits().write_timeout,
+        )
+        .await?;
     }
 }
 
@@ -438,16 +447,15 @@ async fn peer_settings(h3: &mut H3Connection) -> Result<Option<Resolver>, Connec
 
 /// Resolves a request that arrived beside a session's CONNECT.
 async fn serve_resolver(resolver: Resolver, ctx: Arc<WebTransportContext>, peer: SocketAddr) {
-    let handshake_timeout = ctx.hub.limits.handshake_timeout;
-    match tokio::time::timeout(handshake_timeout, resolver.resolve_request()).await {
+    let limits = ctx.hub.limits();
+    match tokio::time::timeout(limits.handshake_timeout, resolver.resolve_request()).await {
         Ok(Ok((request, mut stream))) if is_webtransport_connect(&request) => {
             let message = "one WebTransport session per connection".to_owned();
-            let write_timeout = ctx.hub.limits.write_timeout;
             let _ = respond(
                 &mut stream,
-                StatusCode::TOO_MANY_REQUESTS,
+                HttpError::SessionExists,
                 message,
-                write_timeout,
+                limits.write_timeout,
             )
             .await;
         }
@@ -464,13 +472,13 @@ fn is_webtransport_connect<T>(request: &Request<T>) -> bool {
 }
 
 /// The checks made before a session is accepted: path, origin, token.
-fn authorize<T>(
+async fn authorize<T>(
     ctx: &WebTransportContext,
     request: &Request<T>,
-) -> Result<Authenticated, (StatusCode, String)> {
+) -> Result<Authenticated, (HttpError, String)> {
     if request.uri().path() != CONNECT_PATH {
         return Err((
-            StatusCode::NOT_FOUND,
+            HttpError::NotFound,
             format!("no WebTransport endpoint at {}", request.uri().path()),
         ));
     }
@@ -481,52 +489,57 @@ fn authorize<T>(
     let authority = request.uri().authority().map(|a| a.as_str());
     if !ctx.origins.judge(origin, authority, true).permits() {
         return Err((
-            StatusCode::FORBIDDEN,
+            HttpError::Forbidden,
             format!(
                 "origin {} is not allowed; see --allow-origin",
                 origin.unwrap_or_default()
             ),
         ));
     }
-    auth::session_token(request.headers(), request.uri().query())
-        .and_then(|token| ctx.hub.authenticate(&token))
-        .ok_or_else(|| {
-            (
-                StatusCode::UNAUTHORIZED,
-                "no valid token: register first and connect with ?token=".to_owned(),
-            )
-        })
+    let unauthorized = || {
+        (
+            HttpError::Unauthorized,
+            "no valid token: register first and connect with ?token=".to_owned(),
+        )
+    };
+    let token =
+        auth::session_token(request.headers(), request.uri().query()).ok_or_else(unauthorized)?;
+    match ctx.hub.authenticate(&token).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(unauthorized()),
+        Err(err) => Err((err.http_error(), err.to_string())),
+    }
 }
 
-/// Answers a request with an error status, within `write_timeout`: a client
-/// that gives the stream no credit does not hold the task.
+/// Answers a request with an error from the HTTP error table, within
+/// `write_timeout`: a client that gives the stream no credit does not hold
+/// the task.
 async fn respond(
     stream: &mut H3Stream,
-    status: StatusCode,
+    error: HttpError,
     message: String,
     write_timeout: std::time::Duration,
 ) -> Result<(), ConnectionError> {
-    let code = status
-        .canonical_reason()
-        .unwrap_or("ERROR")
-        .to_ascii_uppercase()
-        .replace(' ', "_");
-    let body = serde_json::json!({ "status": code, "message": message }).to_string();
-    let response = Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .body(())
-        .unwrap_or_default();
-    let sent = tokio::time::timeout(write_timeout, async {
-        stream.send_response(response).await?;
-        stream.send_data(Bytes::from(body)).await?;
-        stream.finish().await
-    })
-    .await;
-    match sent {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(ConnectionError::PreSession("the client took no response")),
+    let response = crate::http::error_response(error, &message);
+    tokio::time::timeout(write_timeout, send_response(stream, response))
+        .await
+        .map_err(|_| ConnectionError::PreSession("the client took no response"))?
+}
+
+/// Sends an HTTP application response on an HTTP/3 request stream.
+async fn send_response(
+    stream: &mut H3Stream,
+    response: Response<Body>,
+) -> Result<(), ConnectionError> {
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, MAX_RESPONSE_BYTES).await.unwrap_or_default();
+    stream
+        .send_response(Response::from_parts(parts, ()))
+        .await?;
+    if !body.is_empty() {
+        stream.send_data(body).await?;
     }
+    Ok(stream.finish().await?)
 }
 
 /// Answers a plain HTTP/3 request with the axum application, the whole
@@ -537,7 +550,7 @@ async fn serve_http3(
     ctx: Arc<WebTransportContext>,
     peer: SocketAddr,
 ) {
-    let limits = &ctx.hub.limits;
+    let limits = ctx.hub.limits();
     let result = async {
         let mut body = BytesMut::new();
         while let Some(mut chunk) = stream.recv_data().await? {
@@ -545,7 +558,7 @@ async fn serve_http3(
                 let message = format!("invalid body: larger than {} bytes", ctx.max_body_bytes);
                 return respond(
                     &mut stream,
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                    HttpError::PayloadTooLarge,
                     message,
                     limits.write_timeout,
                 )
@@ -564,15 +577,7 @@ async fn serve_http3(
         }
         let request = Request::from_parts(parts, Body::from(body.freeze()));
         let Ok(response) = ctx.router.clone().oneshot(request).await;
-        let (parts, body) = response.into_parts();
-        let body = to_bytes(body, MAX_RESPONSE_BYTES).await.unwrap_or_default();
-        stream
-            .send_response(Response::from_parts(parts, ()))
-            .await?;
-        if !body.is_empty() {
-            stream.send_data(body).await?;
-        }
-        Ok::<(), ConnectionError>(stream.finish().await?)
+        send_response(&mut stream, response).await
     };
     match tokio::time::timeout(limits.handshake_timeout, result).await {
         Ok(Ok(())) => {}
