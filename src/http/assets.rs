@@ -10,6 +10,7 @@ use super::AppState;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
+const CALL_JS: &str = include_str!("../../web/call.js");
 const CLIENT_JS: &str = include_str!("../../web/client.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 
@@ -20,7 +21,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `/`, `/client.js`, `/app.js`, `/style.css`.
+/// `/`, `/client.js`, `/app.js`, `/call.js`, `/style.css`.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(
@@ -34,6 +35,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/call.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CALL_JS) }),
         )
         .route(
             "/style.css",
