@@ -12,7 +12,8 @@ use subtle::ConstantTimeEq;
 
 /// Cookie holding the session token (HttpOnly).
 pub const TOKEN_COOKIE: &str = "user_token";
-/// Cookie holding the username, readable by page scripts as in the seed.
+/// Cookie holding the username, readable by page scripts (it is not a
+/// credential: only the token authenticates).
 pub const USERNAME_COOKIE: &str = "user_username";
 /// Query parameter carrying the token where headers cannot be set
 /// (`new WebSocket(url)`, `new WebTransport(url)`).

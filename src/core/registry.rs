@@ -2,7 +2,7 @@
 //!
 //! One live connection per user, newest wins. Removal compares connection
 //! ids, so the late cleanup of a replaced connection can never evict the
-//! connection that replaced it (the seed's kick bug).
+//! connection that replaced it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

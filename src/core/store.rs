@@ -1,8 +1,7 @@
 //! `UserStore`: the registered identities and their tokens.
 //!
-//! The seed handed out the raw username as an unsigned cookie, so anyone
-//! could be anyone. Here registration returns a random 256-bit token, and
-//! only the token authenticates. Tokens are kept as SHA-256 digests, never in
+//! Registration returns a random 256-bit token, and only the token
+//! authenticates: a name is public, so it is never a credential. Tokens are kept as SHA-256 digests, never in
 //! clear, and looked up by digest: timing of that lookup reveals nothing
 //! about a token's bytes (an attacker cannot steer digests), and the one
 //! comparison against a known identity is constant-time.

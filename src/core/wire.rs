@@ -54,7 +54,8 @@ impl CloseReason {
 
     /// The WebSocket close code, also used as the WebTransport session's
     /// application close code. 1xxx are RFC 6455 codes; 4xxx are ours
-    /// (4000 is the seed's `UNAUTHENTICATED`).
+    /// (4000 `UNAUTHENTICATED` is the code clients of the original protocol
+    /// already handle).
     pub const fn code(self) -> u16 {
         match self {
             CloseReason::Shutdown => 1001,
@@ -126,7 +127,7 @@ impl CloseReason {
 /// Error envelopes always carry `"originator": ""`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorType {
-    /// The target has no live connection (the seed's error).
+    /// The target has no live connection.
     TargetNotFound,
     /// The frame was not a valid envelope; the connection stays open.
     InvalidMessage,
@@ -180,7 +181,8 @@ pub enum HttpError {
     MethodNotAllowed,
     /// The request body did not arrive in time.
     Timeout,
-    /// The request body is over `--max-body-bytes` (the seed's `INVALID`).
+    /// The request body is over `--max-body-bytes` (answered `INVALID`, the
+    /// status clients already handle for a bad registration).
     PayloadTooLarge,
     /// `/v1/connect` without a WebSocket upgrade.
     UpgradeRequired,

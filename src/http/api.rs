@@ -88,7 +88,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `GET /healthcheck`: liveness, answered `success` as the original server did.
+/// `GET /healthcheck`: liveness, answered `success` (what existing probes expect).
 pub(crate) async fn healthcheck() -> &'static str {
     "success"
 }

@@ -1,4 +1,4 @@
-//! The HTTP side of the gateway (axum): the seed's REST API, the admin
+//! The HTTP side of the gateway (axum): the REST API, the admin
 //! routes, the embedded web app, and the WebSocket transport.
 
 mod api;

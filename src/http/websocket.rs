@@ -78,7 +78,7 @@ struct Timeouts {
 
 /// `GET /v1/connect`: upgrade to WebSocket and attach to the token's user.
 /// Without a valid token the upgrade still happens and the socket is closed
-/// with 4000 `UNAUTHENTICATED`, as in the seed (a browser can read a close
+/// with 4000 `UNAUTHENTICATED` (a browser can read a close
 /// code, not an HTTP status).
 ///
 /// The handshake is done here rather than with axum's `WebSocketUpgrade`

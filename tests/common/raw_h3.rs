@@ -9,6 +9,93 @@ use std::time::Duration;
 
 use super::{Addrs, within};
 
+/// A plain HTTP/3 request (optionally an extended CONNECT for WebTransport)
+/// with a raw h3 client, to see the status codes a browser would get.
+pub async fn h3_request(
+    gw: &Addrs,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    webtransport: bool,
+) -> (u16, String) {
+    h3_try_request(gw, method, path, headers, webtransport)
+        .await
+        .unwrap_or_else(|err| panic!("HTTP/3 request failed: {err}"))
+}
+
+/// Like [`h3_request`], returning protocol errors instead of failing.
+pub async fn h3_try_request(
+    gw: &Addrs,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    webtransport: bool,
+) -> Result<(u16, String), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(gw.cert_der.clone()))
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = within(
+        "quic connect",
+        endpoint.connect(gw.wt, "localhost").unwrap(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (mut driver, mut send_request) = h3::client::builder()
+        .enable_extended_connect(true)
+        .enable_datagram(true)
+        .build::<_, _, bytes::Bytes>(h3_quinn::Connection::new(conn))
+        .await
+        .map_err(|e| e.to_string())?;
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost:{}{path}", gw.wt.port()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if webtransport {
+        request = request.extension(h3::ext::Protocol::WEB_TRANSPORT);
+    }
+    let result = async {
+        let mut stream = within(
+            "h3 send",
+            send_request.send_request(request.body(()).unwrap()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        within("h3 finish", stream.finish())
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = within("h3 response", stream.recv_response())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = within("h3 body", stream.recv_data())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            use bytes::Buf;
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        Ok((
+            response.status().as_u16(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    }
+    .await;
+    drive.abort();
+    result
+}
+
 /// A QUIC client connection to the gateway (ALPN `h3`), from `bind`, with
 /// `transport` settings.
 pub async fn quic_connect(
