@@ -512,7 +512,7 @@ async fn out_of_descriptors_the_gateway_sheds_clearly_and_recovers() {
         };
         let _ = tcp
             .write_all(
-                b"POST /v1/register HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n",
+                b"POST /v1/register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
             )
             .await;
         held.push(tcp);

@@ -24,6 +24,8 @@ const HYPER_MIN_BUFFER: usize = 8 * 1024;
 /// Back-off after `accept` fails for another reason than running out of
 /// file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a shed connection may take to read its answer and close.
+const SHED_LINGER: Duration = Duration::from_millis(200);
 /// Descriptor exhaustion is logged at most this often.
 const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// What a client shed for want of file descriptors reads (plain HTTP only).
@@ -133,7 +135,7 @@ impl Shedder {
         // The connection waiting in the queue is ready, so this does not wait.
         if let Ok(Ok((stream, _))) = tokio::time::timeout(ACCEPT_BACKOFF, listener.accept()).await {
             if self.plain_http {
-                answer_shed(stream);
+                answer_shed(stream).await;
             }
         } else {
             tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -142,18 +144,21 @@ impl Shedder {
     }
 }
 
-/// Tells a shed client why, with plain non-blocking system calls (the
-/// socket is not worth registering with the reactor): what it already sent
-/// is read first, since closing with unread data would reset the connection,
-/// answer and all.
-fn answer_shed(stream: tokio::net::TcpStream) {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = stream.into_std() else {
-        return;
-    };
-    let mut request = [0u8; 4096];
-    while matches!(stream.read(&mut request), Ok(n) if n > 0) {}
-    let _ = stream.write_all(SHED_RESPONSE);
+/// Tells a shed client why, then closes the way that keeps the answer
+/// from being lost: a socket closed with unread data resets the connection,
+/// and the client's request may still be on its way. So the answer goes
+/// out, our side is ended, and what the client sends is read until it
+/// closes too, for at most [`SHED_LINGER`].
+async fn answer_shed(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(SHED_LINGER, async {
+        stream.write_all(SHED_RESPONSE).await?;
+        stream.shutdown().await?;
+        let mut request = [0u8; 1024];
+        while stream.read(&mut request).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 async fn serve_connection<S>(
