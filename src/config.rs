@@ -15,6 +15,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::auth::ForwardedHeader;
 use crate::core::limits::{self, Limits};
+use crate::core::token::AuthMode;
+use crate::jwt::{Claims, KeySource};
+use crate::store::StoreKind;
 
 /// A WebRTC signaling gateway: register a name, connect over WebSocket or
 /// WebTransport, and trade offers, answers and ICE candidates with other
@@ -125,9 +128,146 @@ pub struct Config {
     #[arg(long, env = "SIGNAL_WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
 
+    /// Identities.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Which identities the gateway takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    /// Names registered with POST /v1/register.
+    Register,
+    /// JWTs an application issues; registration is closed.
+    Jwt,
+    /// Both.
+    Both,
+}
+
+/// Where identities come from, as flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Identities")]
+pub struct IdentityArgs {
+    /// Where registered identities live: `embedded`, a database file in
+    /// --data-dir that survives restarts, or `memory`, forgotten on restart.
+    #[arg(long, env = "SIGNAL_STORE", value_enum, default_value = "embedded")]
+    pub store: StoreKind,
+
+    /// Directory of the embedded identity database (identities.redb).
+    #[arg(long, env = "SIGNAL_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Which identities are taken: `register`, `jwt` (registration closed)
+    /// or `both` [default: register without JWT settings, both with them]
+    #[arg(long, env = "SIGNAL_AUTH", value_enum)]
+    pub auth: Option<AuthArg>,
+
+    /// Shared secret of HS256/384/512 JWTs.
+    #[arg(
+        long,
+        env = "SIGNAL_JWT_SECRET",
+        hide_env_values = true,
+        group = "jwt_key"
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the shared secret of HS256/384/512 JWTs (trailing
+    /// newline ignored).
+    #[arg(long, env = "SIGNAL_JWT_SECRET_FILE", group = "jwt_key")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key of RS/PS 256/384/512, ES256/384 or EdDSA JWTs.
+    #[arg(long, env = "SIGNAL_JWT_PUBLIC_KEY", group = "jwt_key")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// URL of a JSON Web Key Set; keys are picked by the token's `kid`.
+    #[arg(long, env = "SIGNAL_JWKS_URL", group = "jwt_key")]
+    pub jwks_url: Option<String>,
+
+    /// A token naming an unknown `kid` refetches the key set, at most this
+    /// often.
+    #[arg(long, env = "SIGNAL_JWKS_REFRESH_MIN", default_value = "30s", value_parser = nonzero_duration)]
+    pub jwks_refresh_min: Duration,
+
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "SIGNAL_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of JWTs (one of the token's audiences).
+    #[arg(long, env = "SIGNAL_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// The JWT claim the username comes from.
+    #[arg(long, env = "SIGNAL_JWT_USERNAME_CLAIM", default_value = "sub")]
+    pub jwt_username_claim: String,
+}
+
+impl IdentityArgs {
+    /// Where JWT keys come from, if anywhere.
+    pub fn key_source(&self) -> Result<Option<KeySource>, ConfigError> {
+        if let Some(secret) = &self.jwt_secret {
+            return secret_source(secret.as_bytes().to_vec(), "--jwt-secret").map(Some);
+        }
+        if let Some(path) = &self.jwt_secret_file {
+            let secret = std::fs::read(path).map_err(|err| ConfigError::SecretFile {
+                path: path.clone(),
+                reason: err.to_string(),
+            })?;
+            let trimmed = secret.trim_ascii_end().to_vec();
+            return secret_source(trimmed, "--jwt-secret-file").map(Some);
+        }
+        if let Some(path) = &self.jwt_public_key {
+            return Ok(Some(KeySource::PublicKey(path.clone())));
+        }
+        if let Some(url) = &self.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::JwksUrl(url.clone()));
+            }
+            return Ok(Some(KeySource::Jwks {
+                url: url.clone(),
+                refresh_min: self.jwks_refresh_min,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Which identities are taken, given whether JWT keys are configured.
+    pub fn mode(&self, has_keys: bool) -> Result<AuthMode, ConfigError> {
+        match (self.auth, has_keys) {
+            (None, false) | (Some(AuthArg::Register), false) => Ok(AuthMode::Register),
+            (None, true) | (Some(AuthArg::Both), true) => Ok(AuthMode::Both),
+            (Some(AuthArg::Jwt), true) => Ok(AuthMode::Jwt),
+            (Some(AuthArg::Register), true) => Err(ConfigError::AuthMismatch(
+                "--auth register takes no JWT settings; use --auth both",
+            )),
+            (Some(AuthArg::Jwt | AuthArg::Both), false) => Err(ConfigError::AuthMismatch(
+                "--auth jwt and --auth both need --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwks-url",
+            )),
+        }
+    }
+
+    /// What a JWT must say besides being signed.
+    pub fn claims(&self) -> Claims {
+        Claims {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            username: self.jwt_username_claim.clone(),
+        }
+    }
+}
+
+/// A shared secret short enough to guess is refused: HS256 needs 256 bits.
+const MIN_SECRET_BYTES: usize = 32;
+
+fn secret_source(secret: Vec<u8>, flag: &'static str) -> Result<KeySource, ConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::WeakSecret(flag));
+    }
+    Ok(KeySource::Secret(secret))
 }
 
 /// The limits, as flags.
@@ -307,6 +447,23 @@ pub enum ConfigError {
     /// An --allow-origin value is not an origin.
     #[error("--allow-origin {0:?} is not an origin like https://example.com or *")]
     BadOrigin(String),
+    /// The JWT secret file cannot be read.
+    #[error("--jwt-secret-file {path}: {reason}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The JWT secret is too short.
+    #[error("{0} must be at least 32 bytes (256 bits) long")]
+    WeakSecret(&'static str),
+    /// The JWKS URL is not an HTTP(S) URL.
+    #[error("--jwks-url {0:?} is not an http:// or https:// URL")]
+    JwksUrl(String),
+    /// `--auth` does not fit the JWT settings.
+    #[error("{0}")]
+    AuthMismatch(&'static str),
     /// The pre-session budget cannot fit one request.
     #[error(
         "--pre-session-bytes ({budget}) must be at least --max-header-bytes + --max-body-bytes ({needed}), or one request could not be made"

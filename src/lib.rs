@@ -16,6 +16,10 @@
 //!   transport (axum).
 //! - [`webtransport`]: the WebTransport transport (quinn + h3 +
 //!   h3-webtransport).
+//! - [`store`]: where registered identities live (memory, or an embedded
+//!   database that survives restarts).
+//! - [`jwt`]: verifies the JWTs an application issues (secret, public key
+//!   or JWKS).
 //! - [`auth`]: tokens, cookies and origins, shared by both transports.
 //! - [`tls`]: development and production certificates (rustls + rcgen).
 //! - [`config`]: command line and environment.
@@ -27,6 +31,8 @@ pub mod config;
 pub mod connection;
 pub mod core;
 pub mod http;
+pub mod jwt;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod webtransport;

@@ -12,8 +12,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::config::{Config, ConfigError, ListenAddr};
-use crate::core::Hub;
+use crate::core::token::TokenVerifier;
+use crate::core::{Hub, Identities, Limits};
 use crate::http::{self, CertInfo, HttpContext, TcpLimits, WebSocketSettings};
+use crate::jwt::{JwtVerifier, SetupError};
+use crate::store::{self, OpenError};
 use crate::tls::{self, TlsError};
 use crate::webtransport::{self, EndpointError, WebTransportContext};
 
@@ -43,6 +46,32 @@ pub enum GatewayError {
     /// The WebTransport endpoint could not start.
     #[error(transparent)]
     WebTransport(#[from] EndpointError),
+    /// The identity store could not open.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// JWT verification could not be set up.
+    #[error(transparent)]
+    Jwt(#[from] SetupError),
+}
+
+/// The identity store, the JWT verifier and which of them are taken.
+async fn identities(config: &Config, limits: &Limits) -> Result<Identities, GatewayError> {
+    let settings = &config.identity;
+    let keys = settings.key_source()?;
+    let mode = settings.mode(keys.is_some())?;
+    let store = store::open(settings.store, settings.data_dir.clone(), limits).await?;
+    let verifier = match keys {
+        Some(keys) => {
+            let verifier = JwtVerifier::new(keys, settings.claims()).await?;
+            Some(Arc::new(verifier) as Arc<dyn TokenVerifier>)
+        }
+        None => None,
+    };
+    Ok(Identities {
+        store,
+        verifier,
+        mode,
+    })
 }
 
 /// A gateway with its sockets bound, ready to run.
@@ -77,7 +106,9 @@ impl Gateway {
                 identity
             }
         };
-        let hub = Hub::new(config.limits.core());
+        let limits = config.limits.core();
+        let identities = identities(&config, &limits).await?;
+        let hub = Hub::new(limits, identities);
         let tcp = bind_tcp(config.listen).await?;
         let http_port = tcp
             .first()
@@ -214,6 +245,9 @@ impl Gateway {
         .await;
         tasks.close();
         let _ = tokio::time::timeout(ENDPOINT_CLOSE_GRACE, tasks.wait()).await;
+        if let Err(err) = self.hub.flush().await {
+            tracing::warn!(%err, "last-seen times not written at shutdown");
+        }
         Ok(())
     }
 }
@@ -298,9 +332,10 @@ async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let expired = hub.sweep();
-                if expired > 0 {
-                    tracing::info!(expired, "expired unseen identities");
+                match hub.sweep().await {
+                    Ok(0) => {}
+                    Ok(expired) => tracing::info!(expired, "expired unseen identities"),
+                    Err(err) => tracing::warn!(%err, "identity housekeeping failed; will retry"),
                 }
             }
             () = stop.cancelled() => return,

@@ -14,9 +14,10 @@ pub mod lines;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep, interval_at};
 
 use crate::core::outbox::Queued;
 use crate::core::{AfterWrite, CloseReason, Hub, Session, write_within};
@@ -112,6 +113,11 @@ pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()>
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
             ticks
         });
+        // Only a connection opened with a JWT has one: it warns before the
+        // token expires and closes the connection once it has.
+        let mut token_timer = session
+            .check_token()
+            .map(|due| Box::pin(tokio::time::sleep(due)));
         let mut reading = true;
         let mut since_yield = 0;
         let ended_by = loop {
@@ -148,6 +154,10 @@ pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()>
                     Liveness::Alive => {}
                     Liveness::Idle => session.close(CloseReason::IdleTimeout),
                     Liveness::Gone => break None,
+                },
+                () = fire(&mut token_timer) => match (session.check_token(), token_timer.as_mut()) {
+                    (Some(due), Some(timer)) => timer.as_mut().reset(Instant::now() + due),
+                    _ => token_timer = None,
                 },
             }
         };
@@ -199,6 +209,14 @@ async fn close<L: Link>(
     hub.stats().frames_received.add(late);
     hub.stats().after_close.add(late);
     link.release(reason);
+}
+
+/// When the timer goes off, or never.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next keep-alive tick, or never.

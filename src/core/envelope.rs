@@ -254,7 +254,8 @@ pub fn close_frame(reason: CloseReason) -> Bytes {
     )
 }
 
-fn server_frame(kind: &str, payload: &impl Serialize) -> Bytes {
+/// One of the gateway's own envelopes: empty `target` and `originator`.
+pub fn server_frame(kind: &str, payload: &impl Serialize) -> Bytes {
     let payload = serde_json::to_string(payload).unwrap_or_else(|_| "null".to_owned());
     let mut out = Vec::with_capacity(52 + kind.len() + payload.len());
     out.extend_from_slice(b"{\"target\":\"\",\"type\":");

@@ -21,7 +21,8 @@ use super::outbox::{Origin, Outbox, PushError, Queued};
 use super::registry::{ConnectedUser, Entry, Grant, Transport, UserClientRegistry};
 use super::session::Session;
 use super::stats::{Stats, StatsSnapshot};
-use super::store::{Registration, StoreError, UserStore};
+use super::store::{IdentityStore, MemoryStore, Registration, StoreError};
+use super::token::{AuthMode, TokenError, TokenVerifier, is_jwt};
 use super::username::{UsernameError, validate_username};
 use super::wire::{CloseReason, ErrorType, HttpError};
 
@@ -75,6 +76,59 @@ pub enum RegisterError {
     /// The store refused it.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The gateway takes only JWTs (`--auth jwt`).
+    #[error("this gateway takes only tokens your application issues (JWT); it registers no names")]
+    Closed,
+}
+
+/// Why a token does not authenticate.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No identity has this token (or tokens of its kind are not taken).
+    #[error("no valid token: register first and present its token, or present a JWT")]
+    Unknown,
+    /// A JWT was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Identities cannot be read right now.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// What an HTTP client is answered.
+    pub fn http_error(&self) -> HttpError {
+        match self {
+            AuthError::Store(err) => err.http_error(),
+            AuthError::Unknown | AuthError::Token(_) => HttpError::Unauthorized,
+        }
+    }
+}
+
+/// Where identities come from: the store of registered ones, an
+/// application's JWTs, and which of them are taken.
+#[derive(Debug, Clone)]
+pub struct Identities {
+    /// Registered identities.
+    pub store: Arc<dyn IdentityStore>,
+    /// Verifies JWTs, when the gateway takes them.
+    pub verifier: Option<Arc<dyn TokenVerifier>>,
+    /// Which identities are taken.
+    pub mode: AuthMode,
+}
+
+impl Identities {
+    /// Registered identities in memory only, no JWTs.
+    pub fn in_memory(limits: &Limits) -> Self {
+        Self {
+            store: Arc::new(MemoryStore::new(
+                limits.max_identities,
+                limits.max_identities_per_ip,
+            )),
+            verifier: None,
+            mode: AuthMode::Register,
+        }
+    }
 }
 
 impl RegisterError {
@@ -83,6 +137,7 @@ impl RegisterError {
         match self {
             RegisterError::InvalidName(_) => HttpError::Invalid,
             RegisterError::Store(err) => err.http_error(),
+            RegisterError::Closed => HttpError::RegistrationClosed,
         }
     }
 }
@@ -93,6 +148,9 @@ impl RegisterError {
 pub struct Authenticated {
     /// The user the token belongs to.
     pub user: Arc<str>,
+    /// When the token stops being valid (a JWT's `exp`); gateway tokens
+    /// do not expire while their identity lives.
+    pub expires_at: Option<SystemTime>,
     grant: Grant,
 }
 
@@ -102,6 +160,7 @@ impl Authenticated {
     pub(crate) fn for_tests(hub: &Hub, user: &str) -> Self {
         Self {
             user: user.into(),
+            expires_at: None,
             grant: hub.registry.grant(),
         }
     }
@@ -134,7 +193,9 @@ pub struct Report {
 /// The shared state behind both transports and the HTTP API.
 #[derive(Debug)]
 pub struct Hub {
-    pub(super) store: UserStore,
+    pub(super) store: Arc<dyn IdentityStore>,
+    pub(super) verifier: Option<Arc<dyn TokenVerifier>>,
+    mode: AuthMode,
     pub(super) registry: UserClientRegistry,
     pub(super) limits: Limits,
     pub(super) stats: Stats,
@@ -159,10 +220,12 @@ pub(super) fn retry_after(
 }
 
 impl Hub {
-    /// A hub with no users and the given limits.
-    pub fn new(limits: Limits) -> Arc<Self> {
+    /// A hub with the given limits, taking identities from `identities`.
+    pub fn new(limits: Limits, identities: Identities) -> Arc<Self> {
         Arc::new(Self {
-            store: UserStore::new(limits.max_identities, limits.max_identities_per_ip),
+            store: identities.store,
+            verifier: identities.verifier,
+            mode: identities.mode,
             registry: UserClientRegistry::default(),
             stats: Stats::default(),
             next_conn: AtomicU64::new(1),
@@ -287,20 +350,74 @@ impl Hub {
         presented: Option<&str>,
         peer: IpAddr,
     ) -> Result<Registration, RegisterError> {
+        if !self.mode.registers() {
+            return Err(RegisterError::Closed);
+        }
         validate_username(name)?;
-        Ok(self.store.register(name, presented, ip_key(peer))?)
+        Ok(self.store.register(name, presented, ip_key(peer)).await?)
     }
 
-    /// The user `token` belongs to, with what had been revoked at this
-    /// moment; [`Hub::attach`] refuses it if anything was revoked since.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Authenticated>, StoreError> {
+    /// The user `token` belongs to — a registered identity's token or an
+    /// application's JWT — with what had been revoked at this moment;
+    /// [`Hub::attach`] refuses it if anything was revoked since. A refused
+    /// JWT is logged with its reason, never with the token.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AuthError> {
         // Taken before the lookup: a deletion that the lookup does not see
         // yet is then seen by the attach.
         let grant = self.registry.grant();
-        Ok(self
+        if is_jwt(token) {
+            let verifier = self
+                .verifier
+                .as_ref()
+                .filter(|_| self.mode.takes_jwts())
+                .ok_or(AuthError::Unknown)?;
+            let verified = verifier
+                .verify(token)
+                .await
+                .and_then(|verified| {
+                    validate_username(&verified.username)?;
+                    Ok(verified)
+                })
+                .inspect_err(|err| tracing::info!(reason = %err, "JWT refused"))?;
+            return Ok(Authenticated {
+                user: verified.username.into(),
+                expires_at: Some(verified.expires_at),
+                grant,
+            });
+        }
+        if !self.mode.registers() {
+            return Err(AuthError::Unknown);
+        }
+        let user = self
             .store
             .authenticate(token)
-            .map(|user| Authenticated { user, grant }))
+            .await?
+            .ok_or(AuthError::Unknown)?;
+        Ok(Authenticated {
+            user,
+            expires_at: None,
+            grant,
+        })
+    }
+
+    /// Verifies a JWT presented to replace a connection's token; it must
+    /// name `user`. Returns its expiry.
+    pub(super) async fn refresh(&self, user: &str, token: &str) -> Result<SystemTime, AuthError> {
+        let verifier = self
+            .verifier
+            .as_ref()
+            .filter(|_| is_jwt(token))
+            .ok_or(AuthError::Unknown)?;
+        let verified = verifier
+            .verify(token)
+            .await
+            .inspect_err(|err| tracing::info!(reason = %err, "refresh JWT refused"))?;
+        if verified.username != user {
+            return Err(AuthError::Token(TokenError::UsernameClaim(format!(
+                "a refreshed token must name the same user ({user})"
+            ))));
+        }
+        Ok(verified.expires_at)
     }
 
     /// Attaches an admitted, authenticated connection to its user. A
@@ -316,7 +433,11 @@ impl Hub {
         transport: Transport,
         peer: IpAddr,
     ) -> Result<Session, CloseReason> {
-        let Authenticated { user, grant } = authenticated;
+        let Authenticated {
+            user,
+            expires_at,
+            grant,
+        } = authenticated;
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::new(
             self.limits.queue_envelopes,
@@ -352,6 +473,7 @@ impl Hub {
             transport,
             outbox,
             admission,
+            expires_at,
         ))
     }
 
@@ -365,18 +487,18 @@ impl Hub {
     /// Forgets every identity and kicks every connection; a connection
     /// whose token was checked before and that attaches after is refused.
     /// Returns `(identities, connections)`.
-    pub async fn delete_identities(&self) -> (usize, usize) {
+    pub async fn delete_identities(&self) -> Result<(usize, usize), StoreError> {
         // The store first: see `Hub::authenticate`.
-        let identities = self.store.clear();
-        (identities, self.registry.revoke_all())
+        let identities = self.store.clear().await?;
+        Ok((identities, self.registry.revoke_all()))
     }
 
     /// Registered names and live connections.
-    pub async fn users(&self) -> Users {
-        Users {
-            registered: self.store.names(),
+    pub async fn users(&self) -> Result<Users, StoreError> {
+        Ok(Users {
+            registered: self.store.names().await?,
             connected: self.registry.snapshot(),
-        }
+        })
     }
 
     /// The books.
@@ -385,7 +507,7 @@ impl Hub {
             connections: self.registry.len(),
             admitted: self.admitted(),
             pending: self.pending(),
-            identities: self.store.len(),
+            identities: self.store.count(),
             counters: self.stats.snapshot(),
         }
     }
@@ -428,17 +550,23 @@ impl Hub {
         self.admitted.load(Ordering::Acquire)
     }
 
-    /// Periodic housekeeping: expires unseen identities and forgets idle
-    /// per-IP rate state. Returns the number of identities expired.
-    pub fn sweep(&self) -> usize {
-        let expired = self.store.expire(self.limits.identity_ttl, |name| {
-            self.registry.contains(name)
-        });
+    /// Periodic housekeeping: expires unseen identities, writes batched
+    /// last-seen times, and forgets idle per-IP rate state. Returns the
+    /// number of identities expired.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let in_use = |name: &str| self.registry.contains(name);
+        let expired = self.store.expire(self.limits.identity_ttl, &in_use).await?;
+        self.store.flush().await?;
         self.connect_rate.retain_recent();
         self.connect_rate.shrink_to_fit();
         self.register_rate.retain_recent();
         self.register_rate.shrink_to_fit();
-        expired.len()
+        Ok(expired.len())
+    }
+
+    /// Writes what the store batches; the last thing a stopping gateway does.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
     }
 
     /// Answers envelopes that were accepted for `target` but never written.
@@ -596,19 +724,16 @@ mod tests {
             Registration::Created { token, .. } => token,
             other => panic!("{other:?}"),
         };
-        let authenticated = futures::executor::block_on(hub.authenticate(&token))
-            .unwrap()
-            .unwrap();
-        futures::executor::block_on(hub.delete_identities());
+        let authenticated = futures::executor::block_on(hub.authenticate(&token)).unwrap();
+        futures::executor::block_on(hub.delete_identities()).unwrap();
         let admission = hub.admit(LOCAL).unwrap();
         let refused = hub
             .attach(admission, authenticated, Transport::WebTransport, LOCAL)
             .unwrap_err();
         assert_eq!(refused, CloseReason::Unauthenticated);
-        assert!(
-            futures::executor::block_on(hub.authenticate(&token))
-                .unwrap()
-                .is_none()
+        assert_eq!(
+            futures::executor::block_on(hub.authenticate(&token)).unwrap_err(),
+            AuthError::Unknown
         );
         assert!(!hub.registry.contains("alice"));
     }

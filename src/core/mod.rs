@@ -12,11 +12,13 @@ pub mod stats;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod token;
 pub mod username;
 pub mod wire;
 
 pub use hub::{
-    Admission, Authenticated, Hub, PendingAdmission, Refusal, RegisterError, Report, Users,
+    Admission, AuthError, Authenticated, Hub, Identities, PendingAdmission, Refusal, RegisterError,
+    Report, Users,
 };
 pub use limits::Limits;
 pub use registry::Transport;

@@ -4,18 +4,71 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 
 use super::envelope::{
     EnvelopeError, ErrorDetail, Inbound, error_frame, forward_frame, parse_inbound,
-    parse_inbound_text,
+    parse_inbound_text, server_frame,
 };
 use super::hub::{Admission, Hub, quota, retry_after};
 use super::outbox::{ConnId, Origin, Outbox, PushError, Queued};
 use super::registry::{Delivery, Transport};
-use super::wire::{CloseReason, ErrorType};
+use super::store::unix_ms;
+use super::token::TOKEN_LEEWAY;
+use super::wire::{
+    CloseReason, ErrorType, REFRESH_TOKEN_TYPE, TOKEN_EXPIRING_TYPE, TOKEN_REFRESHED_TYPE,
+};
+
+/// How long before its token expires a connection is warned: a minute, or
+/// half the token's life when that is shorter.
+const TOKEN_WARNING: Duration = Duration::from_secs(60);
+
+/// The JWT a connection was opened with, or last refreshed with; shared
+/// with the task that checks a refresh.
+#[derive(Debug)]
+struct TokenLife {
+    /// `exp`, in Unix milliseconds.
+    expires_ms: AtomicU64,
+    /// When that expiry was set, in Unix milliseconds.
+    set_ms: AtomicU64,
+    /// The expiry the connection was last warned about.
+    warned_ms: AtomicU64,
+}
+
+impl TokenLife {
+    fn new(expires_at: SystemTime) -> Self {
+        let life = Self {
+            expires_ms: AtomicU64::new(0),
+            set_ms: AtomicU64::new(0),
+            warned_ms: AtomicU64::new(0),
+        };
+        life.renew(expires_at);
+        life
+    }
+
+    fn renew(&self, expires_at: SystemTime) {
+        self.set_ms
+            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        self.expires_ms
+            .store(unix_ms(expires_at), Ordering::Relaxed);
+    }
+}
+
+#[derive(serde::Serialize)]
+struct TokenExpiry {
+    /// `exp`, in Unix seconds.
+    expires_at: u64,
+    /// Milliseconds left.
+    expires_in_ms: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Refresh {
+    token: String,
+}
 
 /// Why a transport could not write a batch.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +113,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     limiter: DefaultDirectRateLimiter,
     strikes: DefaultDirectRateLimiter,
+    token: Option<Arc<TokenLife>>,
     _admission: Admission,
 }
 
@@ -71,6 +125,7 @@ impl Session {
         transport: Transport,
         outbox: Arc<Outbox>,
         admission: Admission,
+        expires_at: Option<SystemTime>,
     ) -> Self {
         let envelope_quota = quota(hub.limits.envelope_rate, hub.limits.envelope_burst);
         Self {
@@ -80,6 +135,7 @@ impl Session {
             outbox,
             limiter: RateLimiter::direct(envelope_quota),
             strikes: RateLimiter::direct(envelope_quota),
+            token: expires_at.map(|at| Arc::new(TokenLife::new(at))),
             _admission: admission,
         }
     }
@@ -171,6 +227,10 @@ impl Session {
                 return;
             }
         };
+        if inbound.target.is_empty() {
+            self.to_gateway(&inbound);
+            return;
+        }
         let frame = forward_frame(
             &inbound.target,
             &inbound.kind,
@@ -214,13 +274,107 @@ impl Session {
     }
 
     fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
-        let frame = error_frame(error, &detail);
+        self.reply(error_frame(error, &detail));
+    }
+
+    /// Queues one of the gateway's own envelopes for this connection.
+    fn reply(&self, frame: bytes::Bytes) {
         if let Err(PushError::Full(_)) = self.outbox.push_reply(Queued {
             frame,
             origin: None,
         }) {
             self.close(CloseReason::SlowConsumer);
         }
+    }
+
+    /// An envelope addressed to the gateway itself (`"target": ""`): only
+    /// `REFRESH_TOKEN`. The new JWT is checked in a task of its own (a key
+    /// may have to be fetched), which answers `TOKEN_REFRESHED` or
+    /// `TOKEN_REFUSED`.
+    fn to_gateway(&self, inbound: &Inbound<'_>) {
+        self.hub.stats.to_gateway.inc();
+        let refused = |message: &str| {
+            self.reply_error(
+                ErrorType::TokenRefused,
+                ErrorDetail {
+                    message: message.to_owned(),
+                    kind: Some(&inbound.kind),
+                    ..ErrorDetail::default()
+                },
+            );
+        };
+        if inbound.kind != REFRESH_TOKEN_TYPE {
+            self.reply_error(
+                ErrorType::InvalidMessage,
+                ErrorDetail {
+                    message: format!(
+                        "the gateway (target \"\") takes only {REFRESH_TOKEN_TYPE} envelopes"
+                    ),
+                    kind: Some(&inbound.kind),
+                    ..ErrorDetail::default()
+                },
+            );
+            return;
+        }
+        let Some(life) = self.token.clone() else {
+            refused("this connection was not opened with a JWT; there is nothing to refresh");
+            return;
+        };
+        let Some(Refresh { token }) = inbound
+            .payload
+            .and_then(|payload| serde_json::from_str(payload.get()).ok())
+        else {
+            refused("the payload must be {\"token\": \"<a JWT>\"}");
+            return;
+        };
+        let hub = self.hub.clone();
+        let user = self.origin.user.clone();
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            let frame = match hub.refresh(&user, &token).await {
+                Ok(expires_at) => {
+                    life.renew(expires_at);
+                    server_frame(TOKEN_REFRESHED_TYPE, &expiry(unix_ms(expires_at)))
+                }
+                Err(err) => error_frame(
+                    ErrorType::TokenRefused,
+                    &ErrorDetail {
+                        message: err.to_string(),
+                        kind: Some(REFRESH_TOKEN_TYPE),
+                        ..ErrorDetail::default()
+                    },
+                ),
+            };
+            // A full or closing outbox: the connection is on its way out.
+            let _ = outbox.push_reply(Queued {
+                frame,
+                origin: None,
+            });
+        });
+    }
+
+    /// Looks after the connection's JWT: warns (`TOKEN_EXPIRING`) when it
+    /// is about to expire, closes the connection (`TOKEN_EXPIRED`) once it
+    /// has, and says when to look again. `None` once there is nothing more
+    /// to do (no JWT, or closed).
+    pub fn check_token(&self) -> Option<Duration> {
+        let life = self.token.as_ref()?;
+        let now = unix_ms(SystemTime::now());
+        let expires = life.expires_ms.load(Ordering::Relaxed);
+        let close_at = expires.saturating_add(duration_ms(TOKEN_LEEWAY));
+        if now >= close_at {
+            self.close(CloseReason::TokenExpired);
+            return None;
+        }
+        let life_ms = expires.saturating_sub(life.set_ms.load(Ordering::Relaxed));
+        let warn_at = expires.saturating_sub(duration_ms(TOKEN_WARNING).min(life_ms / 2));
+        if now < warn_at {
+            return Some(Duration::from_millis(warn_at - now));
+        }
+        if life.warned_ms.swap(expires, Ordering::Relaxed) != expires {
+            self.reply(server_frame(TOKEN_EXPIRING_TYPE, &expiry(expires)));
+        }
+        Some(Duration::from_millis(close_at - now))
     }
 
     /// Asks the writer to close this connection after what is queued, and
@@ -291,6 +445,18 @@ impl Session {
         };
         let left = self.outbox.seal(CloseReason::InternalError);
         hub.report_undelivered(left, &self.origin.user, &why);
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The payload of `TOKEN_EXPIRING` and `TOKEN_REFRESHED`.
+fn expiry(expires_ms: u64) -> TokenExpiry {
+    TokenExpiry {
+        expires_at: expires_ms / 1000,
+        expires_in_ms: expires_ms.saturating_sub(unix_ms(SystemTime::now())),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Counters that make the delivery guarantee checkable from outside.
 //!
 //! Every inbound frame ends in exactly one of: after-close (not accepted),
-//! invalid, rate-limited, target-not-found, target-slow, or forwarded; every forwarded envelope ends
+//! invalid, rate-limited, target-not-found, target-slow, to-gateway, or
+//! forwarded; every forwarded envelope ends
 //! written, undelivered (reported to its sender) or undelivered (sender
 //! already gone), or is still queued. `/v1/stats` exposes these so the soak
 //! test can check that the sums add up.
@@ -54,6 +55,8 @@ pub struct Stats {
     pub target_slow: Counter,
     /// Envelopes queued for their target.
     pub forwarded: Counter,
+    /// Envelopes addressed to the gateway itself (`"target": ""`).
+    pub to_gateway: Counter,
     /// Forwarded envelopes written to the target's connection.
     pub written: Counter,
     /// Forwarded envelopes never written, reported to the sender (`UNDELIVERED`).
@@ -97,6 +100,7 @@ impl Stats {
             target_not_found: self.target_not_found.get(),
             target_slow: self.target_slow.get(),
             forwarded: self.forwarded.get(),
+            to_gateway: self.to_gateway.get(),
             written: self.written.get(),
             undelivered_reported: self.undelivered_reported.get(),
             undelivered_unreported: self.undelivered_unreported.get(),
@@ -139,6 +143,8 @@ pub struct StatsSnapshot {
     pub target_slow: u64,
     /// See [`Stats::forwarded`].
     pub forwarded: u64,
+    /// See [`Stats::to_gateway`].
+    pub to_gateway: u64,
     /// See [`Stats::written`].
     pub written: u64,
     /// See [`Stats::undelivered_reported`].

@@ -1,26 +1,38 @@
-//! `UserStore`: the registered identities and their tokens.
+//! Identities: the seam between the core and where identities live, and
+//! the in-memory store.
 //!
 //! Registration returns a random 256-bit token, and only the token
-//! authenticates: a name is public, so it is never a credential. Tokens are kept as SHA-256 digests, never in
-//! clear, and looked up by digest: timing of that lookup reveals nothing
-//! about a token's bytes (an attacker cannot steer digests), and the one
-//! comparison against a known identity is constant-time.
+//! authenticates: a name is public, so it is never a credential. Tokens are
+//! kept as SHA-256 digests, never in clear, and looked up by digest: timing
+//! of that lookup reveals nothing about a token's bytes (an attacker cannot
+//! steer digests), and the one comparison against a known identity is
+//! constant-time.
+//!
+//! The core talks to an [`IdentityStore`]; [`MemoryStore`] is the one that
+//! keeps nothing across restarts, and the index the persistent stores keep
+//! in front of their files.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
-/// SHA-256 of a token.
-type TokenDigest = [u8; 32];
+use super::wire::HttpError;
 
-fn digest(token: &str) -> TokenDigest {
+/// SHA-256 of a token.
+pub type TokenDigest = [u8; 32];
+
+/// The digest a token is stored and looked up by.
+pub fn token_digest(token: &str) -> TokenDigest {
     let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(hash.as_ref());
@@ -29,42 +41,30 @@ fn digest(token: &str) -> TokenDigest {
 
 /// A fresh random token: 32 bytes from the thread-local CSPRNG (seeded by
 /// the OS), base64url without padding.
-fn new_token() -> String {
+pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-#[derive(Debug)]
-struct Identity {
-    digest: TokenDigest,
-    /// Milliseconds since the store's epoch when it was last used.
-    last_seen: AtomicU64,
+/// Milliseconds since the Unix epoch: identities are dated by the wall
+/// clock, so their ages survive a restart.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One identity as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The name.
+    pub name: Arc<str>,
+    /// Its token's digest.
+    pub digest: TokenDigest,
+    /// When it was last used, in Unix milliseconds.
+    pub last_seen_ms: u64,
     /// The per-IP key of the address that registered it.
-    registered_by: IpAddr,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    by_name: HashMap<Arc<str>, Identity>,
-    by_digest: HashMap<TokenDigest, Arc<str>>,
-    /// Identities held per registering address (per-IP key).
-    by_ip: HashMap<IpAddr, usize>,
-}
-
-impl Inner {
-    fn remove(&mut self, name: &str) {
-        let Some(identity) = self.by_name.remove(name) else {
-            return;
-        };
-        self.by_digest.remove(&identity.digest);
-        if let Some(held) = self.by_ip.get_mut(&identity.registered_by) {
-            *held -= 1;
-            if *held == 0 {
-                self.by_ip.remove(&identity.registered_by);
-            }
-        }
-    }
+    pub registered_by: IpAddr,
 }
 
 /// Outcome of a registration.
@@ -88,8 +88,8 @@ pub enum Registration {
     Taken,
 }
 
-/// Why the store refused to register.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a store refused or failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The identity cap is reached.
     #[error("the gateway holds the maximum of {0} identities; try again later")]
@@ -97,43 +97,147 @@ pub enum StoreError {
     /// The registering address holds as many identities as it may.
     #[error("this address already holds {0} identities, the most one address may hold")]
     AddressFull(usize),
+    /// Where identities live cannot be reached or written right now.
+    #[error("identities are unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
     /// What an HTTP client is answered.
-    pub fn http_error(&self) -> crate::core::wire::HttpError {
-        use crate::core::wire::HttpError;
+    pub fn http_error(&self) -> HttpError {
         match self {
-            StoreError::Full(_) => HttpError::Unavailable,
+            StoreError::Full(_) | StoreError::Unavailable(_) => HttpError::Unavailable,
             StoreError::AddressFull(_) => HttpError::TooManyIdentities,
         }
     }
 }
 
-/// The registered identities.
+/// What a store's asynchronous operations return.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where identities live. The core calls this; the in-memory store here and
+/// the persistent and shared stores outside the core implement it.
+pub trait IdentityStore: Send + Sync + fmt::Debug {
+    /// Registers `name` (already checked against the name rules) for a
+    /// client whose per-IP key is `address`; answered only once the
+    /// identity will survive what the store promises to survive. If the name
+    /// is taken and `presented` is that identity's token, the owner gets it
+    /// back.
+    fn register<'a>(
+        &'a self,
+        name: &'a str,
+        presented: Option<&'a str>,
+        address: IpAddr,
+    ) -> StoreFuture<'a, Registration>;
+
+    /// The user a token belongs to.
+    fn authenticate<'a>(&'a self, token: &'a str) -> StoreFuture<'a, Option<Arc<str>>>;
+
+    /// Marks `name` as seen now (one of its connections attached or ended).
+    /// Never waits: persistent stores write these in batches.
+    fn touch(&self, name: &str);
+
+    /// Removes identities unseen for longer than `ttl` unless `in_use` says
+    /// they are connected; returns the names freed.
+    fn expire<'a>(
+        &'a self,
+        ttl: Duration,
+        in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> StoreFuture<'a, Vec<Arc<str>>>;
+
+    /// Forgets every identity; returns how many there were.
+    fn clear(&self) -> StoreFuture<'_, usize>;
+
+    /// The registered names, sorted.
+    fn names(&self) -> StoreFuture<'_, Vec<Arc<str>>>;
+
+    /// Number of identities.
+    fn count(&self) -> usize;
+
+    /// Writes what is batched (last-seen times); called periodically and at
+    /// shutdown.
+    fn flush(&self) -> StoreFuture<'_, ()>;
+}
+
 #[derive(Debug)]
-pub struct UserStore {
+struct Identity {
+    digest: TokenDigest,
+    last_seen_ms: AtomicU64,
+    registered_by: IpAddr,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_name: HashMap<Arc<str>, Identity>,
+    by_digest: HashMap<TokenDigest, Arc<str>>,
+    /// Identities held per registering address (per-IP key).
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+impl Inner {
+    fn insert(&mut self, record: Record) {
+        self.remove(&record.name);
+        *self.by_ip.entry(record.registered_by).or_default() += 1;
+        self.by_digest.insert(record.digest, record.name.clone());
+        self.by_name.insert(
+            record.name,
+            Identity {
+                digest: record.digest,
+                last_seen_ms: AtomicU64::new(record.last_seen_ms),
+                registered_by: record.registered_by,
+            },
+        );
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(identity) = self.by_name.remove(name) else {
+            return;
+        };
+        self.by_digest.remove(&identity.digest);
+        if let Some(held) = self.by_ip.get_mut(&identity.registered_by) {
+            *held -= 1;
+            if *held == 0 {
+                self.by_ip.remove(&identity.registered_by);
+            }
+        }
+    }
+}
+
+/// What registering a name would do, decided before anything is written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Create it.
+    Create,
+    /// Hand it back to its owner.
+    Reclaim(Arc<str>),
+    /// Someone else's.
+    Taken,
+}
+
+/// The identities in memory: the whole store with `--store memory`, and the
+/// index a persistent store keeps in front of its file (every lookup is
+/// answered from memory; only changes go to the file).
+#[derive(Debug)]
+pub struct MemoryStore {
     inner: RwLock<Inner>,
-    epoch: Instant,
     max_identities: usize,
     max_per_address: usize,
 }
 
-impl UserStore {
+impl MemoryStore {
     /// An empty store holding at most `max_identities` identities, and at
     /// most `max_per_address` registered from one per-IP key.
     pub fn new(max_identities: usize, max_per_address: usize) -> Self {
         Self {
             inner: RwLock::default(),
-            epoch: Instant::now(),
             max_identities,
             max_per_address,
         }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        // Both maps are updated together under the write lock by code that
-        // cannot panic between the two updates, so poisoning is harmless.
+        // The maps are updated together under the write lock by code that
+        // cannot panic between the updates, so poisoning is harmless.
         self.inner
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -145,103 +249,102 @@ impl UserStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Registers `name` (already validated) for a client whose per-IP key
-    /// is `address`. If the name is taken and `presented` is that
-    /// identity's token, the owner gets it back.
-    pub fn register(
+    /// What registering `name` would do, with the caps checked.
+    pub fn decide(
         &self,
         name: &str,
         presented: Option<&str>,
         address: IpAddr,
-    ) -> Result<Registration, StoreError> {
-        let now = self.now_ms();
-        let mut inner = self.write();
+    ) -> Result<Decision, StoreError> {
+        self.decide_in(&self.read(), name, presented, address)
+    }
+
+    fn decide_in(
+        &self,
+        inner: &Inner,
+        name: &str,
+        presented: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Decision, StoreError> {
         if let Some((username, identity)) = inner.by_name.get_key_value(name) {
-            let owns =
-                presented.is_some_and(|token| bool::from(digest(token).ct_eq(&identity.digest)));
-            if !owns {
-                return Ok(Registration::Taken);
-            }
-            return Ok(Registration::Reclaimed {
-                username: username.clone(),
-                token: presented.unwrap_or_default().to_owned(),
+            let owns = presented
+                .is_some_and(|token| bool::from(token_digest(token).ct_eq(&identity.digest)));
+            return Ok(if owns {
+                Decision::Reclaim(username.clone())
+            } else {
+                Decision::Taken
             });
         }
         if inner.by_name.len() >= self.max_identities {
             return Err(StoreError::Full(self.max_identities));
         }
-        let held = inner.by_ip.entry(address).or_default();
-        if *held >= self.max_per_address {
+        if inner.by_ip.get(&address).copied().unwrap_or(0) >= self.max_per_address {
             return Err(StoreError::AddressFull(self.max_per_address));
         }
-        *held += 1;
-        let username: Arc<str> = Arc::from(name);
-        let token = new_token();
-        let token_digest = digest(&token);
-        inner.by_digest.insert(token_digest, username.clone());
-        inner.by_name.insert(
-            username.clone(),
-            Identity {
-                digest: token_digest,
-                last_seen: AtomicU64::new(now),
-                registered_by: address,
-            },
-        );
-        Ok(Registration::Created { username, token })
+        Ok(Decision::Create)
     }
 
-    /// The user a token belongs to. Looking a token up does not refresh the
-    /// identity: only its realtime connections do (see [`UserStore::touch`]),
-    /// so an identity nobody connects with expires even if its token is
-    /// checked every day.
-    pub fn authenticate(&self, token: &str) -> Option<Arc<str>> {
-        self.read().by_digest.get(&digest(token)).cloned()
+    /// Adds (or replaces) an identity.
+    pub fn insert(&self, record: Record) {
+        self.write().insert(record);
     }
 
-    /// Marks `username` as seen now (a connection of it attached or ended).
-    pub fn touch(&self, username: &str) {
-        if let Some(identity) = self.read().by_name.get(username) {
-            identity.last_seen.store(self.now_ms(), Ordering::Relaxed);
+    /// Removes identities by name.
+    pub fn remove(&self, names: &[Arc<str>]) {
+        let mut inner = self.write();
+        for name in names {
+            inner.remove(name);
         }
     }
 
-    /// Removes identities unseen for longer than `ttl` unless `in_use` says
-    /// they are connected; returns the names freed.
-    pub fn expire(&self, ttl: Duration, in_use: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
-        let cutoff = self
-            .now_ms()
-            .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        let mut inner = self.write();
-        let expired: Vec<Arc<str>> = inner
+    /// The user a token belongs to.
+    pub fn lookup(&self, token: &str) -> Option<Arc<str>> {
+        self.read().by_digest.get(&token_digest(token)).cloned()
+    }
+
+    /// Sets `name`'s last-seen time; false if there is no such identity.
+    pub fn set_seen(&self, name: &str, at_ms: u64) -> bool {
+        self.read()
+            .by_name
+            .get(name)
+            .map(|identity| identity.last_seen_ms.store(at_ms, Ordering::Relaxed))
+            .is_some()
+    }
+
+    /// `name`'s record, if it exists.
+    pub fn record(&self, name: &str) -> Option<Record> {
+        let inner = self.read();
+        let (name, identity) = inner.by_name.get_key_value(name)?;
+        Some(Record {
+            name: name.clone(),
+            digest: identity.digest,
+            last_seen_ms: identity.last_seen_ms.load(Ordering::Relaxed),
+            registered_by: identity.registered_by,
+        })
+    }
+
+    /// The identities unseen since `cutoff_ms` that `in_use` does not keep.
+    pub fn unseen_since(&self, cutoff_ms: u64, in_use: &dyn Fn(&str) -> bool) -> Vec<Arc<str>> {
+        self.read()
             .by_name
             .iter()
             .filter(|(name, identity)| {
-                identity.last_seen.load(Ordering::Relaxed) < cutoff && !in_use(name)
+                identity.last_seen_ms.load(Ordering::Relaxed) < cutoff_ms && !in_use(name)
             })
             .map(|(name, _)| name.clone())
-            .collect();
-        for name in &expired {
-            inner.remove(name);
-        }
-        expired
+            .collect()
     }
 
     /// Forgets every identity; returns how many there were.
-    pub fn clear(&self) -> usize {
+    pub fn forget_all(&self) -> usize {
         let mut inner = self.write();
         let count = inner.by_name.len();
-        inner.by_name.clear();
-        inner.by_digest.clear();
-        inner.by_ip.clear();
+        *inner = Inner::default();
         count
     }
 
-    /// The registered names, sorted.
-    pub fn names(&self) -> Vec<Arc<str>> {
+    /// The names, sorted.
+    pub fn sorted_names(&self) -> Vec<Arc<str>> {
         let mut names: Vec<Arc<str>> = self.read().by_name.keys().cloned().collect();
         names.sort();
         names
@@ -256,6 +359,98 @@ impl UserStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Registers `name` in memory only: decided and inserted under one lock.
+    fn register_now(
+        &self,
+        name: &str,
+        presented: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Registration, StoreError> {
+        let mut inner = self.write();
+        match self.decide_in(&inner, name, presented, address)? {
+            Decision::Taken => Ok(Registration::Taken),
+            Decision::Reclaim(username) => Ok(Registration::Reclaimed {
+                username,
+                token: presented.unwrap_or_default().to_owned(),
+            }),
+            Decision::Create => {
+                let record = Record::fresh(name, address);
+                let registration = Registration::Created {
+                    username: record.0.name.clone(),
+                    token: record.1,
+                };
+                inner.insert(record.0);
+                Ok(registration)
+            }
+        }
+    }
+}
+
+impl Record {
+    /// A new identity for `name` registered from `address`, seen now, and
+    /// its token.
+    pub fn fresh(name: &str, address: IpAddr) -> (Record, String) {
+        let token = new_token();
+        let record = Record {
+            name: Arc::from(name),
+            digest: token_digest(&token),
+            last_seen_ms: unix_ms(SystemTime::now()),
+            registered_by: address,
+        };
+        (record, token)
+    }
+}
+
+fn ready<'a, T: Send + 'a>(value: Result<T, StoreError>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl IdentityStore for MemoryStore {
+    fn register<'a>(
+        &'a self,
+        name: &'a str,
+        presented: Option<&'a str>,
+        address: IpAddr,
+    ) -> StoreFuture<'a, Registration> {
+        ready(self.register_now(name, presented, address))
+    }
+
+    fn authenticate<'a>(&'a self, token: &'a str) -> StoreFuture<'a, Option<Arc<str>>> {
+        ready(Ok(self.lookup(token)))
+    }
+
+    fn touch(&self, name: &str) {
+        self.set_seen(name, unix_ms(SystemTime::now()));
+    }
+
+    fn expire<'a>(
+        &'a self,
+        ttl: Duration,
+        in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> StoreFuture<'a, Vec<Arc<str>>> {
+        let cutoff = unix_ms(SystemTime::now())
+            .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let expired = self.unseen_since(cutoff, in_use);
+        self.remove(&expired);
+        ready(Ok(expired))
+    }
+
+    fn clear(&self) -> StoreFuture<'_, usize> {
+        ready(Ok(self.forget_all()))
+    }
+
+    fn names(&self) -> StoreFuture<'_, Vec<Arc<str>>> {
+        ready(Ok(self.sorted_names()))
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        ready(Ok(()))
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +459,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn expire(
+        store: &MemoryStore,
+        ttl: Duration,
+        in_use: impl Fn(&str) -> bool + Send + Sync,
+    ) -> Vec<Arc<str>> {
+        futures::executor::block_on(IdentityStore::expire(store, ttl, &in_use)).unwrap()
+    }
 
     fn created(r: Registration) -> (Arc<str>, String) {
         match r {
@@ -274,38 +477,34 @@ mod tests {
 
     #[test]
     fn register_then_authenticate() {
-        let store = UserStore::new(10, 1000);
-        let (name, token) = created(store.register("alice", None, HOME).unwrap());
+        let store = MemoryStore::new(10, 1000);
+        let (name, token) = created(store.register_now("alice", None, HOME).unwrap());
         assert_eq!(&*name, "alice");
         assert!(token.len() >= 43, "256-bit token in base64url");
-        assert_eq!(store.authenticate(&token).as_deref(), Some("alice"));
-        assert_eq!(
-            store.authenticate("alice"),
-            None,
-            "the name is not a credential"
-        );
-        assert_eq!(store.authenticate(""), None);
+        assert_eq!(store.lookup(&token).as_deref(), Some("alice"));
+        assert_eq!(store.lookup("alice"), None, "the name is not a credential");
+        assert_eq!(store.lookup(""), None);
     }
 
     #[test]
     fn taken_unless_the_owner_presents_its_token() {
-        let store = UserStore::new(10, 1000);
-        let (_, token) = created(store.register("alice", None, HOME).unwrap());
+        let store = MemoryStore::new(10, 1000);
+        let (_, token) = created(store.register_now("alice", None, HOME).unwrap());
         assert_eq!(
-            store.register("alice", None, HOME).unwrap(),
+            store.register_now("alice", None, HOME).unwrap(),
             Registration::Taken
         );
         assert_eq!(
-            store.register("alice", Some("guess"), HOME).unwrap(),
+            store.register_now("alice", Some("guess"), HOME).unwrap(),
             Registration::Taken
         );
-        let (_, bob_token) = created(store.register("bob", None, HOME).unwrap());
+        let (_, bob_token) = created(store.register_now("bob", None, HOME).unwrap());
         assert_eq!(
-            store.register("alice", Some(&bob_token), HOME).unwrap(),
+            store.register_now("alice", Some(&bob_token), HOME).unwrap(),
             Registration::Taken
         );
         assert_eq!(
-            store.register("alice", Some(&token), HOME).unwrap(),
+            store.register_now("alice", Some(&token), HOME).unwrap(),
             Registration::Reclaimed {
                 username: "alice".into(),
                 token: token.clone()
@@ -315,37 +514,40 @@ mod tests {
 
     #[test]
     fn tokens_are_distinct() {
-        let store = UserStore::new(1000, 1000);
+        let store = MemoryStore::new(1000, 1000);
         let tokens: std::collections::HashSet<String> = (0..500)
-            .map(|i| created(store.register(&format!("u{i}"), None, HOME).unwrap()).1)
+            .map(|i| created(store.register_now(&format!("u{i}"), None, HOME).unwrap()).1)
             .collect();
         assert_eq!(tokens.len(), 500);
     }
 
     #[test]
     fn identity_cap_is_enforced() {
-        let store = UserStore::new(2, 1000);
-        store.register("a", None, HOME).unwrap();
-        store.register("b", None, HOME).unwrap();
-        assert_eq!(store.register("c", None, HOME), Err(StoreError::Full(2)));
+        let store = MemoryStore::new(2, 1000);
+        store.register_now("a", None, HOME).unwrap();
+        store.register_now("b", None, HOME).unwrap();
         assert_eq!(
-            store.register("a", None, HOME).unwrap(),
+            store.register_now("c", None, HOME),
+            Err(StoreError::Full(2))
+        );
+        assert_eq!(
+            store.register_now("a", None, HOME).unwrap(),
             Registration::Taken
         );
     }
 
     #[test]
     fn expiry_frees_unseen_names_but_keeps_connected_ones() {
-        let store = UserStore::new(10, 1000);
-        let (_, old_token) = created(store.register("old", None, HOME).unwrap());
-        store.register("online", None, HOME).unwrap();
+        let store = MemoryStore::new(10, 1000);
+        let (_, old_token) = created(store.register_now("old", None, HOME).unwrap());
+        store.register_now("online", None, HOME).unwrap();
         std::thread::sleep(Duration::from_millis(30));
-        store.register("fresh", None, HOME).unwrap();
-        let expired = store.expire(Duration::from_millis(20), |name| name == "online");
+        store.register_now("fresh", None, HOME).unwrap();
+        let expired = expire(&store, Duration::from_millis(20), |name| name == "online");
         assert_eq!(expired, vec![Arc::<str>::from("old")]);
-        assert_eq!(store.authenticate(&old_token), None);
+        assert_eq!(store.lookup(&old_token), None);
         assert!(matches!(
-            store.register("old", None, HOME).unwrap(),
+            store.register_now("old", None, HOME).unwrap(),
             Registration::Created { .. }
         ));
         assert_eq!(store.len(), 3);
@@ -353,42 +555,45 @@ mod tests {
 
     #[test]
     fn clear_forgets_everything() {
-        let store = UserStore::new(10, 1000);
-        let (_, token) = created(store.register("a", None, HOME).unwrap());
-        assert_eq!(store.clear(), 1);
-        assert_eq!(store.authenticate(&token), None);
+        let store = MemoryStore::new(10, 1000);
+        let (_, token) = created(store.register_now("a", None, HOME).unwrap());
+        assert_eq!(store.forget_all(), 1);
+        assert_eq!(store.lookup(&token), None);
         assert!(store.is_empty());
     }
 
     #[test]
     fn one_address_holds_a_bounded_number_of_identities() {
-        let store = UserStore::new(10, 2);
+        let store = MemoryStore::new(10, 2);
         let away = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        store.register("a", None, HOME).unwrap();
-        let (_, b_token) = created(store.register("b", None, HOME).unwrap());
+        store.register_now("a", None, HOME).unwrap();
+        let (_, b_token) = created(store.register_now("b", None, HOME).unwrap());
         assert_eq!(
-            store.register("c", None, HOME),
+            store.register_now("c", None, HOME),
             Err(StoreError::AddressFull(2))
         );
         assert!(
             matches!(
-                store.register("b", Some(&b_token), HOME).unwrap(),
+                store.register_now("b", Some(&b_token), HOME).unwrap(),
                 Registration::Reclaimed { .. }
             ),
             "the owner reclaiming its name takes no new place"
         );
-        store.register("c", None, away).unwrap();
+        store.register_now("c", None, away).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(store.expire(Duration::ZERO, |name| name != "a").len(), 1);
-        store.register("d", None, HOME).unwrap();
+        assert_eq!(expire(&store, Duration::ZERO, |name| name != "a").len(), 1);
+        store.register_now("d", None, HOME).unwrap();
     }
 
     #[test]
     fn checking_a_token_does_not_refresh_the_identity() {
-        let store = UserStore::new(10, 10);
-        let (_, token) = created(store.register("idle", None, HOME).unwrap());
+        let store = MemoryStore::new(10, 10);
+        let (_, token) = created(store.register_now("idle", None, HOME).unwrap());
         std::thread::sleep(Duration::from_millis(30));
-        assert!(store.authenticate(&token).is_some());
-        assert_eq!(store.expire(Duration::from_millis(20), |_| false).len(), 1);
+        assert!(store.lookup(&token).is_some());
+        assert_eq!(
+            expire(&store, Duration::from_millis(20), |_| false).len(),
+            1
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::hub::{Authenticated, Hub};
+use super::hub::{Authenticated, Hub, Identities};
 use super::limits::Limits;
 use super::registry::Transport;
 use super::session::Session;
@@ -16,7 +16,8 @@ pub(crate) const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A hub with `limits` and no identities.
 pub(crate) fn hub_with(limits: Limits) -> Arc<Hub> {
-    Hub::new(limits)
+    let identities = Identities::in_memory(&limits);
+    Hub::new(limits, identities)
 }
 
 /// Attaches a WebSocket connection for `user`.

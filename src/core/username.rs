@@ -11,7 +11,7 @@
 pub const MAX_USERNAME_CHARS: usize = 64;
 
 /// Why a username is refused; the text goes back to the client as-is.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum UsernameError {
     /// Empty.
     #[error("username cannot be empty")]

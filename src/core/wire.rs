@@ -34,11 +34,13 @@ pub enum CloseReason {
     IdleTimeout,
     /// A WebTransport client opened no stream within the stream timeout.
     StreamTimeout,
+    /// The JWT the connection was opened (or last refreshed) with expired.
+    TokenExpired,
 }
 
 impl CloseReason {
     /// Every reason, in table order (used by docs and tests).
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Shutdown,
         CloseReason::ProtocolError,
         CloseReason::MessageTooBig,
@@ -50,6 +52,7 @@ impl CloseReason {
         CloseReason::RateLimited,
         CloseReason::IdleTimeout,
         CloseReason::StreamTimeout,
+        CloseReason::TokenExpired,
     ];
 
     /// The WebSocket close code, also used as the WebTransport session's
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::Unauthenticated => 4000,
             CloseReason::Replaced => 4001,
             CloseReason::Kicked => 4002,
+            CloseReason::TokenExpired => 4003,
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
             CloseReason::IdleTimeout => 4408,
@@ -86,6 +90,7 @@ impl CloseReason {
             CloseReason::RateLimited => "RATE_LIMITED",
             CloseReason::IdleTimeout => "IDLE_TIMEOUT",
             CloseReason::StreamTimeout => "STREAM_TIMEOUT",
+            CloseReason::TokenExpired => "TOKEN_EXPIRED",
         }
     }
 
@@ -105,6 +110,9 @@ impl CloseReason {
             CloseReason::RateLimited => "the connection kept sending over its rate limit",
             CloseReason::IdleTimeout => "nothing arrived within the idle timeout",
             CloseReason::StreamTimeout => "no WebTransport stream was opened in time",
+            CloseReason::TokenExpired => {
+                "the token expired without a refresh: reconnect with a fresh one"
+            }
         }
     }
 
@@ -138,16 +146,20 @@ pub enum ErrorType {
     /// The envelope was accepted but the target's connection closed before
     /// it could be written to it.
     Undelivered,
+    /// A `REFRESH_TOKEN` was refused; the connection keeps its old token
+    /// (and closes when it expires).
+    TokenRefused,
 }
 
 impl ErrorType {
     /// Every error type, in table order.
-    pub const ALL: [ErrorType; 5] = [
+    pub const ALL: [ErrorType; 6] = [
         ErrorType::TargetNotFound,
         ErrorType::InvalidMessage,
         ErrorType::RateLimited,
         ErrorType::TargetSlow,
         ErrorType::Undelivered,
+        ErrorType::TokenRefused,
     ];
 
     /// The upper-case `type` string on the wire.
@@ -158,6 +170,7 @@ impl ErrorType {
             ErrorType::RateLimited => "RATE_LIMITED",
             ErrorType::TargetSlow => "TARGET_SLOW",
             ErrorType::Undelivered => "UNDELIVERED",
+            ErrorType::TokenRefused => "TOKEN_REFUSED",
         }
     }
 }
@@ -192,13 +205,15 @@ pub enum HttpError {
     TooManyIdentities,
     /// A second WebTransport session on one QUIC connection.
     SessionExists,
+    /// `POST /v1/register` on a gateway that takes only JWTs.
+    RegistrationClosed,
     /// At a capacity limit, shutting down, or out of file descriptors.
     Unavailable,
 }
 
 impl HttpError {
     /// Every HTTP error, in table order.
-    pub const ALL: [HttpError; 12] = [
+    pub const ALL: [HttpError; 13] = [
         HttpError::Invalid,
         HttpError::Unauthorized,
         HttpError::Forbidden,
@@ -210,6 +225,7 @@ impl HttpError {
         HttpError::RateLimited,
         HttpError::TooManyIdentities,
         HttpError::SessionExists,
+        HttpError::RegistrationClosed,
         HttpError::Unavailable,
     ];
 
@@ -218,7 +234,7 @@ impl HttpError {
         match self {
             HttpError::Invalid => 400,
             HttpError::Unauthorized => 401,
-            HttpError::Forbidden => 403,
+            HttpError::Forbidden | HttpError::RegistrationClosed => 403,
             HttpError::NotFound => 404,
             HttpError::MethodNotAllowed => 405,
             HttpError::Timeout => 408,
@@ -242,6 +258,7 @@ impl HttpError {
             HttpError::RateLimited => "RATE_LIMITED",
             HttpError::TooManyIdentities => "TOO_MANY_IDENTITIES",
             HttpError::SessionExists => "SESSION_EXISTS",
+            HttpError::RegistrationClosed => "REGISTRATION_CLOSED",
             HttpError::Unavailable => "UNAVAILABLE",
         }
     }
@@ -296,6 +313,18 @@ pub const WELCOME_TYPE: &str = "WELCOME";
 /// `type` of the last envelope the gateway sends before it closes a
 /// connection; its payload repeats the close code and reason.
 pub const CLOSE_TYPE: &str = "CLOSE";
+
+/// `type` of the envelope that warns a JWT-authenticated connection its
+/// token expires soon: send `REFRESH_TOKEN` before `expires_at`.
+pub const TOKEN_EXPIRING_TYPE: &str = "TOKEN_EXPIRING";
+
+/// `type` of the answer to an accepted `REFRESH_TOKEN`.
+pub const TOKEN_REFRESHED_TYPE: &str = "TOKEN_REFRESHED";
+
+/// `type` of the envelope a client sends the gateway itself (`"target":
+/// ""`) to replace its connection's JWT with a fresh one:
+/// `{"target": "", "type": "REFRESH_TOKEN", "payload": {"token": "…"}}`.
+pub const REFRESH_TOKEN_TYPE: &str = "REFRESH_TOKEN";
 
 #[cfg(test)]
 mod tests {

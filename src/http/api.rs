@@ -21,7 +21,7 @@ use super::AppState;
 use crate::auth::{self, TOKEN_COOKIE, USERNAME_COOKIE};
 use crate::core::store::{Registration, StoreError};
 use crate::core::wire::HttpError;
-use crate::core::{Refusal, RegisterError, Report, Users};
+use crate::core::{AuthError, Refusal, RegisterError, Report, Users};
 
 /// An error answer: a row of the HTTP error table (`core::wire::HttpError`)
 /// and a message, as `{"status", "message"}`.
@@ -230,7 +230,11 @@ pub(crate) async fn user(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let user = match auth::session_token(&headers, None) {
-        Some(token) => ctx.hub.authenticate(&token).await?,
+        Some(token) => match ctx.hub.authenticate(&token).await {
+            Ok(user) => Some(user),
+            Err(AuthError::Store(err)) => return Err(err.into()),
+            Err(_) => None,
+        },
         None => None,
     };
     Ok(match user {
@@ -258,15 +262,17 @@ pub(crate) async fn kick(State(ctx): State<AppState>) -> Json<serde_json::Value>
 }
 
 /// `GET /v1/users`: registered names and live connections.
-pub(crate) async fn list_users(State(ctx): State<AppState>) -> Json<Users> {
-    Json(ctx.hub.users().await)
+pub(crate) async fn list_users(State(ctx): State<AppState>) -> Result<Json<Users>, ApiError> {
+    Ok(Json(ctx.hub.users().await?))
 }
 
 /// `DELETE /v1/users`: forgets every identity and kicks every connection.
-pub(crate) async fn delete_users(State(ctx): State<AppState>) -> Json<serde_json::Value> {
-    let (deleted, kicked) = ctx.hub.delete_identities().await;
+pub(crate) async fn delete_users(
+    State(ctx): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (deleted, kicked) = ctx.hub.delete_identities().await?;
     tracing::info!(deleted, kicked, "admin deleted every identity");
-    Json(json!({ "deleted": deleted, "kicked": kicked }))
+    Ok(Json(json!({ "deleted": deleted, "kicked": kicked })))
 }
 
 /// `GET /v1/stats`: counters and current sizes.

@@ -148,7 +148,10 @@ mod tests {
 
     fn app_with(admin_token: Option<&str>, secure: bool) -> Router {
         router(Arc::new(HttpContext {
-            hub: Hub::new(Limits::default()),
+            hub: Hub::new(
+                Limits::default(),
+                crate::core::Identities::in_memory(&Limits::default()),
+            ),
             origins: OriginPolicy::default(),
             admin_token: admin_token.map(str::to_owned),
             proxies: ProxyPolicy::default(),

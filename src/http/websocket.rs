@@ -37,7 +37,7 @@ use crate::connection::{self, Link, Liveness, READ_BATCH, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
 use crate::core::wire::HttpError;
-use crate::core::{Admission, Authenticated, CloseReason, Hub, Session, Transport};
+use crate::core::{Admission, AuthError, Authenticated, CloseReason, Hub, Session, Transport};
 
 /// tungstenite collects a batch's frames in a buffer of up to this size and
 /// writes them with one system call on flush. (At 0 it would write every
@@ -106,10 +106,13 @@ pub(crate) async fn connect(
         Ok(admission) => admission,
         Err(refusal) => return ApiError::from(refusal).into_response(),
     };
+    // Without a valid token the upgrade still happens, and the connection
+    // is closed with 4000 (a browser reads a close code, not a status).
     let user = match auth::session_token(headers, request.uri().query()) {
         Some(token) => match ctx.hub.authenticate(&token).await {
-            Ok(user) => user,
-            Err(err) => return ApiError::from(err).into_response(),
+            Ok(user) => Some(user),
+            Err(AuthError::Store(err)) => return ApiError::from(err).into_response(),
+            Err(_) => None,
         },
         None => None,
     };

@@ -496,19 +496,14 @@ async fn authorize<T>(
             ),
         ));
     }
-    let unauthorized = || {
-        (
-            HttpError::Unauthorized,
-            "no valid token: register first and connect with ?token=".to_owned(),
-        )
-    };
-    let token =
-        auth::session_token(request.headers(), request.uri().query()).ok_or_else(unauthorized)?;
-    match ctx.hub.authenticate(&token).await {
-        Ok(Some(user)) => Ok(user),
-        Ok(None) => Err(unauthorized()),
-        Err(err) => Err((err.http_error(), err.to_string())),
-    }
+    let token = auth::session_token(request.headers(), request.uri().query()).ok_or((
+        HttpError::Unauthorized,
+        "no token: connect with ?token= (a registered token or a JWT)".to_owned(),
+    ))?;
+    ctx.hub
+        .authenticate(&token)
+        .await
+        .map_err(|err| (err.http_error(), err.to_string()))
 }
 
 /// Answers a request with an error from the HTTP error table, within

@@ -135,10 +135,13 @@ class Gateway {
    * Starts the binary on `localhost:port` (127.0.0.1 and ::1; 0 = any port)
    * and waits until it answers.
    */
-  static async start(label, { port = 0, certDir, args = [] } = {}) {
+  static async start(label, { port = 0, certDir, dataDir, args = [] } = {}) {
     const dir = certDir ?? mkdtempSync(join(tmpdir(), "signal-gateway-certs-"));
     if (!certDir) cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const argv = ["--listen", `localhost:${port}`, "--cert-dir", dir, ...TEST_LIMITS, ...args];
+    // Identities live beside the certificate unless told otherwise, so a
+    // gateway restarted on the same directory keeps them.
+    const data = dataDir ?? join(dir, "data");
+    const argv = ["--listen", `localhost:${port}`, "--cert-dir", dir, "--data-dir", data, ...TEST_LIMITS, ...args];
     const child = spawn(GATEWAY_BIN, argv, {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, NO_COLOR: "1", RUST_LOG: process.env.RUST_LOG ?? "signal_gateway=debug" },
@@ -537,6 +540,7 @@ const scenarios = [
         assertEqual([close.detail.code, close.detail.reason, close.detail.willReconnect], [1001, "SHUTDOWN", true], "close event on shutdown");
       }
       await sleep(700); // let a few attempts fail against the stopped gateway
+      // Restarted on the same data directory: the identities are still there.
       gateway = await Gateway.start("restart", { port: gateway.port, certDir, args: ["--shutdown-timeout", "3s"] });
       const [openA, openB] = await Promise.all([
         alice.evaluate((s) => peer.event("open", 15_000, s), stoppedAt),
@@ -550,12 +554,27 @@ const scenarios = [
         token: peer.client.token,
       }))));
       assert(after[0].tries.length >= 2, `alice retried with backoff: delays ${after[0].tries}`);
-      assert(after[0].identity && after[0].token !== a.token, "alice registered her name again on the new gateway");
-      assert(after[1].identity && after[1].token !== b.token, "bob registered his name again on the new gateway");
-      // Signalling works across the new gateway.
+      assert(!after[0].identity && after[0].token === a.token, "alice kept her identity across the restart");
+      assert(!after[1].identity && after[1].token === b.token, "bob kept his identity across the restart");
       await alice.evaluate((to) => peer.send(to, "ping", { n: 1 }), bobName);
       const ping = await bob.evaluate(() => peer.received("ping"));
       assertEqual([ping.originator, ping.payload], [aliceName, { n: 1 }], "envelope after the restart");
+      // Restarted on an empty data directory: the clients register again.
+      const emptyAt = Date.now();
+      assertEqual(await gateway.stop(), 0, "gateway exit code on SIGTERM");
+      const emptyDir = mkdtempSync(join(tmpdir(), "signal-gateway-data-"));
+      t.cleanups.push(() => rmSync(emptyDir, { recursive: true, force: true }));
+      gateway = await Gateway.start("restart", { port: gateway.port, certDir, dataDir: emptyDir, args: ["--shutdown-timeout", "3s"] });
+      await Promise.all([alice, bob].map((p) => p.evaluate((s) => peer.event("open", 15_000, s), emptyAt)));
+      const again = await Promise.all([alice, bob].map((p) => p.evaluate(() => ({
+        identity: peer.log.events.some((e) => e.type === "identity"),
+        token: peer.client.token,
+      }))));
+      assert(again[0].identity && again[0].token !== a.token, "alice registered her name again on the emptied gateway");
+      assert(again[1].identity && again[1].token !== b.token, "bob registered his name again on the emptied gateway");
+      await alice.evaluate((to) => peer.send(to, "ping-again", { n: 2 }), bobName);
+      const again2 = await bob.evaluate(() => peer.received("ping-again"));
+      assertEqual([again2.originator, again2.payload], [aliceName, { n: 2 }], "envelope after the second restart");
       return `back in ${openA.at - stoppedAt} ms (webtransport) / ${openB.at - stoppedAt} ms (websocket); alice's delays ${after[0].tries.join(", ")} ms`;
     },
   },

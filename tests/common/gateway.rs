@@ -61,6 +61,8 @@ impl TestGateway {
         let certs = tempfile::tempdir().expect("temp dir");
         let mut argv: Vec<String> = TEST_DEFAULTS.iter().map(|s| s.to_string()).collect();
         argv.extend(["--cert-dir".to_string(), certs.path().display().to_string()]);
+        let data = certs.path().join("data");
+        argv.extend(["--data-dir".to_string(), data.display().to_string()]);
         argv.extend(args.iter().map(|s| s.to_string()));
         let config = Config::from_args(argv).expect("valid test config");
         let gateway = Gateway::bind(config).await.expect("gateway binds");

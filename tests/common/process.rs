@@ -40,6 +40,8 @@ impl GatewayProcess {
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--cert-dir"])
             .arg(certs.path())
+            .arg("--data-dir")
+            .arg(certs.path().join("data"))
             .args(args)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
@@ -127,4 +129,24 @@ impl std::ops::Deref for GatewayProcess {
     fn deref(&self) -> &Addrs {
         &self.addrs
     }
+}
+
+/// Runs `signal-gateway` with `args` (plus a loopback listener) expecting it
+/// to refuse to start; returns its exit code and everything it logged.
+pub async fn failed_start(args: &[&str]) -> (Option<i32>, String) {
+    let certs = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--cert-dir"])
+        .arg(certs.path())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(TIMEOUT, run)
+        .await
+        .expect("the gateway should have stopped by itself")
+        .expect("gateway binary runs");
+    let log = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    (output.status.code(), log)
 }

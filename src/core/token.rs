@@ -1,0 +1,106 @@
+//! Tokens an application issues for its own users (JWTs): the seam between
+//! the core and the verifier, which lives outside the core (it reads keys
+//! from files and fetches them over HTTP).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use super::username::UsernameError;
+
+/// How far `exp` and `nbf` may be off: the clocks of the application that
+/// issues tokens and of the gateway differ by a few seconds.
+pub const TOKEN_LEEWAY: Duration = Duration::from_secs(5);
+
+/// How identities reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Only names registered with `POST /v1/register`.
+    #[default]
+    Register,
+    /// Only JWTs an application issues; registration is closed.
+    Jwt,
+    /// Either.
+    Both,
+}
+
+impl AuthMode {
+    /// Whether gateway tokens (from registration) are accepted.
+    pub fn registers(self) -> bool {
+        self != AuthMode::Jwt
+    }
+
+    /// Whether JWTs are accepted.
+    pub fn takes_jwts(self) -> bool {
+        self != AuthMode::Register
+    }
+}
+
+/// A token the verifier accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user, from the configured claim (not yet checked against the
+    /// name rules: the core does that).
+    pub username: String,
+    /// When the token stops being valid (`exp`).
+    pub expires_at: SystemTime,
+}
+
+/// Why a JWT was refused; the text is what a developer reads in the log
+/// and in the refusal's message.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a JWT at all, or its header or claims do not decode.
+    #[error("the token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is still to come.
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    /// `exp` is missing.
+    #[error("the token has no exp claim; one is required")]
+    NoExpiry,
+    /// The signature does not verify with the configured key.
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    /// Signed with an algorithm the configured key does not allow.
+    #[error("the token is signed with {0}, which the configured key does not allow")]
+    Algorithm(String),
+    /// `iss` is not the configured issuer.
+    #[error("the token's issuer is not the one configured (--jwt-issuer)")]
+    Issuer,
+    /// `aud` does not include the configured audience.
+    #[error("the token's audience does not include the one configured (--jwt-audience)")]
+    Audience,
+    /// The username claim is missing or not a string.
+    #[error("the token has no string claim {0:?} to take the username from")]
+    UsernameClaim(String),
+    /// The username breaks the name rules.
+    #[error("the token's username is not allowed: {0}")]
+    Username(#[from] UsernameError),
+    /// The token names a key the key set does not have, even after
+    /// fetching it again.
+    #[error("no key {0:?} in the key set, even after fetching it again")]
+    UnknownKey(String),
+    /// No key could be had (the key set was never fetched).
+    #[error("no signing keys are available: {0}")]
+    NoKeys(String),
+}
+
+/// What verifying a token returns.
+pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Result<Verified, TokenError>> + Send + 'a>>;
+
+/// Checks JWTs: signature, algorithm, `exp`/`nbf`, issuer and audience.
+pub trait TokenVerifier: Send + Sync + fmt::Debug {
+    /// Verifies `token`.
+    fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a>;
+}
+
+/// Whether a presented token is a JWT (three dot-separated parts) rather
+/// than a gateway token (base64url, no dots).
+pub fn is_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
