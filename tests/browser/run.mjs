@@ -17,13 +17,12 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { CHROMIUM, launchChromium } from "./chromium.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
 const ARTIFACTS = join(HERE, "artifacts");
 const GATEWAY_BIN = resolve(ROOT, process.env.SIGNAL_GATEWAY_BIN ?? "target/debug/signal-gateway");
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const ONLY = (process.env.BROWSER_TEST_ONLY ?? "").split(",").filter(Boolean);
 
 /** Every single wait in a scenario is bounded by this (ms)... */
@@ -38,24 +37,6 @@ const TEST_LIMITS = [
   "--connect-rate", "1000", "--connect-burst", "1000",
   "--register-rate", "1000", "--register-burst", "1000",
   "--envelope-rate", "1000", "--envelope-burst", "1000",
-];
-
-/**
- * Chromium as the feasibility notes ran it, plus WebRTC helpers: fake
- * camera/microphone (so getUserMedia works headless and the demo shows
- * video) and loopback ICE candidates (for machines with only loopback).
- * No --disable-quic: WebTransport needs QUIC.
- */
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-  "--allow-loopback-in-peer-connection",
 ];
 
 const PEER_HTML = readFileSync(join(HERE, "pages/peer.html"), "utf8");
@@ -211,13 +192,7 @@ class Gateway {
 
 class Browser {
   static async launch() {
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 30_000,
-    });
-    return new Browser(browser);
+    return new Browser(await launchChromium());
   }
 
   constructor(browser) {
