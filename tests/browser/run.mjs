@@ -17,6 +17,7 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { benchResultProblems } from "./bench-result.mjs";
 import { CHROMIUM, launchChromium } from "./chromium.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -557,6 +558,10 @@ const scenarios = [
     },
   },
   {
+    name: "bench page: well-formed results for both transports",
+    run: benchScenario,
+  },
+  {
     name: "demo app: call, chat, no console errors, screenshot",
     run: demoScenario,
   },
@@ -694,6 +699,34 @@ async function demoWithoutListScenario(t) {
     assertEqual(page.problems.filter((p) => !refused.test(p)), [], `console errors on ${label}'s page`);
   }
   return "list refused (401) -> call by name; calling someone offline says so; reload resumes; rejoin keeps the name";
+}
+
+// ---- the bench page ----
+
+/** Small parameters: the page runs in a few seconds. Not the figures are checked, only their shape. */
+const BENCH_PARAMS = { n: 200, rate: 500, warmup: 20, size: 100, setups: 3, burst: 100, bursts: 2 };
+
+async function benchScenario(t) {
+  const page = await t.browser.newPage("bench");
+  t.pages.push(page);
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"]);
+  const query = new URLSearchParams(Object.entries(BENCH_PARAMS).map(([k, v]) => [k, String(v)]));
+  await page.goto(`${t.gateway.origin()}/bench?${query}`);
+  await page.getByRole("button", { name: "Run" }).click();
+  // The whole run is one wait: about 3 s here.
+  await page.waitForFunction(() => ["done", "failed"].includes(globalThis.bench.state), null, { timeout: 2 * STEP });
+  const { state, error, result, svg } = await page.evaluate(() => globalThis.bench);
+  assertEqual([state, error], ["done", ""], "the page's state and error");
+  assertEqual(benchResultProblems(result, BENCH_PARAMS), [], "problems with the result");
+  assertEqual(result.cross_origin_isolated, true, "cross-origin isolated (fine clock)");
+  // The plot shows both distributions, and the page shows the SVG scripts save.
+  assertEqual((svg.match(/<polyline /g) ?? []).length, 2, "curves in the SVG");
+  assertEqual(await page.locator("#plot svg polyline").count(), 2, "curves on the page");
+  await page.getByRole("button", { name: "Copy JSON" }).click();
+  assertEqual(JSON.parse(await page.evaluate(() => navigator.clipboard.readText())), result, "the copied JSON");
+  assertEqual(page.problems, [], "console errors on the bench page");
+  const figures = (tr) => `set-up ${tr.setup.median_ms} ms, RTT p50 ${tr.rtt.p50_ms} ms, ${tr.burst.envelopes_per_s} envelopes/s`;
+  return `WebSocket ${figures(result.transports.websocket)}; WebTransport ${figures(result.transports.webtransport)}`;
 }
 
 // ---- support ----
