@@ -444,7 +444,7 @@ function cdfSvg(result) {
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="Helvetica, Arial, sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="#ffffff"/>`,
     `<text x="${left}" y="26" font-size="16" font-weight="bold" fill="#161a2b">Round-trip time through signal-gateway, in the browser (CDF)</text>`,
-    `<text x="${left}" y="46" fill="#5a6178">${xml(`${p.n} envelopes at ${p.rate}/s after ${p.warmup} warm-up, ${p.size} B pad · ${result.browser} · ${result.date.slice(0, 10)}`)}</text>`,
+    `<text x="${left}" y="46" fill="#5a6178">${xml(`${p.n.toLocaleString("en-US")} envelopes at ${p.rate}/s after ${p.warmup} warm-up, ${p.size} B pad · ${result.browser} · ${result.date.slice(0, 10)}`)}</text>`,
   ];
   for (let e = Math.round(Math.log10(lo)); e <= Math.round(Math.log10(hi)); e += 1) {
     for (const m of [1, 2, 5]) {
@@ -461,7 +461,7 @@ function cdfSvg(result) {
   }
   for (const q of [0.9, 0.99]) {
     out.push(`<line x1="${left}" y1="${y(q).toFixed(1)}" x2="${left + plotW}" y2="${y(q).toFixed(1)}" stroke="#b8bdcc" stroke-dasharray="4 4"/>`);
-    out.push(`<text x="${left + plotW - 4}" y="${(y(q) - 4).toFixed(1)}" text-anchor="end" fill="#8a90a6" font-size="11">p${q * 100}</text>`);
+    out.push(`<text x="${left + plotW + 3}" y="${(y(q) + 4).toFixed(1)}" fill="#8a90a6" font-size="10">p${q * 100}</text>`);
   }
   out.push(`<rect x="${left}" y="${top}" width="${plotW}" height="${plotH}" fill="none" stroke="#b8bdcc"/>`);
   out.push(`<text x="${left + plotW / 2}" y="${H - 14}" text-anchor="middle" fill="#161a2b">round-trip time (ms, log scale): page → gateway → page's second connection → gateway → page</text>`);
