@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::ForwardedHeader;
 use crate::core::limits::{self, Limits};
 
 /// A WebRTC signaling gateway: register a name, connect over WebSocket or
@@ -89,7 +90,7 @@ pub struct Config {
     )]
     pub allow_origins: Vec<String>,
 
-    /// Reverse proxies whose `X-Forwarded-For` is believed (repeatable, or
+    /// Reverse proxies whose forwarding headers are believed (repeatable, or
     /// comma-separated IPs). Per-IP limits and the admin loopback rule then
     /// apply to the address the proxy reports, not to the proxy.
     #[arg(
@@ -98,6 +99,27 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// The header the trusted proxies write the client's address (and the
+    /// host and scheme it used) in; the other one is never read.
+    #[arg(
+        long,
+        env = "SIGNAL_FORWARDED_HEADER",
+        value_enum,
+        default_value = "x-forwarded-for"
+    )]
+    pub forwarded_header: ForwardedHeader,
+
+    /// Host names (`host` or `host:port`) the gateway is reached under,
+    /// besides loopback names (repeatable, or comma-separated). Without
+    /// --admin-token, admin routes answer only requests addressed to a
+    /// loopback name or one of these, which refuses DNS-rebinding pages.
+    #[arg(
+        long = "public-host",
+        env = "SIGNAL_PUBLIC_HOST",
+        value_delimiter = ','
+    )]
+    pub public_hosts: Vec<String>,
 
     /// Tokio worker threads [default: the CPUs this process may run on]
     #[arg(long, env = "SIGNAL_WORKER_THREADS")]
@@ -150,8 +172,10 @@ pub struct LimitArgs {
     #[arg(long, env = "SIGNAL_STREAM_OPEN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
     pub stream_open_timeout: Duration,
 
-    /// A client must finish its TLS/QUIC handshake and send its HTTP request
-    /// head within this time (cuts off slow-drip clients).
+    /// A client must finish its TLS handshake and send each HTTP request
+    /// head and body within this time (cuts off slow-drip clients); a QUIC
+    /// connection must authenticate a WebTransport session within this
+    /// time of its first packet, whatever else it does.
     #[arg(long, env = "SIGNAL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
     pub handshake_timeout: Duration,
 
@@ -190,6 +214,31 @@ pub struct LimitArgs {
     /// An identity not seen for this long expires and its name becomes free.
     #[arg(long, env = "SIGNAL_IDENTITY_TTL", default_value = "24h", value_parser = nonzero_duration)]
     pub identity_ttl: Duration,
+
+    /// Identities registered from one client IP (IPv6: one /64) held at once.
+    #[arg(long, env = "SIGNAL_MAX_IDENTITIES_PER_IP", default_value_t = limits::DEFAULT_MAX_IDENTITIES_PER_IP, value_parser = nonzero_usize)]
+    pub max_identities_per_ip: usize,
+
+    /// QUIC connections still authenticating (handshake, plain HTTP/3
+    /// requests, the WebTransport CONNECT), counted apart from
+    /// --max-connections.
+    #[arg(long, env = "SIGNAL_MAX_PENDING_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_PENDING_CONNECTIONS, value_parser = nonzero_usize)]
+    pub max_pending_connections: usize,
+
+    /// QUIC connections still authenticating from one client IP (IPv6: one
+    /// /64).
+    #[arg(long, env = "SIGNAL_MAX_PENDING_PER_IP", default_value_t = limits::DEFAULT_MAX_PENDING_PER_IP, value_parser = nonzero_usize)]
+    pub max_pending_per_ip: usize,
+
+    /// Bytes a QUIC connection may send before it has authenticated a
+    /// WebTransport session, on all its streams together; more closes it.
+    #[arg(long, env = "SIGNAL_PRE_SESSION_BYTES", default_value_t = limits::DEFAULT_PRE_SESSION_BYTES, value_parser = nonzero_usize)]
+    pub pre_session_bytes: usize,
+
+    /// Plain HTTP/3 requests a QUIC connection may make before it has
+    /// authenticated a WebTransport session; more closes it.
+    #[arg(long, env = "SIGNAL_PRE_SESSION_REQUESTS", default_value_t = limits::DEFAULT_PRE_SESSION_REQUESTS, value_parser = nonzero_usize)]
+    pub pre_session_requests: usize,
 
     /// Largest HTTP request head (request line and headers) in bytes, on
     /// HTTP/1.1 and HTTP/3.
@@ -233,6 +282,11 @@ impl LimitArgs {
             register_burst_per_ip: self.register_burst,
             max_identities: self.max_identities,
             identity_ttl: self.identity_ttl,
+            max_identities_per_ip: self.max_identities_per_ip,
+            max_pending_connections: self.max_pending_connections,
+            max_pending_per_ip: self.max_pending_per_ip,
+            pre_session_bytes: self.pre_session_bytes,
+            pre_session_requests: self.pre_session_requests,
         }
     }
 }
@@ -253,6 +307,16 @@ pub enum ConfigError {
     /// An --allow-origin value is not an origin.
     #[error("--allow-origin {0:?} is not an origin like https://example.com or *")]
     BadOrigin(String),
+    /// The pre-session budget cannot fit one request.
+    #[error(
+        "--pre-session-bytes ({budget}) must be at least --max-header-bytes + --max-body-bytes ({needed}), or one request could not be made"
+    )]
+    PreSessionTooSmall {
+        /// The budget.
+        budget: usize,
+        /// A request head and body at their limits.
+        needed: usize,
+    },
 }
 
 impl Config {
@@ -281,6 +345,16 @@ impl Config {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(ConfigError::BadOrigin(origin.clone()));
             }
+        }
+        let limits = &self.limits;
+        let needed = limits
+            .max_header_bytes
+            .saturating_add(limits.max_body_bytes);
+        if limits.pre_session_bytes < needed {
+            return Err(ConfigError::PreSessionTooSmall {
+                budget: limits.pre_session_bytes,
+                needed,
+            });
         }
         Ok(())
     }

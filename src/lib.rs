@@ -7,8 +7,11 @@
 //! each other with identical envelopes.
 //!
 //! # Layout
-//! - [`core`]: envelopes, `UserStore`, `UserClientRegistry`, routing, limits.
-//!   No IO: it knows nothing of axum, hyper, quinn or h3.
+//! - [`core`]: envelopes, `UserStore`, `UserClientRegistry`, the hub (the
+//!   gateway's use cases behind methods), sessions (routing), limits, and
+//!   the wire table. No IO: it knows nothing of axum, hyper, quinn or h3.
+//! - [`connection`]: the one connection loop every transport runs, generic
+//!   over a small [`connection::Link`] trait, and the line framer.
 //! - [`http`]: the REST API, admin routes, web app and the WebSocket
 //!   transport (axum).
 //! - [`webtransport`]: the WebTransport transport (quinn + h3 +
@@ -21,6 +24,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod core;
 pub mod http;
 pub mod server;

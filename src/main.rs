@@ -35,6 +35,12 @@ fn main() -> anyhow::Result<()> {
     if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(%err, "jemalloc background thread unavailable; memory returns to the system later");
     }
+    // Every connection is a file descriptor: take all the system allows
+    // (the soft limit is often 1,024 while the hard one is far higher).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open file limit"),
+    }
     let config = cli.config;
     if let Some(Command::Cert) = cli.command {
         let identity = tls::generate_dev(&config.cert_dir, &config.sans)

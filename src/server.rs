@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::OriginPolicy;
+use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::config::{Config, ConfigError, ListenAddr};
 use crate::core::Hub;
 use crate::http::{self, CertInfo, HttpContext, TcpLimits, WebSocketSettings};
@@ -103,14 +103,12 @@ impl Gateway {
             hub: hub.clone(),
             origins: origins.clone(),
             admin_token: config.admin_token.clone(),
-            trusted_proxies: config
-                .trusted_proxies
-                .iter()
-                .map(|ip| ip.to_canonical())
-                .collect(),
+            proxies: ProxyPolicy::new(&config.trusted_proxies, config.forwarded_header),
+            public_hosts: config.public_hosts.clone(),
             secure: config.tls,
             cert: cert.clone(),
             max_body_bytes: config.limits.max_body_bytes,
+            body_timeout: config.limits.handshake_timeout,
             websocket: WebSocketSettings::default(),
         }));
         let tls = if config.tls {
@@ -295,7 +293,7 @@ fn bind_quic(
 }
 
 async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
-    let period = (hub.limits.identity_ttl / 10).clamp(Duration::from_millis(100), SWEEP_INTERVAL);
+    let period = (hub.limits().identity_ttl / 10).clamp(Duration::from_millis(100), SWEEP_INTERVAL);
     let mut ticker = tokio::time::interval(period);
     loop {
         tokio::select! {

@@ -10,14 +10,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::raw_h3::h3_try_request;
 use common::{
-    Client, GatewayProcess, Kind, TestGateway, frozen_client, h3_try_request, status_field, within,
-    ws_connect, wt_connect,
+    Client, GatewayProcess, Kind, TestGateway, frozen_client, status_field, within, ws_connect,
+    wt_connect,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-both_transports!(
+every_transport!(
     connection_cap_refuses_before_any_work,
     per_ip_connection_rate_refuses_before_any_work,
     envelope_rate_limit_answers_then_closes,
@@ -25,6 +26,7 @@ both_transports!(
     vanished_clients_leave_within_the_idle_timeout,
     shutdown_drains_queued_envelopes_then_closes_everyone,
     every_accepted_envelope_is_delivered_or_answered,
+    every_close_the_gateway_makes_is_counted_once,
 );
 
 /// Tries to open one more realtime connection; `Err` carries what refused it.
@@ -219,7 +221,7 @@ async fn slow_consumer_is_disconnected_and_nobody_else_waits(kind: Kind) {
     let flood = async {
         for sent in 1..=3000 {
             alice.send("bob", "flood", payload.clone()).await;
-            if sent % 20 == 0 && !gw.hub.registry.contains("bob") {
+            if sent % 20 == 0 && !gw.hub.is_connected("bob") {
                 return sent;
             }
         }
@@ -255,7 +257,20 @@ async fn slow_consumer_is_disconnected_and_nobody_else_waits(kind: Kind) {
             break;
         }
     }
-    let closes = gw.hub.stats.snapshot().closes;
+    // The close is counted when it is sent, once bob's stalled write gives up.
+    within("the close counted", async {
+        while !gw
+            .hub
+            .stats()
+            .snapshot()
+            .closes
+            .contains_key("SLOW_CONSUMER")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let closes = gw.hub.stats().snapshot().closes;
     assert_eq!(closes.get("SLOW_CONSUMER"), Some(&1), "{closes:?}");
 }
 
@@ -302,7 +317,7 @@ async fn shutdown_drains_queued_envelopes_then_closes_everyone(kind: Kind) {
         alice.send("bob", "n", json!(i)).await;
     }
     within("forwarded", async {
-        while gw.hub.stats.forwarded.get() < 50 {
+        while gw.hub.stats().forwarded.get() < 50 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -461,12 +476,12 @@ async fn every_accepted_envelope_is_delivered_or_answered(kind: Kind) {
 
     // The gateway's own books agree.
     within("connections closed", async {
-        while gw.hub.registry.len() > 1 {
+        while gw.hub.connections() > 1 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
-    let stats = gw.hub.stats.snapshot();
+    let stats = gw.hub.stats().snapshot();
     let outcomes = stats.after_close
         + stats.invalid
         + stats.rate_limited
@@ -675,4 +690,72 @@ async fn behind_a_trusted_proxy_limits_apply_to_the_forwarded_client() {
     };
     assert_eq!(forged("a", "203.0.113.1").await.unwrap().status(), 200);
     assert_eq!(forged("b", "203.0.113.2").await.unwrap().status(), 429);
+}
+
+/// The books count every close the gateway makes, once, whoever decided
+/// it: the registry (replaced, kicked, shutdown), the session (a frame too
+/// big), the attach (no valid token). They must equal what the clients saw.
+async fn every_close_the_gateway_makes_is_counted_once(kind: Kind) {
+    let mut gw = TestGateway::start_with(&["--max-envelope-bytes", "1024"]).await;
+    let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut note = |closed: common::Closed| *seen.entry(closed.reason).or_default() += 1;
+
+    let token = gw.register("ann").await;
+    let mut first = Client::connect(&gw, kind, &token).await;
+    first.recv().await;
+    let mut second = Client::connect(&gw, kind, &token).await;
+    second.recv().await;
+    note(first.closed().await);
+
+    let mut big = gw.user("ben", kind).await;
+    big.send_text(&format!(
+        "{{\"target\":\"ben\",\"type\":\"t\",\"payload\":\"{}\"}}",
+        "x".repeat(2000)
+    ))
+    .await;
+    note(big.closed().await);
+
+    let mut cid = gw.user("cid", kind).await;
+    let kicked = within(
+        "kick",
+        gw.http().get(gw.url("/v1/kick-active-users")).send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(kicked.status(), 200);
+    note(second.closed().await);
+    note(cid.closed().await);
+
+    if kind == Kind::WebSocket {
+        let mut stranger = Client::Ws(ws_connect(&gw, "?token=nobody", &[]).await.unwrap());
+        note(stranger.closed().await);
+    }
+
+    let mut dee = gw.user("dee", kind).await;
+    let (closed, _) = tokio::join!(dee.closed(), gw.shutdown());
+    note(closed);
+
+    let counted: std::collections::BTreeMap<String, u64> = gw
+        .hub
+        .stats()
+        .snapshot()
+        .closes
+        .into_iter()
+        .map(|(reason, count)| (reason.to_owned(), count))
+        .collect();
+    assert_eq!(counted, seen);
+    let mut expected = vec![
+        ("KICKED", 2),
+        ("MESSAGE_TOO_BIG", 1),
+        ("REPLACED", 1),
+        ("SHUTDOWN", 1),
+    ];
+    if kind == Kind::WebSocket {
+        expected.push(("UNAUTHENTICATED", 1));
+    }
+    let expected: std::collections::BTreeMap<String, u64> = expected
+        .into_iter()
+        .map(|(reason, count)| (reason.to_owned(), count))
+        .collect();
+    assert_eq!(counted, expected);
 }

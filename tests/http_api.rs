@@ -395,6 +395,7 @@ async fn web_app_and_client_are_served() {
         ("/", "text/html"),
         ("/client.js", "text/javascript"),
         ("/app.js", "text/javascript"),
+        ("/call.js", "text/javascript"),
         ("/style.css", "text/css"),
     ] {
         let response = gw.http().get(gw.url(path)).send().await.unwrap();

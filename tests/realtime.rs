@@ -7,7 +7,7 @@ mod common;
 use common::{Client, Kind, TestGateway, within};
 use serde_json::{Value, json};
 
-both_transports!(
+every_transport!(
     welcome_comes_first,
     forwards_with_originator_stamped_and_payload_unchanged,
     spoofed_originator_is_ignored,

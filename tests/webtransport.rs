@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{
-    Client, GatewayProcess, Kind, TestGateway, h3_request, within, wt_connect, wt_endpoint,
-};
+use common::raw_h3::h3_request;
+use common::{Client, GatewayProcess, Kind, TestGateway, within, wt_connect, wt_endpoint};
 use serde_json::{Value, json};
 use signal_gateway::tls::{CertificateFacts, MAX_HASH_PINNED_VALIDITY};
 

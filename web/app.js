@@ -1,16 +1,10 @@
-// @ts-nocheck
+// @ts-check
 /**
  * @file The demo app at `/`: register, see who is online, call someone and
  * chat over a WebRTC data channel (with video where there is a camera).
- * Uses nothing but /client.js; the gateway only relays the handshake.
- *
- * Signalling messages between two demo pages:
- * - `hello`        {transport}: sent before an offer and with an answer, so
- *                  each side can show the other's transport (and the caller
- *                  learns at once when the callee is not online);
- * - `video-offer`, `video-answer` (RTCSessionDescription) and
- *   `ice-candidate` (RTCIceCandidate, or null at the end), as in the seed;
- * - `hang-up`, `call-decline` {reason}.
+ * This file is the page: it wires the DOM to /client.js (the gateway) and
+ * to /call.js (the calls, which know no DOM); the gateway only relays the
+ * handshake.
  *
  * URL options: `?transport=websocket` preselects a transport, `?ice=stun:host:port`
  * (repeatable) adds ICE servers (the default, none, works on one machine or a LAN).
@@ -18,110 +12,133 @@
  * Paths are relative, so the app also works behind a proxy that serves the
  * gateway under a prefix (e.g. `/api/`).
  */
-import { SignalClient } from "./client.js";
+import { SignalClient, SignalError } from "./client.js";
+import { Phone } from "./call.js";
+
+/**
+ * @typedef {import("./client.js").Envelope} Envelope
+ * @typedef {import("./client.js").CloseDetail} CloseDetail
+ * @typedef {import("./client.js").Welcome} Welcome
+ * @typedef {import("./call.js").CallState} CallState
+ * @typedef {import("./call.js").EndReason} EndReason
+ * @typedef {"auto" | "webtransport" | "websocket"} TransportChoice
+ *
+ * What client.js's events carry in `detail`, as its documentation says:
+ * @typedef {object} ClientEvents
+ * @property {Welcome & { reconnected: boolean }} open
+ * @property {CloseDetail} close
+ * @property {{ attempt: number, delay: number, error: unknown }} reconnecting
+ * @property {{ username: string, token: string }} identity
+ * @property {Envelope} message
+ *
+ * @typedef {object} SavedSession what this tab keeps across reloads
+ * @property {string} username
+ * @property {string} token
+ * @property {TransportChoice} transport
+ */
 
 const STORAGE_SESSION = "signal-gateway-demo:session"; // per tab: who this tab is
 const STORAGE_TOKENS = "signal-gateway-demo:tokens"; // per browser: names we own
 const PEOPLE_REFRESH_MS = 3_000;
-const RING_TIMEOUT_MS = 30_000;
+/** @type {Readonly<Record<string, string>>} */
 const TRANSPORT_LABEL = { webtransport: "WebTransport", websocket: "WebSocket" };
 
 const params = new URLSearchParams(location.search);
 /** The gateway: wherever this page was served from (the origin, or a proxy's prefix). */
 const GATEWAY = { baseUrl: new URL(".", location.href).href };
-const ICE_SERVERS = params.getAll("ice").map((urls) => ({ urls }));
 
-const $ = (id) => document.getElementById(id);
 const ui = {
-  joinView: $("join-view"),
-  joinForm: $("join-form"),
-  name: $("name"),
-  joinButton: $("join-button"),
-  joinError: $("join-error"),
-  lobby: $("lobby-view"),
-  me: $("me"),
-  meAvatar: $("me-avatar"),
-  meName: $("me-name"),
-  meTransport: $("me-transport"),
-  leave: $("leave"),
-  banner: $("banner"),
-  bannerText: $("banner-text"),
-  bannerAction: $("banner-action"),
-  people: $("people"),
-  peopleNote: $("people-note"),
-  refresh: $("refresh"),
-  dialForm: $("dial-form"),
-  dial: $("dial"),
-  callDot: $("call-dot"),
-  callState: $("call-state"),
-  transports: $("transports"),
-  myCallTransport: $("my-call-transport"),
-  peerName: $("peer-name"),
-  peerTransport: $("peer-transport"),
-  hangup: $("hangup"),
-  toggleMic: $("toggle-mic"),
-  toggleCam: $("toggle-cam"),
-  remoteVideo: $("remote-video"),
-  localVideo: $("local-video"),
-  remoteTag: $("remote-tag"),
-  placeholder: $("placeholder"),
-  placeholderText: $("placeholder-text"),
-  chatLog: $("chat-log"),
-  chatForm: $("chat-form"),
-  chatInput: $("chat-input"),
-  chatSend: $("chat-send"),
-  incoming: $("incoming"),
-  incomingAvatar: $("incoming-avatar"),
-  incomingTitle: $("incoming-title"),
-  incomingDetail: $("incoming-detail"),
-  accept: $("accept"),
-  decline: $("decline"),
-  toast: $("toast"),
+  joinView: $("join-view", HTMLElement),
+  joinForm: $("join-form", HTMLFormElement),
+  name: $("name", HTMLInputElement),
+  transportHint: $("transport-hint", HTMLElement),
+  joinButton: $("join-button", HTMLButtonElement),
+  joinError: $("join-error", HTMLElement),
+  lobby: $("lobby-view", HTMLElement),
+  me: $("me", HTMLElement),
+  meAvatar: $("me-avatar", HTMLElement),
+  meName: $("me-name", HTMLElement),
+  meTransport: $("me-transport", HTMLElement),
+  leave: $("leave", HTMLButtonElement),
+  banner: $("banner", HTMLElement),
+  bannerText: $("banner-text", HTMLElement),
+  bannerAction: $("banner-action", HTMLButtonElement),
+  people: $("people", HTMLElement),
+  peopleNote: $("people-note", HTMLElement),
+  refresh: $("refresh", HTMLButtonElement),
+  dialForm: $("dial-form", HTMLFormElement),
+  dial: $("dial", HTMLInputElement),
+  callDot: $("call-dot", HTMLElement),
+  callState: $("call-state", HTMLElement),
+  transports: $("transports", HTMLElement),
+  myCallTransport: $("my-call-transport", HTMLElement),
+  peerName: $("peer-name", HTMLElement),
+  peerTransport: $("peer-transport", HTMLElement),
+  hangup: $("hangup", HTMLButtonElement),
+  toggleMic: $("toggle-mic", HTMLButtonElement),
+  toggleCam: $("toggle-cam", HTMLButtonElement),
+  remoteVideo: $("remote-video", HTMLVideoElement),
+  localVideo: $("local-video", HTMLVideoElement),
+  remoteTag: $("remote-tag", HTMLElement),
+  placeholder: $("placeholder", HTMLElement),
+  placeholderText: $("placeholder-text", HTMLElement),
+  chatLog: $("chat-log", HTMLElement),
+  chatForm: $("chat-form", HTMLFormElement),
+  chatInput: $("chat-input", HTMLInputElement),
+  chatSend: $("chat-send", HTMLButtonElement),
+  incoming: $("incoming", HTMLDialogElement),
+  incomingAvatar: $("incoming-avatar", HTMLElement),
+  incomingTitle: $("incoming-title", HTMLElement),
+  incomingDetail: $("incoming-detail", HTMLElement),
+  accept: $("accept", HTMLButtonElement),
+  decline: $("decline", HTMLButtonElement),
+  toast: $("toast", HTMLElement),
 };
+/** The join form's Auto / WebTransport / WebSocket radios. */
+const transportRadios = radioGroup(ui.joinForm, "transport");
 
 /** @type {SignalClient | null} */
 let client = null;
+/** @type {TransportChoice} */
 let transportChoice = "auto";
 let peopleTimer = 0;
 let peopleListed = true; // false once /v1/users refused us (not on the gateway's machine)
-/** What each peer told us in `hello`. */
-const peerInfo = new Map();
 
-/** The one call this page can be in. */
-let call = idleCall();
-/** Who the last call was with, to ignore late errors about it. */
-let lastEnded = { peer: null, at: 0 };
-
-function idleCall() {
-  return {
-    state: "idle", // idle | calling | ringing | connecting | connected
-    peer: null,
-    role: null,
-    pc: null,
-    channel: null,
-    offer: null,
-    candidates: [],
-    local: null,
-    timer: 0,
-  };
-}
+const phone = new Phone({
+  send: signal,
+  transport: () => client?.transport ?? null,
+  iceServers: params.getAll("ice").map((urls) => ({ urls })),
+}, {
+  state: onCallState,
+  interrupted: () => setCallState("connecting", "Connection interrupted, waiting…"),
+  ended: onCallEnded,
+  localMedia: showLocal,
+  remoteTrack: showRemoteTrack,
+  peerTransport: showPeerTransport,
+  chatOpen: enableChat,
+  chatClosed: disableChat,
+  chatMessage: (peer, text) => chatLine(peer, text, false),
+  gatewayError: onGatewayError,
+});
 
 // ---- start ----
 
 const preset = params.get("transport");
 if (preset && ["auto", "webtransport", "websocket"].includes(preset)) {
-  ui.joinForm.elements.transport.value = preset;
+  transportRadios.value = preset;
 }
 if (!SignalClient.webTransportSupported) {
-  ui.joinForm.querySelector('input[value="webtransport"]').disabled = true;
-  $("transport-hint").textContent = window.isSecureContext
+  for (const radio of transportRadios) {
+    if (radio instanceof HTMLInputElement && radio.value === "webtransport") radio.disabled = true;
+  }
+  ui.transportHint.textContent = window.isSecureContext
     ? "This browser has no WebTransport, so Auto will use WebSocket."
     : "WebTransport needs a secure context (https, localhost or 127.0.0.1), so Auto will use WebSocket here.";
 }
 
 ui.joinForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
-  join(ui.name.value.trim(), ui.joinForm.elements.transport.value);
+  join(ui.name.value.trim(), transportOf(transportRadios.value));
 });
 ui.leave.addEventListener("click", leave);
 ui.refresh.addEventListener("click", () => refreshPeople(true));
@@ -130,12 +147,12 @@ ui.dialForm.addEventListener("submit", (ev) => {
   const name = ui.dial.value.trim();
   if (name) startCall(name);
 });
-ui.hangup.addEventListener("click", () => endCall("Call ended", { notify: true }));
-ui.accept.addEventListener("click", acceptCall);
-ui.decline.addEventListener("click", () => declineCall("declined"));
+ui.hangup.addEventListener("click", () => phone.hangUp());
+ui.accept.addEventListener("click", () => phone.accept());
+ui.decline.addEventListener("click", () => phone.decline());
 ui.incoming.addEventListener("cancel", (ev) => {
   ev.preventDefault(); // Escape declines explicitly rather than leaving the caller ringing
-  declineCall("declined");
+  phone.decline();
 });
 ui.chatForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -149,7 +166,7 @@ document.addEventListener("visibilitychange", () => {
 window.addEventListener("pagehide", (ev) => {
   if (ev.persisted) return; // back/forward cache: client.js reconnects on return
   // Tell the peer; client.js then ends its stream so the gateway sees us go at once.
-  if (call.peer && call.state !== "idle") signal(call.peer, "hang-up", null);
+  phone.hangUpOnUnload();
 });
 
 resume();
@@ -158,28 +175,36 @@ resume();
 
 /** Comes back as the same user after a reload of this tab. */
 async function resume() {
+  /** @type {Partial<SavedSession> | null} */
   const saved = readJson(sessionStorage, STORAGE_SESSION);
   if (!saved?.token) {
     ui.name.focus();
     return;
   }
+  const transport = transportOf(saved.transport);
   ui.name.value = saved.username ?? "";
-  ui.joinForm.elements.transport.value = saved.transport ?? "auto";
+  transportRadios.value = transport;
   setBusy(true, "Reconnecting…");
+  let resumed;
   try {
-    client = await SignalClient.fromToken(saved.token, GATEWAY);
+    resumed = await SignalClient.fromToken(saved.token, GATEWAY);
   } catch (err) {
     setBusy(false);
-    if (err.code === "UNAUTHENTICATED") {
+    if (err instanceof SignalError && err.code === "UNAUTHENTICATED") {
       sessionStorage.removeItem(STORAGE_SESSION); // the gateway forgot us (restart or expiry): join again
     } else {
-      ui.joinError.textContent = `Could not reach the gateway: ${err.message}`;
+      ui.joinError.textContent = `Could not reach the gateway: ${errorMessage(err)}`;
     }
     return;
   }
-  await connect(saved.transport ?? "auto");
+  client = resumed;
+  await connect(resumed, transport);
 }
 
+/**
+ * @param {string} name
+ * @param {TransportChoice} transport
+ */
 async function join(name, transport) {
   ui.joinError.textContent = "";
   if (!name) {
@@ -188,34 +213,41 @@ async function join(name, transport) {
     return;
   }
   setBusy(true, "Joining…");
+  /** @type {Record<string, string>} */
   const owned = readJson(localStorage, STORAGE_TOKENS) ?? {};
+  let joined;
   try {
-    client = await SignalClient.register(name, { ...GATEWAY, token: owned[name] });
+    joined = await SignalClient.register(name, { ...GATEWAY, token: owned[name] });
   } catch (err) {
     setBusy(false);
-    ui.joinError.textContent = err.code === "TAKEN"
+    ui.joinError.textContent = err instanceof SignalError && err.code === "TAKEN"
       ? `“${name}” is already taken. Pick another name.`
-      : err.message;
+      : errorMessage(err);
     ui.name.focus();
     return;
   }
-  owned[client.username] = client.token;
+  client = joined;
+  owned[joined.username] = joined.token;
   writeJson(localStorage, STORAGE_TOKENS, owned);
-  await connect(transport);
+  await connect(joined, transport);
 }
 
-async function connect(transport) {
+/**
+ * @param {SignalClient} c the client just registered or resumed
+ * @param {TransportChoice} transport
+ */
+async function connect(c, transport) {
   transportChoice = transport;
-  client.addEventListener("open", onOpen);
-  client.addEventListener("close", onClose);
-  client.addEventListener("reconnecting", onReconnecting);
-  client.addEventListener("identity", onIdentity);
-  client.addEventListener("message", (ev) => onEnvelope(ev.detail));
+  onClientEvent(c, "open", onOpen);
+  onClientEvent(c, "close", onClose);
+  onClientEvent(c, "reconnecting", onReconnecting);
+  onClientEvent(c, "identity", onIdentity);
+  onClientEvent(c, "message", (envelope) => phone.handle(envelope));
   try {
-    await client.connect({ transport });
+    await c.connect({ transport });
   } catch (err) {
     setBusy(false);
-    ui.joinError.textContent = `Could not connect${transport === "auto" ? "" : ` over ${TRANSPORT_LABEL[transport]}`}: ${err.message}`;
+    ui.joinError.textContent = `Could not connect${transport === "auto" ? "" : ` over ${TRANSPORT_LABEL[transport]}`}: ${errorMessage(err)}`;
     client = null;
     return;
   }
@@ -224,16 +256,16 @@ async function connect(transport) {
   ui.joinView.hidden = true;
   ui.lobby.hidden = false;
   ui.me.hidden = false;
-  ui.meName.textContent = client.username;
-  ui.meAvatar.textContent = initial(client.username);
-  ui.meAvatar.style.setProperty("--hue", hue(client.username));
-  document.title = `${client.username} · signal-gateway`;
+  ui.meName.textContent = c.username;
+  ui.meAvatar.textContent = initial(c.username);
+  ui.meAvatar.style.setProperty("--hue", hue(c.username));
+  document.title = `${c.username} · signal-gateway`;
   showMyTransport();
   refreshPeople();
 }
 
 function leave() {
-  endCall("Call ended", { notify: true });
+  phone.hangUp();
   const old = client;
   client = null;
   old?.close();
@@ -248,6 +280,10 @@ function leave() {
   ui.name.focus();
 }
 
+/**
+ * @param {boolean} busy
+ * @param {string} [label]
+ */
 function setBusy(busy, label = "Join") {
   ui.joinButton.disabled = busy;
   ui.joinButton.textContent = busy ? label : "Join";
@@ -255,30 +291,39 @@ function setBusy(busy, label = "Join") {
 }
 
 function saveSession() {
-  writeJson(sessionStorage, STORAGE_SESSION, {
-    username: client.username,
-    token: client.token,
-    transport: transportChoice,
-  });
+  if (!client) return;
+  /** @type {SavedSession} */
+  const session = { username: client.username, token: client.token, transport: transportChoice };
+  writeJson(sessionStorage, STORAGE_SESSION, session);
 }
 
 // ---- the gateway connection ----
 
-function onOpen(ev) {
+/**
+ * Listens to one of client.js's events, with the `detail` its documentation
+ * gives that event (client.js dispatches plain CustomEvents).
+ * @template {keyof ClientEvents} K
+ * @param {SignalClient} c
+ * @param {K} type
+ * @param {(detail: ClientEvents[K]) => void} listener
+ */
+function onClientEvent(c, type, listener) {
+  c.addEventListener(type, (ev) => listener(/** @type {CustomEvent<ClientEvents[K]>} */ (ev).detail));
+}
+
+/** @param {ClientEvents["open"]} welcome */
+function onOpen(welcome) {
   hideBanner();
   showMyTransport();
   if (ui.lobby.hidden) return; // the first connection: connect() shows the lobby
-  if (ev.detail.reconnected) toast(`Back online over ${TRANSPORT_LABEL[client.transport]}.`);
+  if (welcome.reconnected) toast(`Back online over ${TRANSPORT_LABEL[welcome.transport]}.`);
   // The transport may have changed: tell the peer.
-  if (call.peer && call.state !== "idle" && call.state !== "ringing") {
-    sendHello(call.peer);
-    showPeerTransport();
-  }
+  phone.reconnected();
   refreshPeople();
 }
 
-function onClose(ev) {
-  const { reason, message, willReconnect } = ev.detail;
+/** @param {CloseDetail} detail */
+function onClose({ reason, message, willReconnect }) {
   if (reason === "CLOSED" || !client) return; // we closed it ourselves
   if (willReconnect) {
     setMyBadge("Reconnecting…", "warn");
@@ -286,7 +331,7 @@ function onClose(ev) {
   }
   setMyBadge("Offline", "bad");
   clearTimeout(peopleTimer);
-  const inCall = call.state === "connected" ? " Your call goes on: it does not need the gateway." : "";
+  const inCall = phone.state === "connected" ? " Your call goes on: it does not need the gateway." : "";
   if (reason === "REPLACED") {
     showBanner(`“${client.username}” is now connected in another tab or window, so this one stepped aside.${inCall}`, "Use it here", reconnect);
   } else if (reason === "KICKED") {
@@ -296,26 +341,30 @@ function onClose(ev) {
   }
 }
 
-function onReconnecting(ev) {
-  setMyBadge(`Reconnecting in ${Math.max(1, Math.round(ev.detail.delay / 1000))} s…`, "warn");
+/** @param {ClientEvents["reconnecting"]} detail */
+function onReconnecting({ delay }) {
+  setMyBadge(`Reconnecting in ${Math.max(1, Math.round(delay / 1000))} s…`, "warn");
 }
 
 function onIdentity() {
   // The gateway restarted and we registered our name again: keep the new token.
+  if (!client) return;
   saveSession();
+  /** @type {Record<string, string>} */
   const owned = readJson(localStorage, STORAGE_TOKENS) ?? {};
   owned[client.username] = client.token;
   writeJson(localStorage, STORAGE_TOKENS, owned);
 }
 
 async function reconnect() {
+  if (!client) return;
   hideBanner();
   setMyBadge("Connecting…", "warn");
   try {
     await client.connect({ transport: transportChoice });
   } catch (err) {
     setMyBadge("Offline", "bad");
-    showBanner(`Could not reconnect: ${err.message}`, "Try again", reconnect);
+    showBanner(`Could not reconnect: ${errorMessage(err)}`, "Try again", reconnect);
   }
 }
 
@@ -328,9 +377,40 @@ function showMyTransport() {
     : `Signalling over ${TRANSPORT_LABEL[client.transport]}`;
 }
 
+/**
+ * @param {string} text
+ * @param {string} kind the badge's class: a transport, `warn` or `bad`
+ */
 function setMyBadge(text, kind) {
   ui.meTransport.textContent = text;
   ui.meTransport.className = `badge ${kind}`;
+}
+
+/**
+ * Sends an envelope through the gateway; a failure is shown, not thrown.
+ * @param {string} target
+ * @param {string} type
+ * @param {unknown} payload
+ */
+function signal(target, type, payload) {
+  try {
+    client?.send(target, type, payload);
+  } catch (err) {
+    toast(`Could not reach the gateway: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * An error envelope from the gateway that is not about the call.
+ * @param {string} type
+ * @param {{ message?: string }} payload
+ */
+function onGatewayError(type, payload) {
+  if (type === "RATE_LIMITED") {
+    toast("Slow down a little: the gateway is rate limiting this connection.");
+  } else {
+    toast(payload.message || type);
+  }
 }
 
 // ---- who is online ----
@@ -344,22 +424,24 @@ async function refreshPeople(byHand = false) {
       peopleListed = true;
       renderPeople(connected.filter((c) => c.username !== client?.username));
     } catch (err) {
-      if (err.status === 401 || err.status === 403) {
+      const status = err instanceof SignalError && "status" in err ? err.status : undefined;
+      if (status === 401 || status === 403) {
         peopleListed = false;
         ui.people.replaceChildren();
         ui.peopleNote.textContent = "This gateway only shows who is online to pages on its own machine. Call someone by name instead.";
         ui.dial.focus();
       } else {
-        ui.peopleNote.textContent = `Could not load the list: ${err.message}`;
+        ui.peopleNote.textContent = `Could not load the list: ${errorMessage(err)}`;
       }
     }
   }
   if (peopleListed && !document.hidden) peopleTimer = setTimeout(refreshPeople, PEOPLE_REFRESH_MS);
 }
 
+/** @param {Array<{ username: string, transport: string }>} people */
 function renderPeople(people) {
   people.sort((a, b) => a.username.localeCompare(b.username));
-  const busy = call.state !== "idle";
+  const busy = phone.state !== "idle";
   const items = people.map((person) => {
     const li = document.createElement("li");
     const avatar = document.createElement("span");
@@ -379,7 +461,7 @@ function renderPeople(people) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "secondary small";
-    button.textContent = call.peer === person.username && busy ? "In call" : "Call";
+    button.textContent = phone.peer === person.username && busy ? "In call" : "Call";
     button.setAttribute("aria-label", `Call ${person.username}`);
     button.disabled = busy;
     button.addEventListener("click", () => startCall(person.username));
@@ -392,254 +474,71 @@ function renderPeople(people) {
     : "Nobody else is here yet. Open this page in another tab (or on another device) and join with another name.";
 }
 
-// ---- signalling ----
-
-function signal(target, type, payload) {
-  try {
-    client?.send(target, type, payload);
-    return true;
-  } catch (err) {
-    toast(`Could not reach the gateway: ${err.message}`);
-    return false;
-  }
-}
-
-function sendHello(target) {
-  signal(target, "hello", { transport: client.transport });
-}
-
-function onEnvelope({ type, originator, payload }) {
-  if (originator === "") {
-    onGatewayError(type, payload ?? {});
-    return;
-  }
-  const fromPeer = originator === call.peer;
-  switch (type) {
-    case "hello":
-      peerInfo.set(originator, payload ?? {});
-      if (fromPeer) showPeerTransport();
-      break;
-    case "video-offer":
-      onOffer(originator, payload);
-      break;
-    case "video-answer":
-      if (fromPeer && call.role === "caller") onAnswer(payload).catch(failCall);
-      break;
-    case "ice-candidate":
-      if (fromPeer && payload) addCandidate(payload).catch(() => {}); // a stale candidate is harmless
-      break;
-    case "hang-up":
-      if (fromPeer) endCall(call.state === "ringing" ? `Missed call from ${originator}` : `${originator} hung up`);
-      break;
-    case "call-decline":
-      if (fromPeer) endCall(payload?.reason === "busy" ? `${originator} is in another call` : `${originator} declined the call`);
-      break;
-    default:
-      break; // unknown types are for other apps
-  }
-}
-
-function onGatewayError(type, payload) {
-  // The rest of a call's envelopes to someone who turned out to be offline.
-  if (payload.target && payload.target === lastEnded.peer && payload.target !== call.peer
-    && Date.now() - lastEnded.at < 5_000) return;
-  if (type === "TARGET_NOT_FOUND" && payload.target && payload.target === call.peer) {
-    endCall(call.state === "connected"
-      ? `${call.peer} left the gateway`
-      : `${call.peer} is not online`);
-    refreshPeople();
-  } else if (type === "RATE_LIMITED") {
-    toast("Slow down a little: the gateway is rate limiting this connection.");
-  } else {
-    toast(payload.message || type);
-  }
-}
-
 // ---- calls ----
 
-async function startCall(target) {
-  if (!client || call.state !== "idle") return;
+/** @param {string} target */
+function startCall(target) {
+  if (!client || phone.state !== "idle") return;
   if (target === client.username) {
     toast("That's you. Pick someone else.");
     return;
   }
-  call = { ...idleCall(), state: "calling", peer: target, role: "caller" };
-  setCallState("calling", `Calling ${target}…`);
-  showCallUi();
-  chatSystem(`Calling ${target}…`);
-  sendHello(target); // before asking for the camera: an offline callee shows up at once
-  try {
-    const local = await getMedia();
-    if (call.peer !== target) return stopMedia(local); // ended meanwhile
-    call.local = local;
-    showLocal();
-    const pc = newPeerConnection();
-    const kinds = new Set(call.local?.getTracks().map((t) => t.kind));
-    for (const track of call.local?.getTracks() ?? []) pc.addTrack(track, call.local);
-    // Receive their video and audio even when we have none to send.
-    for (const kind of ["audio", "video"]) {
-      if (!kinds.has(kind)) pc.addTransceiver(kind, { direction: "recvonly" });
-    }
-    useChannel(pc.createDataChannel("chat"));
-    await pc.setLocalDescription(await pc.createOffer());
-    signal(target, "video-offer", pc.localDescription);
-    call.timer = setTimeout(() => {
-      if (call.state === "calling") endCall(`${target} did not answer`, { notify: true });
-    }, RING_TIMEOUT_MS);
-  } catch (err) {
-    failCall(err);
-  }
+  phone.dial(target);
 }
 
-function onOffer(from, offer) {
-  if (call.state !== "idle") {
-    if (from !== call.peer) signal(from, "call-decline", { reason: "busy" });
-    return;
-  }
-  call = { ...idleCall(), state: "ringing", peer: from, role: "callee", offer };
-  setCallState("ringing", `${from} is calling…`);
-  const info = peerInfo.get(from) ?? {};
-  ui.incomingAvatar.textContent = initial(from);
-  ui.incomingAvatar.style.setProperty("--hue", hue(from));
-  ui.incomingTitle.textContent = `${from} is calling`;
-  ui.incomingDetail.textContent = info.transport
-    ? `Signalled over ${TRANSPORT_LABEL[info.transport] ?? info.transport}`
-    : "Incoming call";
-  ui.incoming.showModal();
-  ui.accept.focus();
-  call.timer = setTimeout(() => {
-    if (call.state === "ringing") declineCall("timeout");
-  }, RING_TIMEOUT_MS);
-}
-
-async function acceptCall() {
-  if (call.state !== "ringing") return;
-  ui.incoming.close();
-  clearTimeout(call.timer);
-  const peer = call.peer;
-  call.state = "connecting";
-  setCallState("connecting", `Connecting to ${peer}…`);
-  showCallUi();
-  chatSystem(`You accepted ${peer}'s call.`);
-  try {
-    const local = await getMedia();
-    if (call.peer !== peer) return stopMedia(local); // ended meanwhile
-    call.local = local;
-    showLocal();
-    const pc = newPeerConnection();
-    pc.addEventListener("datachannel", (ev) => useChannel(ev.channel));
-    await pc.setRemoteDescription(call.offer);
-    // addTrack re-uses the transceivers the offer created, so no renegotiation.
-    for (const track of call.local?.getTracks() ?? []) pc.addTrack(track, call.local);
-    await flushCandidates();
-    await pc.setLocalDescription(await pc.createAnswer());
-    sendHello(peer);
-    signal(peer, "video-answer", pc.localDescription);
-    showPeerTransport();
-  } catch (err) {
-    failCall(err);
-  }
-}
-
-function declineCall(reason) {
-  if (call.state !== "ringing") return;
-  if (ui.incoming.open) ui.incoming.close();
-  signal(call.peer, "call-decline", { reason });
-  endCall(reason === "timeout" ? `Missed call from ${call.peer}` : `You declined ${call.peer}'s call`);
-}
-
-async function onAnswer(answer) {
-  clearTimeout(call.timer);
-  call.state = "connecting";
-  setCallState("connecting", `Connecting to ${call.peer}…`);
-  await call.pc.setRemoteDescription(answer);
-  await flushCandidates();
-  showPeerTransport();
-}
-
-async function addCandidate(candidate) {
-  if (call.pc?.remoteDescription) await call.pc.addIceCandidate(candidate);
-  else call.candidates.push(candidate); // before the offer/answer is in place
-}
-
-async function flushCandidates() {
-  const queued = call.candidates;
-  call.candidates = [];
-  for (const candidate of queued) await call.pc.addIceCandidate(candidate).catch(() => {});
-}
-
-function newPeerConnection() {
-  const pc = new RTCPeerConnection({ iceServers: ICE_SERVERS });
-  const peer = call.peer;
-  call.pc = pc;
-  pc.addEventListener("icecandidate", (ev) => signal(peer, "ice-candidate", ev.candidate));
-  pc.addEventListener("track", (ev) => {
-    const stream = ev.streams[0] ?? (ui.remoteVideo.srcObject instanceof MediaStream ? ui.remoteVideo.srcObject : new MediaStream());
-    if (!ev.streams[0]) stream.addTrack(ev.track);
-    if (ui.remoteVideo.srcObject !== stream) ui.remoteVideo.srcObject = stream;
-    ev.track.addEventListener("unmute", updateVideos);
-    ev.track.addEventListener("mute", updateVideos);
-    ui.remoteVideo.play().catch(() => {});
-    updateVideos();
-  });
-  pc.addEventListener("connectionstatechange", () => {
-    if (call.pc !== pc) return;
-    if (pc.connectionState === "connected") {
-      clearTimeout(call.timer);
-      call.state = "connected";
+/**
+ * @param {Exclude<CallState, "idle">} state
+ * @param {CallState} previous
+ */
+function onCallState(state, previous) {
+  const peer = phone.peer ?? "";
+  if (state !== "ringing" && ui.incoming.open) ui.incoming.close();
+  switch (state) {
+    case "calling":
+      setCallState("calling", `Calling ${peer}…`);
+      showCallUi();
+      chatSystem(`Calling ${peer}…`);
+      break;
+    case "ringing":
+      showIncoming(peer);
+      break;
+    case "connecting":
+      setCallState("connecting", `Connecting to ${peer}…`);
+      if (previous === "ringing") {
+        showCallUi();
+        chatSystem(`You accepted ${peer}'s call.`);
+      }
+      break;
+    case "connected":
       setCallState("connected", `Connected to ${peer}`);
       chatSystem(`Connected to ${peer}, peer to peer.`);
       renderPeopleState();
-    } else if (pc.connectionState === "disconnected") {
-      setCallState("connecting", "Connection interrupted, waiting…");
-    } else if (pc.connectionState === "failed") {
-      endCall("The browsers could not reach each other (try ?ice=stun:… across networks)", { notify: true });
-    }
-  });
-  return pc;
+      break;
+  }
 }
 
-function useChannel(channel) {
-  call.channel = channel;
-  channel.addEventListener("open", () => {
-    if (call.channel !== channel) return;
-    ui.chatInput.disabled = false;
-    ui.chatSend.disabled = false;
-    ui.chatInput.placeholder = `Message ${call.peer}`;
-    ui.chatInput.focus();
-  });
-  channel.addEventListener("close", () => {
-    if (call.channel === channel) disableChat();
-  });
-  channel.addEventListener("message", (ev) => {
-    let text = "";
-    try {
-      text = String(JSON.parse(ev.data).text ?? "");
-    } catch {
-      text = String(ev.data);
-    }
-    if (text) chatLine(call.peer, text, false);
-  });
+/** @param {string} from */
+function showIncoming(from) {
+  setCallState("ringing", `${from} is calling…`);
+  const transport = phone.peerTransport;
+  ui.incomingAvatar.textContent = initial(from);
+  ui.incomingAvatar.style.setProperty("--hue", hue(from));
+  ui.incomingTitle.textContent = `${from} is calling`;
+  ui.incomingDetail.textContent = transport
+    ? `Signalled over ${TRANSPORT_LABEL[transport] ?? transport}`
+    : "Incoming call";
+  ui.incoming.showModal();
+  ui.accept.focus();
 }
 
-function sendChat() {
-  const text = ui.chatInput.value.trim();
-  if (!text || call.channel?.readyState !== "open") return;
-  call.channel.send(JSON.stringify({ text }));
-  chatLine(client.username, text, true);
-  ui.chatInput.value = "";
-}
-
-function endCall(message, { notify = false } = {}) {
-  if (call.state === "idle") return;
-  if (notify && call.peer) signal(call.peer, "hang-up", null);
+/**
+ * @param {EndReason} reason
+ * @param {string} peer
+ * @param {unknown} [error]
+ */
+function onCallEnded(reason, peer, error) {
+  const message = endMessage(reason, peer, error);
   if (ui.incoming.open) ui.incoming.close();
-  clearTimeout(call.timer);
-  call.channel?.close();
-  call.pc?.close();
-  stopMedia(call.local);
-  lastEnded = { peer: call.peer, at: Date.now() };
-  call = idleCall();
   ui.remoteVideo.srcObject = null;
   ui.localVideo.srcObject = null;
   disableChat();
@@ -655,52 +554,77 @@ function endCall(message, { notify = false } = {}) {
   refreshPeople();
 }
 
-function failCall(err) {
-  endCall(`The call failed: ${err?.message ?? err}`, { notify: true });
+/**
+ * What the call bar and the chat say when a call ends.
+ * @param {EndReason} reason
+ * @param {string} peer
+ * @param {unknown} error
+ * @returns {string}
+ */
+function endMessage(reason, peer, error) {
+  switch (reason) {
+    case "hung-up": return "Call ended";
+    case "declined": return `You declined ${peer}'s call`;
+    case "missed": return `Missed call from ${peer}`;
+    case "no-answer": return `${peer} did not answer`;
+    case "peer-hung-up": return `${peer} hung up`;
+    case "peer-declined": return `${peer} declined the call`;
+    case "peer-busy": return `${peer} is in another call`;
+    case "peer-left": return `${peer} left the gateway`;
+    case "peer-offline": return `${peer} is not online`;
+    case "unreachable": return "The browsers could not reach each other (try ?ice=stun:… across networks)";
+    case "failed": return `The call failed: ${errorMessage(error)}`;
+  }
+}
+
+function sendChat() {
+  const text = ui.chatInput.value.trim();
+  if (!client || !text || !phone.say(text)) return;
+  chatLine(client.username, text, true);
+  ui.chatInput.value = "";
 }
 
 // ---- media ----
 
-/** Camera and microphone if there are any; audio only, or nothing, otherwise. */
-async function getMedia() {
-  if (!navigator.mediaDevices?.getUserMedia) return null;
-  for (const constraints of [{ video: true, audio: true }, { audio: true }, { video: true }]) {
-    try {
-      return await navigator.mediaDevices.getUserMedia(constraints);
-    } catch (err) {
-      if (err.name === "NotAllowedError") break; // the person said no: don't ask again
-    }
-  }
-  return null;
-}
-
-function stopMedia(stream) {
-  for (const track of stream?.getTracks() ?? []) track.stop();
-}
-
-function showLocal() {
-  const hasVideo = Boolean(call.local?.getVideoTracks().length);
-  ui.localVideo.srcObject = hasVideo ? call.local : null;
+/** @param {MediaStream | null} local */
+function showLocal(local) {
+  const hasVideo = Boolean(local?.getVideoTracks().length);
+  ui.localVideo.srcObject = hasVideo ? local : null;
   ui.localVideo.hidden = !hasVideo;
   if (hasVideo) ui.localVideo.play().catch(() => {});
-  ui.toggleMic.hidden = !call.local?.getAudioTracks().length;
+  ui.toggleMic.hidden = !local?.getAudioTracks().length;
   ui.toggleCam.hidden = !hasVideo;
   for (const button of [ui.toggleMic, ui.toggleCam]) button.setAttribute("aria-pressed", "false");
   ui.toggleMic.setAttribute("aria-label", "Mute microphone");
   ui.toggleCam.setAttribute("aria-label", "Turn camera off");
-  if (!call.local) chatSystem("No camera or microphone here: this is a chat-only call.");
+  if (!local) chatSystem("No camera or microphone here: this is a chat-only call.");
 }
 
+/**
+ * @param {MediaStream} stream
+ * @param {MediaStreamTrack} track
+ */
+function showRemoteTrack(stream, track) {
+  if (ui.remoteVideo.srcObject !== stream) ui.remoteVideo.srcObject = stream;
+  track.addEventListener("unmute", updateVideos);
+  track.addEventListener("mute", updateVideos);
+  ui.remoteVideo.play().catch(() => {});
+  updateVideos();
+}
+
+/**
+ * @param {"audio" | "video"} kind
+ * @param {HTMLButtonElement} button
+ * @param {string} what
+ */
 function toggleTrack(kind, button, what) {
-  const tracks = kind === "audio" ? call.local?.getAudioTracks() : call.local?.getVideoTracks();
-  if (!tracks?.length) return;
-  const off = tracks[0].enabled;
-  for (const track of tracks) track.enabled = !off;
-  button.setAttribute("aria-pressed", String(off));
-  button.setAttribute("aria-label", off
-    ? (kind === "audio" ? "Unmute microphone" : "Turn camera on")
-    : (kind === "audio" ? "Mute microphone" : "Turn camera off"));
-  toast(off ? `Your ${what} is off.` : `Your ${what} is on.`);
+  const on = phone.toggle(kind);
+  if (on === null) return;
+  button.setAttribute("aria-pressed", String(!on));
+  button.setAttribute("aria-label", on
+    ? (kind === "audio" ? "Mute microphone" : "Turn camera off")
+    : (kind === "audio" ? "Unmute microphone" : "Turn camera on"));
+  toast(on ? `Your ${what} is on.` : `Your ${what} is off.`);
 }
 
 function updateVideos() {
@@ -708,15 +632,19 @@ function updateVideos() {
   const live = stream instanceof MediaStream && stream.getVideoTracks().some((t) => !t.muted && t.readyState === "live");
   ui.remoteVideo.classList.toggle("live", live);
   ui.placeholder.hidden = live;
-  if (!live && call.state !== "idle") {
-    ui.placeholderText.textContent = call.state === "connected"
-      ? `${call.peer} has no camera on. The chat works all the same.`
+  if (!live && phone.state !== "idle") {
+    ui.placeholderText.textContent = phone.state === "connected"
+      ? `${phone.peer} has no camera on. The chat works all the same.`
       : ui.callState.textContent;
   }
 }
 
 // ---- view helpers ----
 
+/**
+ * @param {CallState} kind
+ * @param {string} text
+ */
 function setCallState(kind, text) {
   ui.callState.textContent = text;
   ui.callDot.className = `call-dot ${kind}`;
@@ -726,28 +654,38 @@ function setCallState(kind, text) {
 function showCallUi() {
   ui.hangup.hidden = false;
   ui.remoteTag.hidden = false;
-  ui.remoteTag.textContent = call.peer;
+  ui.remoteTag.textContent = phone.peer;
   renderPeopleState();
 }
 
 function renderPeopleState() {
-  const busy = call.state !== "idle";
+  const busy = phone.state !== "idle";
   for (const button of ui.people.querySelectorAll("button")) button.disabled = busy;
 }
 
-/** "You [WebTransport] ⇄ Bob [WebSocket]" in the call bar. */
-function showPeerTransport() {
-  const transport = peerInfo.get(call.peer)?.transport;
-  if (!transport || !client?.transport) return;
+/**
+ * "You [WebTransport] ⇄ Bob [WebSocket]" in the call bar.
+ * @param {string} transport the peer's
+ */
+function showPeerTransport(transport) {
+  const peer = phone.peer;
+  if (!peer || !client?.transport) return;
   const label = TRANSPORT_LABEL[transport] ?? transport;
   ui.transports.hidden = false;
   ui.myCallTransport.textContent = TRANSPORT_LABEL[client.transport];
   ui.myCallTransport.className = `badge ${client.transport}`;
-  ui.peerName.textContent = call.peer;
+  ui.peerName.textContent = peer;
   ui.peerTransport.textContent = label;
   ui.peerTransport.className = `badge ${transport}`;
-  ui.transports.title = `Signalling: you over ${TRANSPORT_LABEL[client.transport]}, ${call.peer} over ${label}`;
-  ui.remoteTag.textContent = `${call.peer} · ${label}`;
+  ui.transports.title = `Signalling: you over ${TRANSPORT_LABEL[client.transport]}, ${peer} over ${label}`;
+  ui.remoteTag.textContent = `${peer} · ${label}`;
+}
+
+function enableChat() {
+  ui.chatInput.disabled = false;
+  ui.chatSend.disabled = false;
+  ui.chatInput.placeholder = `Message ${phone.peer}`;
+  ui.chatInput.focus();
 }
 
 function disableChat() {
@@ -756,6 +694,11 @@ function disableChat() {
   ui.chatInput.placeholder = "Chat opens in a call";
 }
 
+/**
+ * @param {string} who
+ * @param {string} text
+ * @param {boolean} mine
+ */
 function chatLine(who, text, mine) {
   const li = document.createElement("li");
   li.className = mine ? "mine" : "theirs";
@@ -769,6 +712,7 @@ function chatLine(who, text, mine) {
   appendChat(li);
 }
 
+/** @param {string} text */
 function chatSystem(text) {
   const li = document.createElement("li");
   li.className = "system";
@@ -776,12 +720,18 @@ function chatSystem(text) {
   appendChat(li);
 }
 
+/** @param {HTMLLIElement} li */
 function appendChat(li) {
   ui.chatLog.append(li);
-  while (ui.chatLog.children.length > 200) ui.chatLog.firstElementChild.remove();
+  while (ui.chatLog.children.length > 200) ui.chatLog.firstElementChild?.remove();
   ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
 }
 
+/**
+ * @param {string} text
+ * @param {string} action the button's label
+ * @param {() => void} onAction
+ */
 function showBanner(text, action, onAction) {
   ui.bannerText.textContent = text;
   ui.bannerAction.textContent = action;
@@ -794,6 +744,7 @@ function hideBanner() {
 }
 
 let toastTimer = 0;
+/** @param {string} text */
 function toast(text) {
   ui.toast.textContent = text;
   ui.toast.hidden = false;
@@ -801,17 +752,62 @@ function toast(text) {
   toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 4_000);
 }
 
+/** @param {string} name */
 function initial(name) {
   return [...name.trim()][0]?.toUpperCase() ?? "?";
 }
 
-/** A stable colour per name. */
+/**
+ * A stable colour per name.
+ * @param {string} name
+ */
 function hue(name) {
   let h = 0;
-  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) % 360;
+  for (const ch of name) h = (h * 31 + (ch.codePointAt(0) ?? 0)) % 360;
   return String(h);
 }
 
+/**
+ * @param {unknown} value
+ * @returns {TransportChoice} `value` if it is one, else `"auto"`
+ */
+function transportOf(value) {
+  return value === "webtransport" || value === "websocket" ? value : "auto";
+}
+
+/** @param {unknown} err */
+function errorMessage(err) {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * The element of index.html with this id; throws if it is missing or of
+ * another kind, so a renamed element fails at load, not at first use.
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @param {{ new (): T }} kind
+ * @returns {T}
+ */
+function $(id, kind) {
+  const element = document.getElementById(id);
+  if (!(element instanceof kind)) throw new Error(`index.html has no ${kind.name} #${id}`);
+  return element;
+}
+
+/**
+ * @param {HTMLFormElement} form
+ * @param {string} name
+ */
+function radioGroup(form, name) {
+  const group = form.elements.namedItem(name);
+  if (!(group instanceof RadioNodeList)) throw new Error(`#${form.id} has no radio group "${name}"`);
+  return group;
+}
+
+/**
+ * @param {Storage} storage
+ * @param {string} key
+ */
 function readJson(storage, key) {
   try {
     return JSON.parse(storage.getItem(key) ?? "null");
@@ -820,6 +816,11 @@ function readJson(storage, key) {
   }
 }
 
+/**
+ * @param {Storage} storage
+ * @param {string} key
+ * @param {unknown} value
+ */
 function writeJson(storage, key, value) {
   try {
     storage.setItem(key, JSON.stringify(value));

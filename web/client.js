@@ -83,7 +83,10 @@ export const CONNECT_DEFAULTS = Object.freeze({
 
 /** WebSocket close codes after which the gateway does not want a reconnect. */
 const FINAL_CLOSE_CODES = new Set([1002, 1009, 4000, 4001, 4002, 4029]);
-/** Close reasons the gateway uses, by code (for closes without a `CLOSE` envelope). */
+/**
+ * Close reasons the gateway uses, by code (for closes without a `CLOSE` envelope).
+ * @type {Record<number, string>}
+ */
 const CLOSE_REASONS = {
   1000: "NORMAL",
   1001: "SHUTDOWN",
@@ -168,6 +171,9 @@ export class SignalError extends Error {
  * @property {number} [maxQueued]
  * @property {boolean} [closeOnPageHide]
  *
+ * @typedef {Required<Omit<ConnectOptions, "reconnect">> & { reconnect: Required<ReconnectOptions> | false }} ResolvedOptions
+ *   {@link ConnectOptions} with the defaults filled in
+ *
  * @typedef {object} ClientOptions
  * @property {string} [baseUrl] the gateway's HTTP origin (and path prefix, if
  *   behind a proxy); default: the page's origin
@@ -201,7 +207,7 @@ export class SignalClient extends EventTarget {
   /** @type {"websocket" | "webtransport" | null} */ #transport = null;
   /** @type {Welcome | null} */ #welcome = null;
   /** @type {{ created: number, welcomed: number } | null} */ #timing = null;
-  /** @type {Required<Omit<ConnectOptions, "reconnect">> & { reconnect: Required<ReconnectOptions> | false }} */
+  /** @type {ResolvedOptions} */
   #options = normalizeOptions({});
   /** @type {string[]} */ #queue = [];
   #attempt = 0;
@@ -665,7 +671,9 @@ export class SignalClient extends EventTarget {
   #watchPage(on) {
     const method = on ? "addEventListener" : "removeEventListener";
     globalThis[method]?.("online", this.#retryNow);
-    globalThis[method]?.("pagehide", this.#onPageHide);
+    // Called through a union of the two methods, TypeScript knows no event
+    // types; what pagehide delivers is a PageTransitionEvent.
+    globalThis[method]?.("pagehide", /** @type {EventListener} */ (this.#onPageHide));
     globalThis[method]?.("pageshow", this.#retryNow);
   }
 
@@ -1030,7 +1038,10 @@ function webtransportUrl(baseUrl, cert, token) {
 
 // ---- small helpers ----
 
-/** @param {Partial<ConnectOptions>} options */
+/**
+ * @param {Partial<ConnectOptions>} options
+ * @returns {ResolvedOptions}
+ */
 function normalizeOptions(options) {
   const transport = options.transport ?? CONNECT_DEFAULTS.transport;
   if (transport !== "auto" && !TRANSPORTS.includes(transport)) {

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use signal_gateway::webtransport::framing::LineFramer;
+use signal_gateway::connection::lines::LineFramer;
 
 const MAX_LINE: usize = 256;
 

@@ -17,7 +17,8 @@ use super::wire::{CLOSE_TYPE, CloseReason, ErrorType, WELCOME_TYPE};
 /// Longest `target` accepted, in bytes (a 64-character name fits even in
 /// 4-byte UTF-8).
 pub const MAX_TARGET_BYTES: usize = 256;
-/// Longest `type` accepted, in bytes; the seed's types are ~15 bytes.
+/// Longest `type` accepted, in bytes; signaling types (`video-offer`,
+/// `new-ice-candidate`) are ~15 bytes.
 pub const MAX_TYPE_BYTES: usize = 128;
 
 /// An envelope as a client sends it: `{"target", "type", "payload"}`.
@@ -208,7 +209,8 @@ pub struct ErrorDetail<'a> {
     pub retry_after_ms: Option<u64>,
 }
 
-/// An error envelope for the sender: `originator` is empty, as in the seed.
+/// An error envelope for the sender: an empty `originator` marks it as the
+/// gateway's own.
 pub fn error_frame(error: ErrorType, detail: &ErrorDetail<'_>) -> Bytes {
     server_frame(error.as_str(), detail)
 }
@@ -273,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_seed_envelope_and_keeps_payload_raw() {
+    fn accepts_a_signaling_envelope_and_keeps_payload_raw() {
         let env = parse(
             r#"{"target":"bob","type":"video-offer","payload":{"sdp":"v=0\r\n", "n": 1.50}}"#,
         )

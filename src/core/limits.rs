@@ -3,6 +3,7 @@
 //! same struct, so one `Limits` describes the whole gateway. Zero is never
 //! "unbounded": the configuration layer refuses it.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -52,6 +53,40 @@ pub const DEFAULT_REGISTER_BURST_PER_IP: u32 = 50;
 pub const DEFAULT_MAX_IDENTITIES: usize = 100_000;
 /// An identity unseen for this long expires and its name becomes free.
 pub const DEFAULT_IDENTITY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Identities registered from one client IP (or IPv6 /64) held at once, so
+/// one address cannot squat the namespace (an office behind one NAT still
+/// fits).
+pub const DEFAULT_MAX_IDENTITIES_PER_IP: usize = 1000;
+/// QUIC connections that have not yet authenticated a WebTransport session
+/// (handshake, plain HTTP/3 requests, the CONNECT itself), across all
+/// clients. They are counted apart from `--max-connections`, so
+/// unauthenticated work never takes the slots authenticated users need.
+/// At the worst case per connection (see [`DEFAULT_PRE_SESSION_BYTES`])
+/// this bounds unauthenticated QUIC memory to about 200 MiB.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1024;
+/// Unauthenticated QUIC connections from one client IP (or IPv6 /64).
+pub const DEFAULT_MAX_PENDING_PER_IP: usize = 32;
+/// Bytes an unauthenticated QUIC connection may send on all its streams
+/// together (HTTP/3 SETTINGS, QPACK streams, request heads and bodies):
+/// h3 buffers a whole frame before decoding it, whatever length it
+/// declares, so this is what bounds it. A browser's handshake and CONNECT
+/// take a few hundred bytes.
+pub const DEFAULT_PRE_SESSION_BYTES: usize = 64 * 1024;
+/// Plain HTTP/3 requests one unauthenticated QUIC connection may make.
+pub const DEFAULT_PRE_SESSION_REQUESTS: usize = 32;
+
+/// The key per-IP limits use: an IPv4 address as it is, an IPv6 address
+/// by its /64 (what one subscriber or host is usually given, so one client
+/// cannot dodge a per-IP limit by rotating through its own addresses).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
 
 /// The limits in force.
 #[derive(Debug, Clone)]
@@ -92,6 +127,16 @@ pub struct Limits {
     pub max_identities: usize,
     /// See [`DEFAULT_IDENTITY_TTL`].
     pub identity_ttl: Duration,
+    /// See [`DEFAULT_MAX_IDENTITIES_PER_IP`].
+    pub max_identities_per_ip: usize,
+    /// See [`DEFAULT_MAX_PENDING_CONNECTIONS`].
+    pub max_pending_connections: usize,
+    /// See [`DEFAULT_MAX_PENDING_PER_IP`].
+    pub max_pending_per_ip: usize,
+    /// See [`DEFAULT_PRE_SESSION_BYTES`].
+    pub pre_session_bytes: usize,
+    /// See [`DEFAULT_PRE_SESSION_REQUESTS`].
+    pub pre_session_requests: usize,
 }
 
 const fn nz(n: u32) -> NonZeroU32 {
@@ -122,6 +167,30 @@ impl Default for Limits {
             register_burst_per_ip: nz(DEFAULT_REGISTER_BURST_PER_IP),
             max_identities: DEFAULT_MAX_IDENTITIES,
             identity_ttl: DEFAULT_IDENTITY_TTL,
+            max_identities_per_ip: DEFAULT_MAX_IDENTITIES_PER_IP,
+            max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
+            max_pending_per_ip: DEFAULT_MAX_PENDING_PER_IP,
+            pre_session_bytes: DEFAULT_PRE_SESSION_BYTES,
+            pre_session_requests: DEFAULT_PRE_SESSION_REQUESTS,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_keys_group_an_ipv6_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(other));
+        assert_eq!(ip_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(ip_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ip_key(mapped), v4, "IPv4-mapped is the IPv4 address");
     }
 }

@@ -7,12 +7,18 @@ pub mod hub;
 pub mod limits;
 pub mod outbox;
 pub mod registry;
+pub mod session;
 pub mod stats;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod username;
 pub mod wire;
 
-pub use hub::{Admission, AfterWrite, Hub, Refusal, Session, WriteError, write_within};
+pub use hub::{
+    Admission, Authenticated, Hub, PendingAdmission, Refusal, RegisterError, Report, Users,
+};
 pub use limits::Limits;
 pub use registry::Transport;
+pub use session::{AfterWrite, Session, WriteError, write_within};
 pub use wire::{CloseReason, ErrorType};

@@ -2,7 +2,7 @@
 //!
 //! One live connection per user, newest wins. Removal compares connection
 //! ids, so the late cleanup of a replaced connection can never evict the
-//! connection that replaced it (the seed's kick bug).
+//! connection that replaced it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -75,10 +75,24 @@ pub struct ConnectedUser {
     pub queued: usize,
 }
 
+/// What had been revoked when a connection was authenticated. A
+/// connection is authenticated (its token checked) a moment before it
+/// attaches: a WebSocket upgrade or a WebTransport stream comes later. On
+/// attach the registry checks that no kick and no deletion of identities
+/// happened in between, so an identity deleted meanwhile can never come
+/// back through a connection that was already on its way in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    kicks: u64,
+    deletions: u64,
+}
+
 #[derive(Debug)]
 struct State {
     users: HashMap<Arc<str>, Entry>,
     accepting: bool,
+    kicks: u64,
+    deletions: u64,
 }
 
 /// The live connections, keyed by username.
@@ -93,6 +107,8 @@ impl Default for UserClientRegistry {
             state: Mutex::new(State {
                 users: HashMap::new(),
                 accepting: true,
+                kicks: 0,
+                deletions: 0,
             }),
         }
     }
@@ -107,22 +123,43 @@ impl UserClientRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// What has been revoked so far; take it *before* checking a token, and
+    /// hand it to [`UserClientRegistry::insert`].
+    pub fn grant(&self) -> Grant {
+        let state = self.lock();
+        Grant {
+            kicks: state.kicks,
+            deletions: state.deletions,
+        }
+    }
+
     /// Makes `entry` the user's live connection. A previous connection is
-    /// asked to close as `REPLACED` and returned. Once the registry has
-    /// stopped (shutdown), the entry is not inserted and is told to close as
-    /// `SHUTDOWN` instead.
-    pub fn insert(&self, user: Arc<str>, entry: Entry) -> Option<Entry> {
+    /// asked to close as `REPLACED` and returned. The entry is refused with
+    /// the reason to close it with when the registry has stopped
+    /// (`SHUTDOWN`), when everyone was kicked since `grant` was taken
+    /// (`KICKED`), or when identities were deleted since (`UNAUTHENTICATED`).
+    pub fn insert(
+        &self,
+        user: Arc<str>,
+        entry: Entry,
+        grant: Grant,
+    ) -> Result<Option<Entry>, CloseReason> {
         let mut state = self.lock();
         if !state.accepting {
-            entry.outbox.close(CloseReason::Shutdown);
-            return None;
+            return Err(CloseReason::Shutdown);
+        }
+        if state.deletions != grant.deletions {
+            return Err(CloseReason::Unauthenticated);
+        }
+        if state.kicks != grant.kicks {
+            return Err(CloseReason::Kicked);
         }
         let old = state.users.insert(user, entry);
         drop(state);
         if let Some(old) = &old {
             old.outbox.close(CloseReason::Replaced);
         }
-        old
+        Ok(old)
     }
 
     /// Removes the user's entry only if it is still connection `conn`.
@@ -165,20 +202,36 @@ impl UserClientRegistry {
             .map(|entry| entry.outbox.clone())
     }
 
-    /// Closes every connection with `reason` and empties the registry;
-    /// returns how many there were.
-    pub fn close_all(&self, reason: CloseReason) -> usize {
-        let drained: Vec<Entry> = self.lock().users.drain().map(|(_, entry)| entry).collect();
+    /// Empties the registry, after `update` has changed its state under
+    /// the same lock, and closes every connection with `reason`; returns how
+    /// many there were.
+    fn close_all(&self, reason: CloseReason, update: impl FnOnce(&mut State)) -> usize {
+        let mut state = self.lock();
+        update(&mut state);
+        let drained: Vec<Entry> = state.users.drain().map(|(_, entry)| entry).collect();
+        drop(state);
         for entry in &drained {
             entry.outbox.close(reason);
         }
         drained.len()
     }
 
+    /// Closes every connection as `KICKED`, and every connection already
+    /// authenticated but not attached yet as it attaches.
+    pub fn kick_all(&self) -> usize {
+        self.close_all(CloseReason::Kicked, |state| state.kicks += 1)
+    }
+
+    /// Closes every connection as `KICKED` after every identity has been
+    /// deleted; connections on their way in are refused as
+    /// `UNAUTHENTICATED`.
+    pub fn revoke_all(&self) -> usize {
+        self.close_all(CloseReason::Kicked, |state| state.deletions += 1)
+    }
+
     /// Closes every connection as `SHUTDOWN` and refuses new ones for good.
     pub fn stop(&self) -> usize {
-        self.lock().accepting = false;
-        self.close_all(CloseReason::Shutdown)
+        self.close_all(CloseReason::Shutdown, |state| state.accepting = false)
     }
 
     /// Whether new connections are still taken (false once shutdown began).
@@ -251,8 +304,14 @@ mod tests {
     fn newest_wins_and_old_is_told_replaced() {
         let registry = UserClientRegistry::default();
         let first = entry(1, 8);
-        registry.insert("alice".into(), first.clone());
-        let old = registry.insert("alice".into(), entry(2, 8)).unwrap();
+        let grant = registry.grant();
+        registry
+            .insert("alice".into(), first.clone(), grant)
+            .unwrap();
+        let old = registry
+            .insert("alice".into(), entry(2, 8), grant)
+            .unwrap()
+            .unwrap();
         assert_eq!(old.conn, 1);
         assert_eq!(first.outbox.closing(), Some(CloseReason::Replaced));
         assert_eq!(registry.len(), 1);
@@ -261,8 +320,9 @@ mod tests {
     #[test]
     fn late_cleanup_of_replaced_connection_keeps_the_new_one() {
         let registry = UserClientRegistry::default();
-        registry.insert("alice".into(), entry(1, 8));
-        registry.insert("alice".into(), entry(2, 8));
+        let grant = registry.grant();
+        registry.insert("alice".into(), entry(1, 8), grant).unwrap();
+        registry.insert("alice".into(), entry(2, 8), grant).unwrap();
         assert!(!registry.remove_if("alice", 1));
         assert!(registry.contains("alice"));
         assert!(registry.remove_if("alice", 2));
@@ -282,7 +342,9 @@ mod tests {
     fn full_target_is_closed_as_slow_consumer_and_removed() {
         let registry = UserClientRegistry::default();
         let bob = entry(7, 1);
-        registry.insert("bob".into(), bob.clone());
+        registry
+            .insert("bob".into(), bob.clone(), registry.grant())
+            .unwrap();
         assert!(matches!(registry.deliver("bob", item()), Delivery::Queued));
         assert!(matches!(
             registry.deliver("bob", item()),
@@ -300,12 +362,18 @@ mod tests {
     fn stop_closes_everyone_and_refuses_newcomers() {
         let registry = UserClientRegistry::default();
         let a = entry(1, 8);
-        registry.insert("a".into(), a.clone());
+        registry
+            .insert("a".into(), a.clone(), registry.grant())
+            .unwrap();
         assert_eq!(registry.stop(), 1);
         assert_eq!(a.outbox.closing(), Some(CloseReason::Shutdown));
         let late = entry(2, 8);
-        assert!(registry.insert("b".into(), late.clone()).is_none());
-        assert_eq!(late.outbox.closing(), Some(CloseReason::Shutdown));
+        assert_eq!(
+            registry
+                .insert("b".into(), late, registry.grant())
+                .unwrap_err(),
+            CloseReason::Shutdown
+        );
         assert!(registry.is_empty());
     }
 
@@ -318,7 +386,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..200u64 {
                         let conn = t * 1000 + i;
-                        registry.insert("alice".into(), entry(conn, 8));
+                        registry
+                            .insert("alice".into(), entry(conn, 8), registry.grant())
+                            .unwrap();
                         registry.remove_if("alice", conn.saturating_sub(1));
                     }
                 })
@@ -328,5 +398,30 @@ mod tests {
             thread.join().unwrap();
         }
         assert!(registry.len() <= 1);
+    }
+
+    #[test]
+    fn a_connection_authenticated_before_a_kick_or_deletion_cannot_attach_after_it() {
+        let registry = UserClientRegistry::default();
+        let before_kick = registry.grant();
+        registry.kick_all();
+        assert_eq!(
+            registry
+                .insert("a".into(), entry(1, 8), before_kick)
+                .unwrap_err(),
+            CloseReason::Kicked
+        );
+        let before_deletion = registry.grant();
+        assert_eq!(registry.revoke_all(), 0);
+        assert_eq!(
+            registry
+                .insert("a".into(), entry(2, 8), before_deletion)
+                .unwrap_err(),
+            CloseReason::Unauthenticated
+        );
+        registry
+            .insert("a".into(), entry(3, 8), registry.grant())
+            .unwrap();
+        assert!(registry.contains("a"));
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::wire::CloseReason;
+use super::wire::{CloseReason, PreSessionClose};
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -63,7 +63,11 @@ pub struct Stats {
     /// The gateway's own frames (error replies, WELCOME) discarded because
     /// their connection closed before they could be written.
     pub replies_dropped: Counter,
+    /// QUIC handshakes answered with a Retry, to make the client prove its
+    /// address before it gets any state.
+    pub quic_retries: Counter,
     closes: [Counter; CloseReason::ALL.len()],
+    pre_session_closes: [Counter; PreSessionClose::ALL.len()],
 }
 
 impl Stats {
@@ -71,6 +75,13 @@ impl Stats {
     pub fn closed_for(&self, reason: CloseReason) {
         if let Some(index) = CloseReason::ALL.iter().position(|r| *r == reason) {
             self.closes[index].inc();
+        }
+    }
+
+    /// Counts a QUIC connection closed before it authenticated a session.
+    pub fn pre_session_closed(&self, why: PreSessionClose) {
+        if let Some(index) = PreSessionClose::ALL.iter().position(|w| *w == why) {
+            self.pre_session_closes[index].inc();
         }
     }
 
@@ -94,6 +105,13 @@ impl Stats {
                 .iter()
                 .zip(&self.closes)
                 .map(|(reason, count)| (reason.reason(), count.get()))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+            quic_retries: self.quic_retries.get(),
+            pre_session_closes: PreSessionClose::ALL
+                .iter()
+                .zip(&self.pre_session_closes)
+                .map(|(why, count)| (why.reason(), count.get()))
                 .filter(|(_, count)| *count > 0)
                 .collect(),
         }
@@ -131,4 +149,9 @@ pub struct StatsSnapshot {
     pub replies_dropped: u64,
     /// Connections the gateway closed, by close reason.
     pub closes: std::collections::BTreeMap<&'static str, u64>,
+    /// See [`Stats::quic_retries`].
+    pub quic_retries: u64,
+    /// QUIC connections closed before they authenticated a session, by
+    /// reason.
+    pub pre_session_closes: std::collections::BTreeMap<&'static str, u64>,
 }

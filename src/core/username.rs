@@ -5,7 +5,7 @@
 //! invisible formatting characters (zero-width spaces and joiners, bidi
 //! overrides, BOM); the only whitespace allowed is U+0020 SPACE, and not at
 //! either end nor twice in a row. Names are case-sensitive and compared byte
-//! for byte, as in the seed.
+//! for byte.
 
 /// Longest username, in characters.
 pub const MAX_USERNAME_CHARS: usize = 64;
@@ -13,7 +13,7 @@ pub const MAX_USERNAME_CHARS: usize = 64;
 /// Why a username is refused; the text goes back to the client as-is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UsernameError {
-    /// Empty (the seed's own message).
+    /// Empty.
     #[error("username cannot be empty")]
     Empty,
     /// Longer than [`MAX_USERNAME_CHARS`].

@@ -54,7 +54,8 @@ impl CloseReason {
 
     /// The WebSocket close code, also used as the WebTransport session's
     /// application close code. 1xxx are RFC 6455 codes; 4xxx are ours
-    /// (4000 is the seed's `UNAUTHENTICATED`).
+    /// (4000 `UNAUTHENTICATED` is the code clients of the original protocol
+    /// already handle).
     pub const fn code(self) -> u16 {
         match self {
             CloseReason::Shutdown => 1001,
@@ -126,7 +127,7 @@ impl CloseReason {
 /// Error envelopes always carry `"originator": ""`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorType {
-    /// The target has no live connection (the seed's error).
+    /// The target has no live connection.
     TargetNotFound,
     /// The frame was not a valid envelope; the connection stays open.
     InvalidMessage,
@@ -161,6 +162,133 @@ impl ErrorType {
     }
 }
 
+/// Every error an HTTP request can get from the gateway: its status code
+/// and the `status` string of the JSON body `{"status", "message"}`.
+/// HTTP/1.1 and HTTP/3 answer from this one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpError {
+    /// A malformed request: bad registration body or name, bad WebSocket
+    /// handshake.
+    Invalid,
+    /// An admin route without the admin token; a WebTransport CONNECT
+    /// without a valid token.
+    Unauthorized,
+    /// A foreign origin, or an admin route the request may not use.
+    Forbidden,
+    /// No such route, no such user, no WebTransport endpoint on that path.
+    NotFound,
+    /// A known route with another method.
+    MethodNotAllowed,
+    /// The request body did not arrive in time.
+    Timeout,
+    /// The request body is over `--max-body-bytes` (answered `INVALID`, the
+    /// status clients already handle for a bad registration).
+    PayloadTooLarge,
+    /// `/v1/connect` without a WebSocket upgrade.
+    UpgradeRequired,
+    /// Over a per-IP rate.
+    RateLimited,
+    /// The address holds as many identities as it may.
+    TooManyIdentities,
+    /// A second WebTransport session on one QUIC connection.
+    SessionExists,
+    /// At a capacity limit, shutting down, or out of file descriptors.
+    Unavailable,
+}
+
+impl HttpError {
+    /// Every HTTP error, in table order.
+    pub const ALL: [HttpError; 12] = [
+        HttpError::Invalid,
+        HttpError::Unauthorized,
+        HttpError::Forbidden,
+        HttpError::NotFound,
+        HttpError::MethodNotAllowed,
+        HttpError::Timeout,
+        HttpError::PayloadTooLarge,
+        HttpError::UpgradeRequired,
+        HttpError::RateLimited,
+        HttpError::TooManyIdentities,
+        HttpError::SessionExists,
+        HttpError::Unavailable,
+    ];
+
+    /// The HTTP status code.
+    pub const fn status(self) -> u16 {
+        match self {
+            HttpError::Invalid => 400,
+            HttpError::Unauthorized => 401,
+            HttpError::Forbidden => 403,
+            HttpError::NotFound => 404,
+            HttpError::MethodNotAllowed => 405,
+            HttpError::Timeout => 408,
+            HttpError::PayloadTooLarge => 413,
+            HttpError::UpgradeRequired => 426,
+            HttpError::RateLimited | HttpError::TooManyIdentities | HttpError::SessionExists => 429,
+            HttpError::Unavailable => 503,
+        }
+    }
+
+    /// The `status` string of the body.
+    pub const fn code(self) -> &'static str {
+        match self {
+            HttpError::Invalid | HttpError::PayloadTooLarge => "INVALID",
+            HttpError::Unauthorized => "UNAUTHORIZED",
+            HttpError::Forbidden => "FORBIDDEN",
+            HttpError::NotFound => "NOT_FOUND",
+            HttpError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            HttpError::Timeout => "TIMEOUT",
+            HttpError::UpgradeRequired => "UPGRADE_REQUIRED",
+            HttpError::RateLimited => "RATE_LIMITED",
+            HttpError::TooManyIdentities => "TOO_MANY_IDENTITIES",
+            HttpError::SessionExists => "SESSION_EXISTS",
+            HttpError::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// Why the gateway closes a QUIC connection on which no WebTransport
+/// session was authenticated. Carried as the QUIC application close: an
+/// HTTP/3 error code (RFC 9114 §8.1) and this reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PreSessionClose {
+    /// No session was authenticated within `--handshake-timeout` of the
+    /// first packet, whatever the connection did meanwhile.
+    Timeout,
+    /// The connection sent more than `--pre-session-bytes`.
+    ByteLimit,
+    /// The connection made more than `--pre-session-requests` requests.
+    RequestLimit,
+}
+
+impl PreSessionClose {
+    /// Every reason, in table order.
+    pub const ALL: [PreSessionClose; 3] = [
+        PreSessionClose::Timeout,
+        PreSessionClose::ByteLimit,
+        PreSessionClose::RequestLimit,
+    ];
+
+    /// The HTTP/3 error code: `H3_NO_ERROR` (0x100) for the deadline, which
+    /// an ordinary HTTP/3 client reaches too; `H3_EXCESSIVE_LOAD` (0x107)
+    /// for the limits.
+    pub const fn h3_code(self) -> u32 {
+        match self {
+            PreSessionClose::Timeout => 0x100,
+            PreSessionClose::ByteLimit | PreSessionClose::RequestLimit => 0x107,
+        }
+    }
+
+    /// The reason phrase of the close.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            PreSessionClose::Timeout => "PRE_SESSION_TIMEOUT",
+            PreSessionClose::ByteLimit => "PRE_SESSION_BYTES",
+            PreSessionClose::RequestLimit => "PRE_SESSION_REQUESTS",
+        }
+    }
+}
+
 /// `type` of the first envelope on every connection: the gateway has
 /// attached it to the user and it can now receive envelopes.
 pub const WELCOME_TYPE: &str = "WELCOME";
@@ -183,6 +311,14 @@ mod tests {
         for r in CloseReason::ALL {
             assert!(r.reason().len() <= 123, "{r:?}");
             assert!(r.reason().is_ascii());
+        }
+    }
+
+    #[test]
+    fn http_errors_are_client_or_server_errors_with_upper_case_codes() {
+        for e in HttpError::ALL {
+            assert!((400..600).contains(&e.status()), "{e:?}");
+            assert_eq!(e.code(), e.code().to_ascii_uppercase());
         }
     }
 

@@ -19,58 +19,65 @@ use serde_json::json;
 
 use super::AppState;
 use crate::auth::{self, TOKEN_COOKIE, USERNAME_COOKIE};
-use crate::core::Refusal;
-use crate::core::store::Registration;
-use crate::core::username::validate_username;
+use crate::core::store::{Registration, StoreError};
+use crate::core::wire::HttpError;
+use crate::core::{Refusal, RegisterError, Report, Users};
 
-/// An error answer: status code plus `{"status", "message"}`.
+/// An error answer: a row of the HTTP error table (`core::wire::HttpError`)
+/// and a message, as `{"status", "message"}`.
 #[derive(Debug)]
 pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    error: HttpError,
     message: String,
     retry_after: Option<Duration>,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(error: HttpError, message: impl Into<String>) -> Self {
         Self {
-            status,
-            code,
+            error,
             message: message.into(),
             retry_after: None,
         }
     }
 
     fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "INVALID", message)
+        Self::new(HttpError::Invalid, message)
     }
 }
 
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::RateLimited(wait) => Self {
-                retry_after: Some(wait),
-                ..Self::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "RATE_LIMITED",
-                    refusal.to_string(),
-                )
-            },
-            Refusal::ShuttingDown | Refusal::AtCapacity(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                refusal.to_string(),
-            ),
+        Self {
+            retry_after: refusal.retry_after(),
+            ..Self::new(refusal.http_error(), refusal.to_string())
         }
     }
 }
 
+impl From<RegisterError> for ApiError {
+    fn from(err: RegisterError) -> Self {
+        Self::new(err.http_error(), err.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        Self::new(err.http_error(), err.to_string())
+    }
+}
+
+/// The response for `error` with `message`: the one place an HTTP error's
+/// status and body are put together, for HTTP/1.1 and HTTP/3 alike.
+pub(crate) fn error_response(error: HttpError, message: &str) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = Json(json!({ "status": error.code(), "message": message }));
+    (status, body).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "status": self.code, "message": self.message }));
-        let mut response = (self.status, body).into_response();
+        let mut response = error_response(self.error, &self.message);
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response
@@ -81,7 +88,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `GET /healthcheck`: the seed's liveness probe.
+/// `GET /healthcheck`: liveness, answered `success` (what existing probes expect).
 pub(crate) async fn healthcheck() -> &'static str {
     "success"
 }
@@ -148,20 +155,14 @@ pub(crate) async fn register(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    ctx.hub
-        .check_register_rate(auth::client_ip(peer.ip(), &headers, &ctx.trusted_proxies))?;
+    let client = ctx.proxies.client(peer.ip(), &headers);
+    ctx.hub.check_register_rate(client.ip)?;
     if !is_json(&headers) {
         return Err(ApiError::invalid(
             "invalid body: Content-Type must be application/json",
         ));
     }
-    let body = to_bytes(body, ctx.max_body_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "INVALID",
-            format!("invalid body: larger than {} bytes", ctx.max_body_bytes),
-        )
-    })?;
+    let body = read_body(&ctx, body).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "invalid body: empty; send {\"username\": \"...\"}",
@@ -175,20 +176,11 @@ pub(crate) async fn register(
     }
     let request: RegisterRequest = serde_json::from_slice(&body)
         .map_err(|err| ApiError::invalid(format!("invalid body: {err}")))?;
-    validate_username(&request.username).map_err(|err| ApiError::invalid(err.to_string()))?;
-
     let presented = auth::session_token(&headers, None);
     let registration = ctx
         .hub
-        .store
-        .register(&request.username, presented.as_deref())
-        .map_err(|err| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                err.to_string(),
-            )
-        })?;
+        .register(&request.username, presented.as_deref(), client.ip)
+        .await?;
     let (username, token) = match registration {
         Registration::Created { username, token } | Registration::Reclaimed { username, token } => {
             (username, token)
@@ -211,54 +203,75 @@ pub(crate) async fn register(
         .into_response())
 }
 
+/// Reads a request body within `--max-body-bytes` and `--handshake-timeout`:
+/// a client dripping its body holds a connection no longer than one
+/// dripping its request head.
+async fn read_body(ctx: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    match tokio::time::timeout(ctx.body_timeout, to_bytes(body, ctx.max_body_bytes)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err(ApiError::new(
+            HttpError::PayloadTooLarge,
+            format!("invalid body: larger than {} bytes", ctx.max_body_bytes),
+        )),
+        Err(_) => Err(ApiError::new(
+            HttpError::Timeout,
+            format!(
+                "the request body did not arrive within {} ms",
+                ctx.body_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 /// `GET /v1/user`: who the request's token belongs to, or 404 with the
 /// session cookies cleared.
-pub(crate) async fn user(State(ctx): State<AppState>, headers: HeaderMap) -> Response {
-    let user =
-        auth::session_token(&headers, None).and_then(|token| ctx.hub.store.authenticate(&token));
-    match user {
-        Some(username) => Json(json!({ "username": &*username })).into_response(),
+pub(crate) async fn user(
+    State(ctx): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = match auth::session_token(&headers, None) {
+        Some(token) => ctx.hub.authenticate(&token).await?,
+        None => None,
+    };
+    Ok(match user {
+        Some(authenticated) => Json(json!({ "username": &*authenticated.user })).into_response(),
         None => (
-            StatusCode::NOT_FOUND,
             AppendHeaders(cleared_cookies(ctx.secure)),
-            [(axum::http::HeaderName::from_static("clear-site-data"), "\"cookies\"")],
-            Json(json!({ "status": "NOT_FOUND", "message": "no valid session token; register first" })),
+            [(
+                axum::http::HeaderName::from_static("clear-site-data"),
+                "\"cookies\"",
+            )],
+            ApiError::new(
+                HttpError::NotFound,
+                "no valid session token; register first",
+            ),
         )
             .into_response(),
-    }
+    })
 }
 
 /// `GET`/`POST /v1/kick-active-users`: closes every live connection.
 pub(crate) async fn kick(State(ctx): State<AppState>) -> Json<serde_json::Value> {
-    let kicked = ctx.hub.kick_all();
+    let kicked = ctx.hub.kick_all().await;
     tracing::info!(kicked, "admin kicked every active user");
     Json(json!({ "kicked": kicked }))
 }
 
 /// `GET /v1/users`: registered names and live connections.
-pub(crate) async fn list_users(State(ctx): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "registered": ctx.hub.store.names(),
-        "connected": ctx.hub.registry.snapshot(),
-    }))
+pub(crate) async fn list_users(State(ctx): State<AppState>) -> Json<Users> {
+    Json(ctx.hub.users().await)
 }
 
 /// `DELETE /v1/users`: forgets every identity and kicks every connection.
 pub(crate) async fn delete_users(State(ctx): State<AppState>) -> Json<serde_json::Value> {
-    let (deleted, kicked) = ctx.hub.delete_identities();
+    let (deleted, kicked) = ctx.hub.delete_identities().await;
     tracing::info!(deleted, kicked, "admin deleted every identity");
     Json(json!({ "deleted": deleted, "kicked": kicked }))
 }
 
 /// `GET /v1/stats`: counters and current sizes.
-pub(crate) async fn stats(State(ctx): State<AppState>) -> Json<serde_json::Value> {
-    let hub = &ctx.hub;
-    Json(json!({
-        "connections": hub.registry.len(),
-        "admitted": hub.admitted(),
-        "identities": hub.store.len(),
-        "counters": hub.stats.snapshot(),
-    }))
+pub(crate) async fn stats(State(ctx): State<AppState>) -> Json<Report> {
+    Json(ctx.hub.report().await)
 }
 
 /// `GET /v1/cert-hash`: what a page passes to `serverCertificateHashes`.
@@ -288,8 +301,7 @@ pub(crate) async fn origin_guard(
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
     if !ctx.origins.judge(origin, host, ctx.secure).permits() {
         return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
+            HttpError::Forbidden,
             format!(
                 "origin {} is not allowed; see --allow-origin",
                 origin.unwrap_or_default()
@@ -301,18 +313,22 @@ pub(crate) async fn origin_guard(
 }
 
 /// Admin routes: the admin bearer token when one is configured, else
-/// loopback clients only.
+/// loopback clients only, addressing the gateway by a loopback name or a
+/// `--public-host`, from no page or a page that is the gateway's own or
+/// listed in `--allow-origin`. The last two refuse a DNS-rebinding page:
+/// its requests reach the gateway on loopback, but under the attacker's
+/// host name and origin.
 pub(crate) async fn admin_guard(
     State(ctx): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
+    let headers = request.headers();
     match &ctx.admin_token {
-        Some(expected) if !auth::admin_token_matches(expected, auth::bearer(request.headers())) => {
+        Some(expected) if !auth::admin_token_matches(expected, auth::bearer(headers)) => {
             let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
+                HttpError::Unauthorized,
                 "admin routes need the admin bearer token",
             )
             .into_response();
@@ -321,29 +337,52 @@ pub(crate) async fn admin_guard(
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        None if !auth::is_loopback(auth::client_ip(
-            peer.ip(),
-            request.headers(),
-            &ctx.trusted_proxies,
-        )) =>
-        {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "admin routes answer only loopback clients unless --admin-token is set",
-            )
-            .into_response();
+        None => {
+            if let Err(why) = local_admin(&ctx, peer, headers) {
+                return ApiError::new(
+                    HttpError::Forbidden,
+                    format!("{why} (or set --admin-token)"),
+                )
+                .into_response();
+            }
         }
-        _ => {}
+        Some(_) => {}
     }
     next.run(request).await
+}
+
+/// The checks on an admin request without `--admin-token`.
+fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
+    if !ctx.proxies.client(peer.ip(), headers).is_loopback() {
+        return Err("admin routes answer only loopback clients");
+    }
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+    let named_locally = host.is_some_and(|host| {
+        auth::is_loopback_authority(host) || auth::authority_is_one_of(host, &ctx.public_hosts)
+    });
+    if !named_locally {
+        return Err("admin routes answer only requests to a loopback name or a --public-host");
+    }
+    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    match origin {
+        None => Ok(()),
+        Some(origin) if ctx.origins.lists(origin) => Ok(()),
+        Some(origin)
+            if ctx.origins.judge(Some(origin), host, ctx.secure)
+                == auth::OriginVerdict::SameOrigin =>
+        {
+            Ok(())
+        }
+        Some(_) => {
+            Err("admin routes answer only pages of the gateway itself or listed in --allow-origin")
+        }
+    }
 }
 
 /// Unknown route.
 pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
+        HttpError::NotFound,
         format!("no route for {method} {}", uri.path()),
     )
 }
@@ -351,8 +390,7 @@ pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
 /// Known route, wrong method.
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
+        HttpError::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

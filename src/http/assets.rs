@@ -8,6 +8,7 @@ use axum::routing::get;
 
 const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
+const CALL_JS: &str = include_str!("../../web/call.js");
 const CLIENT_JS: &str = include_str!("../../web/client.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 const BENCH_HTML: &str = include_str!("../../web/bench.html");
@@ -37,12 +38,13 @@ fn isolated_page(body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `/`, `/client.js`, `/app.js`, `/style.css`, `/bench`, `/bench.js`.
+/// `/`, `/client.js`, `/app.js`, `/call.js`, `/style.css`, `/bench`, `/bench.js`.
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { asset(HTML, INDEX_HTML) }))
         .route("/client.js", get(|| async { asset(JS, CLIENT_JS) }))
         .route("/app.js", get(|| async { asset(JS, APP_JS) }))
+        .route("/call.js", get(|| async { asset(JS, CALL_JS) }))
         .route("/style.css", get(|| async { asset(CSS, STYLE_CSS) }))
         .route("/bench", get(|| async { isolated_page(BENCH_HTML) }))
         .route("/bench.js", get(|| async { asset(JS, BENCH_JS) }))

@@ -1,4 +1,4 @@
-//! The HTTP side of the gateway (axum): the seed's REST API, the admin
+//! The HTTP side of the gateway (axum): the REST API, the admin
 //! routes, the embedded web app, and the WebSocket transport.
 
 mod api;
@@ -17,9 +17,10 @@ use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::auth::OriginPolicy;
+use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::core::Hub;
 
+pub(crate) use api::error_response;
 pub use serve::{TcpLimits, serve_tcp};
 pub use websocket::WebSocketSettings;
 
@@ -46,14 +47,19 @@ pub struct HttpContext {
     pub origins: OriginPolicy,
     /// Bearer token for admin routes, if configured.
     pub admin_token: Option<String>,
-    /// Reverse proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Reverse proxies whose forwarding headers are believed.
+    pub proxies: ProxyPolicy,
+    /// Names the gateway is reached under besides loopback ones
+    /// (`--public-host`), for the admin routes.
+    pub public_hosts: Vec<String>,
     /// Whether the TCP listener speaks TLS (cookies get `Secure`).
     pub secure: bool,
     /// The certificate WebTransport serves.
     pub cert: CertInfo,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Time allowed for a request body to arrive.
+    pub body_timeout: std::time::Duration,
     /// WebSocket transport settings.
     pub websocket: WebSocketSettings,
 }
@@ -145,7 +151,8 @@ mod tests {
             hub: Hub::new(Limits::default()),
             origins: OriginPolicy::default(),
             admin_token: admin_token.map(str::to_owned),
-            trusted_proxies: Vec::new(),
+            proxies: ProxyPolicy::default(),
+            public_hosts: Vec::new(),
             secure,
             cert: CertInfo {
                 sha256_base64: String::new(),
@@ -154,12 +161,25 @@ mod tests {
                 webtransport_port: 8000,
             },
             max_body_bytes: 1024,
+            body_timeout: std::time::Duration::from_secs(1),
             websocket: WebSocketSettings::default(),
         }))
     }
 
     async fn status(app: Router, peer: &str, auth: Option<&str>) -> StatusCode {
+        status_for(app, peer, auth, &[("host", "localhost:8000")]).await
+    }
+
+    async fn status_for(
+        app: Router,
+        peer: &str,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> StatusCode {
         let mut request = Request::get("/v1/users");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
@@ -179,6 +199,44 @@ mod tests {
         assert_eq!(
             status(app(None), "192.0.2.7:5000", None).await,
             StatusCode::FORBIDDEN
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_routes_refuse_a_dns_rebinding_page() {
+        let local = "127.0.0.1:5000";
+        let rebound = [
+            ("host", "evil.example:8000"),
+            ("origin", "http://evil.example:8000"),
+        ];
+        assert_eq!(
+            status_for(app(None), local, None, &rebound).await,
+            StatusCode::FORBIDDEN
+        );
+        let foreign_page = [
+            ("host", "localhost:8000"),
+            ("origin", "http://evil.example:8000"),
+        ];
+        assert_eq!(
+            status_for(app(None), local, None, &foreign_page).await,
+            StatusCode::FORBIDDEN
+        );
+        let own_page = [
+            ("host", "localhost:8000"),
+            ("origin", "http://localhost:8000"),
+        ];
+        assert_eq!(
+            status_for(app(None), local, None, &own_page).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_for(app(None), local, None, &[("host", "[::1]:8000")]).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status_for(app(None), local, None, &[]).await,
+            StatusCode::FORBIDDEN,
+            "no Host at all"
         );
     }
 

@@ -8,7 +8,7 @@
 //! axum application as HTTP/1.1, which keeps the `Alt-Svc` advertisement
 //! honest.
 
-pub mod framing;
+mod metered;
 mod session;
 
 use std::net::SocketAddr;
@@ -19,32 +19,34 @@ use axum::body::{Body, to_bytes};
 use axum::extract::ConnectInfo;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::server::RequestStream;
-use http::header::{CONTENT_TYPE, HOST, ORIGIN};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{HOST, ORIGIN};
+use http::{HeaderValue, Method, Request, Response};
 use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::auth::{self, OriginPolicy};
-use crate::core::{Admission, CloseReason, Hub};
+use crate::core::wire::{HttpError, PreSessionClose};
+use crate::core::{Admission, Authenticated, CloseReason, Hub, PendingAdmission};
 use crate::tls::{Identity, TlsError};
+use metered::{Meter, MeteredBidi, MeteredConnection};
 
 /// The path of the WebTransport endpoint (same as the WebSocket one).
 pub const CONNECT_PATH: &str = "/v1/connect";
 /// Largest HTTP/3 response body relayed from the axum application.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Client-initiated streams allowed at once: the CONNECT, the session's
-/// stream and a few plain requests; HTTP/3 needs three unidirectional
-/// streams of its own (control, QPACK encoder and decoder).
-const MAX_BIDI_STREAMS: u32 = 16;
-const MAX_UNI_STREAMS: u32 = 8;
+/// stream and a couple of plain requests; HTTP/3 needs three unidirectional
+/// streams of its own (control, QPACK encoder and decoder). Every stream
+/// with unread data can pin up to 32 KiB of receive buffers besides its
+/// data (quinn's reassembly bound), so they are few.
+const MAX_BIDI_STREAMS: u32 = 4;
+const MAX_UNI_STREAMS: u32 = 4;
 /// QUIC datagrams are not part of the protocol, but browsers only open
 /// WebTransport to a server that accepts them, so they are accepted into
 /// this small buffer and never read: quinn drops the oldest past it. Its
 /// default (1.25 MB per connection) would let a client pin that much memory
 /// per session with datagrams nobody reads.
 const DATAGRAM_BUFFER_BYTES: usize = 4096;
-
-type H3Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// What every WebTransport connection shares.
 #[derive(Debug)]
@@ -87,7 +89,7 @@ pub enum EndpointError {
 pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConfig, EndpointError> {
     let tls = identity.server_config(&[b"h3"])?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let limits = &hub.limits;
+    let limits = hub.limits();
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(quinn::IdleTimeout::try_from(limits.idle_timeout).ok())
@@ -95,15 +97,33 @@ pub fn server_config(identity: &Identity, hub: &Hub) -> Result<quinn::ServerConf
         .max_concurrent_bidi_streams(MAX_BIDI_STREAMS.into())
         .max_concurrent_uni_streams(MAX_UNI_STREAMS.into())
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER_BYTES));
-    let window = u32::try_from(limits.max_envelope_bytes.saturating_mul(4).max(256 * 1024))
-        .unwrap_or(u32::MAX);
+    // Until a session is attached, the connection's window is its byte
+    // budget: quinn holds no more than that unread, whatever the streams.
     transport
-        .stream_receive_window(window.into())
-        .receive_window((window.saturating_mul(2)).into())
+        .stream_receive_window(stream_window(limits).into())
+        .receive_window(quinn::VarInt::from_u32(
+            u32::try_from(limits.pre_session_bytes).unwrap_or(u32::MAX),
+        ))
         .send_window(u64::try_from(limits.queue_bytes.max(256 * 1024)).unwrap_or(u64::MAX));
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// The receive window of one stream: room for a few envelopes in flight.
+fn stream_window(limits: &crate::core::Limits) -> u32 {
+    u32::try_from(limits.max_envelope_bytes.saturating_mul(4).max(256 * 1024)).unwrap_or(u32::MAX)
+}
+
+/// What an attached session may leave unread across all its streams: its
+/// own stream's window, plus the pre-session budget for the HTTP/3 control
+/// and QPACK streams, which are not read after the session attaches. Data
+/// a client sends on any other stream takes from the same window, so it
+/// can pin no more than this.
+fn session_window(limits: &crate::core::Limits) -> quinn::VarInt {
+    let window = u64::from(stream_window(limits))
+        .saturating_add(u64::try_from(limits.pre_session_bytes).unwrap_or(u64::MAX));
+    quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX)
 }
 
 /// Kernel buffer asked for on the UDP socket. One socket carries every
@@ -161,8 +181,11 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Accepts QUIC connections until `stop` is cancelled. Connections over the
-/// cap or the per-IP rate are refused before the handshake.
+/// Accepts QUIC connections until `stop` is cancelled. A connection starts
+/// out pending (unauthenticated), under caps of its own, and is refused
+/// before the handshake when they are reached. While many connections are
+/// pending, a client must first prove its address with a Retry round trip,
+/// so spoofed or abandoned handshakes cost no state.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     ctx: Arc<WebTransportContext>,
@@ -178,8 +201,19 @@ pub async fn serve(
             () = stop.cancelled() => break,
         };
         let peer = incoming.remote_address();
-        let admission = match ctx.hub.admit(peer.ip()) {
-            Ok(admission) => admission,
+        if ctx.hub.under_pressure() && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                ctx.hub.stats().quic_retries.inc();
+                if let Err(err) = incoming.retry() {
+                    err.into_incoming().refuse();
+                }
+            } else {
+                incoming.refuse();
+            }
+            continue;
+        }
+        let pending = match ctx.hub.admit_pending(peer.ip()) {
+            Ok(pending) => pending,
             Err(refusal) => {
                 tracing::debug!(%peer, %refusal, "refused QUIC connection");
                 incoming.refuse();
@@ -190,7 +224,7 @@ pub async fn serve(
         let span = tracing::debug_span!("quic", %peer);
         connections.spawn(
             async move {
-                if let Err(err) = handle_connection(incoming, admission, ctx).await {
+                if let Err(err) = handle_connection(incoming, pending, ctx).await {
                     tracing::debug!(%err, "QUIC connection ended");
                 }
             }
@@ -210,92 +244,175 @@ enum ConnectionError {
     H3(#[from] h3::error::ConnectionError),
     #[error("HTTP/3 stream: {0}")]
     Stream(#[from] h3::error::StreamError),
-    #[error("timed out")]
-    Timeout,
+    #[error("closed: {0}")]
+    PreSession(&'static str),
     #[error("closed by the client")]
     Closed,
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
 }
 
+type H3Connection = h3::server::Connection<MeteredConnection, Bytes>;
+type Resolver = h3::server::RequestResolver<MeteredConnection, Bytes>;
+type H3Stream = RequestStream<MeteredBidi, Bytes>;
+type Session3 = h3_webtransport::server::WebTransportSession<MeteredConnection, Bytes>;
+
+/// A session whose CONNECT was authorized, ready for its stream.
+struct Authorized {
+    session: Session3,
+    user: Authenticated,
+    admission: Admission,
+}
+
+/// Runs a connection's whole pre-session phase — QUIC handshake, HTTP/3
+/// set-up, plain requests, the CONNECT — under one deadline
+/// (`--handshake-timeout` from the first packet) and one byte budget, then
+/// hands an authorized session to a task of its own.
 async fn handle_connection(
     incoming: quinn::Incoming,
-    admission: Admission,
+    pending: PendingAdmission,
     ctx: Arc<WebTransportContext>,
 ) -> Result<(), ConnectionError> {
     let peer = incoming.remote_address();
-    let handshake_timeout = ctx.hub.limits.handshake_timeout;
-    let conn = tokio::time::timeout(handshake_timeout, incoming)
-        .await
-        .map_err(|_| ConnectionError::Timeout)??;
-    let mut h3 = h3::server::builder()
+    let hub = &ctx.hub;
+    let deadline = tokio::time::Instant::now() + hub.limits().handshake_timeout;
+    let Ok(handshake) = tokio::time::timeout_at(deadline, incoming).await else {
+        hub.stats().pre_session_closed(PreSessionClose::Timeout);
+        return Err(ConnectionError::PreSession("QUIC handshake timed out"));
+    };
+    let conn = handshake?;
+    let meter = Meter::new(conn.clone(), hub.limits().pre_session_bytes);
+    // Closed while the HTTP/3 state is still alive: dropping it first
+    // would close the connection without saying why.
+    let mut pre = Box::pin(pre_session(&conn, &meter, &ctx, peer));
+    let authorized = tokio::select! {
+        outcome = &mut pre => match outcome {
+            Ok(authorized) => authorized,
+            Err(err) => {
+                if meter.exceeded() {
+                    hub.stats().pre_session_closed(PreSessionClose::ByteLimit);
+                }
+                return Err(err);
+            }
+        },
+        () = tokio::time::sleep_until(deadline) => {
+            close_pre_session(&conn, PreSessionClose::Timeout, hub);
+            return Err(ConnectionError::PreSession("no session within the deadline"));
+        }
+        () = hub.stopping() => {
+            session::close_connection(&conn, CloseReason::Shutdown);
+            return Err(ConnectionError::ShuttingDown);
+        }
+    };
+    drop(pre);
+    drop(pending);
+    // The session gets a task of its own, holding only what it needs; this
+    // one, with the whole handshake's state, ends.
+    tokio::spawn(session::run(
+        Box::new(authorized.session),
+        conn,
+        authorized.user,
+        authorized.admission,
+        meter,
+        peer,
+        hub.clone(),
+    ));
+    Ok(())
+}
+
+fn close_pre_session(conn: &quinn::Connection, why: PreSessionClose, hub: &Hub) {
+    hub.stats().pre_session_closed(why);
+    conn.close(
+        quinn::VarInt::from_u32(why.h3_code()),
+        why.reason().as_bytes(),
+    );
+}
+
+/// HTTP/3 on a new connection until a WebTransport CONNECT is authorized:
+/// plain requests are answered by the HTTP application (at most
+/// `--pre-session-requests` of them), refused CONNECTs get their status.
+async fn pre_session(
+    conn: &quinn::Connection,
+    meter: &Meter,
+    ctx: &Arc<WebTransportContext>,
+    peer: SocketAddr,
+) -> Result<Authorized, ConnectionError> {
+    let hub = &ctx.hub;
+    // Setting up sends our SETTINGS: a client that gives no credit to take
+    // them is not waited for.
+    let mut builder = h3::server::builder();
+    builder
         .max_field_section_size(u64::try_from(ctx.max_header_bytes).unwrap_or(u64::MAX))
         .enable_webtransport(true)
         .enable_extended_connect(true)
         .enable_datagram(true)
         .max_webtransport_sessions(1)
-        .send_grease(true)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
-        .await?;
-    let stream_timeout = ctx.hub.limits.stream_open_timeout;
+        .send_grease(true);
+    let setup = builder.build(MeteredConnection::new(conn.clone(), meter.clone()));
+    let mut h3: H3Connection = tokio::time::timeout(hub.limits().write_timeout, setup)
+        .await
+        .map_err(|_| ConnectionError::PreSession("the client took no SETTINGS"))??;
+    let mut requests = 0;
     loop {
-        // A connection that asks for nothing holds a slot for nothing.
-        let accepted = tokio::select! {
-            accepted = tokio::time::timeout(stream_timeout, h3.accept()) => accepted,
-            () = ctx.hub.stopping() => {
-                session::close_connection(&conn, CloseReason::Shutdown, &ctx.hub);
-                return Ok(());
-            }
+        let Some(resolver) = h3.accept().await? else {
+            return Err(ConnectionError::Closed);
         };
-        let resolver = match accepted {
-            Ok(Ok(Some(resolver))) => resolver,
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Err(err)) => return Err(err.into()),
-            Err(_) => {
-                session::close_connection(&conn, CloseReason::StreamTimeout, &ctx.hub);
-                return Ok(());
+        requests += 1;
+        if requests > hub.limits().pre_session_requests {
+            close_pre_session(conn, PreSessionClose::RequestLimit, hub);
+            return Err(ConnectionError::PreSession("too many requests"));
+        }
+        let (request, mut stream) = match resolver.resolve_request().await {
+            Ok(resolved) => resolved,
+            // A request h3 refused on its own (a head over
+            // `--max-header-bytes` gets its 431, a malformed one a stream
+            // error) leaves the connection usable.
+            Err(err) if !is_connection_error(&err) => {
+                tracing::debug!(%err, "HTTP/3 request refused");
+                continue;
             }
+            Err(err) => return Err(err.into()),
         };
-        let (request, mut stream) =
-            tokio::time::timeout(handshake_timeout, resolver.resolve_request())
-                .await
-                .map_err(|_| ConnectionError::Timeout)??;
         if !is_webtransport_connect(&request) {
             tokio::spawn(serve_http3(request, stream, ctx.clone(), peer));
             continue;
         }
-        match authorize(&ctx, &request) {
-            Err((status, message)) => {
-                tracing::debug!(%status, message, "refused WebTransport session");
-                respond(&mut stream, status, message).await?;
-            }
-            Ok(user) => {
-                let waited = tokio::time::timeout(handshake_timeout, peer_settings(&mut h3))
-                    .await
-                    .map_err(|_| ConnectionError::Timeout)??;
-                if let Some(resolver) = waited {
-                    // A request that arrived while we waited: answer it too.
-                    tokio::spawn(serve_resolver(resolver, ctx.clone(), peer));
+        let refusal = match authorize(ctx, &request).await {
+            Ok(user) => match hub.claim_slot() {
+                Ok(admission) => {
+                    if let Some(resolver) = peer_settings(&mut h3).await? {
+                        // A request that arrived while we waited: answer it too.
+                        tokio::spawn(serve_resolver(resolver, ctx.clone(), peer));
+                    }
+                    let session = Session3::accept(request, stream, h3).await?;
+                    return Ok(Authorized {
+                        session,
+                        user,
+                        admission,
+                    });
                 }
-                let session =
-                    h3_webtransport::server::WebTransportSession::accept(request, stream, h3)
-                        .await?;
-                // The session gets a task of its own, holding only what it
-                // needs; this one, with the whole handshake's state, ends.
-                tokio::spawn(session::run(
-                    Box::new(session),
-                    conn,
-                    user,
-                    admission,
-                    peer,
-                    ctx.hub.clone(),
-                ));
-                return Ok(());
-            }
-        }
+                Err(refusal) => (refusal.http_error(), refusal.to_string()),
+            },
+            Err(refusal) => refusal,
+        };
+        tracing::debug!(
+            status = refusal.0.status(),
+            message = refusal.1,
+            "refused WebTransport session"
+        );
+        respond(
+            &mut stream,
+            refusal.0,
+            refusal.1,
+            hub.limits().write_timeout,
+        )
+        .await?;
     }
 }
 
-type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+fn is_connection_error(err: &h3::error::StreamError) -> bool {
+    matches!(err, h3::error::StreamError::ConnectionError(..))
+}
 
 /// Waits until the client's HTTP/3 SETTINGS have arrived.
 ///
@@ -330,11 +447,17 @@ async fn peer_settings(h3: &mut H3Connection) -> Result<Option<Resolver>, Connec
 
 /// Resolves a request that arrived beside a session's CONNECT.
 async fn serve_resolver(resolver: Resolver, ctx: Arc<WebTransportContext>, peer: SocketAddr) {
-    let handshake_timeout = ctx.hub.limits.handshake_timeout;
-    match tokio::time::timeout(handshake_timeout, resolver.resolve_request()).await {
+    let limits = ctx.hub.limits();
+    match tokio::time::timeout(limits.handshake_timeout, resolver.resolve_request()).await {
         Ok(Ok((request, mut stream))) if is_webtransport_connect(&request) => {
             let message = "one WebTransport session per connection".to_owned();
-            let _ = respond(&mut stream, StatusCode::TOO_MANY_REQUESTS, message).await;
+            let _ = respond(
+                &mut stream,
+                HttpError::SessionExists,
+                message,
+                limits.write_timeout,
+            )
+            .await;
         }
         Ok(Ok((request, stream))) => serve_http3(request, stream, ctx, peer).await,
         Ok(Err(err)) => tracing::debug!(%err, "HTTP/3 request failed"),
@@ -349,13 +472,13 @@ fn is_webtransport_connect<T>(request: &Request<T>) -> bool {
 }
 
 /// The checks made before a session is accepted: path, origin, token.
-fn authorize<T>(
+async fn authorize<T>(
     ctx: &WebTransportContext,
     request: &Request<T>,
-) -> Result<Arc<str>, (StatusCode, String)> {
+) -> Result<Authenticated, (HttpError, String)> {
     if request.uri().path() != CONNECT_PATH {
         return Err((
-            StatusCode::NOT_FOUND,
+            HttpError::NotFound,
             format!("no WebTransport endpoint at {}", request.uri().path()),
         ));
     }
@@ -366,57 +489,80 @@ fn authorize<T>(
     let authority = request.uri().authority().map(|a| a.as_str());
     if !ctx.origins.judge(origin, authority, true).permits() {
         return Err((
-            StatusCode::FORBIDDEN,
+            HttpError::Forbidden,
             format!(
                 "origin {} is not allowed; see --allow-origin",
                 origin.unwrap_or_default()
             ),
         ));
     }
-    auth::session_token(request.headers(), request.uri().query())
-        .and_then(|token| ctx.hub.store.authenticate(&token))
-        .ok_or_else(|| {
-            (
-                StatusCode::UNAUTHORIZED,
-                "no valid token: register first and connect with ?token=".to_owned(),
-            )
-        })
+    let unauthorized = || {
+        (
+            HttpError::Unauthorized,
+            "no valid token: register first and connect with ?token=".to_owned(),
+        )
+    };
+    let token =
+        auth::session_token(request.headers(), request.uri().query()).ok_or_else(unauthorized)?;
+    match ctx.hub.authenticate(&token).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(unauthorized()),
+        Err(err) => Err((err.http_error(), err.to_string())),
+    }
 }
 
+/// Answers a request with an error from the HTTP error table, within
+/// `write_timeout`: a client that gives the stream no credit does not hold
+/// the task.
 async fn respond(
     stream: &mut H3Stream,
-    status: StatusCode,
+    error: HttpError,
     message: String,
-) -> Result<(), h3::error::StreamError> {
-    let code = status
-        .canonical_reason()
-        .unwrap_or("ERROR")
-        .to_ascii_uppercase()
-        .replace(' ', "_");
-    let body = serde_json::json!({ "status": code, "message": message }).to_string();
-    let response = Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json")
-        .body(())
-        .unwrap_or_default();
-    stream.send_response(response).await?;
-    stream.send_data(Bytes::from(body)).await?;
-    stream.finish().await
+    write_timeout: std::time::Duration,
+) -> Result<(), ConnectionError> {
+    let response = crate::http::error_response(error, &message);
+    tokio::time::timeout(write_timeout, send_response(stream, response))
+        .await
+        .map_err(|_| ConnectionError::PreSession("the client took no response"))?
 }
 
-/// Answers a plain HTTP/3 request with the axum application.
+/// Sends an HTTP application response on an HTTP/3 request stream.
+async fn send_response(
+    stream: &mut H3Stream,
+    response: Response<Body>,
+) -> Result<(), ConnectionError> {
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, MAX_RESPONSE_BYTES).await.unwrap_or_default();
+    stream
+        .send_response(Response::from_parts(parts, ()))
+        .await?;
+    if !body.is_empty() {
+        stream.send_data(body).await?;
+    }
+    Ok(stream.finish().await?)
+}
+
+/// Answers a plain HTTP/3 request with the axum application, the whole
+/// exchange within `--handshake-timeout`.
 async fn serve_http3(
     request: Request<()>,
     mut stream: H3Stream,
     ctx: Arc<WebTransportContext>,
     peer: SocketAddr,
 ) {
+    let limits = ctx.hub.limits();
     let result = async {
         let mut body = BytesMut::new();
         while let Some(mut chunk) = stream.recv_data().await? {
             if body.len() + chunk.remaining() > ctx.max_body_bytes {
                 let message = format!("invalid body: larger than {} bytes", ctx.max_body_bytes);
-                return respond(&mut stream, StatusCode::PAYLOAD_TOO_LARGE, message).await;
+                return respond(
+                    &mut stream,
+                    HttpError::PayloadTooLarge,
+                    message,
+                    limits.write_timeout,
+                )
+                .await;
             }
             body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
         }
@@ -431,17 +577,11 @@ async fn serve_http3(
         }
         let request = Request::from_parts(parts, Body::from(body.freeze()));
         let Ok(response) = ctx.router.clone().oneshot(request).await;
-        let (parts, body) = response.into_parts();
-        let body = to_bytes(body, MAX_RESPONSE_BYTES).await.unwrap_or_default();
-        stream
-            .send_response(Response::from_parts(parts, ()))
-            .await?;
-        if !body.is_empty() {
-            stream.send_data(body).await?;
-        }
-        stream.finish().await
+        send_response(&mut stream, response).await
     };
-    if let Err(err) = result.await {
-        tracing::debug!(%err, "HTTP/3 request failed");
+    match tokio::time::timeout(limits.handshake_timeout, result).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(%err, "HTTP/3 request failed"),
+        Err(_) => tracing::debug!("HTTP/3 request timed out"),
     }
 }

@@ -1,5 +1,7 @@
 //! One WebTransport session: the client's bidirectional stream carries
 //! newline-delimited envelopes both ways, exactly as WebSocket frames do.
+//! This module waits for that stream and translates it for the connection
+//! loop ([`crate::connection`]).
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -14,25 +16,24 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::Instrument;
 
-use super::framing::LineFramer;
+use super::metered::{Meter, MeteredBidi, MeteredConnection, MeteredRecv};
+use crate::connection::lines::LineFramer;
+use crate::connection::{self, Link, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{Admission, AfterWrite, CloseReason, Hub, Session, Transport, write_within};
+use crate::core::{Admission, Authenticated, CloseReason, Hub, Session, Transport};
 
-type Session3 = WebTransportSession<h3_quinn::Connection, Bytes>;
+type Session3 = WebTransportSession<MeteredConnection, Bytes>;
 type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3_webtransport::stream::RecvStream<MeteredRecv, Bytes>;
+type Bidi = h3_webtransport::stream::BidiStream<MeteredBidi, Bytes>;
 
-/// How long to let the client read our final envelope and close the
-/// connection itself before we close it (closing QUIC at once would discard
-/// unacknowledged stream data).
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-/// Lines handled before giving the targets' writers a turn.
-const READ_BATCH: usize = 64;
+/// `H3_REQUEST_REJECTED`: a stream the gateway refuses unread.
+const STREAM_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(0x10b);
 
 /// Closes the QUIC connection (and with it the session) with the reason's
 /// code: the one place a WebTransport close code is chosen.
-pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason, hub: &Hub) {
-    hub.stats.closed_for(reason);
+pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason) {
     conn.close(
         quinn::VarInt::from_u32(u32::from(reason.code())),
         reason.reason().as_bytes(),
@@ -50,40 +51,65 @@ pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason, hu
 pub(super) fn run(
     session: Box<Session3>,
     conn: quinn::Connection,
-    user: Arc<str>,
+    user: Authenticated,
     admission: Admission,
+    meter: Meter,
     peer: SocketAddr,
     hub: Arc<Hub>,
 ) -> impl Future<Output = ()> {
     async move {
+        let limits = hub.limits();
         let waited = tokio::select! {
             // Boxed: accepting streams takes a large future, needed only here.
-            waited = timeout(hub.limits.stream_open_timeout, Box::pin(first_stream(&session))) => waited,
-            () = hub.stopping() => {
-                close_connection(&conn, CloseReason::Shutdown, &hub);
-                return;
+            waited = timeout(limits.stream_open_timeout, Box::pin(first_stream(&session))) => {
+                waited.map_err(|_| CloseReason::StreamTimeout)
             }
+            () = hub.stopping() => Err(CloseReason::Shutdown),
         };
         let stream = match waited {
             Ok(Some(stream)) => stream,
             Ok(None) => return,
-            Err(_) => {
-                tracing::debug!(%user, "no stream opened in time");
-                close_connection(&conn, CloseReason::StreamTimeout, &hub);
+            Err(reason) => {
+                tracing::debug!(user = %user.user, reason = reason.reason(), "closed before its stream");
+                connection::closed_without_link(&hub, reason);
+                close_connection(&conn, reason);
                 return;
             }
         };
         let (send, recv) = stream.split();
-        let core = hub.attach(admission, user, Transport::WebTransport, peer.ip());
+        let link = WtLink {
+            session,
+            conn,
+            send,
+            recv,
+            framer: LineFramer::new(limits.max_envelope_bytes),
+            write_timeout: limits.write_timeout,
+            reading: true,
+            refusing_streams: true,
+        };
+        // The token was checked at the CONNECT; attaching checks that
+        // nothing revoked it since.
+        let core = match hub.attach(admission, user, Transport::WebTransport, peer.ip()) {
+            Ok(core) => core,
+            Err(reason) => {
+                connection::refuse(link, reason, &hub).await;
+                return;
+            }
+        };
+        // From here on h3 reads nothing but this stream: no budget, the
+        // window of one session, and no further streams.
+        meter.lift();
+        link.conn
+            .set_receive_window(super::session_window(hub.limits()));
+        link.conn
+            .set_max_concurrent_bi_streams(quinn::VarInt::from_u32(0));
+        link.conn
+            .set_max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
         drop(hub);
         let span = tracing::debug_span!("conn", id = core.conn_id(), user = %core.user(), transport = "webtransport");
-        relay(session, conn, send, recv, core)
-            .instrument(span)
-            .await;
+        connection::serve(link, core).instrument(span).await;
     }
 }
-
-type Bidi = h3_webtransport::stream::BidiStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// The client's first bidirectional stream; plain requests on the session
 /// are answered 404 (the session owns this connection).
@@ -104,116 +130,115 @@ async fn first_stream(session: &Session3) -> Option<Bidi> {
     }
 }
 
-/// The relay loop and the close sequence. After the client's stream is
-/// open nothing else on the HTTP/3 connection matters: further streams are
-/// not accepted, and the end of the connection shows as the end of the
-/// stream.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold its arguments twice for the session's life"
-)]
-fn relay(
+/// A WebTransport session as the connection loop drives it. After the
+/// client's stream is open nothing else on the HTTP/3 connection matters:
+/// further streams are refused, and the end of the connection shows as the
+/// end of the stream.
+struct WtLink {
+    /// Owns the HTTP/3 connection, which must live as long as the session.
     session: Box<Session3>,
     conn: quinn::Connection,
-    mut send: SendHalf,
-    mut recv: h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>,
-    core: Session,
-) -> impl Future<Output = ()> {
-    async move {
-        tracing::debug!("connected");
-        let write_timeout = core.hub().limits.write_timeout;
-        let mut framer = LineFramer::new(core.hub().limits.max_envelope_bytes);
-        let mut reading = true;
-        let mut lines_since_yield = 0;
-        let ended_by = loop {
+    send: SendHalf,
+    recv: RecvHalf,
+    framer: LineFramer,
+    write_timeout: Duration,
+    /// False once the client's stream has ended (or broke the line limit).
+    reading: bool,
+    /// False once the connection no longer hands out streams to refuse.
+    refusing_streams: bool,
+}
+
+impl Link for WtLink {
+    type Error = std::io::Error;
+
+    /// The next chunk of the client's stream, its complete lines handed to
+    /// the session; streams the client opens beside it are refused at once,
+    /// so what it sends on them is dropped, not held.
+    async fn read(&mut self, session: &Session) -> Read {
+        loop {
             tokio::select! {
-                biased;
-                (batch, closing) = core.outbox().next_batch() => {
-                    let written = write_within(write_timeout, write_batch(&mut send, &batch)).await;
-                    match core.batch_written(batch, written, closing) {
-                        AfterWrite::Continue => {}
-                        AfterWrite::Close(reason) => break Some(reason),
-                        AfterWrite::Gone => break None,
-                    }
-                }
-                data = poll_fn(|cx| recv.poll_data(cx)), if reading => match data {
+                data = poll_fn(|cx| self.recv.poll_data(cx)) => return match data {
                     Ok(Some(mut chunk)) => {
                         let chunk = chunk.copy_to_bytes(chunk.remaining());
-                        if framer.feed(chunk, |line| {
-                            lines_since_yield += 1;
-                            core.handle_frame(line);
-                        }).is_err() {
-                            core.close(CloseReason::MessageTooBig);
-                            reading = false;
+                        let mut lines = 0;
+                        let fed = self.framer.feed(chunk, |line| {
+                            lines += 1;
+                            session.handle_frame(line);
+                        });
+                        if fed.is_err() {
+                            self.reading = false;
+                            return Read::Close(CloseReason::MessageTooBig);
                         }
-                        // Let the targets' writers run during a flood (see the
-                        // WebSocket transport for why).
-                        if lines_since_yield >= READ_BATCH {
-                            lines_since_yield = 0;
-                            tokio::task::yield_now().await;
-                        }
+                        Read::Frames(lines)
                     }
                     // The client finished its stream or the session is gone.
                     Ok(None) | Err(_) => {
-                        reading = false;
-                        if core.outbox().closing().is_none() {
-                            break None;
-                        }
+                        self.reading = false;
+                        Read::Ended
                     }
                 },
-            }
-        };
-        let (code, reason) = match ended_by {
-            Some(reason) => {
-                let _ = timeout(write_timeout, async {
-                    send.write_all(&close_frame(reason)).await?;
-                    send.shutdown().await
-                })
-                .await;
-                tracing::debug!(reason = reason.reason(), "closed by the gateway");
-                (u32::from(reason.code()), reason.reason())
-            }
-            None => {
-                let _ = timeout(write_timeout, send.shutdown()).await;
-                tracing::debug!("closed by the client");
-                (0, "BYE")
-            }
-        };
-        core.leave();
-        // Closing QUIC at once would discard stream data not yet acknowledged:
-        // give the client a moment to read to the end and close by itself.
-        // Frames it sent before it saw our close are read and counted (the
-        // session no longer accepts them), as on WebSocket.
-        let linger = async {
-            while reading {
-                match poll_fn(|cx| recv.poll_data(cx)).await {
-                    Ok(Some(mut chunk)) => {
-                        let chunk = chunk.copy_to_bytes(chunk.remaining());
-                        reading = framer.feed(chunk, |line| core.handle_frame(line)).is_ok();
+                extra = self.conn.accept_bi(), if self.refusing_streams => match extra {
+                    Ok((mut send, mut recv)) => {
+                        let _ = send.reset(STREAM_REFUSED);
+                        let _ = recv.stop(STREAM_REFUSED);
                     }
-                    Ok(None) | Err(_) => reading = false,
-                }
+                    Err(_) => self.refusing_streams = false,
+                },
+                extra = self.conn.accept_uni(), if self.refusing_streams => match extra {
+                    Ok(mut recv) => {
+                        let _ = recv.stop(STREAM_REFUSED);
+                    }
+                    Err(_) => self.refusing_streams = false,
+                },
             }
-            conn.closed().await;
-        };
-        let _ = timeout(CLOSE_LINGER, linger).await;
-        conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
-        // `core` (and with it the connection's admission slot) goes only now, so
-        // a shutdown waits for this close.
-        drop(core);
-        drop(session);
+        }
     }
-}
 
-/// Writes a batch to the stream with one write: a single frame as it is,
-/// several concatenated.
-async fn write_batch(send: &mut SendHalf, batch: &VecDeque<Queued>) -> std::io::Result<()> {
-    if let (Some(single), 1) = (batch.front(), batch.len()) {
-        return send.write_all(&single.frame).await;
+    /// Writes a batch to the stream with one write: a single frame as it
+    /// is, several concatenated.
+    async fn write(&mut self, batch: &VecDeque<Queued>) -> std::io::Result<()> {
+        if let (Some(single), 1) = (batch.front(), batch.len()) {
+            return self.send.write_all(&single.frame).await;
+        }
+        let mut buf = BytesMut::with_capacity(batch.iter().map(|item| item.frame.len()).sum());
+        for item in batch {
+            buf.extend_from_slice(&item.frame);
+        }
+        self.send.write_all(&buf).await
     }
-    let mut buf = BytesMut::with_capacity(batch.iter().map(|item| item.frame.len()).sum());
-    for item in batch {
-        buf.extend_from_slice(&item.frame);
+
+    async fn send_close(&mut self, reason: CloseReason) {
+        let _ = timeout(self.write_timeout, async {
+            self.send.write_all(&close_frame(reason)).await?;
+            self.send.shutdown().await
+        })
+        .await;
     }
-    send.write_all(&buf).await
+
+    async fn finish(&mut self) {
+        let _ = timeout(self.write_timeout, self.send.shutdown()).await;
+    }
+
+    /// Closing QUIC at once would discard stream data not yet acknowledged:
+    /// the client reads to the end and closes the connection itself.
+    async fn drain(&mut self, frames: &mut u64) {
+        while self.reading {
+            match poll_fn(|cx| self.recv.poll_data(cx)).await {
+                Ok(Some(mut chunk)) => {
+                    let chunk = chunk.copy_to_bytes(chunk.remaining());
+                    self.reading = self.framer.feed(chunk, |_| *frames += 1).is_ok();
+                }
+                Ok(None) | Err(_) => self.reading = false,
+            }
+        }
+        self.conn.closed().await;
+    }
+
+    fn release(self, reason: Option<CloseReason>) {
+        match reason {
+            Some(reason) => close_connection(&self.conn, reason),
+            None => self.conn.close(quinn::VarInt::from_u32(0), b"BYE"),
+        }
+        drop(self.session);
+    }
 }

@@ -1,0 +1,212 @@
+//! The one connection loop, for every transport.
+//!
+//! A transport implements [`Link`]: read the client's next frames into the
+//! session, write a batch of envelopes, send the close. Everything else
+//! happens here, the same way for every transport: each batch the core
+//! queues is written with one flush and settled with the core; frames are
+//! read ahead, but the targets' writers get a turn during a flood; the
+//! connection is kept alive; and the close is always the same sequence —
+//! the final `CLOSE` envelope, detaching from the core, counting the frames
+//! that raced the close, releasing the connection. Every close the gateway
+//! makes is counted here, once.
+
+pub mod lines;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
+
+use crate::core::outbox::Queued;
+use crate::core::{AfterWrite, CloseReason, Hub, Session, write_within};
+
+/// Frames handled before the loop gives the targets' writers a turn:
+/// frames parsed from a buffer do not count against tokio's cooperative
+/// budget, so a flood could otherwise fill a target's queue before its
+/// writer runs (on a single-thread runtime, always).
+pub const READ_BATCH: usize = 64;
+/// After sending its `CLOSE`, the gateway waits this long for the client to
+/// close its side, so the client reads the final envelope and close instead
+/// of a reset; the frames it sent meanwhile are counted, not accepted.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// What one read from the client gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// This many frames were handed to the session.
+    Frames(usize),
+    /// The client closed its side, or the connection is gone.
+    Ended,
+    /// The client broke the transport's rules; close with this reason.
+    Close(CloseReason),
+}
+
+/// What a keep-alive tick found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The client is there.
+    Alive,
+    /// Nothing (complete) arrived within the idle timeout.
+    Idle,
+    /// The connection is gone.
+    Gone,
+}
+
+/// A client connection as the loop drives it; a transport implements this
+/// and only translates between its frames and these calls.
+pub trait Link: Send {
+    /// What a failed write reports.
+    type Error: std::fmt::Display + Send;
+
+    /// Waits for the client's next frames and hands each complete one to
+    /// `session`, at most [`READ_BATCH`] at a time. Must be cancel-safe:
+    /// the loop drops it when a batch is ready to write.
+    fn read(&mut self, session: &Session) -> impl Future<Output = Read> + Send;
+
+    /// Writes a batch of frames with one flush.
+    fn write(
+        &mut self,
+        batch: &VecDeque<Queued>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// How often the loop calls [`Link::keep_alive`]; `None` for a
+    /// transport that keeps itself alive (QUIC).
+    fn keep_alive_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Pings the client and says whether it is still there.
+    fn keep_alive(&mut self) -> impl Future<Output = Liveness> + Send {
+        std::future::ready(Liveness::Alive)
+    }
+
+    /// Sends the final `CLOSE` envelope and the transport's own close.
+    fn send_close(&mut self, reason: CloseReason) -> impl Future<Output = ()> + Send;
+
+    /// Ends the gateway's side after the client ended its own.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// Reads until the client has closed, adding the data frames that
+    /// arrive meanwhile to `frames`.
+    fn drain(&mut self, frames: &mut u64) -> impl Future<Output = ()> + Send;
+
+    /// Releases the connection, with `reason` when the gateway closed it.
+    fn release(self, reason: Option<CloseReason>);
+}
+
+/// Serves an attached connection until either side closes it. (A plain
+/// function returning an `async move` block: an `async fn` would keep its
+/// arguments' slots besides the locals they move into, and this future
+/// lives as long as the connection.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold the link and session twice"
+)]
+pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()> + Send {
+    async move {
+        tracing::debug!("connected");
+        let write_timeout = session.hub().limits().write_timeout;
+        let mut keep_alive = link.keep_alive_interval().map(|period| {
+            let mut ticks = interval_at(Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticks
+        });
+        let mut reading = true;
+        let mut since_yield = 0;
+        let ended_by = loop {
+            tokio::select! {
+                biased;
+                (batch, closing) = session.outbox().next_batch() => {
+                    let written = write_within(write_timeout, link.write(&batch)).await;
+                    match session.batch_written(batch, written, closing) {
+                        AfterWrite::Continue => {}
+                        AfterWrite::Close(reason) => break Some(reason),
+                        AfterWrite::Gone => break None,
+                    }
+                }
+                read = link.read(&session), if reading => match read {
+                    Read::Frames(frames) => {
+                        since_yield += frames;
+                        if since_yield >= READ_BATCH {
+                            since_yield = 0;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    Read::Close(reason) => {
+                        session.close(reason);
+                        reading = false;
+                    }
+                    Read::Ended => {
+                        reading = false;
+                        if session.outbox().closing().is_none() {
+                            break None;
+                        }
+                    }
+                },
+                () = tick(&mut keep_alive) => match link.keep_alive().await {
+                    Liveness::Alive => {}
+                    Liveness::Idle => session.close(CloseReason::IdleTimeout),
+                    Liveness::Gone => break None,
+                },
+            }
+        };
+        match ended_by {
+            Some(reason) => tracing::debug!(reason = reason.reason(), "closed by the gateway"),
+            None => tracing::debug!("closed by the client"),
+        }
+        // Boxed: the close runs once, and keeping its state inline would grow
+        // every connection's task.
+        Box::pin(close(link, ended_by, session.hub(), Some(&session))).await;
+    }
+}
+
+/// Closes a connection that is refused at the moment it would attach (its
+/// token was revoked meanwhile, the gateway is shutting down), the same way
+/// an attached one is closed.
+pub async fn refuse<L: Link>(link: L, reason: CloseReason, hub: &Hub) {
+    tracing::debug!(reason = reason.reason(), "refused at attach");
+    close(link, Some(reason), hub, None).await;
+}
+
+/// Counts a close made on a connection that never got a link (a
+/// WebTransport session that opened no stream); the transport closes it by
+/// its own means.
+pub fn closed_without_link(hub: &Hub, reason: CloseReason) {
+    hub.stats().closed_for(reason);
+}
+
+/// The close sequence: `CLOSE` (or the end of our side), detach, linger
+/// counting late frames, release.
+async fn close<L: Link>(
+    mut link: L,
+    reason: Option<CloseReason>,
+    hub: &Hub,
+    session: Option<&Session>,
+) {
+    match reason {
+        Some(reason) => {
+            hub.stats().closed_for(reason);
+            link.send_close(reason).await;
+        }
+        None => link.finish().await,
+    }
+    if let Some(session) = session {
+        session.leave();
+    }
+    let mut late = 0;
+    let _ = tokio::time::timeout(CLOSE_LINGER, link.drain(&mut late)).await;
+    hub.stats().frames_received.add(late);
+    hub.stats().after_close.add(late);
+    link.release(reason);
+}
+
+/// The next keep-alive tick, or never.
+async fn tick(keep_alive: &mut Option<Interval>) {
+    match keep_alive {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

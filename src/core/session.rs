@@ -1,0 +1,460 @@
+//! One attached connection as the core sees it: frames in, envelopes
+//! routed, errors answered; and the writer protocol a transport follows
+//! to drain the connection's outbox.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+
+use super::envelope::{
+    EnvelopeError, ErrorDetail, Inbound, error_frame, forward_frame, parse_inbound,
+    parse_inbound_text,
+};
+use super::hub::{Admission, Hub, quota, retry_after};
+use super::outbox::{ConnId, Origin, Outbox, PushError, Queued};
+use super::registry::{Delivery, Transport};
+use super::wire::{CloseReason, ErrorType};
+
+/// Why a transport could not write a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The connection took nothing for the whole write timeout.
+    #[error("the connection stopped reading for {0:?}")]
+    Stalled(Duration),
+    /// The socket or stream failed.
+    #[error("the connection failed: {0}")]
+    Failed(String),
+}
+
+/// Runs a transport's write under the write timeout.
+pub async fn write_within<E: std::fmt::Display>(
+    write_timeout: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), WriteError> {
+    match tokio::time::timeout(write_timeout, write).await {
+        Ok(result) => result.map_err(|err| WriteError::Failed(err.to_string())),
+        Err(_) => Err(WriteError::Stalled(write_timeout)),
+    }
+}
+
+/// What a transport's writer does after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterWrite {
+    /// Wait for the next batch.
+    Continue,
+    /// Send the final `CLOSE` envelope and close with this reason.
+    Close(CloseReason),
+    /// The connection is gone; nothing more can be written.
+    Gone,
+}
+
+/// One live connection as the core sees it. Owned by the transport task;
+/// dropping it detaches the connection and answers anything left unwritten.
+#[derive(Debug)]
+pub struct Session {
+    hub: Arc<Hub>,
+    origin: Origin,
+    transport: Transport,
+    outbox: Arc<Outbox>,
+    limiter: DefaultDirectRateLimiter,
+    strikes: DefaultDirectRateLimiter,
+    _admission: Admission,
+}
+
+impl Session {
+    /// A session for a connection the hub has just attached.
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        origin: Origin,
+        transport: Transport,
+        outbox: Arc<Outbox>,
+        admission: Admission,
+    ) -> Self {
+        let envelope_quota = quota(hub.limits.envelope_rate, hub.limits.envelope_burst);
+        Self {
+            hub,
+            origin,
+            transport,
+            outbox,
+            limiter: RateLimiter::direct(envelope_quota),
+            strikes: RateLimiter::direct(envelope_quota),
+            _admission: admission,
+        }
+    }
+
+    /// The authenticated user.
+    pub fn user(&self) -> &str {
+        &self.origin.user
+    }
+
+    /// This connection's id.
+    pub fn conn_id(&self) -> ConnId {
+        self.origin.conn
+    }
+
+    /// The hub this session belongs to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// What the writer drains.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Handles one inbound frame: validates it, stamps the originator and
+    /// queues it for the target, or queues an error envelope for the sender.
+    pub fn handle_frame(&self, frame: &[u8]) {
+        if self.admit_frame() {
+            self.route(parse_inbound(frame, self.hub.limits.max_json_depth));
+        }
+    }
+
+    /// [`Session::handle_frame`] for text already known to be UTF-8.
+    pub fn handle_text(&self, text: &str) {
+        if self.admit_frame() {
+            self.route(parse_inbound_text(text, self.hub.limits.max_json_depth));
+        }
+    }
+
+    /// Counts a frame and applies the rate limit; false when the frame is
+    /// not accepted (already answered, or the connection is closing).
+    fn admit_frame(&self) -> bool {
+        let stats = &self.hub.stats;
+        stats.frames_received.inc();
+        // Once the gateway has decided to close this connection (and said
+        // so in the CLOSE envelope queued for it), frames still in flight
+        // from the client are not accepted.
+        if self.outbox.closing().is_some() {
+            stats.after_close.inc();
+            return false;
+        }
+        if let Err(not_until) = self.limiter.check() {
+            stats.rate_limited.inc();
+            if self.strikes.check().is_err() {
+                self.close(CloseReason::RateLimited);
+                return false;
+            }
+            let retry = retry_after(&not_until);
+            self.reply_error(
+                ErrorType::RateLimited,
+                ErrorDetail {
+                    message: format!(
+                        "envelope dropped: over the rate limit; retry in {} ms",
+                        retry.as_millis()
+                    ),
+                    retry_after_ms: Some(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
+                    ..ErrorDetail::default()
+                },
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Forwards a parsed envelope, or answers why it was not.
+    fn route(&self, parsed: Result<Inbound<'_>, EnvelopeError>) {
+        let stats = &self.hub.stats;
+        let inbound = match parsed {
+            Ok(inbound) => inbound,
+            Err(err) => {
+                stats.invalid.inc();
+                self.reply_error(
+                    ErrorType::InvalidMessage,
+                    ErrorDetail {
+                        message: err.to_string(),
+                        ..ErrorDetail::default()
+                    },
+                );
+                return;
+            }
+        };
+        let frame = forward_frame(
+            &inbound.target,
+            &inbound.kind,
+            &self.origin.user,
+            inbound.payload,
+        );
+        let item = Queued {
+            frame,
+            origin: Some(self.origin.clone()),
+        };
+        match self.hub.registry.deliver(&inbound.target, item) {
+            Delivery::Queued => stats.forwarded.inc(),
+            Delivery::NotFound(_) => {
+                stats.target_not_found.inc();
+                self.reply_error(
+                    ErrorType::TargetNotFound,
+                    ErrorDetail {
+                        message: format!("user \"{}\" is not connected", inbound.target),
+                        target: Some(&inbound.target),
+                        kind: Some(&inbound.kind),
+                        retry_after_ms: None,
+                    },
+                );
+            }
+            Delivery::TargetSlow(_) => {
+                stats.target_slow.inc();
+                self.reply_error(
+                    ErrorType::TargetSlow,
+                    ErrorDetail {
+                        message: format!(
+                            "user \"{}\" was not reading its envelopes and has been disconnected",
+                            inbound.target
+                        ),
+                        target: Some(&inbound.target),
+                        kind: Some(&inbound.kind),
+                        retry_after_ms: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
+        let frame = error_frame(error, &detail);
+        if let Err(PushError::Full(_)) = self.outbox.push_reply(Queued {
+            frame,
+            origin: None,
+        }) {
+            self.close(CloseReason::SlowConsumer);
+        }
+    }
+
+    /// Asks the writer to close this connection after what is queued, and
+    /// makes the user unreachable at once. (The close is counted when the
+    /// connection loop sends it, whoever asked for it.)
+    pub fn close(&self, reason: CloseReason) {
+        self.outbox.close(reason);
+        self.hub
+            .registry
+            .remove_if(&self.origin.user, self.origin.conn);
+    }
+
+    /// Settles a batch the transport tried to write: counts what was
+    /// written, answers what was not, and says what the writer does next. A
+    /// stalled write makes the connection a slow consumer.
+    pub fn batch_written(
+        &self,
+        batch: VecDeque<Queued>,
+        result: Result<(), WriteError>,
+        closing: Option<CloseReason>,
+    ) -> AfterWrite {
+        match result {
+            Ok(()) => {
+                self.record_written(&batch);
+                closing.map_or(AfterWrite::Continue, AfterWrite::Close)
+            }
+            Err(err) => {
+                self.report_unwritten(batch, &err.to_string());
+                if let WriteError::Stalled(_) = err {
+                    self.close(CloseReason::SlowConsumer);
+                    AfterWrite::Close(CloseReason::SlowConsumer)
+                } else {
+                    AfterWrite::Gone
+                }
+            }
+        }
+    }
+
+    /// Counts forwarded envelopes the transport has written.
+    pub fn record_written<'a>(&self, batch: impl IntoIterator<Item = &'a Queued>) {
+        let forwarded = batch
+            .into_iter()
+            .filter(|item| item.origin.is_some())
+            .count();
+        self.hub.stats.written.add(forwarded as u64);
+    }
+
+    /// Answers the envelopes of a batch the transport failed to write.
+    pub fn report_unwritten(&self, batch: impl IntoIterator<Item = Queued>, why: &str) {
+        self.hub.report_undelivered(batch, &self.origin.user, why);
+    }
+
+    /// The transport this session runs on.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Detaches the connection now: the user becomes unreachable and every
+    /// envelope still queued is answered to its sender. The transport calls
+    /// this when nothing more will be written, then takes its time to close
+    /// the socket; dropping the session does the same.
+    pub fn leave(&self) {
+        let hub = &self.hub;
+        hub.registry.remove_if(&self.origin.user, self.origin.conn);
+        let why = match self.outbox.closing() {
+            Some(reason) => format!("the target's connection closed ({})", reason.reason()),
+            None => "the target disconnected".to_owned(),
+        };
+        let left = self.outbox.seal(CloseReason::InternalError);
+        hub.report_undelivered(left, &self.origin.user, &why);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave();
+        self.hub.store.touch(&self.origin.user);
+        self.hub.stats.connections_closed.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Limits;
+    use crate::core::testing::{connect, drain, hub_with, take};
+    use serde_json::Value;
+    use std::num::NonZeroU32;
+
+    #[test]
+    fn forwards_with_originator_stamped() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        alice.handle_frame(
+            br#"{"target":"bob","type":"video-offer","payload":{"sdp":"x"},"originator":"eve"}"#,
+        );
+        let got = drain(&bob);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["originator"], "alice");
+        assert_eq!(got[0]["target"], "bob");
+        assert_eq!(got[0]["payload"]["sdp"], "x");
+        assert!(drain(&alice).is_empty());
+        assert_eq!(hub.stats().forwarded.get(), 1);
+    }
+
+    #[test]
+    fn welcome_is_first() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let items = alice.outbox.seal(CloseReason::InternalError);
+        let v: Value = serde_json::from_slice(&items[0].frame).unwrap();
+        assert_eq!(v["type"], "WELCOME");
+        assert_eq!(v["payload"]["username"], "alice");
+        assert_eq!(v["payload"]["transport"], "websocket");
+    }
+
+    #[test]
+    fn unknown_target_and_bad_frames_answer_the_sender_only() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"nobody","type":"video-offer"}"#);
+        alice.handle_frame(b"{oops");
+        let got = take(&alice);
+        assert_eq!(got[0]["type"], "TARGET_NOT_FOUND");
+        assert_eq!(got[0]["originator"], "");
+        assert_eq!(got[0]["payload"]["target"], "nobody");
+        assert_eq!(got[1]["type"], "INVALID_MESSAGE");
+        assert_eq!(alice.outbox.closing(), None, "a bad frame does not close");
+    }
+
+    #[test]
+    fn sending_to_yourself_works() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"alice","type":"note","payload":1}"#);
+        let got = take(&alice);
+        assert_eq!(got[0]["originator"], "alice");
+    }
+
+    #[test]
+    fn replacement_closes_old_and_routes_to_new() {
+        let hub = hub_with(Limits::default());
+        let old = connect(&hub, "bob");
+        let new = connect(&hub, "bob");
+        assert_eq!(old.outbox.closing(), Some(CloseReason::Replaced));
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"bob","type":"t"}"#);
+        drop(old);
+        assert!(
+            hub.is_connected("bob"),
+            "old cleanup must not evict the new connection"
+        );
+        assert_eq!(drain(&new).len(), 1);
+    }
+
+    #[test]
+    fn full_target_is_disconnected_and_sender_told() {
+        let hub = hub_with(Limits {
+            queue_envelopes: 2,
+            ..Limits::default()
+        });
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        // bob's queue holds WELCOME + one envelope; the next one overflows.
+        alice.handle_frame(br#"{"target":"bob","type":"a"}"#);
+        alice.handle_frame(br#"{"target":"bob","type":"b"}"#);
+        assert_eq!(bob.outbox.closing(), Some(CloseReason::SlowConsumer));
+        assert!(!hub.is_connected("bob"));
+        let got = take(&alice);
+        assert_eq!(got[0]["type"], "TARGET_SLOW");
+        assert_eq!(got[0]["payload"]["type"], "b");
+    }
+
+    #[test]
+    fn unwritten_envelopes_are_reported_to_their_live_sender() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        alice.handle_frame(br#"{"target":"bob","type":"video-answer"}"#);
+        bob.close(CloseReason::Kicked);
+        drop(bob);
+        let got = take(&alice);
+        assert_eq!(got[0]["type"], "UNDELIVERED");
+        assert_eq!(got[0]["payload"]["target"], "bob");
+        assert_eq!(got[0]["payload"]["type"], "video-answer");
+        assert_eq!(hub.stats().undelivered_reported.get(), 1);
+    }
+
+    #[test]
+    fn unwritten_envelopes_of_a_departed_sender_are_counted() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        alice.handle_frame(br#"{"target":"bob","type":"t"}"#);
+        drop(alice);
+        drop(bob);
+        assert_eq!(hub.stats().undelivered_unreported.get(), 1);
+    }
+
+    #[test]
+    fn rate_limit_answers_then_closes_on_sustained_abuse() {
+        let hub = hub_with(Limits {
+            envelope_rate: NonZeroU32::new(1).unwrap(),
+            envelope_burst: NonZeroU32::new(3).unwrap(),
+            ..Limits::default()
+        });
+        let alice = connect(&hub, "alice");
+        for _ in 0..3 {
+            alice.handle_frame(br#"{"target":"alice","type":"t"}"#);
+        }
+        alice.handle_frame(br#"{"target":"alice","type":"t"}"#);
+        let got = take(&alice);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[3]["type"], "RATE_LIMITED");
+        assert!(got[3]["payload"]["retry_after_ms"].as_u64().is_some());
+        for _ in 0..3 {
+            alice.handle_frame(br#"{"target":"alice","type":"t"}"#);
+        }
+        assert_eq!(alice.outbox.closing(), Some(CloseReason::RateLimited));
+        assert!(!hub.is_connected("alice"));
+    }
+
+    #[test]
+    fn per_pair_order_is_preserved() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        for i in 0..100 {
+            alice
+                .handle_frame(format!(r#"{{"target":"bob","type":"n","payload":{i}}}"#).as_bytes());
+        }
+        let got = drain(&bob);
+        let seq: Vec<i64> = got.iter().map(|v| v["payload"].as_i64().unwrap()).collect();
+        assert_eq!(seq, (0..100).collect::<Vec<_>>());
+    }
+}
