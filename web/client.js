@@ -206,6 +206,7 @@ export class SignalClient extends EventTarget {
   /** @type {Link | null} */ #link = null;
   /** @type {"websocket" | "webtransport" | null} */ #transport = null;
   /** @type {Welcome | null} */ #welcome = null;
+  /** @type {{ created: number, welcomed: number } | null} */ #timing = null;
   /** @type {ResolvedOptions} */
   #options = normalizeOptions({});
   /** @type {string[]} */ #queue = [];
@@ -363,6 +364,16 @@ export class SignalClient extends EventTarget {
   /** The gateway's id of the current (or last) connection. */
   get connectionId() {
     return this.#welcome?.connection_id ?? null;
+  }
+
+  /**
+   * When the current (or last) connection's `WebSocket`/`WebTransport` was
+   * created and when its WELCOME arrived, in `performance.now()`
+   * milliseconds: their difference is the connection's set-up time.
+   * `null` before the first connection opened.
+   */
+  get timing() {
+    return this.#timing;
   }
 
   /** Why `"auto"` fell back to WebSocket on the last connection, if it did. */
@@ -558,6 +569,7 @@ export class SignalClient extends EventTarget {
   #attach(link, welcome, reconnected) {
     this.#link = link;
     this.#welcome = welcome;
+    this.#timing = { created: link.createdAt, welcomed: link.welcomedAt };
     this.#transport = link.kind;
     this.#state = "open";
     this.#openedAt = Date.now();
@@ -684,6 +696,9 @@ class Link {
   /** @type {((envelope: Envelope) => void) | null} */ onEnvelope = null;
   /** @type {((info: Omit<CloseDetail, "willReconnect">) => void) | null} */ onClose = null;
   /** @type {Welcome | null} */ welcome = null;
+  /** `performance.now()` at creation: the subclass creates its transport object right after. */
+  createdAt = performance.now();
+  welcomedAt = 0;
   ended = false;
   /** @type {(welcome: Welcome) => void} */ #resolve = () => {};
   /** @type {(error: SignalError) => void} */ #reject = () => {};
@@ -716,6 +731,7 @@ class Link {
     // the authenticated sender), so WELCOME and CLOSE cannot be spoofed.
     if (envelope.originator === "" && envelope.type === "WELCOME" && !this.welcome) {
       this.welcome = envelope.payload;
+      this.welcomedAt = performance.now();
       this.#resolve(envelope.payload);
     } else if (envelope.originator === "" && envelope.type === "CLOSE") {
       const p = envelope.payload ?? {};

@@ -17,13 +17,13 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { benchResultProblems } from "./bench-result.mjs";
+import { CHROMIUM, launchChromium } from "./chromium.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
 const ARTIFACTS = join(HERE, "artifacts");
 const GATEWAY_BIN = resolve(ROOT, process.env.SIGNAL_GATEWAY_BIN ?? "target/debug/signal-gateway");
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const ONLY = (process.env.BROWSER_TEST_ONLY ?? "").split(",").filter(Boolean);
 
 /** Every single wait in a scenario is bounded by this (ms)... */
@@ -38,24 +38,6 @@ const TEST_LIMITS = [
   "--connect-rate", "1000", "--connect-burst", "1000",
   "--register-rate", "1000", "--register-burst", "1000",
   "--envelope-rate", "1000", "--envelope-burst", "1000",
-];
-
-/**
- * Chromium as the feasibility notes ran it, plus WebRTC helpers: fake
- * camera/microphone (so getUserMedia works headless and the demo shows
- * video) and loopback ICE candidates (for machines with only loopback).
- * No --disable-quic: WebTransport needs QUIC.
- */
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--use-fake-ui-for-media-stream",
-  "--use-fake-device-for-media-stream",
-  "--allow-loopback-in-peer-connection",
 ];
 
 const PEER_HTML = readFileSync(join(HERE, "pages/peer.html"), "utf8");
@@ -214,13 +196,7 @@ class Gateway {
 
 class Browser {
   static async launch() {
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 30_000,
-    });
-    return new Browser(browser);
+    return new Browser(await launchChromium());
   }
 
   constructor(browser) {
@@ -601,6 +577,10 @@ const scenarios = [
     },
   },
   {
+    name: "bench page: well-formed results for both transports",
+    run: benchScenario,
+  },
+  {
     name: "demo app: call, chat, no console errors, screenshot",
     run: demoScenario,
   },
@@ -738,6 +718,34 @@ async function demoWithoutListScenario(t) {
     assertEqual(page.problems.filter((p) => !refused.test(p)), [], `console errors on ${label}'s page`);
   }
   return "list refused (401) -> call by name; calling someone offline says so; reload resumes; rejoin keeps the name";
+}
+
+// ---- the bench page ----
+
+/** Small parameters: the page runs in a few seconds. Not the figures are checked, only their shape. */
+const BENCH_PARAMS = { n: 200, rate: 500, warmup: 20, size: 100, setups: 3, burst: 100, bursts: 2 };
+
+async function benchScenario(t) {
+  const page = await t.browser.newPage("bench");
+  t.pages.push(page);
+  await page.context().grantPermissions(["clipboard-read", "clipboard-write"]);
+  const query = new URLSearchParams(Object.entries(BENCH_PARAMS).map(([k, v]) => [k, String(v)]));
+  await page.goto(`${t.gateway.origin()}/bench?${query}`);
+  await page.getByRole("button", { name: "Run" }).click();
+  // The whole run is one wait: about 3 s here.
+  await page.waitForFunction(() => ["done", "failed"].includes(globalThis.bench.state), null, { timeout: 2 * STEP });
+  const { state, error, result, svg } = await page.evaluate(() => globalThis.bench);
+  assertEqual([state, error], ["done", ""], "the page's state and error");
+  assertEqual(benchResultProblems(result, BENCH_PARAMS), [], "problems with the result");
+  assertEqual(result.cross_origin_isolated, true, "cross-origin isolated (fine clock)");
+  // The plot shows both distributions, and the page shows the SVG scripts save.
+  assertEqual((svg.match(/<polyline /g) ?? []).length, 2, "curves in the SVG");
+  assertEqual(await page.locator("#plot svg polyline").count(), 2, "curves on the page");
+  await page.getByRole("button", { name: "Copy JSON" }).click();
+  assertEqual(JSON.parse(await page.evaluate(() => navigator.clipboard.readText())), result, "the copied JSON");
+  assertEqual(page.problems, [], "console errors on the bench page");
+  const figures = (tr) => `set-up ${tr.setup.median_ms} ms, RTT p50 ${tr.rtt.p50_ms} ms, ${tr.burst.envelopes_per_s} envelopes/s`;
+  return `WebSocket ${figures(result.transports.websocket)}; WebTransport ${figures(result.transports.webtransport)}`;
 }
 
 // ---- support ----
