@@ -487,6 +487,7 @@ async fn every_accepted_envelope_is_delivered_or_answered(kind: Kind) {
         + stats.rate_limited
         + stats.target_not_found
         + stats.target_slow
+        + stats.to_gateway
         + stats.forwarded;
     assert_eq!(stats.frames_received, outcomes, "{stats:?}");
     assert_eq!(

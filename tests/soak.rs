@@ -548,6 +548,7 @@ async fn soak() {
         + n("rate_limited")
         + n("target_not_found")
         + n("target_slow")
+        + n("to_gateway")
         + n("forwarded");
     assert_eq!(
         n("frames_received"),

@@ -14,7 +14,9 @@
  * ```
  *
  * What it does for you:
- * - registers a name (`POST /v1/register`) or resumes a token (`GET /v1/user`);
+ * - registers a name (`POST /v1/register`) or resumes a token (`GET /v1/user`),
+ *   or signs in with JWTs your application issues (`signIn({ getToken })`),
+ *   refreshing them in band before they expire;
  * - opens WebTransport (pinning the development certificate with the hash
  *   from `/v1/cert-hash`, so no browser flags are needed) or WebSocket, and
  *   resolves `connect()` on the gateway's `WELCOME` envelope;
@@ -43,6 +45,7 @@ export const ERROR_TYPES = Object.freeze([
   "RATE_LIMITED",
   "TARGET_SLOW",
   "UNDELIVERED",
+  "TOKEN_REFUSED",
 ]);
 
 /** Default options of {@link SignalClient#connect}. */
@@ -97,6 +100,7 @@ const CLOSE_REASONS = {
   4000: "UNAUTHENTICATED",
   4001: "REPLACED",
   4002: "KICKED",
+  4003: "TOKEN_EXPIRED",
   4008: "SLOW_CONSUMER",
   4029: "RATE_LIMITED",
   4408: "IDLE_TIMEOUT",
@@ -191,7 +195,10 @@ export class SignalError extends Error {
  *   `close()`, with code 1000); `willReconnect` tells whether it comes back;
  * - `reconnecting`: `{attempt, delay, error}` before each reconnect attempt;
  * - `identity`: `{username, token}` when the token changed because the
- *   gateway had forgotten the name and the client registered it again.
+ *   gateway had forgotten the name and the client registered it again;
+ * - `error`: a {@link SignalError} when `getToken()` failed while refreshing
+ *   a token (see {@link SignalClient.signIn}); the connection stays until
+ *   its token expires.
  *
  * `send()` while connecting or reconnecting queues the envelope (up to
  * `maxQueued`) and sends it once the connection is open; `send()` before
@@ -201,6 +208,8 @@ export class SignalClient extends EventTarget {
   /** @type {string} */ #baseUrl;
   /** @type {string} */ #username;
   /** @type {string} */ #token;
+  /** Where fresh JWTs come from, for a client made by {@link SignalClient.signIn}. */
+  /** @type {(() => Promise<string>) | null} */ #getToken = null;
   /** @type {"idle" | "connecting" | "open" | "reconnecting" | "closed"} */
   #state = "idle";
   /** @type {Link | null} */ #link = null;
@@ -289,6 +298,32 @@ export class SignalClient extends EventTarget {
       body?.message || `registration failed with HTTP ${status}`,
       { status, retryAfter },
     );
+  }
+
+  /**
+   * A client for a user your application signs in: `getToken()` resolves
+   * to a JWT your backend issues for that user (see the README). It is
+   * called to connect, to reconnect, and when the gateway says the token
+   * is about to expire (`TOKEN_EXPIRING`): the fresh token is then sent in
+   * band (`REFRESH_TOKEN`) and the connection carries on. Checks the first
+   * token with `GET /v1/user`; rejects with `UNAUTHENTICATED` when the
+   * gateway refuses it.
+   * @param {ClientOptions & { getToken: () => Promise<string> }} options
+   * @returns {Promise<SignalClient>}
+   */
+  static async signIn(options) {
+    if (typeof options?.getToken !== "function") {
+      throw new TypeError("SignalClient.signIn({ getToken }) needs a getToken function");
+    }
+    const baseUrl = resolveBaseUrl(options.baseUrl);
+    const token = await options.getToken();
+    const username = await whoAmI(baseUrl, token);
+    if (username === null) {
+      throw new SignalError("UNAUTHENTICATED", "the gateway refused the token (see its log for why)");
+    }
+    const client = new SignalClient({ username, token, baseUrl });
+    client.#getToken = options.getToken;
+    return client;
   }
 
   /**
@@ -404,6 +439,7 @@ export class SignalClient extends EventTarget {
     const generation = ++this.#generation;
     this.#watchPage(true);
     try {
+      if (this.#getToken) this.#token = await this.#getToken();
       const { link, welcome } = await this.#open();
       if (generation !== this.#generation) {
         link.close();
@@ -573,7 +609,10 @@ export class SignalClient extends EventTarget {
     this.#transport = link.kind;
     this.#state = "open";
     this.#openedAt = Date.now();
-    link.onEnvelope = (envelope) => this.#emit("message", envelope);
+    link.onEnvelope = (envelope) => {
+      if (envelope.type === "TOKEN_EXPIRING" && envelope.originator === "") this.#refresh(link);
+      this.#emit("message", envelope);
+    };
     link.onClose = (info) => this.#dropped(link, info);
     const queued = this.#queue;
     this.#queue = [];
@@ -618,13 +657,38 @@ export class SignalClient extends EventTarget {
     this.#retryTimer = setTimeout(() => this.#reconnect(generation), delay);
   }
 
+  /**
+   * Sends the gateway a fresh JWT for the open connection, which then
+   * answers `TOKEN_REFRESHED` (or `TOKEN_REFUSED`, when the connection
+   * closes with `TOKEN_EXPIRED` and reconnects with a newer token).
+   * @param {Link} link
+   */
+  async #refresh(link) {
+    if (!this.#getToken) return;
+    try {
+      const token = await this.#getToken();
+      if (link !== this.#link) return;
+      this.#token = token;
+      link.send(JSON.stringify({ target: "", type: "REFRESH_TOKEN", payload: { token } }));
+    } catch (err) {
+      this.#emit("error", asSignalError(err));
+    }
+  }
+
   /** @param {number} generation */
   async #reconnect(generation) {
     if (generation !== this.#generation || this.#state !== "reconnecting") return;
     try {
+      if (this.#getToken) {
+        this.#token = await this.#getToken();
+        if (generation !== this.#generation) return;
+      }
       // Cheap probe first: is the gateway up, and does it still know us?
       let username = await whoAmI(this.#baseUrl, this.#token);
       if (generation !== this.#generation) return;
+      if (username === null && this.#getToken) {
+        throw new SignalError("UNAUTHENTICATED", "the gateway refused the fresh token");
+      }
       if (username === null) {
         const again = await SignalClient.register(this.#username, { baseUrl: this.#baseUrl, token: this.#token });
         if (generation !== this.#generation) return;

@@ -103,6 +103,17 @@ window.peer = {
     const welcome = await client.connect(options);
     return { transport: client.transport, welcome, token: client.token };
   },
+  /**
+   * Signs in with JWTs from `tokenUrl` (a backend minting them) and
+   * connects: client.js gets a token to connect and a fresh one to refresh.
+   */
+  async signIn(tokenUrl, options = {}) {
+    const getToken = async () => (await fetch(tokenUrl)).text();
+    client = await SignalClient.signIn({ baseUrl, getToken });
+    watch(client);
+    const welcome = await client.connect(options);
+    return { transport: client.transport, welcome, username: client.username };
+  },
   /** A second client for an existing token (same user, another tab). */
   async resume(token, options = {}) {
     client = await SignalClient.fromToken(token, { baseUrl });
