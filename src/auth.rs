@@ -121,6 +121,20 @@ impl Client {
     pub fn is_loopback(&self) -> bool {
         self.proven && is_loopback(self.ip)
     }
+
+    /// The authority the client addressed and whether it used a secure
+    /// scheme: what a trusted proxy reports, else the request's own `host`
+    /// and the listener's scheme (`secure`). Behind a proxy this is the
+    /// page's origin, not the proxy's upstream address.
+    pub fn addressed<'a>(&'a self, host: Option<&'a str>, secure: bool) -> (Option<&'a str>, bool) {
+        let secure = match self.forwarded_proto.as_deref() {
+            // Some proxies report `ws`/`wss` for WebSocket upgrades.
+            Some("https" | "wss") => true,
+            Some("http" | "ws") => false,
+            _ => secure,
+        };
+        (self.forwarded_host.as_deref().or(host), secure)
+    }
 }
 
 /// One proxy hop's report: the address it received the request from, and
@@ -155,11 +169,18 @@ impl ProxyPolicy {
         if !self.trusts(peer) {
             return Client::direct(peer);
         }
+        let mut client = Client::direct(peer);
         let hops = match self.header {
-            ForwardedHeader::XForwardedFor => x_forwarded_hops(headers),
+            ForwardedHeader::XForwardedFor => {
+                // Written once, by the nearest proxy (which is trusted):
+                // read even when it writes no `X-Forwarded-For`.
+                let last = |name| list_entries(headers, name).pop().filter(|v| !v.is_empty());
+                client.forwarded_host = last("x-forwarded-host").map(str::to_owned);
+                client.forwarded_proto = last("x-forwarded-proto").map(str::to_ascii_lowercase);
+                x_forwarded_hops(headers)
+            }
             ForwardedHeader::Forwarded => forwarded_hops(headers),
         };
-        let mut client = Client::direct(peer);
         for hop in hops.into_iter().rev() {
             client.forwarded_host = hop.host.map(str::to_owned).or(client.forwarded_host);
             client.forwarded_proto = hop
@@ -195,22 +216,15 @@ fn list_entries<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// `X-Forwarded-For` entries as hops; `X-Forwarded-Host` and
-/// `X-Forwarded-Proto` are written once by the nearest proxy, so they
-/// describe the right-most hop.
+/// `X-Forwarded-For` entries as hops (addresses only: `X-Forwarded-Host`
+/// and `X-Forwarded-Proto` are read apart, see [`ProxyPolicy::client`]).
 fn x_forwarded_hops(headers: &HeaderMap) -> Vec<Hop<'_>> {
-    let last = |name| list_entries(headers, name).pop().filter(|v| !v.is_empty());
-    let host = last("x-forwarded-host");
-    let proto = last("x-forwarded-proto");
-    let entries = list_entries(headers, "x-forwarded-for");
-    let count = entries.len();
-    entries
+    list_entries(headers, "x-forwarded-for")
         .into_iter()
-        .enumerate()
-        .map(|(i, entry)| Hop {
+        .map(|entry| Hop {
             for_addr: node_address(entry),
-            host: host.filter(|_| i + 1 == count),
-            proto: proto.filter(|_| i + 1 == count),
+            host: None,
+            proto: None,
         })
         .collect()
 }
@@ -559,12 +573,55 @@ mod tests {
         );
         assert_eq!(seen.forwarded_host.as_deref(), Some("localhost:10000"));
         assert_eq!(seen.forwarded_proto.as_deref(), Some("http"));
+        let no_for = client(
+            &proxy,
+            "127.0.0.1",
+            &[
+                ("x-forwarded-host", "app.example"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(
+            (no_for.forwarded_host.as_deref(), no_for.proven),
+            (Some("app.example"), true),
+            "read without X-Forwarded-For too"
+        );
         let untrusted = client(
             &ProxyPolicy::default(),
             "127.0.0.1",
             &[("x-forwarded-host", "evil")],
         );
         assert_eq!(untrusted.forwarded_host, None);
+    }
+
+    #[test]
+    fn the_addressed_authority_is_the_forwarded_one() {
+        let direct = Client::direct(ip("127.0.0.1"));
+        assert_eq!(
+            direct.addressed(Some("localhost"), false),
+            (Some("localhost"), false)
+        );
+        let proxied = Client {
+            forwarded_host: Some("localhost:10000".into()),
+            forwarded_proto: Some("https".into()),
+            ..direct.clone()
+        };
+        assert_eq!(
+            proxied.addressed(Some("localhost"), false),
+            (Some("localhost:10000"), true)
+        );
+        for (proto, secure) in [
+            ("wss", true),
+            ("ws", false),
+            ("http", false),
+            ("gopher", true),
+        ] {
+            let seen = Client {
+                forwarded_proto: Some(proto.into()),
+                ..direct.clone()
+            };
+            assert_eq!(seen.addressed(None, true).1, secure, "{proto}");
+        }
     }
 
     #[test]

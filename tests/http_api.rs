@@ -315,6 +315,140 @@ async fn foreign_origins_are_refused_unless_allowed() {
     assert_eq!(ok.recv().await["type"], "WELCOME");
 }
 
+/// `POST /v1/register` with `headers`, as a proxy would forward it: the
+/// status code.
+async fn register_through(gw: &TestGateway, name: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut request = gw
+        .http()
+        .post(gw.url("/v1/register"))
+        .json(&json!({ "username": name }));
+    for (header, value) in headers {
+        request = request.header(*header, *value);
+    }
+    let response = within("register", request.send()).await.unwrap();
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "FORBIDDEN");
+        assert!(
+            body["message"].as_str().unwrap().contains("addressed"),
+            "{body}"
+        );
+    }
+    status
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_gateways_origin_is_the_one_the_proxy_reports() {
+    let gw = TestGateway::start_with(&["--trusted-proxy", "127.0.0.1"]).await;
+    let page = "http://localhost:10000";
+    let xff = ("x-forwarded-for", "127.0.0.1");
+    let cases = [
+        (
+            "Host with its port ($http_host)",
+            200,
+            vec![("origin", page), ("host", "localhost:10000"), xff],
+        ),
+        (
+            "Host without its port ($host): refused",
+            403,
+            vec![("origin", page), ("host", "localhost"), xff],
+        ),
+        (
+            "Host without its port, X-Forwarded-Host with it",
+            200,
+            vec![
+                ("origin", page),
+                ("host", "localhost"),
+                ("x-forwarded-host", "localhost:10000"),
+                xff,
+            ],
+        ),
+        (
+            "X-Forwarded-Host without X-Forwarded-For",
+            200,
+            vec![
+                ("origin", page),
+                ("host", "127.0.0.1:8000"),
+                ("x-forwarded-host", "localhost:10000"),
+            ],
+        ),
+        (
+            "TLS ends at the proxy, X-Forwarded-Proto says so",
+            200,
+            vec![
+                ("origin", "https://app.example"),
+                ("host", "app.example"),
+                ("x-forwarded-proto", "https"),
+                xff,
+            ],
+        ),
+        (
+            "TLS ends at the proxy, no X-Forwarded-Proto: port 80 is not 443",
+            403,
+            vec![
+                ("origin", "https://app.example"),
+                ("host", "app.example"),
+                xff,
+            ],
+        ),
+    ];
+    for (i, (what, status, headers)) in cases.iter().enumerate() {
+        assert_eq!(
+            register_through(&gw, &format!("p{i}"), headers).await,
+            *status,
+            "{what}"
+        );
+    }
+
+    // The WebSocket upgrade answers to the same rule.
+    let token = gw.register("alice").await;
+    let query = format!("?token={token}");
+    let proxied = [
+        ("origin", page),
+        ("host", "localhost"),
+        ("x-forwarded-host", "localhost:10000"),
+    ];
+    let mut ws = Client::Ws(ws_connect(&gw, &query, &proxied).await.unwrap());
+    assert_eq!(ws.recv().await["type"], "WELCOME");
+    ws.close().await;
+    match ws_connect(&gw, &query, &proxied[..2]).await.unwrap_err() {
+        tokio_tungstenite::tungstenite::Error::Http(response) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+
+    // Only from a trusted proxy: anyone else's X-Forwarded-Host is ignored.
+    let direct = TestGateway::start().await;
+    assert_eq!(
+        register_through(&direct, "q", &cases[2].2).await,
+        403,
+        "X-Forwarded-Host from an untrusted peer"
+    );
+
+    // RFC 7239, when the proxies write that instead.
+    let rfc = TestGateway::start_with(&[
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--forwarded-header",
+        "forwarded",
+    ])
+    .await;
+    let forwarded = [
+        ("origin", "https://app.example:8443"),
+        ("host", "127.0.0.1:8000"),
+        (
+            "forwarded",
+            "for=192.0.2.60;host=\"app.example:8443\";proto=https",
+        ),
+    ];
+    assert_eq!(register_through(&rfc, "r", &forwarded).await, 200);
+    assert_eq!(
+        register_through(&rfc, "s", &cases[2].2).await,
+        403,
+        "X-Forwarded-Host is not read under --forwarded-header forwarded"
+    );
+}
+
 #[tokio::test]
 async fn admin_routes_list_and_delete_users() {
     let gw = TestGateway::start().await;

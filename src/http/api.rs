@@ -290,21 +290,27 @@ pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Refuses requests from foreign origins not on the allow-list (403).
+/// Refuses requests from foreign origins not on the allow-list (403). The
+/// gateway's own origin is what the request addressed: behind a trusted
+/// proxy, the host and scheme the proxy reports.
 pub(crate) async fn origin_guard(
     State(ctx): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    if !ctx.origins.judge(origin, host, ctx.secure).permits() {
+    let client = ctx.proxies.client(peer.ip(), headers);
+    if !ctx.judge_origin(Some(&client), headers).permits() {
+        let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+        let (addressed, _) = ctx.addressed(Some(&client), headers);
         return ApiError::new(
             HttpError::Forbidden,
             format!(
-                "origin {} is not allowed; see --allow-origin",
-                origin.unwrap_or_default()
+                "origin {} is not allowed: the request addressed {}, and the origin is not in \
+                 --allow-origin (behind a proxy, pass the Host header with its port)",
+                origin.unwrap_or_default(),
+                addressed.unwrap_or("no host"),
             ),
         )
         .into_response();
@@ -353,24 +359,24 @@ pub(crate) async fn admin_guard(
 
 /// The checks on an admin request without `--admin-token`.
 fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
-    if !ctx.proxies.client(peer.ip(), headers).is_loopback() {
+    let client = ctx.proxies.client(peer.ip(), headers);
+    if !client.is_loopback() {
         return Err("admin routes answer only loopback clients");
     }
+    // Every name the request carries for what it addressed must be local:
+    // a proxy that passes `Host` through shows a rebinding page's name
+    // there, and one that rewrites `Host` shows it in the forwarded host.
+    let local = |name: &str| {
+        auth::is_loopback_authority(name) || auth::authority_is_one_of(name, &ctx.public_hosts)
+    };
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    let named_locally = host.is_some_and(|host| {
-        auth::is_loopback_authority(host) || auth::authority_is_one_of(host, &ctx.public_hosts)
-    });
-    if !named_locally {
+    if !(host.is_some_and(local) && client.forwarded_host.as_deref().is_none_or(local)) {
         return Err("admin routes answer only requests to a loopback name or a --public-host");
     }
-    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
-    match origin {
+    match headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid")) {
         None => Ok(()),
         Some(origin) if ctx.origins.lists(origin) => Ok(()),
-        Some(origin)
-            if ctx.origins.judge(Some(origin), host, ctx.secure)
-                == auth::OriginVerdict::SameOrigin =>
-        {
+        Some(_) if ctx.judge_origin(Some(&client), headers) == auth::OriginVerdict::SameOrigin => {
             Ok(())
         }
         Some(_) => {
