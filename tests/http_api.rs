@@ -27,6 +27,26 @@ async fn post_register(
     (status, cookies, response.json().await.unwrap())
 }
 
+/// Asserts that `response` clears both session cookies, the way every
+/// browser understands.
+fn assert_cookies_cleared(response: &reqwest::Response) {
+    assert_eq!(response.headers()["clear-site-data"], "\"cookies\"");
+    let cleared: Vec<&str> = response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    for name in ["user_username", "user_token"] {
+        assert!(
+            cleared
+                .iter()
+                .any(|c| c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0")),
+            "{name} not cleared: {cleared:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn healthcheck_says_success() {
     let gw = TestGateway::start().await;
@@ -208,26 +228,40 @@ async fn user_accepts_the_token_and_only_the_token() {
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 404);
-        assert_eq!(response.headers()["clear-site-data"], "\"cookies\"");
-        let cleared: Vec<&str> = response
-            .headers()
-            .get_all(SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        assert!(
-            cleared
-                .iter()
-                .any(|c| c.starts_with("user_username=;") && c.contains("Max-Age=0")),
-            "{cleared:?}"
-        );
-        assert!(
-            cleared
-                .iter()
-                .any(|c| c.starts_with("user_token=;") && c.contains("Max-Age=0")),
-            "{cleared:?}"
-        );
+        assert_cookies_cleared(&response);
+        assert_eq!(status_field(response).await, "NOT_FOUND");
     }
+}
+
+#[tokio::test]
+async fn unknown_user_status_401_is_what_the_seeds_web_app_expects() {
+    let gw = TestGateway::start_with(&["--unknown-user-status", "401"]).await;
+    let token = gw.register("alice").await;
+    for cookie in ["user_username=alice", "user_token=forged", ""] {
+        let response = gw
+            .http()
+            .get(gw.url("/v1/user"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{cookie:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_cookies_cleared(&response);
+        assert_eq!(status_field(response).await, "UNAUTHORIZED");
+    }
+    let known = gw
+        .http()
+        .get(gw.url("/v1/user"))
+        .header("cookie", format!("user_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(known.status(), 200);
+    assert_eq!(
+        known.json::<Value>().await.unwrap(),
+        json!({"username": "alice"})
+    );
 }
 
 #[tokio::test]

@@ -223,7 +223,8 @@ async fn read_body(ctx: &AppState, body: Body) -> Result<axum::body::Bytes, ApiE
     }
 }
 
-/// `GET /v1/user`: who the request's token belongs to, or 404 with the
+/// `GET /v1/user`: who the request's token belongs to, or
+/// `--unknown-user-status` (404, or 401 for the seed's web app) with the
 /// session cookies cleared.
 pub(crate) async fn user(
     State(ctx): State<AppState>,
@@ -235,18 +236,25 @@ pub(crate) async fn user(
     };
     Ok(match user {
         Some(authenticated) => Json(json!({ "username": &*authenticated.user })).into_response(),
-        None => (
-            AppendHeaders(cleared_cookies(ctx.secure)),
-            [(
-                axum::http::HeaderName::from_static("clear-site-data"),
-                "\"cookies\"",
-            )],
-            ApiError::new(
-                HttpError::NotFound,
-                "no valid session token; register first",
-            ),
-        )
-            .into_response(),
+        None => {
+            let error = ctx.unknown_user_status.http_error();
+            let mut response = (
+                AppendHeaders(cleared_cookies(ctx.secure)),
+                [(
+                    axum::http::HeaderName::from_static("clear-site-data"),
+                    "\"cookies\"",
+                )],
+                ApiError::new(error, "no valid session token; register first"),
+            )
+                .into_response();
+            if error == HttpError::Unauthorized {
+                // RFC 9110 §15.5.2; browsers prompt for Basic, never for Bearer.
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
     })
 }
 

@@ -21,6 +21,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Client, OriginPolicy, OriginVerdict, ProxyPolicy};
 use crate::core::Hub;
+use crate::core::wire::HttpError;
 
 pub(crate) use api::error_response;
 pub use serve::{TcpLimits, serve_tcp};
@@ -38,6 +39,29 @@ pub struct CertInfo {
     pub development: bool,
     /// UDP port of WebTransport.
     pub webtransport_port: u16,
+}
+
+/// What `GET /v1/user` answers when the request carries no valid token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownUserStatus {
+    /// `404 NOT_FOUND`: the documented contract (the seed's README).
+    #[default]
+    #[value(name = "404")]
+    NotFound,
+    /// `401 UNAUTHORIZED`: what the seed's server answered, and the only
+    /// status on which the seed's web app goes back to its register page.
+    #[value(name = "401")]
+    Unauthorized,
+}
+
+impl UnknownUserStatus {
+    /// The row of the HTTP error table this answer is.
+    pub fn http_error(self) -> HttpError {
+        match self {
+            UnknownUserStatus::NotFound => HttpError::NotFound,
+            UnknownUserStatus::Unauthorized => HttpError::Unauthorized,
+        }
+    }
 }
 
 /// Everything the HTTP handlers share.
@@ -64,6 +88,8 @@ pub struct HttpContext {
     pub body_timeout: std::time::Duration,
     /// WebSocket transport settings.
     pub websocket: WebSocketSettings,
+    /// What `GET /v1/user` answers for a missing or unknown token.
+    pub unknown_user_status: UnknownUserStatus,
 }
 
 impl HttpContext {
@@ -189,6 +215,7 @@ mod tests {
             max_body_bytes: 1024,
             body_timeout: std::time::Duration::from_secs(1),
             websocket: WebSocketSettings::default(),
+            unknown_user_status: UnknownUserStatus::default(),
         }))
     }
 
