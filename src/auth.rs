@@ -29,13 +29,15 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The value of cookie `name`, from any `Cookie` header.
+/// The value of cookie `name`, from any `Cookie` header. The header is read
+/// as bytes: another cookie may hold UTF-8 (the username does), and
+/// `to_str` would refuse the whole header for it.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value.trim_matches('"'))
@@ -462,6 +464,23 @@ mod tests {
         assert_eq!(session_token(&h, Some("token=")), None);
         let h = headers(&[("authorization", "Basic abc")]);
         assert_eq!(session_token(&h, None), None);
+    }
+
+    #[test]
+    fn the_token_cookie_is_found_beside_a_utf8_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes("user_username=Zoë Li; user_token=tok".as_bytes()).unwrap(),
+        );
+        assert_eq!(session_token(&h, None).as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, USERNAME_COOKIE), Some("Zoë Li"));
+        let mut latin1 = HeaderMap::new();
+        latin1.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"user_username=Zo\xebLi; user_token=tok").unwrap(),
+        );
+        assert_eq!(session_token(&latin1, None).as_deref(), Some("tok"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Every error is a JSON body `{"status": CODE, "message": text}` with the
 //! matching HTTP status; the README's table lists them.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,7 +14,6 @@ use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE, WW
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -99,13 +99,35 @@ struct RegisterRequest {
     username: String,
 }
 
-/// Characters left as they are in the `user_username` cookie value; the
-/// rest is percent-encoded (read it back with `decodeURIComponent`).
-const COOKIE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'@');
+/// Characters percent-encoded in the `user_username` cookie value: `;`
+/// ends a value; `,` splits it for parsers that fold `Set-Cookie` headers
+/// into one line; `"` and `\` are quoting; `%` itself, so that
+/// `decodeURIComponent` gives every name back exactly.
+const COOKIE_ESCAPED: [char; 5] = ['%', ';', ',', '"', '\\'];
+
+/// The `user_username` cookie value: the name as typed, so that a script
+/// reading `document.cookie` raw (as the seed's web app does) shows it, with
+/// only what a cookie value cannot carry percent-encoded ([`COOKIE_ESCAPED`],
+/// and control characters, which names never contain). Browsers keep inner
+/// spaces and UTF-8 in a cookie value, and `document.cookie` decodes it as
+/// UTF-8.
+fn username_cookie_value(name: &str) -> Cow<'_, str> {
+    let escaped = |c: char| COOKIE_ESCAPED.contains(&c) || c.is_control();
+    if !name.chars().any(escaped) {
+        return Cow::Borrowed(name);
+    }
+    let mut value = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if escaped(c) {
+            for byte in c.encode_utf8(&mut [0; 4]).bytes() {
+                value.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            value.push(c);
+        }
+    }
+    Cow::Owned(value)
+}
 
 fn session_cookies(
     username: &str,
@@ -113,7 +135,7 @@ fn session_cookies(
     secure: bool,
 ) -> [(axum::http::HeaderName, String); 2] {
     let secure = if secure { "; Secure" } else { "" };
-    let name = utf8_percent_encode(username, COOKIE_VALUE);
+    let name = username_cookie_value(username);
     [
         (
             SET_COOKIE,
@@ -407,4 +429,29 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         HttpError::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_username_cookie_keeps_the_name_as_typed() {
+        for name in [
+            "alice",
+            "Zoë Li",
+            "José María",
+            "李小龍",
+            "a=b",
+            "O'Neil (+1)",
+            "🙂 x",
+        ] {
+            assert_eq!(username_cookie_value(name), name);
+        }
+        assert_eq!(
+            username_cookie_value("100% sure; or, \"maybe\" \\o/"),
+            "100%25 sure%3B or%2C %22maybe%22 %5Co/"
+        );
+        assert_eq!(username_cookie_value("a\u{7f}b\u{85}"), "a%7Fb%C2%85");
+    }
 }
