@@ -29,13 +29,15 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The value of cookie `name`, from any `Cookie` header.
+/// The value of cookie `name`, from any `Cookie` header. The header is read
+/// as bytes: another cookie may hold UTF-8 (the username does), and
+/// `to_str` would refuse the whole header for it.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value.trim_matches('"'))
@@ -121,6 +123,20 @@ impl Client {
     pub fn is_loopback(&self) -> bool {
         self.proven && is_loopback(self.ip)
     }
+
+    /// The authority the client addressed and whether it used a secure
+    /// scheme: what a trusted proxy reports, else the request's own `host`
+    /// and the listener's scheme (`secure`). Behind a proxy this is the
+    /// page's origin, not the proxy's upstream address.
+    pub fn addressed<'a>(&'a self, host: Option<&'a str>, secure: bool) -> (Option<&'a str>, bool) {
+        let secure = match self.forwarded_proto.as_deref() {
+            // Some proxies report `ws`/`wss` for WebSocket upgrades.
+            Some("https" | "wss") => true,
+            Some("http" | "ws") => false,
+            _ => secure,
+        };
+        (self.forwarded_host.as_deref().or(host), secure)
+    }
 }
 
 /// One proxy hop's report: the address it received the request from, and
@@ -155,11 +171,18 @@ impl ProxyPolicy {
         if !self.trusts(peer) {
             return Client::direct(peer);
         }
+        let mut client = Client::direct(peer);
         let hops = match self.header {
-            ForwardedHeader::XForwardedFor => x_forwarded_hops(headers),
+            ForwardedHeader::XForwardedFor => {
+                // Written once, by the nearest proxy (which is trusted):
+                // read even when it writes no `X-Forwarded-For`.
+                let last = |name| list_entries(headers, name).pop().filter(|v| !v.is_empty());
+                client.forwarded_host = last("x-forwarded-host").map(str::to_owned);
+                client.forwarded_proto = last("x-forwarded-proto").map(str::to_ascii_lowercase);
+                x_forwarded_hops(headers)
+            }
             ForwardedHeader::Forwarded => forwarded_hops(headers),
         };
-        let mut client = Client::direct(peer);
         for hop in hops.into_iter().rev() {
             client.forwarded_host = hop.host.map(str::to_owned).or(client.forwarded_host);
             client.forwarded_proto = hop
@@ -195,22 +218,15 @@ fn list_entries<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// `X-Forwarded-For` entries as hops; `X-Forwarded-Host` and
-/// `X-Forwarded-Proto` are written once by the nearest proxy, so they
-/// describe the right-most hop.
+/// `X-Forwarded-For` entries as hops (addresses only: `X-Forwarded-Host`
+/// and `X-Forwarded-Proto` are read apart, see [`ProxyPolicy::client`]).
 fn x_forwarded_hops(headers: &HeaderMap) -> Vec<Hop<'_>> {
-    let last = |name| list_entries(headers, name).pop().filter(|v| !v.is_empty());
-    let host = last("x-forwarded-host");
-    let proto = last("x-forwarded-proto");
-    let entries = list_entries(headers, "x-forwarded-for");
-    let count = entries.len();
-    entries
+    list_entries(headers, "x-forwarded-for")
         .into_iter()
-        .enumerate()
-        .map(|(i, entry)| Hop {
+        .map(|entry| Hop {
             for_addr: node_address(entry),
-            host: host.filter(|_| i + 1 == count),
-            proto: proto.filter(|_| i + 1 == count),
+            host: None,
+            proto: None,
         })
         .collect()
 }
@@ -451,6 +467,23 @@ mod tests {
     }
 
     #[test]
+    fn the_token_cookie_is_found_beside_a_utf8_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes("user_username=Zoë Li; user_token=tok".as_bytes()).unwrap(),
+        );
+        assert_eq!(session_token(&h, None).as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, USERNAME_COOKIE), Some("Zoë Li"));
+        let mut latin1 = HeaderMap::new();
+        latin1.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"user_username=Zo\xebLi; user_token=tok").unwrap(),
+        );
+        assert_eq!(session_token(&latin1, None).as_deref(), Some("tok"));
+    }
+
+    #[test]
     fn username_cookie_is_not_a_token() {
         let h = headers(&[("cookie", "user_username=alice")]);
         assert_eq!(session_token(&h, None), None);
@@ -559,12 +592,55 @@ mod tests {
         );
         assert_eq!(seen.forwarded_host.as_deref(), Some("localhost:10000"));
         assert_eq!(seen.forwarded_proto.as_deref(), Some("http"));
+        let no_for = client(
+            &proxy,
+            "127.0.0.1",
+            &[
+                ("x-forwarded-host", "app.example"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(
+            (no_for.forwarded_host.as_deref(), no_for.proven),
+            (Some("app.example"), true),
+            "read without X-Forwarded-For too"
+        );
         let untrusted = client(
             &ProxyPolicy::default(),
             "127.0.0.1",
             &[("x-forwarded-host", "evil")],
         );
         assert_eq!(untrusted.forwarded_host, None);
+    }
+
+    #[test]
+    fn the_addressed_authority_is_the_forwarded_one() {
+        let direct = Client::direct(ip("127.0.0.1"));
+        assert_eq!(
+            direct.addressed(Some("localhost"), false),
+            (Some("localhost"), false)
+        );
+        let proxied = Client {
+            forwarded_host: Some("localhost:10000".into()),
+            forwarded_proto: Some("https".into()),
+            ..direct.clone()
+        };
+        assert_eq!(
+            proxied.addressed(Some("localhost"), false),
+            (Some("localhost:10000"), true)
+        );
+        for (proto, secure) in [
+            ("wss", true),
+            ("ws", false),
+            ("http", false),
+            ("gopher", true),
+        ] {
+            let seen = Client {
+                forwarded_proto: Some(proto.into()),
+                ..direct.clone()
+            };
+            assert_eq!(seen.addressed(None, true).1, secure, "{proto}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::auth::ForwardedHeader;
 use crate::core::limits::{self, Limits};
 use crate::core::token::AuthMode;
+use crate::http::UnknownUserStatus;
 use crate::jwt::{Claims, KeySource};
 use crate::store::StoreKind;
 
@@ -112,6 +113,18 @@ pub struct Config {
         default_value = "x-forwarded-for"
     )]
     pub forwarded_header: ForwardedHeader,
+
+    /// What `GET /v1/user` answers for a missing or unknown token, with the
+    /// session cookies cleared either way: 404 (the documented contract) or
+    /// 401 (what the seed's server answered: its web app goes back to its
+    /// register page only on 401).
+    #[arg(
+        long,
+        env = "SIGNAL_UNKNOWN_USER_STATUS",
+        value_enum,
+        default_value = "404"
+    )]
+    pub unknown_user_status: UnknownUserStatus,
 
     /// Host names (`host` or `host:port`) the gateway is reached under,
     /// besides loopback names (repeatable, or comma-separated). Without
@@ -651,6 +664,21 @@ mod tests {
         let config =
             Config::from_args(["--listen", "127.0.0.1:1", "--wt-listen", "[::1]:2"]).unwrap();
         assert_eq!(config.wt_listen().port(), 2);
+    }
+
+    #[test]
+    fn the_unknown_user_status_is_404_unless_asked_for_401() {
+        let default = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(default.unknown_user_status, UnknownUserStatus::NotFound);
+        let legacy = Config::from_args(["--unknown-user-status", "401"]).unwrap();
+        assert_eq!(legacy.unknown_user_status, UnknownUserStatus::Unauthorized);
+        assert_eq!(legacy.unknown_user_status.http_error().status(), 401);
+        for other in ["403", "unauthorized", ""] {
+            assert!(
+                Config::from_args(["--unknown-user-status", other]).is_err(),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

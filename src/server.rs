@@ -141,6 +141,7 @@ impl Gateway {
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.handshake_timeout,
             websocket: WebSocketSettings::default(),
+            unknown_user_status: config.unknown_user_status,
         }));
         let tls = if config.tls {
             Some(Arc::new(identity.server_config(&[b"http/1.1"])?))

@@ -410,6 +410,71 @@ async fn admin_routes_refuse_a_dns_rebinding_page() {
 }
 
 #[tokio::test]
+async fn admin_routes_behind_a_trusted_proxy_refuse_a_dns_rebinding_page() {
+    let gw = TestGateway::start_with(&["--trusted-proxy", "127.0.0.1"]).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let own = "http://localhost:10000";
+    let evil = "http://evil.example:10000";
+    // What a proxy on this machine forwards for a page on port 10000.
+    let cases = [
+        (
+            "the proxy's own page, Host passed through",
+            200,
+            vec![("host", "localhost:10000"), ("origin", own)],
+        ),
+        (
+            "the proxy's own page, the port only in X-Forwarded-Host",
+            200,
+            vec![
+                ("host", "localhost"),
+                ("x-forwarded-host", "localhost:10000"),
+                ("origin", own),
+            ],
+        ),
+        (
+            "a rebinding page, Host passed through",
+            403,
+            vec![("host", "evil.example:10000")],
+        ),
+        (
+            "a rebinding page, Host rewritten, X-Forwarded-Host set",
+            403,
+            vec![
+                ("host", "127.0.0.1:8000"),
+                ("x-forwarded-host", "evil.example:10000"),
+            ],
+        ),
+        (
+            "a rebinding page writing X-Forwarded-Host itself",
+            403,
+            vec![
+                ("host", "evil.example:10000"),
+                ("x-forwarded-host", "localhost:10000"),
+            ],
+        ),
+        (
+            "a foreign page",
+            403,
+            vec![
+                ("host", "localhost"),
+                ("x-forwarded-host", "localhost:10000"),
+                ("origin", evil),
+            ],
+        ),
+    ];
+    for (what, status, headers) in cases {
+        let mut request = client
+            .get(format!("http://{}/v1/users", gw.http))
+            .header("x-forwarded-for", "127.0.0.1");
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let response = within(what, request.send()).await.unwrap();
+        assert_eq!(response.status(), status, "{what}: {headers:?}");
+    }
+}
+
+#[tokio::test]
 async fn forwarded_entries_that_do_not_parse_end_trust() {
     let gw = TestGateway::start_with(&[
         "--trusted-proxy",

@@ -22,9 +22,29 @@ async fn post_register(
         .headers()
         .get_all(SET_COOKIE)
         .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
+        .map(|v| String::from_utf8(v.as_bytes().to_vec()).unwrap())
         .collect();
     (status, cookies, response.json().await.unwrap())
+}
+
+/// Asserts that `response` clears both session cookies, the way every
+/// browser understands.
+fn assert_cookies_cleared(response: &reqwest::Response) {
+    assert_eq!(response.headers()["clear-site-data"], "\"cookies\"");
+    let cleared: Vec<&str> = response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    for name in ["user_username", "user_token"] {
+        assert!(
+            cleared
+                .iter()
+                .any(|c| c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0")),
+            "{name} not cleared: {cleared:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -65,21 +85,44 @@ async fn register_returns_a_token_and_session_cookies() {
 }
 
 #[tokio::test]
-async fn username_cookie_is_percent_encoded() {
+async fn username_cookie_carries_the_name_as_typed() {
     let gw = TestGateway::start().await;
-    let (status, cookies, _) = post_register(
-        &gw,
-        r#"{"username":"José María"}"#,
-        Some("application/json"),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(
-        cookies
+    // The seed's web app reads the value raw; only what a cookie value
+    // cannot carry (and `%`) is percent-encoded.
+    for (name, value) in [
+        ("Zoë Li", "Zoë Li"),
+        ("José María", "José María"),
+        ("a=b", "a=b"),
+        ("100% sure; or, \"not\"", "100%25 sure%3B or%2C %22not%22"),
+    ] {
+        let body = json!({ "username": name }).to_string();
+        let (status, cookies, _) = post_register(&gw, &body, Some("application/json")).await;
+        assert_eq!(status, 200, "{name}");
+        let expected = format!("user_username={value}; Path=/; SameSite=Lax");
+        assert!(cookies.contains(&expected), "{name}: {cookies:?}");
+        // The browser sends both cookies back in one header, raw UTF-8
+        // included: the token beside the name still authenticates.
+        let sent: Vec<&str> = cookies
             .iter()
-            .any(|c| c.starts_with("user_username=Jos%C3%A9%20Mar%C3%ADa;")),
-        "{cookies:?}"
-    );
+            .map(|c| c.split_once(';').unwrap().0)
+            .collect();
+        let cookie = sent.join("; ");
+        let user = gw
+            .http()
+            .get(gw.url("/v1/user"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(user.status(), 200, "{cookie}");
+        assert_eq!(
+            user.json::<Value>().await.unwrap(),
+            json!({ "username": name })
+        );
+        let mut ws = Client::Ws(ws_connect(&gw, "", &[("cookie", &cookie)]).await.unwrap());
+        assert_eq!(ws.recv().await["payload"]["username"], name);
+        ws.close().await;
+    }
 }
 
 #[tokio::test]
@@ -208,26 +251,40 @@ async fn user_accepts_the_token_and_only_the_token() {
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 404);
-        assert_eq!(response.headers()["clear-site-data"], "\"cookies\"");
-        let cleared: Vec<&str> = response
-            .headers()
-            .get_all(SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
-        assert!(
-            cleared
-                .iter()
-                .any(|c| c.starts_with("user_username=;") && c.contains("Max-Age=0")),
-            "{cleared:?}"
-        );
-        assert!(
-            cleared
-                .iter()
-                .any(|c| c.starts_with("user_token=;") && c.contains("Max-Age=0")),
-            "{cleared:?}"
-        );
+        assert_cookies_cleared(&response);
+        assert_eq!(status_field(response).await, "NOT_FOUND");
     }
+}
+
+#[tokio::test]
+async fn unknown_user_status_401_is_what_the_seeds_web_app_expects() {
+    let gw = TestGateway::start_with(&["--unknown-user-status", "401"]).await;
+    let token = gw.register("alice").await;
+    for cookie in ["user_username=alice", "user_token=forged", ""] {
+        let response = gw
+            .http()
+            .get(gw.url("/v1/user"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{cookie:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_cookies_cleared(&response);
+        assert_eq!(status_field(response).await, "UNAUTHORIZED");
+    }
+    let known = gw
+        .http()
+        .get(gw.url("/v1/user"))
+        .header("cookie", format!("user_token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(known.status(), 200);
+    assert_eq!(
+        known.json::<Value>().await.unwrap(),
+        json!({"username": "alice"})
+    );
 }
 
 #[tokio::test]
@@ -313,6 +370,140 @@ async fn foreign_origins_are_refused_unless_allowed() {
     }
     let mut ok = Client::Ws(ws_connect(&gw, &query, &[("origin", &own)]).await.unwrap());
     assert_eq!(ok.recv().await["type"], "WELCOME");
+}
+
+/// `POST /v1/register` with `headers`, as a proxy would forward it: the
+/// status code.
+async fn register_through(gw: &TestGateway, name: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut request = gw
+        .http()
+        .post(gw.url("/v1/register"))
+        .json(&json!({ "username": name }));
+    for (header, value) in headers {
+        request = request.header(*header, *value);
+    }
+    let response = within("register", request.send()).await.unwrap();
+    let status = response.status().as_u16();
+    if status != 200 {
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "FORBIDDEN");
+        assert!(
+            body["message"].as_str().unwrap().contains("addressed"),
+            "{body}"
+        );
+    }
+    status
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_gateways_origin_is_the_one_the_proxy_reports() {
+    let gw = TestGateway::start_with(&["--trusted-proxy", "127.0.0.1"]).await;
+    let page = "http://localhost:10000";
+    let xff = ("x-forwarded-for", "127.0.0.1");
+    let cases = [
+        (
+            "Host with its port ($http_host)",
+            200,
+            vec![("origin", page), ("host", "localhost:10000"), xff],
+        ),
+        (
+            "Host without its port ($host): refused",
+            403,
+            vec![("origin", page), ("host", "localhost"), xff],
+        ),
+        (
+            "Host without its port, X-Forwarded-Host with it",
+            200,
+            vec![
+                ("origin", page),
+                ("host", "localhost"),
+                ("x-forwarded-host", "localhost:10000"),
+                xff,
+            ],
+        ),
+        (
+            "X-Forwarded-Host without X-Forwarded-For",
+            200,
+            vec![
+                ("origin", page),
+                ("host", "127.0.0.1:8000"),
+                ("x-forwarded-host", "localhost:10000"),
+            ],
+        ),
+        (
+            "TLS ends at the proxy, X-Forwarded-Proto says so",
+            200,
+            vec![
+                ("origin", "https://app.example"),
+                ("host", "app.example"),
+                ("x-forwarded-proto", "https"),
+                xff,
+            ],
+        ),
+        (
+            "TLS ends at the proxy, no X-Forwarded-Proto: port 80 is not 443",
+            403,
+            vec![
+                ("origin", "https://app.example"),
+                ("host", "app.example"),
+                xff,
+            ],
+        ),
+    ];
+    for (i, (what, status, headers)) in cases.iter().enumerate() {
+        assert_eq!(
+            register_through(&gw, &format!("p{i}"), headers).await,
+            *status,
+            "{what}"
+        );
+    }
+
+    // The WebSocket upgrade answers to the same rule.
+    let token = gw.register("alice").await;
+    let query = format!("?token={token}");
+    let proxied = [
+        ("origin", page),
+        ("host", "localhost"),
+        ("x-forwarded-host", "localhost:10000"),
+    ];
+    let mut ws = Client::Ws(ws_connect(&gw, &query, &proxied).await.unwrap());
+    assert_eq!(ws.recv().await["type"], "WELCOME");
+    ws.close().await;
+    match ws_connect(&gw, &query, &proxied[..2]).await.unwrap_err() {
+        tokio_tungstenite::tungstenite::Error::Http(response) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+
+    // Only from a trusted proxy: anyone else's X-Forwarded-Host is ignored.
+    let direct = TestGateway::start().await;
+    assert_eq!(
+        register_through(&direct, "q", &cases[2].2).await,
+        403,
+        "X-Forwarded-Host from an untrusted peer"
+    );
+
+    // RFC 7239, when the proxies write that instead.
+    let rfc = TestGateway::start_with(&[
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--forwarded-header",
+        "forwarded",
+    ])
+    .await;
+    let forwarded = [
+        ("origin", "https://app.example:8443"),
+        ("host", "127.0.0.1:8000"),
+        (
+            "forwarded",
+            "for=192.0.2.60;host=\"app.example:8443\";proto=https",
+        ),
+    ];
+    assert_eq!(register_through(&rfc, "r", &forwarded).await, 200);
+    assert_eq!(
+        register_through(&rfc, "s", &cases[2].2).await,
+        403,
+        "X-Forwarded-Host is not read under --forwarded-header forwarded"
+    );
 }
 
 #[tokio::test]

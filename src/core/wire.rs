@@ -184,7 +184,8 @@ pub enum HttpError {
     /// handshake.
     Invalid,
     /// An admin route without the admin token; a WebTransport CONNECT
-    /// without a valid token.
+    /// without a valid token; `/v1/user` without a valid token under
+    /// `--unknown-user-status 401`.
     Unauthorized,
     /// A foreign origin, or an admin route the request may not use.
     Forbidden,

@@ -3,6 +3,7 @@
 //! Every error is a JSON body `{"status": CODE, "message": text}` with the
 //! matching HTTP status; the README's table lists them.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,7 +14,6 @@ use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE, WW
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{AppendHeaders, IntoResponse, Response};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -99,13 +99,35 @@ struct RegisterRequest {
     username: String,
 }
 
-/// Characters left as they are in the `user_username` cookie value; the
-/// rest is percent-encoded (read it back with `decodeURIComponent`).
-const COOKIE_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'@');
+/// Characters percent-encoded in the `user_username` cookie value: `;`
+/// ends a value; `,` splits it for parsers that fold `Set-Cookie` headers
+/// into one line; `"` and `\` are quoting; `%` itself, so that
+/// `decodeURIComponent` gives every name back exactly.
+const COOKIE_ESCAPED: [char; 5] = ['%', ';', ',', '"', '\\'];
+
+/// The `user_username` cookie value: the name as typed, so that a script
+/// reading `document.cookie` raw (as the seed's web app does) shows it, with
+/// only what a cookie value cannot carry percent-encoded ([`COOKIE_ESCAPED`],
+/// and control characters, which names never contain). Browsers keep inner
+/// spaces and UTF-8 in a cookie value, and `document.cookie` decodes it as
+/// UTF-8.
+fn username_cookie_value(name: &str) -> Cow<'_, str> {
+    let escaped = |c: char| COOKIE_ESCAPED.contains(&c) || c.is_control();
+    if !name.chars().any(escaped) {
+        return Cow::Borrowed(name);
+    }
+    let mut value = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if escaped(c) {
+            for byte in c.encode_utf8(&mut [0; 4]).bytes() {
+                value.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            value.push(c);
+        }
+    }
+    Cow::Owned(value)
+}
 
 fn session_cookies(
     username: &str,
@@ -113,7 +135,7 @@ fn session_cookies(
     secure: bool,
 ) -> [(axum::http::HeaderName, String); 2] {
     let secure = if secure { "; Secure" } else { "" };
-    let name = utf8_percent_encode(username, COOKIE_VALUE);
+    let name = username_cookie_value(username);
     [
         (
             SET_COOKIE,
@@ -223,7 +245,8 @@ async fn read_body(ctx: &AppState, body: Body) -> Result<axum::body::Bytes, ApiE
     }
 }
 
-/// `GET /v1/user`: who the request's token belongs to, or 404 with the
+/// `GET /v1/user`: who the request's token belongs to, or
+/// `--unknown-user-status` (404, or 401 for the seed's web app) with the
 /// session cookies cleared.
 pub(crate) async fn user(
     State(ctx): State<AppState>,
@@ -239,18 +262,25 @@ pub(crate) async fn user(
     };
     Ok(match user {
         Some(authenticated) => Json(json!({ "username": &*authenticated.user })).into_response(),
-        None => (
-            AppendHeaders(cleared_cookies(ctx.secure)),
-            [(
-                axum::http::HeaderName::from_static("clear-site-data"),
-                "\"cookies\"",
-            )],
-            ApiError::new(
-                HttpError::NotFound,
-                "no valid session token; register first",
-            ),
-        )
-            .into_response(),
+        None => {
+            let error = ctx.unknown_user_status.http_error();
+            let mut response = (
+                AppendHeaders(cleared_cookies(ctx.secure)),
+                [(
+                    axum::http::HeaderName::from_static("clear-site-data"),
+                    "\"cookies\"",
+                )],
+                ApiError::new(error, "no valid session token; register first"),
+            )
+                .into_response();
+            if error == HttpError::Unauthorized {
+                // RFC 9110 §15.5.2; browsers prompt for Basic, never for Bearer.
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
     })
 }
 
@@ -296,21 +326,27 @@ pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Refuses requests from foreign origins not on the allow-list (403).
+/// Refuses requests from foreign origins not on the allow-list (403). The
+/// gateway's own origin is what the request addressed: behind a trusted
+/// proxy, the host and scheme the proxy reports.
 pub(crate) async fn origin_guard(
     State(ctx): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    if !ctx.origins.judge(origin, host, ctx.secure).permits() {
+    let client = ctx.proxies.client(peer.ip(), headers);
+    if !ctx.judge_origin(Some(&client), headers).permits() {
+        let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+        let (addressed, _) = ctx.addressed(Some(&client), headers);
         return ApiError::new(
             HttpError::Forbidden,
             format!(
-                "origin {} is not allowed; see --allow-origin",
-                origin.unwrap_or_default()
+                "origin {} is not allowed: the request addressed {}, and the origin is not in \
+                 --allow-origin (behind a proxy, pass the Host header with its port)",
+                origin.unwrap_or_default(),
+                addressed.unwrap_or("no host"),
             ),
         )
         .into_response();
@@ -359,24 +395,24 @@ pub(crate) async fn admin_guard(
 
 /// The checks on an admin request without `--admin-token`.
 fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), &'static str> {
-    if !ctx.proxies.client(peer.ip(), headers).is_loopback() {
+    let client = ctx.proxies.client(peer.ip(), headers);
+    if !client.is_loopback() {
         return Err("admin routes answer only loopback clients");
     }
+    // Every name the request carries for what it addressed must be local:
+    // a proxy that passes `Host` through shows a rebinding page's name
+    // there, and one that rewrites `Host` shows it in the forwarded host.
+    let local = |name: &str| {
+        auth::is_loopback_authority(name) || auth::authority_is_one_of(name, &ctx.public_hosts)
+    };
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    let named_locally = host.is_some_and(|host| {
-        auth::is_loopback_authority(host) || auth::authority_is_one_of(host, &ctx.public_hosts)
-    });
-    if !named_locally {
+    if !(host.is_some_and(local) && client.forwarded_host.as_deref().is_none_or(local)) {
         return Err("admin routes answer only requests to a loopback name or a --public-host");
     }
-    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
-    match origin {
+    match headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid")) {
         None => Ok(()),
         Some(origin) if ctx.origins.lists(origin) => Ok(()),
-        Some(origin)
-            if ctx.origins.judge(Some(origin), host, ctx.secure)
-                == auth::OriginVerdict::SameOrigin =>
-        {
+        Some(_) if ctx.judge_origin(Some(&client), headers) == auth::OriginVerdict::SameOrigin => {
             Ok(())
         }
         Some(_) => {
@@ -399,4 +435,29 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         HttpError::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_username_cookie_keeps_the_name_as_typed() {
+        for name in [
+            "alice",
+            "Zoë Li",
+            "José María",
+            "李小龍",
+            "a=b",
+            "O'Neil (+1)",
+            "🙂 x",
+        ] {
+            assert_eq!(username_cookie_value(name), name);
+        }
+        assert_eq!(
+            username_cookie_value("100% sure; or, \"maybe\" \\o/"),
+            "100%25 sure%3B or%2C %22maybe%22 %5Co/"
+        );
+        assert_eq!(username_cookie_value("a\u{7f}b\u{85}"), "a%7Fb%C2%85");
+    }
 }

@@ -7,18 +7,21 @@ mod read_ahead;
 mod serve;
 mod websocket;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderValue, Method, request::Parts};
+use axum::extract::ConnectInfo;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
+use axum::http::{HeaderMap, HeaderValue, Method, request::Parts};
 use axum::middleware;
 use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::auth::{OriginPolicy, ProxyPolicy};
+use crate::auth::{Client, OriginPolicy, OriginVerdict, ProxyPolicy};
 use crate::core::Hub;
+use crate::core::wire::HttpError;
 
 pub(crate) use api::error_response;
 pub use serve::{TcpLimits, serve_tcp};
@@ -36,6 +39,29 @@ pub struct CertInfo {
     pub development: bool,
     /// UDP port of WebTransport.
     pub webtransport_port: u16,
+}
+
+/// What `GET /v1/user` answers when the request carries no valid token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownUserStatus {
+    /// `404 NOT_FOUND`: the documented contract (the seed's README).
+    #[default]
+    #[value(name = "404")]
+    NotFound,
+    /// `401 UNAUTHORIZED`: what the seed's server answered, and the only
+    /// status on which the seed's web app goes back to its register page.
+    #[value(name = "401")]
+    Unauthorized,
+}
+
+impl UnknownUserStatus {
+    /// The row of the HTTP error table this answer is.
+    pub fn http_error(self) -> HttpError {
+        match self {
+            UnknownUserStatus::NotFound => HttpError::NotFound,
+            UnknownUserStatus::Unauthorized => HttpError::Unauthorized,
+        }
+    }
 }
 
 /// Everything the HTTP handlers share.
@@ -62,6 +88,34 @@ pub struct HttpContext {
     pub body_timeout: std::time::Duration,
     /// WebSocket transport settings.
     pub websocket: WebSocketSettings,
+    /// What `GET /v1/user` answers for a missing or unknown token.
+    pub unknown_user_status: UnknownUserStatus,
+}
+
+impl HttpContext {
+    /// The authority a request addressed and whether over a secure scheme:
+    /// from a trusted proxy, the host and scheme it reports (so that a page
+    /// served through the proxy is the gateway's own), else the `Host`
+    /// header and this listener's scheme. `client` is `None` when the peer
+    /// is unknown: no proxy is believed then.
+    fn addressed<'a>(
+        &self,
+        client: Option<&'a Client>,
+        headers: &'a HeaderMap,
+    ) -> (Option<&'a str>, bool) {
+        let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+        match client {
+            Some(client) => client.addressed(host, self.secure),
+            None => (host, self.secure),
+        }
+    }
+
+    /// The verdict on a request's `Origin`, against what it addressed.
+    fn judge_origin(&self, client: Option<&Client>, headers: &HeaderMap) -> OriginVerdict {
+        let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+        let (authority, secure) = self.addressed(client, headers);
+        self.origins.judge(origin, authority, secure)
+    }
 }
 
 /// Shared handler state.
@@ -113,17 +167,15 @@ pub fn router(ctx: AppState) -> Router {
 /// CORS for allow-listed foreign origins, so a page elsewhere can register
 /// and connect with credentials. Same-origin requests need no CORS.
 fn cors_layer(ctx: &AppState) -> CorsLayer {
-    let policy = ctx.origins.clone();
-    let secure = ctx.secure;
+    let ctx = ctx.clone();
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(
-            move |origin: &HeaderValue, parts: &Parts| {
-                let host = parts
-                    .headers
-                    .get(axum::http::header::HOST)
-                    .and_then(|h| h.to_str().ok());
-                policy.judge(origin.to_str().ok(), host, secure)
-                    == crate::auth::OriginVerdict::Allowed
+            move |_: &HeaderValue, parts: &Parts| {
+                let client = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(peer)| ctx.proxies.client(peer.ip(), &parts.headers));
+                ctx.judge_origin(client.as_ref(), &parts.headers) == OriginVerdict::Allowed
             },
         ))
         .allow_credentials(true)
@@ -166,6 +218,7 @@ mod tests {
             max_body_bytes: 1024,
             body_timeout: std::time::Duration::from_secs(1),
             websocket: WebSocketSettings::default(),
+            unknown_user_status: UnknownUserStatus::default(),
         }))
     }
 

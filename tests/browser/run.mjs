@@ -4,7 +4,8 @@
 //   node tests/browser/run.mjs        (scripts/browser-test installs and builds first)
 //
 // Env: SIGNAL_GATEWAY_BIN (default target/debug/signal-gateway), CHROMIUM_BIN
-// (default /usr/bin/chromium), BROWSER_TEST_ONLY=part,part (run the scenarios
+// (default /usr/bin/chromium), NGINX_BIN (default /usr/sbin/nginx),
+// BROWSER_TEST_ONLY=part,part (run the scenarios
 // whose names contain one of these), UPDATE_SCREENSHOT=1 (also copy the demo
 // screenshot to docs/demo.png, which the README shows).
 // Artifacts (screenshots, gateway and console logs) go to tests/browser/artifacts/.
@@ -15,6 +16,7 @@ import { once } from "node:events";
 import dgram from "node:dgram";
 import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -25,6 +27,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
 const ARTIFACTS = join(HERE, "artifacts");
 const GATEWAY_BIN = resolve(ROOT, process.env.SIGNAL_GATEWAY_BIN ?? "target/debug/signal-gateway");
+const NGINX = process.env.NGINX_BIN ?? "/usr/sbin/nginx";
+const PAGES = join(HERE, "pages");
 const ONLY = (process.env.BROWSER_TEST_ONLY ?? "").split(",").filter(Boolean);
 
 /** Every single wait in a scenario is bounded by this (ms)... */
@@ -41,8 +45,8 @@ const TEST_LIMITS = [
   "--envelope-rate", "1000", "--envelope-burst", "1000",
 ];
 
-const PEER_HTML = readFileSync(join(HERE, "pages/peer.html"), "utf8");
-const PEER_JS = readFileSync(join(HERE, "pages/peer.js"), "utf8");
+const PEER_HTML = readFileSync(join(PAGES, "peer.html"), "utf8");
+const PEER_JS = readFileSync(join(PAGES, "peer.js"), "utf8");
 
 // ---- process bookkeeping: nothing outlives the suite ----
 
@@ -255,6 +259,137 @@ class Browser {
     this.consoleLog.end();
     return this.browser.close();
   }
+}
+
+// ---- a reverse proxy: nginx with the README's configuration ----
+
+/** What the README tells a gateway behind a proxy to be started with. */
+const PROXIED_ADMIN_TOKEN = "proxied-admin";
+const PROXIED_GATEWAY_ARGS = [
+  "--trusted-proxy", "127.0.0.1",
+  "--admin-token", PROXIED_ADMIN_TOKEN,
+  "--unknown-user-status", "401",
+];
+
+/** The README's ```nginx block, as written. */
+function readmeNginxBlock() {
+  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+  const blocks = [...readme.matchAll(/^```nginx\n([\s\S]*?)^```$/gm)];
+  assertEqual(blocks.length, 1, "```nginx blocks in README.md");
+  return blocks[0][1];
+}
+
+/** `text` with `from`, which must occur exactly once, replaced by `to`. */
+function replaceOnce(text, from, to) {
+  assertEqual(text.split(from).length - 1, 1, `occurrences of ${JSON.stringify(from)} in the README's nginx block`);
+  return text.replace(from, () => to);
+}
+
+async function freePort() {
+  const server = net.createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address();
+  await new Promise((done) => server.close(done));
+  return port;
+}
+
+class Nginx {
+  /**
+   * nginx in the foreground as one process (so killing its PID ends it), on
+   * a free port of 127.0.0.1, serving tests/browser/pages at / and the
+   * `locations` (server-block text). Its pid and temporary files live in a
+   * directory of its own; its configuration and logs go to artifacts/.
+   */
+  static async start(label, locations) {
+    const dir = mkdtempSync(join(tmpdir(), "signal-gateway-nginx-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const port = await freePort();
+    const conf = [
+      "# Written by tests/browser/run.mjs.",
+      // As root, nginx would serve as `nobody`, who may not read the pages.
+      process.getuid?.() === 0 ? "user root;" : "",
+      `pid "${dir}/nginx.pid";`,
+      "events { worker_connections 256; }",
+      "http {",
+      `    access_log "${join(ARTIFACTS, `nginx-${label}-access.log`)}";`,
+      ...["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map((kind) => `    ${kind}_temp_path "${dir}/${kind}";`),
+      "    types { text/html html; text/javascript js; }",
+      "    default_type application/octet-stream;",
+      "    server {",
+      `        listen 127.0.0.1:${port};`,
+      `        root "${PAGES}";`,
+      locations,
+      "    }",
+      "}",
+      "",
+    ].join("\n");
+    const confPath = join(dir, "nginx.conf");
+    writeFileSync(confPath, conf);
+    writeFileSync(join(ARTIFACTS, `nginx-${label}.conf`), conf);
+    const argv = ["-p", dir, "-c", confPath, "-e", join(ARTIFACTS, `nginx-${label}-error.log`), "-g", "daemon off; master_process off;"];
+    const child = spawn(NGINX, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    children.add(child);
+    const log = createWriteStream(join(ARTIFACTS, `nginx-${label}.log`), { flags: "a" });
+    log.write(`$ ${NGINX} ${argv.join(" ")}\n`);
+    child.stdout.pipe(log);
+    child.stderr.pipe(log);
+    const nginx = new Nginx(child, port);
+    await until("nginx serves the test pages", async () => {
+      if (child.exitCode !== null) throw new Error(`nginx exited (${child.exitCode}); see artifacts/nginx-${label}*`);
+      return fetch(`http://127.0.0.1:${port}/legacy.html`).then((r) => r.ok, () => false);
+    });
+    return nginx;
+  }
+
+  constructor(child, port) {
+    this.child = child;
+    this.port = port;
+  }
+
+  stop() {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+    children.delete(this.child);
+  }
+}
+
+/**
+ * A gateway of its own behind nginx, on a port that is not 80. nginx runs
+ * the README's block exactly as written (only the upstream's port is the
+ * test gateway's) at /api/. With `hostVariants`, also two blocks made from
+ * it that show what its `Host` line is for: /host-api/ passes `Host $host`
+ * (no port) but keeps `X-Forwarded-Host`, which the gateway believes from a
+ * trusted proxy; /old-api/ passes `Host $host` alone, as the README once
+ * said.
+ */
+async function behindNginx(t, label, { hostVariants = false } = {}) {
+  const gateway = await Gateway.start(label, { args: PROXIED_GATEWAY_ARGS });
+  t.cleanups.push(() => gateway.stop());
+  const readme = replaceOnce(readmeNginxBlock(), "127.0.0.1:8000", `127.0.0.1:${gateway.port}`);
+  const blocks = [readme];
+  if (hostVariants) {
+    const hostApi = replaceOnce(
+      replaceOnce(readme, "location /api/", "location /host-api/"),
+      "proxy_set_header Host $http_host", "proxy_set_header Host $host",
+    );
+    const oldApi = replaceOnce(
+      replaceOnce(hostApi, "location /host-api/", "location /old-api/"),
+      hostApi.match(/^.*X-Forwarded-Host.*\n/m)?.[0] ?? "X-Forwarded-Host line", "",
+    );
+    blocks.push(hostApi, oldApi);
+  }
+  const nginx = await Nginx.start(label, blocks.join("\n"));
+  t.cleanups.push(() => nginx.stop());
+  return { gateway, origin: `http://localhost:${nginx.port}` };
+}
+
+/** A page that acts as the seed's web app (pages/legacy.js), on `origin`. */
+async function legacyPage(t, label, origin) {
+  const page = await t.browser.newPage(label);
+  t.pages.push(page);
+  await page.goto(`${origin}/legacy.html`);
+  await page.waitForFunction(() => document.title === "ready");
+  return page;
 }
 
 // ---- scenarios ----
@@ -619,6 +754,81 @@ const scenarios = [
   {
     name: "bench page: well-formed results for both transports",
     run: benchScenario,
+  },
+  {
+    name: "behind nginx with the README's block: register, WebSocket, data channel",
+    async run(t) {
+      const { origin } = await behindNginx(t, "nginx");
+      // Pages of the proxy's origin; client.js, /v1/register and the
+      // WebSocket all go through /api/.
+      const a = await t.browser.peer("nginx-a", origin, { query: "?gw=/api" });
+      const b = await t.browser.peer("nginx-b", origin, { query: "?gw=/api" });
+      t.pages.push(a, b);
+      const nameA = uniqueName("lena");
+      const nameB = uniqueName("milo");
+      const [joinedA, joinedB] = await Promise.all([
+        a.evaluate(([n, o]) => peer.join(n, o), [nameA, { transport: "websocket" }]),
+        b.evaluate(([n, o]) => peer.join(n, o), [nameB, { transport: "websocket" }]),
+      ]);
+      assertEqual([joinedA.transport, joinedB.transport], ["websocket", "websocket"], "transports through the proxy");
+      assert(joinedA.welcome.connection_id !== joinedB.welcome.connection_id, "two connections");
+      await a.evaluate((to) => peer.call(to), nameB);
+      await Promise.all([a.evaluate(() => peer.channelOpen()), b.evaluate(() => peer.channelOpen())]);
+      await a.evaluate(() => peer.say("hello through nginx"));
+      await b.evaluate(() => peer.heard("hello through nginx"));
+      await b.evaluate(() => peer.say("and back"));
+      await a.evaluate(() => peer.heard("and back"));
+      return `pages on ${origin}, gateway behind /api/: data channel signalled over WebSocket`;
+    },
+  },
+  {
+    name: "the seed's web app behind nginx: name cookie as typed, Host with its port, 401",
+    async run(t) {
+      const { gateway, origin } = await behindNginx(t, "nginx-seed", { hostVariants: true });
+      const host = await legacyPage(t, "seed-host", origin);
+      const name = "Zoë Li";
+      const registered = await host.evaluate((n) => legacy.register(n), name);
+      assertEqual([registered.status, registered.body.status], [200, "SUCCESS"], "registration through nginx");
+      assertEqual(await host.evaluate(() => legacy.cookieName()), name, "the name as the seed's pages read the cookie");
+      assertEqual(await host.evaluate(() => legacy.user()), 200, "GET /api/v1/user with the cookies");
+      const welcome = await host.evaluate(() => legacy.connect());
+      assertEqual(welcome.payload.username, name, "a WebSocket authenticated by the cookies alone");
+
+      // The meeting id is the host's name: a guest who copies it from the
+      // host's page reaches the host.
+      const meetingId = await host.evaluate(() => legacy.cookieName());
+      const guest = await t.browser.peer("seed-guest", origin, { query: "?gw=/api" });
+      t.pages.push(guest);
+      const guestName = uniqueName("guest");
+      await guest.evaluate(([n, o]) => peer.join(n, o), [guestName, { transport: "websocket" }]);
+      await guest.evaluate((to) => peer.send(to, "video-offer", { type: "offer", sdp: "v=0" }), meetingId);
+      const offer = await host.evaluate(() => legacy.message("video-offer"));
+      assertEqual([offer.originator, offer.payload.type], [guestName, "offer"], "the offer the host got");
+
+      // What a cookie value cannot carry stays encoded, and decodes exactly.
+      const other = await legacyPage(t, "seed-other", origin);
+      const odd = '100% sure; or, "not"';
+      assertEqual((await other.evaluate((n) => legacy.register(n), odd)).status, 200, `registering ${odd}`);
+      const raw = await other.evaluate(() => legacy.cookieName());
+      assertEqual(raw, "100%25 sure%3B or%2C %22not%22", "the raw cookie value");
+      assertEqual(await other.evaluate((r) => decodeURIComponent(r), raw), odd, "decodeURIComponent of it");
+
+      // Host without its port: refused, unless X-Forwarded-Host carries it.
+      const old = await other.evaluate((n) => legacy.register(n, "/old-api"), uniqueName("olga"));
+      assertEqual(old.status, 403, "registration through `Host $host` alone");
+      assert(old.body.message.includes("addressed localhost,"), `the 403 says why: ${old.body.message}`);
+      const rescued = await other.evaluate((n) => legacy.register(n, "/host-api"), uniqueName("hal"));
+      assertEqual([rescued.status, rescued.body.status], [200, "SUCCESS"], "`Host $host` with X-Forwarded-Host");
+
+      // The gateway forgets every name (as a restart does): the page gets
+      // 401 with its cookies cleared, so the seed's home page goes back to
+      // its register page instead of looping or showing a stale name.
+      const deleted = await gateway.fetch("/v1/users", { method: "DELETE", headers: { authorization: `Bearer ${PROXIED_ADMIN_TOKEN}` } });
+      assert(deleted.ok, `DELETE /v1/users answered ${deleted.status}`);
+      assertEqual(await host.evaluate(() => legacy.user()), 401, "GET /api/v1/user for a forgotten name");
+      assertEqual(await host.evaluate(() => legacy.cookieName()), undefined, "the name cookie after the 401");
+      return `"${name}" read raw from the cookie and called; ${odd} -> ${raw}; $host alone 403, with X-Forwarded-Host 200; 401 cleared the cookie`;
+    },
   },
   {
     name: "demo app: call, chat, no console errors, screenshot",

@@ -1,9 +1,10 @@
 // A test page's script that uses nothing but the gateway's /client.js; the
 // suite drives it through `window.peer`. It runs either on a page of the
-// gateway's own origin (injected into /healthcheck) or in peer.html served by
-// the suite's static server with `?gw=http://host:port`, which loads
-// client.js from that gateway and talks to it through `baseUrl` (the gateway
-// must then allow the page's origin with --allow-origin).
+// gateway's own origin (injected into /healthcheck) or in peer.html with
+// `?gw=...`, which loads client.js from there and talks to the gateway
+// through `baseUrl`: `?gw=http://host:port` from the suite's static server
+// (the gateway must then allow the page's origin with --allow-origin), or
+// `?gw=/api` from a reverse proxy that sends /api/* to the gateway.
 const gateway = new URLSearchParams(location.search).get("gw");
 const { SignalClient, SignalError } = await import(gateway ? `${gateway}/client.js` : "/client.js");
 const baseUrl = gateway ?? undefined;
