@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Runs the signal-bench scenarios and writes bench-results/ (stdlib only).
 
-scripts/bench builds the binaries, installs PeerJS server and raises the
-open-file limit, then runs this driver. For every run it starts a fresh
-server (signal-gateway, or PeerJS server under node) pinned to core 0,
-runs one scenario with signal-bench pinned to core 1, and stops the server.
-Systems are interleaved in a rotating order (ABC, BCA, CAB) so drift hits
-them alike, each configuration runs --reps times, runs polluted by foreign
+scripts/bench builds the binaries, installs PeerJS server and socket.io and
+raises the open-file limit, then runs this driver. For every run it starts a
+fresh server (signal-gateway, or PeerJS server or socket.io under node)
+pinned to core 0, runs one scenario with signal-bench pinned to core 1, and
+stops the server. Systems are interleaved in a rotating order (ABCD, BCDA,
+CDAB, ...) so drift hits them alike, each configuration runs --reps times, runs polluted by foreign
 CPU load are repeated, and comparisons between systems are ratios of runs
 made in the same repetition.
 
@@ -36,12 +36,16 @@ GATEWAY = os.path.join(ROOT, "target", "release", "signal-gateway")
 BENCH = os.path.join(ROOT, "target", "release", "signal-bench")
 PEERJS_DIR = os.path.join(ROOT, "target", "bench-peerjs")
 PEERJS_SERVER = os.path.join(ROOT, "bench", "peerjs", "server.cjs")
+SOCKETIO_DIR = os.path.join(ROOT, "target", "bench-socketio")
+SOCKETIO_SERVER = os.path.join(ROOT, "bench", "socketio", "server.cjs")
 RUN_DIR = os.path.join(ROOT, "target", "bench-run")
 PID_DIR = os.path.join(RUN_DIR, "pids")
 
-SYSTEMS = ["ws", "wt", "peerjs"]
-LABELS = {"ws": "gateway WebSocket", "wt": "gateway WebTransport", "peerjs": "PeerJS server"}
-COLORS = {"ws": "#2b6cb0", "wt": "#2f855a", "peerjs": "#c05621"}
+SYSTEMS = ["ws", "wt", "peerjs", "socketio"]
+LABELS = {"ws": "gateway WebSocket", "wt": "gateway WebTransport", "peerjs": "PeerJS server",
+          "socketio": "socket.io server"}
+COLORS = {"ws": "#2b6cb0", "wt": "#2f855a", "peerjs": "#c05621", "socketio": "#6b46c1"}
+SERVERS = {"ws": "signal-gateway", "wt": "signal-gateway", "peerjs": "peerjs", "socketio": "socket.io"}
 
 # A run whose window saw more than this much CPU (percent of one core) used
 # by anything but the server and the generator is repeated.
@@ -148,6 +152,10 @@ def start_server(system, pinned, log_path):
     if system == "peerjs":
         cmd = pin(0, pinned) + ["node", PEERJS_SERVER, PEERJS_DIR, str(port)]
         ready = f"http://127.0.0.1:{port}/peerjs/id"
+        env = dict(os.environ)
+    elif system == "socketio":
+        cmd = pin(0, pinned) + ["node", SOCKETIO_SERVER, SOCKETIO_DIR, str(port)]
+        ready = f"http://127.0.0.1:{port}/healthcheck"
         env = dict(os.environ)
     else:
         certs = os.path.join(RUN_DIR, "certs")
@@ -341,7 +349,7 @@ def aggregate(runs):
             "scenario": scenario,
             "config": g["config"],
             "system": system,
-            "server": "peerjs" if system == "peerjs" else "signal-gateway",
+            "server": SERVERS[system],
             "transport": "webtransport" if system == "wt" else "websocket",
             "n": len(g["figs"]),
             "failed_runs": g["failed"],
@@ -397,7 +405,16 @@ def ratios_and_targets(results, levels):
         "ws/peerjs setup rate": paired_ratio(results, "setup", "ws", "peerjs", "connections_per_s"),
         "wt/ws setup rate": paired_ratio(results, "setup", "wt", "ws", "connections_per_s"),
         f"ws/peerjs RSS per idle connection at {top}": paired_ratio(results, "idle", "ws", "peerjs", "rss_kib_per_connection", connections=top),
+        "socketio/ws server CPU per relayed, 100x10 200 B": paired_ratio(results, "throughput", "socketio", "ws", "server_cpu_us_per_relayed", **sat),
+        "socketio/ws server CPU per relayed, 10x1 200 B": paired_ratio(results, "throughput", "socketio", "ws", "server_cpu_us_per_relayed", **light),
+        "socketio/ws server CPU per relayed, 100x10 4 KiB": paired_ratio(results, "throughput", "socketio", "ws", "server_cpu_us_per_relayed", pairs=100, window=10, payload_bytes=4096),
+        "ws/socketio RTT p99, 2k relayed/s": paired_ratio(results, "latency", "ws", "socketio", "rtt_p99_us", **r2k),
+        "ws/socketio RTT p99, 20k relayed/s": paired_ratio(results, "latency", "ws", "socketio", "rtt_p99_us", pairs=100, rate=100),
+        "ws/socketio setup rate": paired_ratio(results, "setup", "ws", "socketio", "connections_per_s"),
     }
+    for lvl in levels:
+        ratios[f"ws/socketio RSS per idle connection at {lvl}"] = paired_ratio(
+            results, "idle", "ws", "socketio", "rss_kib_per_connection", connections=lvl)
 
     def target(name, value, limit, better, unit, ratio_name=None):
         met = None if value is None else (value <= limit if better == "max" else value >= limit)
@@ -459,7 +476,8 @@ def markdown(doc):
         f"# signal-bench results ({doc['mode']})",
         "",
         f"{doc['date']} · commit `{doc['git_commit'][:12]}`{' (dirty tree)' if doc['git_dirty'] else ''} · "
-        f"{m['cpu_model']} · {m['cores']} cores · Linux {m['kernel']} · {m['rustc']} · node {m['node']} · peer {m['peer']}",
+        f"{m['cpu_model']} · {m['cores']} cores · Linux {m['kernel']} · {m['rustc']} · node {m['node']} · peer {m['peer']} · "
+        f"socket.io {m.get('socketio', '–')} (engine.io {m.get('engine_io', '–')})",
         "",
         f"Server on core 0, generator on core 1 ({'pinned with taskset' if doc['pinned'] else 'NOT pinned'}); "
         f"fresh server per run; {doc['reps']} repetition(s), systems interleaved; "
@@ -499,7 +517,8 @@ def markdown(doc):
             f"{cell(f.get('server_cpu_us_per_relayed'), 1)} | {cell(f.get('lost_in_window'), 0)} | {r['n']} |")
     lines += [
         "",
-        "## Connection set-up (identity + connect + first envelope to itself and back, 32 at a time)",
+        "## Connection set-up (identity + connect + first envelope to itself and back, 32 at a time; "
+        "socket.io has no identity step, its connect includes the Engine.IO and Socket.IO handshakes)",
         "",
         "| connections | system | connections/s | set-up p50 ms | p99 ms | identity p50 ms | connect p50 ms | first envelope p50 ms | server µs CPU / connection | generator CPU % | n |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -544,7 +563,9 @@ def markdown(doc):
             value += f" ({num(t['range'][0], 2)}–{num(t['range'][1], 2)})"
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {value} | {bound} {t['limit']} {t['unit']} | {met} |")
-    noisy = [(r["scenario"], r["system"], r["noisy_runs"]) for r in res if r["noisy_runs"]]
+    # An idle run gives one result per level: count it once, at the first level.
+    noisy = [(r["scenario"], r["system"], r["noisy_runs"]) for r in res if r["noisy_runs"] and (
+        r["scenario"] != "idle" or r["config"]["connections"] == min(doc["levels"]))]
     failed = [(r["scenario"], r["system"], r["failed_runs"]) for r in res if r["failed_runs"]]
     lines += ["", f"Runs repeated for foreign CPU load: {doc['rejected_runs']}; "
               f"kept although noisy: {sum(n for *_, n in noisy)}; failed: {sum(n for *_, n in failed)}. "
@@ -572,7 +593,7 @@ def svg_chart(doc):
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{gap}" y="28" font-size="16" font-weight="bold">signal-gateway vs PeerJS server — '
+           f'<text x="{gap}" y="28" font-size="16" font-weight="bold">signal-gateway vs PeerJS server and socket.io — '
            f'{doc["mode"]} run, {doc["date"][:10]}, {doc["reps"]} rep(s), medians with min–max</text>']
     lx = gap
     for system in SYSTEMS:
@@ -666,12 +687,12 @@ def machine():
         for name in sorted(os.listdir(vdir)):
             with open(os.path.join(vdir, name)) as f:
                 vulns[name] = f.read().strip()
-    peer = ""
-    try:
-        with open(os.path.join(PEERJS_DIR, "node_modules", "peer", "package.json")) as f:
-            peer = json.load(f)["version"]
-    except OSError:
-        pass
+    def npm_version(install_dir, package):
+        try:
+            with open(os.path.join(install_dir, "node_modules", package, "package.json")) as f:
+                return json.load(f)["version"]
+        except OSError:
+            return ""
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
     return {
@@ -681,7 +702,9 @@ def machine():
         "kernel": platform.release(),
         "rustc": sh("rustc", "--version"),
         "node": sh("node", "--version"),
-        "peer": peer,
+        "peer": npm_version(PEERJS_DIR, "peer"),
+        "socketio": npm_version(SOCKETIO_DIR, "socket.io"),
+        "engine_io": npm_version(SOCKETIO_DIR, "engine.io"),
         "clk_tck": os.sysconf("SC_CLK_TCK"),
         "open_files_limit": sh("sh", "-c", "ulimit -n"),
         "vulnerabilities": vulns,
@@ -691,10 +714,10 @@ def machine():
 def main():
     global GATEWAY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one short repetition (smoke run, under 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="one short repetition (smoke run, under 4 minutes)")
     ap.add_argument("--reps", type=int, help="repetitions per configuration (default 3, 1 with --quick)")
     ap.add_argument("--only", help="comma-separated scenarios to run (throughput,latency,setup,idle)")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (ws,wt,peerjs)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (ws,wt,peerjs,socketio)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"), help="output directory")
     ap.add_argument("--gateway", default=GATEWAY, help="gateway binary to run (to compare a build)")
     ap.add_argument("--render", metavar="JSON", help="only re-render chart.svg and the Markdown from a results file")

@@ -1,8 +1,10 @@
 //! Clients of the systems under test, behind one interface: how to get an
-//! identity (register, or a PeerJS id), how to connect, and how to move
-//! batches of envelopes.
+//! identity (register, a PeerJS id, or just a name for socket.io), how to
+//! connect, and how to move batches of envelopes.
 //!
-//! WebSocket uses tokio-tungstenite, as the gateway's tests do; WebTransport
+//! WebSocket uses tokio-tungstenite, as the gateway's tests do, for the
+//! gateway, PeerJS and socket.io alike (socket.io's Engine.IO handshake and
+//! pings are handled on top of it, see [`crate::socketio`]); WebTransport
 //! uses wtransport, an HTTP/3 stack independent of the gateway's h3, with a
 //! few shared UDP endpoints (one endpoint per connection makes QUIC set-up
 //! needlessly slow on the client). Reads take every envelope already
@@ -24,6 +26,7 @@ use wtransport::endpoint::endpoint_side;
 
 use crate::IO_TIMEOUT;
 use crate::http::HttpClient;
+use crate::socketio;
 use crate::wire::{self, System};
 
 /// Envelopes taken per read before handing them to the caller.
@@ -102,14 +105,19 @@ impl Target {
     /// An identity to connect with: registers `name` on the gateway and
     /// returns `(name, token)`. For PeerJS, uses `name` as the id, or asks
     /// the server for one (`GET /peerjs/id`) when `name` is `None`, with a
-    /// client-chosen token, as the PeerJS client library does.
+    /// client-chosen token, as the PeerJS client library does. socket.io has
+    /// no such step: the name travels in the CONNECT packet, and there is no
+    /// token.
     pub async fn identity(
         &self,
         http: &mut HttpClient,
         name: Option<&str>,
         serial: u64,
     ) -> anyhow::Result<(String, String)> {
-        if self.system.is_gateway() {
+        if self.system == System::Socketio {
+            let name = name.context("socket.io users pick their own name")?;
+            Ok((name.to_owned(), String::new()))
+        } else if self.system.is_gateway() {
             let name = name.context("the gateway needs a username")?;
             let (status, body) = http
                 .post_json("/v1/register", &format!("{{\"username\":\"{name}\"}}"))
@@ -137,7 +145,8 @@ impl Target {
     }
 
     /// Connects as `name` and waits for the server's first envelope
-    /// (`WELCOME` from the gateway, `OPEN` from PeerJS).
+    /// (`WELCOME` from the gateway, `OPEN` from PeerJS, the CONNECT
+    /// acknowledgement from socket.io).
     pub async fn connect(&self, name: &str, token: &str) -> anyhow::Result<Conn> {
         let mut conn = tokio::time::timeout(IO_TIMEOUT, self.open(name, token))
             .await
@@ -146,16 +155,11 @@ impl Target {
         let open = tokio::time::timeout(IO_TIMEOUT, conn.recv_batch(&mut first))
             .await
             .context("no first envelope")??;
-        let expected: &[u8] = if self.system.is_gateway() {
-            b"WELCOME"
-        } else {
-            b"OPEN"
-        };
-        match first.first().and_then(|f| wire::parse(f)) {
-            Some(envelope) if open && envelope.kind == expected => Ok(conn),
+        match first.first() {
+            Some(frame) if open && wire::is_greeting(self.system, frame) => Ok(conn),
             _ => bail!(
-                "expected {} first, got {:?}",
-                String::from_utf8_lossy(expected),
+                "expected the {} greeting first, got {:?}",
+                self.system.server(),
                 first
                     .first()
                     .map(|f| String::from_utf8_lossy(f).into_owned())
@@ -165,20 +169,25 @@ impl Target {
 
     async fn open(&self, name: &str, token: &str) -> anyhow::Result<Conn> {
         match self.system {
-            System::Ws | System::Peerjs => {
+            System::Ws | System::Peerjs | System::Socketio => {
                 let url = match self.system {
                     System::Peerjs => format!(
                         "ws://{}/peerjs?key=peerjs&id={name}&token={token}",
                         self.http
                     ),
+                    System::Socketio => format!("ws://{}{}", self.http, socketio::PATH),
                     _ => format!("ws://{}/v1/connect?token={token}", self.http),
                 };
                 let config = WebSocketConfig::default()
                     .read_buffer_size(WS_READ_BUFFER)
                     .write_buffer_size(WS_WRITE_BUFFER);
-                let (ws, _) =
+                let (mut ws, _) =
                     tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-                Ok(Conn::Ws(Box::new(ws)))
+                let engine_io = self.system == System::Socketio;
+                if engine_io {
+                    socketio_handshake(&mut ws, name).await?;
+                }
+                Ok(Conn::Ws(Box::new(WsConn { ws, engine_io })))
             }
             System::Wt => {
                 let index = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +205,23 @@ impl Target {
             }
         }
     }
+}
+
+/// Takes socket.io's Engine.IO OPEN packet and sends the CONNECT with `name`;
+/// the acknowledgement is the connection's first envelope.
+async fn socketio_handshake(ws: &mut Ws, name: &str) -> anyhow::Result<()> {
+    let open = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => break text,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => bail!("expected the Engine.IO OPEN packet, got {other:?}"),
+        }
+    };
+    if !socketio::is_open(open.as_bytes()) {
+        bail!("expected the Engine.IO OPEN packet, got {open:?}");
+    }
+    ws.send(Message::text(socketio::connect(name))).await?;
+    Ok(())
 }
 
 /// A loopback UDP socket for a client endpoint, with a receive buffer large
@@ -238,10 +264,18 @@ pub struct WtConn {
     out: Vec<u8>,
 }
 
+/// One WebSocket connection. Over socket.io (`engine_io`), the server's
+/// Engine.IO pings are answered here and never reach the caller, as the
+/// socket.io client library answers them itself.
+pub struct WsConn {
+    ws: Ws,
+    engine_io: bool,
+}
+
 /// A connection to the system under test.
 pub enum Conn {
-    /// WebSocket (gateway or PeerJS).
-    Ws(Box<Ws>),
+    /// WebSocket (gateway, PeerJS or socket.io).
+    Ws(Box<WsConn>),
     /// WebTransport (gateway).
     Wt(Box<WtConn>),
 }
@@ -253,29 +287,44 @@ impl Conn {
     /// dropped while waiting.
     pub async fn recv_batch(&mut self, into: &mut Vec<Bytes>) -> anyhow::Result<bool> {
         match self {
-            Conn::Ws(ws) => {
+            Conn::Ws(conn) => {
+                let WsConn { ws, engine_io } = &mut **conn;
+                let is_ping = |frame: &Bytes| *engine_io && frame[..] == *socketio::PING;
                 loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(text))) => {
-                            into.push(text.into());
-                            break;
-                        }
-                        Some(Ok(Message::Binary(data))) => {
-                            into.push(data);
-                            break;
-                        }
+                    let frame: Bytes = match ws.next().await {
+                        Some(Ok(Message::Text(text))) => text.into(),
+                        Some(Ok(Message::Binary(data))) => data,
                         Some(Ok(Message::Close(_))) | None => return Ok(false),
                         Some(Ok(_)) => continue,
                         Some(Err(err)) => return Err(err.into()),
+                    };
+                    if is_ping(&frame) {
+                        // Answered before waiting on: an idle client must
+                        // answer too. If this future is dropped meanwhile,
+                        // the pong is already in tungstenite's write buffer
+                        // and leaves with the next flush.
+                        ws.send(Message::text(socketio::PONG)).await?;
+                        continue;
+                    }
+                    into.push(frame);
+                    break;
+                }
+                let mut pong = false;
+                for _ in 1..READ_BATCH {
+                    let frame: Bytes = match ws.next().now_or_never() {
+                        Some(Some(Ok(Message::Text(text)))) => text.into(),
+                        Some(Some(Ok(Message::Binary(data)))) => data,
+                        Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                        _ => break,
+                    };
+                    if is_ping(&frame) {
+                        pong = true;
+                    } else {
+                        into.push(frame);
                     }
                 }
-                for _ in 1..READ_BATCH {
-                    match ws.next().now_or_never() {
-                        Some(Some(Ok(Message::Text(text)))) => into.push(text.into()),
-                        Some(Some(Ok(Message::Binary(data)))) => into.push(data),
-                        Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-                        _ => break,
-                    }
+                if pong {
+                    ws.send(Message::text(socketio::PONG)).await?;
                 }
                 Ok(true)
             }
@@ -309,11 +358,11 @@ impl Conn {
     /// empties the vector.
     pub async fn send(&mut self, texts: &mut Vec<String>) -> anyhow::Result<()> {
         match self {
-            Conn::Ws(ws) => {
+            Conn::Ws(conn) => {
                 for text in texts.drain(..) {
-                    ws.feed(Message::text(text)).await?;
+                    conn.ws.feed(Message::text(text)).await?;
                 }
-                ws.flush().await?;
+                conn.ws.flush().await?;
             }
             Conn::Wt(wt) => {
                 wt.out.clear();
@@ -330,10 +379,10 @@ impl Conn {
     /// Closes cleanly, without waiting long for the server.
     pub async fn close(self) {
         match self {
-            Conn::Ws(mut ws) => {
+            Conn::Ws(mut conn) => {
                 let _ = tokio::time::timeout(
                     Duration::from_millis(200),
-                    WebSocketStream::close(&mut ws, None),
+                    WebSocketStream::close(&mut conn.ws, None),
                 )
                 .await;
             }

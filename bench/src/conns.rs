@@ -7,13 +7,15 @@
 //!   envelope, then send one envelope to itself and wait for it to come
 //!   back — until `connections` clients are up. Figures: connections per
 //!   second, latency of the whole sequence and of each step, and server CPU
-//!   per connection.
+//!   per connection. socket.io has no identity step (the name goes in the
+//!   CONNECT packet): its connect step is TCP + WebSocket upgrade + Engine.IO
+//!   OPEN + Socket.IO CONNECT and its acknowledgement.
 //! * **Idle memory**: opens connections up to each level (e.g. 1k, then
 //!   10k), lets them sit idle, and reads the server's RSS; the figure is RSS
 //!   growth per connection. Idle clients behave as real ones do: WebSocket
 //!   clients answer the gateway's pings, PeerJS clients send the PeerJS
-//!   library's `HEARTBEAT` every 5 s, WebTransport sessions answer QUIC
-//!   keep-alives.
+//!   library's `HEARTBEAT` every 5 s, socket.io clients answer Engine.IO
+//!   pings, WebTransport sessions answer QUIC keep-alives.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -160,8 +162,9 @@ async fn set_up_one(
     maker: &PayloadMaker,
 ) -> anyhow::Result<(Conn, Timing)> {
     let t0 = Instant::now();
-    // PeerJS clients usually ask the server for an id; gateway users pick a name.
-    let wanted = target.system.is_gateway().then(|| format!("{prefix}s{i}"));
+    // PeerJS clients usually ask the server for an id; gateway and socket.io
+    // users pick a name.
+    let wanted = (target.system != System::Peerjs).then(|| format!("{prefix}s{i}"));
     let (name, token) = target.identity(http, wanted.as_deref(), i as u64).await?;
     let t1 = Instant::now();
     let mut conn = target.connect(&name, &token).await?;

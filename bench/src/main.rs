@@ -8,8 +8,9 @@
 //!
 //! Layout:
 //! - [`client`]: identities, connections and batched I/O for the gateway
-//!   over WebSocket and WebTransport, and for PeerJS server.
-//! - [`wire`]: envelopes of both protocols and the timestamped payload.
+//!   over WebSocket and WebTransport, and for PeerJS server and socket.io.
+//! - [`wire`]: envelopes of the three protocols and the timestamped payload.
+//! - [`socketio`]: socket.io's Engine.IO handshake, pings and event framing.
 //! - [`pairs`]: throughput (closed loop) and latency (open loop).
 //! - [`conns`]: connection set-up and idle memory.
 //! - [`procfs`], [`summary`], [`http`]: measurement and plumbing.
@@ -23,6 +24,7 @@ mod conns;
 mod http;
 mod pairs;
 mod procfs;
+mod socketio;
 mod summary;
 mod wire;
 
@@ -45,9 +47,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed on top of a scenario's own phases before the watchdog fires.
 const DEADLINE_SLACK_S: f64 = 60.0;
 
-/// Load generator for signal-gateway (WebSocket and WebTransport) and PeerJS
-/// server. Runs one scenario against a running server and prints one JSON
-/// line.
+/// Load generator for signal-gateway (WebSocket and WebTransport), PeerJS
+/// server and socket.io. Runs one scenario against a running server and
+/// prints one JSON line.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -61,7 +63,7 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// System under test: the gateway over WebSocket (ws) or WebTransport
-    /// (wt), or PeerJS server (peerjs).
+    /// (wt), PeerJS server (peerjs), or socket.io (socketio).
     #[arg(long, value_enum, env = "BENCH_SYSTEM")]
     pub system: System,
 
@@ -149,8 +151,8 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
-    /// Connection set-up: identity + connect + first envelope, repeated;
-    /// connections/s and set-up latency.
+    /// Connection set-up: identity (none for socket.io) + connect + first
+    /// envelope, repeated; connections/s and set-up latency.
     Setup {
         /// Connections to set up.
         #[arg(long, default_value_t = 2000)]
