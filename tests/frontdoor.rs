@@ -642,7 +642,7 @@ async fn extra_webtransport_streams_pin_a_bounded_amount() {
     }
     let before = gw.rss_kib();
     for token in &tokens {
-        let mut client = Client::connect(&gw, Kind::WebTransport, &token).await;
+        let mut client = Client::connect(&gw, Kind::WebTransport, token).await;
         assert_eq!(client.recv().await["type"], "WELCOME");
         let Client::Wt(wt) = &client else {
             unreachable!()
