@@ -148,6 +148,53 @@ pub struct Config {
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    /// Metrics, probes and logs.
+    #[command(flatten)]
+    pub operations: OperationArgs,
+}
+
+/// How log events are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, fields at the top level, for log pipelines.
+    Json,
+}
+
+impl LogFormat {
+    /// The format asked for, or text on a terminal and JSON otherwise.
+    pub fn or_default(chosen: Option<LogFormat>, terminal: bool) -> LogFormat {
+        chosen.unwrap_or(if terminal {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        })
+    }
+}
+
+/// What an operator's tooling talks to.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Operations")]
+pub struct OperationArgs {
+    /// Also serve /metrics, /healthz and /readyz on this TCP address, without
+    /// authentication (a scrape and probe port, kept off the public one). On
+    /// the main listener /metrics is always there, guarded like the admin
+    /// routes.
+    #[arg(long, env = "SIGNAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format on stderr [default: text on a terminal, json otherwise]
+    #[arg(long, env = "SIGNAL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// On SIGTERM or Ctrl-C, how long /readyz answers 503 while everything
+    /// still works, before clients are told to go: give it the load
+    /// balancer's probe interval times its failure threshold, so no new
+    /// client is sent here once the drain starts.
+    #[arg(long, env = "SIGNAL_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
 }
 
 /// Which identities the gateway takes.
@@ -606,6 +653,11 @@ fn nonzero_usize(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(err) => Err(err.to_string()),
     }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|err| format!("{err} (write durations like 0s, 500ms, 10s)"))
 }
 
 fn nonzero_duration(s: &str) -> Result<Duration, String> {

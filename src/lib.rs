@@ -20,6 +20,7 @@
 //!   database that survives restarts).
 //! - [`jwt`]: verifies the JWTs an application issues (secret, public key
 //!   or JWKS).
+//! - [`metrics`]: the Prometheus exposition of the core's counters.
 //! - [`auth`]: tokens, cookies and origins, shared by both transports.
 //! - [`tls`]: development and production certificates (rustls + rcgen).
 //! - [`config`]: command line and environment.
@@ -32,6 +33,7 @@ pub mod connection;
 pub mod core;
 pub mod http;
 pub mod jwt;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use signal_gateway::config::{Cli, Command};
+use signal_gateway::config::{Cli, Command, LogFormat};
 use signal_gateway::server::Gateway;
 use signal_gateway::tls;
 use tracing_subscriber::EnvFilter;
@@ -20,16 +20,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Logs go to stderr (stdout is for the `cert` subcommand's output), with
-    // colours only on a terminal.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("signal_gateway=info")),
-        )
-        .init();
+    init_logging(LogFormat::or_default(
+        cli.config.operations.log_format,
+        std::io::stderr().is_terminal(),
+    ));
     // jemalloc gives freed pages back to the system only when it gets the
     // chance: a background thread lets an idle gateway shrink after a burst.
     if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
@@ -71,6 +65,9 @@ fn main() -> anyhow::Result<()> {
         for addr in gateway.webtransport_addrs() {
             tracing::info!("WebTransport on https://{addr}/v1/connect (UDP)");
         }
+        if let Some(addr) = gateway.metrics_addr() {
+            tracing::info!("metrics and probes on http://{addr}/metrics, /healthz, /readyz");
+        }
         tracing::info!(
             sha256 = %cert.sha256_hex,
             development = cert.development,
@@ -80,6 +77,43 @@ fn main() -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Crates whose trace events print whole frames, envelopes and all: those
+/// events are dropped whatever `RUST_LOG` says, so that no log ever holds a
+/// payload (an SDP names its host's addresses) or a token.
+const FRAME_PRINTERS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
+
+/// Logs go to stderr (stdout is for the `cert` subcommand's output): text
+/// with colours on a terminal, or one JSON object per event with its fields
+/// at the top level and the connection's span beside them.
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("signal_gateway=info"));
+    let no_frames = tracing_subscriber::filter::filter_fn(|event| {
+        *event.level() != tracing::Level::TRACE
+            || !FRAME_PRINTERS
+                .iter()
+                .any(|krate| event.target().split("::").next() == Some(*krate))
+    });
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs.with_filter(no_frames))
+        .init();
 }
 
 /// Completes on Ctrl-C or SIGTERM.

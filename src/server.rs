@@ -14,7 +14,7 @@ use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::config::{Config, ConfigError, ListenAddr};
 use crate::core::token::TokenVerifier;
 use crate::core::{Hub, Identities, Limits};
-use crate::http::{self, CertInfo, HttpContext, TcpLimits, WebSocketSettings};
+use crate::http::{self, CertInfo, HttpContext, Operations, TcpLimits, WebSocketSettings};
 use crate::jwt::{JwtVerifier, SetupError};
 use crate::store::{self, OpenError};
 use crate::tls::{self, TlsError};
@@ -85,6 +85,9 @@ pub struct Gateway {
     wt: Arc<WebTransportContext>,
     cert: CertInfo,
     tcp_limits: TcpLimits,
+    /// `--metrics-listen` and what it serves.
+    metrics: Option<(TcpListener, axum::Router)>,
+    shutdown_delay: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -130,6 +133,16 @@ impl Gateway {
             webtransport_port,
         };
         let origins = OriginPolicy::new(&config.allow_origins);
+        let operations = Operations::new(hub.clone());
+        let metrics = match config.operations.metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| GatewayError::BindTcp { addr, source })?;
+                Some((listener, http::operations_router(operations.clone())))
+            }
+            None => None,
+        };
         let router = http::router(Arc::new(HttpContext {
             hub: hub.clone(),
             origins: origins.clone(),
@@ -142,6 +155,7 @@ impl Gateway {
             body_timeout: config.limits.handshake_timeout,
             websocket: WebSocketSettings::default(),
             unknown_user_status: config.unknown_user_status,
+            operations,
         }));
         let tls = if config.tls {
             Some(Arc::new(identity.server_config(&[b"http/1.1"])?))
@@ -167,6 +181,8 @@ impl Gateway {
                 max_header_bytes: config.limits.max_header_bytes,
                 handshake_timeout: config.limits.handshake_timeout,
             },
+            metrics,
+            shutdown_delay: config.operations.shutdown_delay,
             shutdown_timeout: config.limits.shutdown_timeout,
         })
     }
@@ -187,6 +203,13 @@ impl Gateway {
             .collect()
     }
 
+    /// The bound `--metrics-listen` address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// The served certificate, as `/v1/cert-hash` reports it.
     pub fn cert(&self) -> &CertInfo {
         &self.cert
@@ -197,9 +220,11 @@ impl Gateway {
         &self.hub
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, closes every
-    /// client with `SHUTDOWN` after its queued envelopes, and returns once
-    /// they are gone or the shutdown timeout has passed.
+    /// Serves until `shutdown` completes, then drains: `/readyz` answers
+    /// 503 at once; after `--shutdown-delay` (the load balancer has noticed)
+    /// newcomers are refused and every client is closed with `SHUTDOWN`
+    /// after its queued envelopes; the listeners keep answering probes until
+    /// the clients are gone or the shutdown timeout has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -212,6 +237,15 @@ impl Gateway {
                 stop.clone(),
             ));
         }
+        if let Some((listener, router)) = self.metrics {
+            tasks.spawn(http::serve_tcp(
+                listener,
+                router,
+                None,
+                self.tcp_limits,
+                stop.clone(),
+            ));
+        }
         for endpoint in &self.quic {
             tasks.spawn(webtransport::serve(
                 endpoint.clone(),
@@ -220,10 +254,12 @@ impl Gateway {
             ));
         }
         tasks.spawn(sweep(self.hub.clone(), stop.clone()));
+        self.hub.serving();
 
         shutdown.await;
-        tracing::info!("shutting down");
-        stop.cancel();
+        self.hub.draining();
+        tracing::info!(delay = ?self.shutdown_delay, "shutting down: not ready");
+        tokio::time::sleep(self.shutdown_delay).await;
         for endpoint in &self.quic {
             endpoint.set_server_config(None);
         }
@@ -232,6 +268,7 @@ impl Gateway {
             .await
             .is_ok();
         tracing::info!(closing, drained, "clients closed");
+        stop.cancel();
         for endpoint in &self.quic {
             endpoint.close(
                 u32::from(crate::core::CloseReason::Shutdown.code()).into(),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep, interval_at};
 
 use crate::core::outbox::Queued;
-use crate::core::{AfterWrite, CloseReason, Hub, Session, write_within};
+use crate::core::{AfterWrite, CloseReason, Hub, Session, Transport, write_within};
 
 /// Frames handled before the loop gives the targets' writers a turn:
 /// frames parsed from a buffer do not count against tokio's cooperative
@@ -35,8 +35,13 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// What one read from the client gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
-    /// This many frames were handed to the session.
-    Frames(usize),
+    /// Frames were handed to the session.
+    Frames {
+        /// How many.
+        frames: usize,
+        /// Bytes read from the connection for them.
+        bytes: usize,
+    },
     /// The client closed its side, or the connection is gone.
     Ended,
     /// The client broke the transport's rules; close with this reason.
@@ -57,6 +62,9 @@ pub enum Liveness {
 /// A client connection as the loop drives it; a transport implements this
 /// and only translates between its frames and these calls.
 pub trait Link: Send {
+    /// The transport this is.
+    const TRANSPORT: Transport;
+
     /// What a failed write reports.
     type Error: std::fmt::Display + Send;
 
@@ -106,7 +114,14 @@ pub trait Link: Send {
 )]
 pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()> + Send {
     async move {
-        tracing::debug!("connected");
+        let stats = session.hub().stats();
+        tracing::info!(
+            conn = session.conn_id(),
+            transport = L::TRANSPORT.as_str(),
+            user = session.user(),
+            "connection opened"
+        );
+        let opened = Instant::now();
         let write_timeout = session.hub().limits().write_timeout;
         let mut keep_alive = link.keep_alive_interval().map(|period| {
             let mut ticks = interval_at(Instant::now() + period, period);
@@ -120,11 +135,23 @@ pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()>
             .map(|due| Box::pin(tokio::time::sleep(due)));
         let mut reading = true;
         let mut since_yield = 0;
+        // This connection's own books, for its close event.
+        let (mut received, mut sent) = (0u64, 0u64);
+        let mut welcomed = false;
         let ended_by = loop {
             tokio::select! {
                 biased;
                 (batch, closing) = session.outbox().next_batch() => {
                     let written = write_within(write_timeout, link.write(&batch)).await;
+                    if written.is_ok() {
+                        sent += batch.len() as u64;
+                        stats.sent(L::TRANSPORT, batch.iter().map(|item| item.frame.len()).sum());
+                        // The first batch carries the WELCOME.
+                        if !welcomed {
+                            welcomed = true;
+                            stats.setup(L::TRANSPORT).observe_duration(session.started().elapsed());
+                        }
+                    }
                     match session.batch_written(batch, written, closing) {
                         AfterWrite::Continue => {}
                         AfterWrite::Close(reason) => break Some(reason),
@@ -132,7 +159,9 @@ pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()>
                     }
                 }
                 read = link.read(&session), if reading => match read {
-                    Read::Frames(frames) => {
+                    Read::Frames { frames, bytes } => {
+                        received += frames as u64;
+                        stats.received(L::TRANSPORT, bytes);
                         since_yield += frames;
                         if since_yield >= READ_BATCH {
                             since_yield = 0;
@@ -161,10 +190,18 @@ pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()>
                 },
             }
         };
-        match ended_by {
-            Some(reason) => tracing::debug!(reason = reason.reason(), "closed by the gateway"),
-            None => tracing::debug!("closed by the client"),
-        }
+        let (code, reason) = ended_by.map_or((1000, "CLIENT"), |r| (r.code(), r.reason()));
+        tracing::info!(
+            conn = session.conn_id(),
+            transport = L::TRANSPORT.as_str(),
+            user = session.user(),
+            code,
+            reason,
+            duration_ms = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX),
+            received,
+            sent,
+            "connection closed"
+        );
         // Boxed: the close runs once, and keeping its state inline would grow
         // every connection's task.
         Box::pin(close(link, ended_by, session.hub(), Some(&session))).await;
@@ -182,8 +219,8 @@ pub async fn refuse<L: Link>(link: L, reason: CloseReason, hub: &Hub) {
 /// Counts a close made on a connection that never got a link (a
 /// WebTransport session that opened no stream); the transport closes it by
 /// its own means.
-pub fn closed_without_link(hub: &Hub, reason: CloseReason) {
-    hub.stats().closed_for(reason);
+pub fn closed_without_link(hub: &Hub, transport: Transport, reason: CloseReason) {
+    hub.stats().closed_for(transport, Some(reason));
 }
 
 /// The close sequence: `CLOSE` (or the end of our side), detach, linger
@@ -194,11 +231,9 @@ async fn close<L: Link>(
     hub: &Hub,
     session: Option<&Session>,
 ) {
+    hub.stats().closed_for(L::TRANSPORT, reason);
     match reason {
-        Some(reason) => {
-            hub.stats().closed_for(reason);
-            link.send_close(reason).await;
-        }
+        Some(reason) => link.send_close(reason).await,
         None => link.finish().await,
     }
     if let Some(session) = session {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::envelope::{ErrorDetail, Inbound, Welcome, error_frame, welcome_frame};
 use super::limits::{Limits, ip_key};
 use super::outbox::{Origin, Outbox, PushError, Queued};
+use super::readiness::{NotReady, Phase};
 use super::registry::{ConnectedUser, Entry, Grant, Transport, UserClientRegistry};
 use super::session::Session;
-use super::stats::{Stats, StatsSnapshot};
+use super::stats::{AuthMethod, AuthOutcome, RegistrationOutcome, Stats, StatsSnapshot};
 use super::store::{IdentityStore, MemoryStore, Registration, StoreError};
 use super::token::{AuthMode, TokenError, TokenVerifier, is_jwt};
 use super::username::{UsernameError, validate_username};
@@ -47,6 +48,26 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every cause, as metrics label them.
+    pub const CAUSES: [&'static str; 5] = [
+        "shutting_down",
+        "at_capacity",
+        "rate_limited",
+        "pending_full",
+        "pending_from_address",
+    ];
+
+    /// This refusal's cause, as metrics label it.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Refusal::ShuttingDown => "shutting_down",
+            Refusal::AtCapacity(_) => "at_capacity",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::PendingFull(_) => "pending_full",
+            Refusal::PendingFromAddress(_) => "pending_from_address",
+        }
+    }
+
     /// What an HTTP client is answered.
     pub fn http_error(&self) -> HttpError {
         match self {
@@ -207,6 +228,7 @@ pub struct Hub {
     connect_rate: DefaultKeyedRateLimiter<IpAddr>,
     register_rate: DefaultKeyedRateLimiter<IpAddr>,
     stopping: CancellationToken,
+    phase: Phase,
 }
 
 pub(super) fn quota(rate: std::num::NonZeroU32, burst: std::num::NonZeroU32) -> Quota {
@@ -238,6 +260,7 @@ impl Hub {
                 limits.connect_burst_per_ip,
             )),
             stopping: CancellationToken::new(),
+            phase: Phase::default(),
             register_rate: RateLimiter::keyed(quota(
                 limits.register_rate_per_ip,
                 limits.register_burst_per_ip,
@@ -260,11 +283,21 @@ impl Hub {
     /// (a WebSocket upgrade), or refuses it before the upgrade, so a refusal
     /// costs nothing.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admission, Refusal> {
-        if !self.registry.is_accepting() {
-            return Err(Refusal::ShuttingDown);
+        self.counted((|| {
+            if !self.registry.is_accepting() {
+                return Err(Refusal::ShuttingDown);
+            }
+            self.check_connect_rate(peer)?;
+            self.try_claim()
+        })())
+    }
+
+    /// Counts a refused admission by its cause.
+    fn counted<T>(&self, admission: Result<T, Refusal>) -> Result<T, Refusal> {
+        if let Err(refusal) = &admission {
+            self.stats.refusal(refusal.cause());
         }
-        self.check_connect_rate(peer)?;
-        self.claim_slot()
+        admission
     }
 
     fn check_connect_rate(&self, peer: IpAddr) -> Result<(), Refusal> {
@@ -276,6 +309,10 @@ impl Hub {
     /// Takes one of the `--max-connections` slots for a connection that has
     /// authenticated.
     pub fn claim_slot(self: &Arc<Self>) -> Result<Admission, Refusal> {
+        self.counted(self.try_claim())
+    }
+
+    fn try_claim(self: &Arc<Self>) -> Result<Admission, Refusal> {
         if !self.registry.is_accepting() {
             return Err(Refusal::ShuttingDown);
         }
@@ -292,6 +329,10 @@ impl Hub {
     /// before its WebTransport CONNECT), under limits of its own: it takes
     /// none of the slots authenticated connections need.
     pub fn admit_pending(self: &Arc<Self>, peer: IpAddr) -> Result<PendingAdmission, Refusal> {
+        self.counted(self.try_admit_pending(peer))
+    }
+
+    fn try_admit_pending(self: &Arc<Self>, peer: IpAddr) -> Result<PendingAdmission, Refusal> {
         if !self.registry.is_accepting() {
             return Err(Refusal::ShuttingDown);
         }
@@ -338,13 +379,34 @@ impl Hub {
     pub fn check_register_rate(&self, peer: IpAddr) -> Result<(), Refusal> {
         self.register_rate
             .check_key(&ip_key(peer))
-            .map_err(|not_until| Refusal::RateLimited(retry_after(&not_until)))
+            .map_err(|not_until| {
+                self.stats.registration(RegistrationOutcome::Refused);
+                Refusal::RateLimited(retry_after(&not_until))
+            })
     }
 
     /// Registers `name` for a client at `peer` after checking it against
     /// the username rules, or hands the name back to its owner presenting
     /// its token.
     pub async fn register(
+        &self,
+        name: &str,
+        presented: Option<&str>,
+        peer: IpAddr,
+    ) -> Result<Registration, RegisterError> {
+        let registration = self.register_name(name, presented, peer).await;
+        self.stats.registration(match &registration {
+            Ok(Registration::Created { .. }) => RegistrationOutcome::Created,
+            Ok(Registration::Reclaimed { .. }) => RegistrationOutcome::Reclaimed,
+            Ok(Registration::Taken) => RegistrationOutcome::Taken,
+            Err(RegisterError::InvalidName(_)) => RegistrationOutcome::Invalid,
+            Err(RegisterError::Store(StoreError::Unavailable(_))) => RegistrationOutcome::Failed,
+            Err(_) => RegistrationOutcome::Refused,
+        });
+        registration
+    }
+
+    async fn register_name(
         &self,
         name: &str,
         presented: Option<&str>,
@@ -362,6 +424,18 @@ impl Hub {
     /// [`Hub::attach`] refuses it if anything was revoked since. A refused
     /// JWT is logged with its reason, never with the token.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, AuthError> {
+        let authenticated = self.check_token(token).await;
+        let method = if is_jwt(token) {
+            AuthMethod::Jwt
+        } else {
+            AuthMethod::Token
+        };
+        self.stats
+            .authentication(method, auth_outcome(&authenticated));
+        authenticated
+    }
+
+    async fn check_token(&self, token: &str) -> Result<Authenticated, AuthError> {
         // Taken before the lookup: a deletion that the lookup does not see
         // yet is then seen by the attach.
         let grant = self.registry.grant();
@@ -403,6 +477,13 @@ impl Hub {
     /// Verifies a JWT presented to replace a connection's token; it must
     /// name `user`. Returns its expiry.
     pub(super) async fn refresh(&self, user: &str, token: &str) -> Result<SystemTime, AuthError> {
+        let refreshed = self.check_refresh(user, token).await;
+        self.stats
+            .authentication(AuthMethod::Jwt, auth_outcome(&refreshed));
+        refreshed
+    }
+
+    async fn check_refresh(&self, user: &str, token: &str) -> Result<SystemTime, AuthError> {
         let verifier = self
             .verifier
             .as_ref()
@@ -426,12 +507,15 @@ impl Hub {
     /// the reason to close the connection with, when the gateway is shutting
     /// down or the authentication was revoked since (a kick, deleted
     /// identities).
+    /// `started` is when the client's first request or packet arrived,
+    /// for the set-up time histogram.
     pub fn attach(
         self: &Arc<Self>,
         admission: Admission,
         authenticated: Authenticated,
         transport: Transport,
         peer: IpAddr,
+        started: Instant,
     ) -> Result<Session, CloseReason> {
         let Authenticated {
             user,
@@ -450,10 +534,7 @@ impl Hub {
             max_envelope_bytes: self.limits.max_envelope_bytes,
         });
         // A fresh outbox is empty and open, so the push cannot fail.
-        let _ = outbox.push(Queued {
-            frame: welcome,
-            origin: None,
-        });
+        let _ = outbox.push(Queued::own(welcome));
         self.registry.insert(
             user.clone(),
             Entry {
@@ -466,7 +547,7 @@ impl Hub {
             grant,
         )?;
         self.store.touch(&user);
-        self.stats.connections_opened.inc();
+        self.stats.attached(transport);
         Ok(Session::new(
             self.clone(),
             Origin { user, conn },
@@ -474,6 +555,7 @@ impl Hub {
             outbox,
             admission,
             expires_at,
+            started,
         ))
     }
 
@@ -507,9 +589,14 @@ impl Hub {
             connections: self.registry.len(),
             admitted: self.admitted(),
             pending: self.pending(),
-            identities: self.store.count(),
+            identities: self.identities(),
             counters: self.stats.snapshot(),
         }
+    }
+
+    /// Registered identities.
+    pub fn identities(&self) -> usize {
+        self.store.count()
     }
 
     /// Whether `user` has a live connection.
@@ -522,8 +609,25 @@ impl Hub {
         self.registry.len()
     }
 
+    /// The listeners are serving: traffic is welcome.
+    pub fn serving(&self) {
+        self.phase.serving();
+    }
+
+    /// A shutdown has begun: `/readyz` says so at once, while connections
+    /// still work until [`Hub::shutdown`] closes them.
+    pub fn draining(&self) {
+        self.phase.draining();
+    }
+
+    /// Whether the gateway should be sent traffic now.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.phase.readiness()
+    }
+
     /// Starts shutdown: refuses newcomers and closes everyone as `SHUTDOWN`.
     pub fn shutdown(&self) -> usize {
+        self.phase.draining();
         self.stopping.cancel();
         self.registry.stop()
     }
@@ -597,11 +701,11 @@ impl Hub {
                     retry_after_ms: None,
                 },
             );
-            match sender.push_reply(Queued {
-                frame,
-                origin: None,
-            }) {
-                Ok(()) => self.stats.undelivered_reported.inc(),
+            match sender.push_reply(Queued::own(frame)) {
+                Ok(()) => {
+                    self.stats.undelivered_reported.inc();
+                    self.stats.error_sent(ErrorType::Undelivered);
+                }
                 Err(PushError::Closing(_)) => self.stats.undelivered_unreported.inc(),
                 Err(PushError::Full(_)) => {
                     self.stats.undelivered_unreported.inc();
@@ -610,6 +714,14 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+fn auth_outcome<T>(result: &Result<T, AuthError>) -> AuthOutcome {
+    match result {
+        Ok(_) => AuthOutcome::Accepted,
+        Err(AuthError::Store(_)) => AuthOutcome::Failed,
+        Err(_) => AuthOutcome::Refused,
     }
 }
 
@@ -728,7 +840,13 @@ mod tests {
         futures::executor::block_on(hub.delete_identities()).unwrap();
         let admission = hub.admit(LOCAL).unwrap();
         let refused = hub
-            .attach(admission, authenticated, Transport::WebTransport, LOCAL)
+            .attach(
+                admission,
+                authenticated,
+                Transport::WebTransport,
+                LOCAL,
+                Instant::now(),
+            )
             .unwrap_err();
         assert_eq!(refused, CloseReason::Unauthenticated);
         assert_eq!(

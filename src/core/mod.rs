@@ -3,9 +3,11 @@
 //! knows about axum, hyper, quinn or h3.
 
 pub mod envelope;
+pub mod histogram;
 pub mod hub;
 pub mod limits;
 pub mod outbox;
+pub mod readiness;
 pub mod registry;
 pub mod session;
 pub mod stats;
@@ -21,6 +23,7 @@ pub use hub::{
     Report, Users,
 };
 pub use limits::Limits;
+pub use readiness::NotReady;
 pub use registry::Transport;
 pub use session::{AfterWrite, Session, WriteError, write_within};
 pub use wire::{CloseReason, ErrorType};

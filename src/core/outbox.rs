@@ -33,6 +33,19 @@ pub struct Queued {
     pub frame: Bytes,
     /// The sender of a forwarded envelope; `None` for the gateway's own frames.
     pub origin: Option<Origin>,
+    /// When a forwarded envelope was accepted (for the relay latency).
+    pub accepted_at: Option<std::time::Instant>,
+}
+
+impl Queued {
+    /// One of the gateway's own frames (WELCOME, an error, a token notice).
+    pub fn own(frame: Bytes) -> Self {
+        Self {
+            frame,
+            origin: None,
+            accepted_at: None,
+        }
+    }
 }
 
 /// Why a push was refused; the frame is handed back so the caller can answer.
@@ -186,10 +199,7 @@ mod tests {
     use super::*;
 
     fn frame(n: usize) -> Queued {
-        Queued {
-            frame: Bytes::from(vec![b'x'; n]),
-            origin: None,
-        }
+        Queued::own(Bytes::from(vec![b'x'; n]))
     }
 
     #[test]

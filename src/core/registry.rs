@@ -25,6 +25,17 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport.
+    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::WebTransport];
+
+    /// This transport's position in [`Transport::ALL`].
+    pub const fn index(self) -> usize {
+        match self {
+            Transport::WebSocket => 0,
+            Transport::WebTransport => 1,
+        }
+    }
+
     /// The name used on the wire and in logs.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -294,10 +305,7 @@ mod tests {
     }
 
     fn item() -> Queued {
-        Queued {
-            frame: Bytes::from_static(b"{}\n"),
-            origin: None,
-        }
+        Queued::own(Bytes::from_static(b"{}\n"))
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 
@@ -114,6 +114,8 @@ pub struct Session {
     limiter: DefaultDirectRateLimiter,
     strikes: DefaultDirectRateLimiter,
     token: Option<Arc<TokenLife>>,
+    /// When the client's first request or packet arrived.
+    started: Instant,
     _admission: Admission,
 }
 
@@ -126,6 +128,7 @@ impl Session {
         outbox: Arc<Outbox>,
         admission: Admission,
         expires_at: Option<SystemTime>,
+        started: Instant,
     ) -> Self {
         let envelope_quota = quota(hub.limits.envelope_rate, hub.limits.envelope_burst);
         Self {
@@ -136,6 +139,7 @@ impl Session {
             limiter: RateLimiter::direct(envelope_quota),
             strikes: RateLimiter::direct(envelope_quota),
             token: expires_at.map(|at| Arc::new(TokenLife::new(at))),
+            started,
             _admission: admission,
         }
     }
@@ -148,6 +152,11 @@ impl Session {
     /// This connection's id.
     pub fn conn_id(&self) -> ConnId {
         self.origin.conn
+    }
+
+    /// When the client's first request or packet arrived.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The hub this session belongs to.
@@ -240,6 +249,7 @@ impl Session {
         let item = Queued {
             frame,
             origin: Some(self.origin.clone()),
+            accepted_at: Some(Instant::now()),
         };
         match self.hub.registry.deliver(&inbound.target, item) {
             Delivery::Queued => stats.forwarded.inc(),
@@ -274,15 +284,13 @@ impl Session {
     }
 
     fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
+        self.hub.stats.error_sent(error);
         self.reply(error_frame(error, &detail));
     }
 
     /// Queues one of the gateway's own envelopes for this connection.
     fn reply(&self, frame: bytes::Bytes) {
-        if let Err(PushError::Full(_)) = self.outbox.push_reply(Queued {
-            frame,
-            origin: None,
-        }) {
+        if let Err(PushError::Full(_)) = self.outbox.push_reply(Queued::own(frame)) {
             self.close(CloseReason::SlowConsumer);
         }
     }
@@ -336,20 +344,20 @@ impl Session {
                     life.renew(expires_at);
                     server_frame(TOKEN_REFRESHED_TYPE, &expiry(unix_ms(expires_at)))
                 }
-                Err(err) => error_frame(
-                    ErrorType::TokenRefused,
-                    &ErrorDetail {
-                        message: err.to_string(),
-                        kind: Some(REFRESH_TOKEN_TYPE),
-                        ..ErrorDetail::default()
-                    },
-                ),
+                Err(err) => {
+                    hub.stats.error_sent(ErrorType::TokenRefused);
+                    error_frame(
+                        ErrorType::TokenRefused,
+                        &ErrorDetail {
+                            message: err.to_string(),
+                            kind: Some(REFRESH_TOKEN_TYPE),
+                            ..ErrorDetail::default()
+                        },
+                    )
+                }
             };
             // A full or closing outbox: the connection is on its way out.
-            let _ = outbox.push_reply(Queued {
-                frame,
-                origin: None,
-            });
+            let _ = outbox.push_reply(Queued::own(frame));
         });
     }
 
@@ -413,13 +421,21 @@ impl Session {
         }
     }
 
-    /// Counts forwarded envelopes the transport has written.
-    pub fn record_written<'a>(&self, batch: impl IntoIterator<Item = &'a Queued>) {
-        let forwarded = batch
-            .into_iter()
-            .filter(|item| item.origin.is_some())
-            .count();
-        self.hub.stats.written.add(forwarded as u64);
+    /// Counts forwarded envelopes the transport has written, and how long
+    /// each took from its acceptance.
+    pub fn record_written(&self, batch: &VecDeque<Queued>) {
+        let stats = &self.hub.stats;
+        let now = Instant::now();
+        let mut forwarded = 0;
+        stats
+            .relay_latency
+            .observe_durations(batch.iter().filter_map(|item| {
+                let accepted = item.accepted_at?;
+                forwarded += 1;
+                Some(now.saturating_duration_since(accepted))
+            }));
+        stats.written.add(forwarded);
+        stats.batch_sizes.observe(batch.len() as f64);
     }
 
     /// Answers the envelopes of a batch the transport failed to write.
@@ -464,7 +480,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.leave();
         self.hub.store.touch(&self.origin.user);
-        self.hub.stats.connections_closed.inc();
+        self.hub.stats.detached(self.transport);
     }
 }
 

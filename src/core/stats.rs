@@ -1,17 +1,21 @@
-//! Counters that make the delivery guarantee checkable from outside.
+//! Counters that make the delivery guarantee checkable from outside, and
+//! the operational figures `/metrics` exposes.
 //!
 //! Every inbound frame ends in exactly one of: after-close (not accepted),
 //! invalid, rate-limited, target-not-found, target-slow, to-gateway, or
-//! forwarded; every forwarded envelope ends
-//! written, undelivered (reported to its sender) or undelivered (sender
-//! already gone), or is still queued. `/v1/stats` exposes these so the soak
-//! test can check that the sums add up.
+//! forwarded; every forwarded envelope ends written, undelivered (reported
+//! to its sender) or undelivered (sender already gone), or is still queued.
+//! `/v1/stats` exposes these so the soak test can check that the sums add
+//! up; `/metrics` exposes the same atomics, so the two never disagree.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::wire::{CloseReason, PreSessionClose};
+use super::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS, SETUP_BOUNDS};
+use super::registry::Transport;
+use super::wire::{CloseReason, ErrorType, PreSessionClose};
 
 /// A monotonically increasing counter.
 #[derive(Debug, Default)]
@@ -34,8 +38,106 @@ impl Counter {
     }
 }
 
+/// How `POST /v1/register` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationOutcome {
+    /// A new identity.
+    Created,
+    /// The owner took its name back.
+    Reclaimed,
+    /// Someone else's name.
+    Taken,
+    /// The name breaks the rules.
+    Invalid,
+    /// A cap, or registration closed (`--auth jwt`).
+    Refused,
+    /// The store could not be written.
+    Failed,
+}
+
+impl RegistrationOutcome {
+    /// Every outcome.
+    pub const ALL: [RegistrationOutcome; 6] = [
+        RegistrationOutcome::Created,
+        RegistrationOutcome::Reclaimed,
+        RegistrationOutcome::Taken,
+        RegistrationOutcome::Invalid,
+        RegistrationOutcome::Refused,
+        RegistrationOutcome::Failed,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RegistrationOutcome::Created => "created",
+            RegistrationOutcome::Reclaimed => "reclaimed",
+            RegistrationOutcome::Taken => "taken",
+            RegistrationOutcome::Invalid => "invalid",
+            RegistrationOutcome::Refused => "refused",
+            RegistrationOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What kind of token was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A registered identity's token.
+    Token,
+    /// An application's JWT.
+    Jwt,
+}
+
+impl AuthMethod {
+    /// Every method.
+    pub const ALL: [AuthMethod; 2] = [AuthMethod::Token, AuthMethod::Jwt];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Token => "token",
+            AuthMethod::Jwt => "jwt",
+        }
+    }
+}
+
+/// How a token check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Accepted.
+    Accepted,
+    /// Refused (unknown, expired, bad signature...).
+    Refused,
+    /// Identities could not be read.
+    Failed,
+}
+
+impl AuthOutcome {
+    /// Every outcome.
+    pub const ALL: [AuthOutcome; 3] = [
+        AuthOutcome::Accepted,
+        AuthOutcome::Refused,
+        AuthOutcome::Failed,
+    ];
+
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthOutcome::Accepted => "accepted",
+            AuthOutcome::Refused => "refused",
+            AuthOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Close reasons plus one slot for connections the client ended.
+const CLOSE_SLOTS: usize = CloseReason::ALL.len() + 1;
+
+/// Per transport: indexed by [`Transport::index`].
+type PerTransport<T> = [T; Transport::ALL.len()];
+
 /// The gateway's counters since start.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Connections attached to a user.
     pub connections_opened: Counter,
@@ -69,27 +171,184 @@ pub struct Stats {
     /// QUIC handshakes answered with a Retry, to make the client prove its
     /// address before it gets any state.
     pub quic_retries: Counter,
-    closes: [Counter; CloseReason::ALL.len()],
+    /// Time from an envelope's acceptance to its write on the target's
+    /// connection.
+    pub relay_latency: Histogram<{ LATENCY_BOUNDS.len() }>,
+    /// Envelopes written per flush.
+    pub batch_sizes: Histogram<{ BATCH_BOUNDS.len() }>,
+    setup: PerTransport<Histogram<{ SETUP_BOUNDS.len() }>>,
+    live: PerTransport<AtomicI64>,
+    opened: PerTransport<Counter>,
+    closed: PerTransport<[Counter; CLOSE_SLOTS]>,
+    bytes_in: PerTransport<Counter>,
+    bytes_out: PerTransport<Counter>,
     pre_session_closes: [Counter; PreSessionClose::ALL.len()],
+    refused: [Counter; crate::core::Refusal::CAUSES.len()],
+    errors_sent: [Counter; ErrorType::ALL.len()],
+    registrations: [Counter; RegistrationOutcome::ALL.len()],
+    authentications: [[Counter; AuthOutcome::ALL.len()]; AuthMethod::ALL.len()],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            connections_opened: Counter::default(),
+            connections_closed: Counter::default(),
+            frames_received: Counter::default(),
+            after_close: Counter::default(),
+            invalid: Counter::default(),
+            rate_limited: Counter::default(),
+            target_not_found: Counter::default(),
+            target_slow: Counter::default(),
+            forwarded: Counter::default(),
+            to_gateway: Counter::default(),
+            written: Counter::default(),
+            undelivered_reported: Counter::default(),
+            undelivered_unreported: Counter::default(),
+            replies_dropped: Counter::default(),
+            quic_retries: Counter::default(),
+            relay_latency: Histogram::new(&LATENCY_BOUNDS),
+            batch_sizes: Histogram::new(&BATCH_BOUNDS),
+            setup: [const { Histogram::new(&SETUP_BOUNDS) }; Transport::ALL.len()],
+            live: Default::default(),
+            opened: Default::default(),
+            closed: Default::default(),
+            bytes_in: Default::default(),
+            bytes_out: Default::default(),
+            pre_session_closes: Default::default(),
+            refused: Default::default(),
+            errors_sent: Default::default(),
+            registrations: Default::default(),
+            authentications: Default::default(),
+        }
+    }
+}
+
+fn position<T: PartialEq>(all: &[T], item: &T) -> usize {
+    all.iter().position(|x| x == item).unwrap_or(0)
 }
 
 impl Stats {
-    /// Counts a connection closed by the gateway for `reason`.
-    pub fn closed_for(&self, reason: CloseReason) {
-        if let Some(index) = CloseReason::ALL.iter().position(|r| *r == reason) {
-            self.closes[index].inc();
-        }
+    /// Counts a connection attached on `transport`.
+    pub fn attached(&self, transport: Transport) {
+        self.connections_opened.inc();
+        self.opened[transport.index()].inc();
+        self.live[transport.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an attached connection gone.
+    pub fn detached(&self, transport: Transport) {
+        self.connections_closed.inc();
+        self.live[transport.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection on `transport` that ended: closed by the gateway
+    /// for `reason`, or by the client (`None`).
+    pub fn closed_for(&self, transport: Transport, reason: Option<CloseReason>) {
+        let slot = reason.map_or(CloseReason::ALL.len(), |r| position(&CloseReason::ALL, &r));
+        self.closed[transport.index()][slot].inc();
     }
 
     /// Counts a QUIC connection closed before it authenticated a session.
     pub fn pre_session_closed(&self, why: PreSessionClose) {
-        if let Some(index) = PreSessionClose::ALL.iter().position(|w| *w == why) {
-            self.pre_session_closes[index].inc();
-        }
+        self.pre_session_closes[position(&PreSessionClose::ALL, &why)].inc();
+    }
+
+    /// Counts a refused admission, by cause.
+    pub fn refusal(&self, cause: &str) {
+        self.refused[position(&crate::core::Refusal::CAUSES, &cause)].inc();
+    }
+
+    /// Counts an error envelope sent.
+    pub fn error_sent(&self, error: ErrorType) {
+        self.errors_sent[position(&ErrorType::ALL, &error)].inc();
+    }
+
+    /// Counts a registration.
+    pub fn registration(&self, outcome: RegistrationOutcome) {
+        self.registrations[position(&RegistrationOutcome::ALL, &outcome)].inc();
+    }
+
+    /// Counts a token check.
+    pub fn authentication(&self, method: AuthMethod, outcome: AuthOutcome) {
+        self.authentications[position(&AuthMethod::ALL, &method)]
+            [position(&AuthOutcome::ALL, &outcome)]
+        .inc();
+    }
+
+    /// Counts bytes read from a connection.
+    pub fn received(&self, transport: Transport, bytes: usize) {
+        self.bytes_in[transport.index()].add(bytes as u64);
+    }
+
+    /// Counts bytes written to a connection.
+    pub fn sent(&self, transport: Transport, bytes: usize) {
+        self.bytes_out[transport.index()].add(bytes as u64);
+    }
+
+    /// The set-up time histogram of `transport`.
+    pub fn setup(&self, transport: Transport) -> &Histogram<{ SETUP_BOUNDS.len() }> {
+        &self.setup[transport.index()]
+    }
+
+    /// Live connections on `transport`.
+    pub fn live(&self, transport: Transport) -> i64 {
+        self.live[transport.index()].load(Ordering::Relaxed)
+    }
+
+    /// Connections attached on `transport`.
+    pub fn opened(&self, transport: Transport) -> u64 {
+        self.opened[transport.index()].get()
+    }
+
+    /// Connections on `transport` that ended for `reason` (`None`: the client).
+    pub fn closed(&self, transport: Transport, reason: Option<CloseReason>) -> u64 {
+        let slot = reason.map_or(CloseReason::ALL.len(), |r| position(&CloseReason::ALL, &r));
+        self.closed[transport.index()][slot].get()
+    }
+
+    /// Bytes read on `transport`.
+    pub fn bytes_in(&self, transport: Transport) -> u64 {
+        self.bytes_in[transport.index()].get()
+    }
+
+    /// Bytes written on `transport`.
+    pub fn bytes_out(&self, transport: Transport) -> u64 {
+        self.bytes_out[transport.index()].get()
+    }
+
+    /// QUIC connections closed before authenticating, for `why`.
+    pub fn pre_session_closes(&self, why: PreSessionClose) -> u64 {
+        self.pre_session_closes[position(&PreSessionClose::ALL, &why)].get()
+    }
+
+    /// Admissions refused for `cause`.
+    pub fn refused(&self, cause: &str) -> u64 {
+        self.refused[position(&crate::core::Refusal::CAUSES, &cause)].get()
+    }
+
+    /// Error envelopes of `error` sent.
+    pub fn errors_sent(&self, error: ErrorType) -> u64 {
+        self.errors_sent[position(&ErrorType::ALL, &error)].get()
+    }
+
+    /// Registrations that ended in `outcome`.
+    pub fn registrations(&self, outcome: RegistrationOutcome) -> u64 {
+        self.registrations[position(&RegistrationOutcome::ALL, &outcome)].get()
+    }
+
+    /// Token checks of `method` that ended in `outcome`.
+    pub fn authentications(&self, method: AuthMethod, outcome: AuthOutcome) -> u64 {
+        self.authentications[position(&AuthMethod::ALL, &method)]
+            [position(&AuthOutcome::ALL, &outcome)]
+        .get()
     }
 
     /// A serialisable copy of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
+        let nonzero = |pairs: Vec<(&'static str, u64)>| -> BTreeMap<&'static str, u64> {
+            pairs.into_iter().filter(|(_, count)| *count > 0).collect()
+        };
         StatsSnapshot {
             connections_opened: self.connections_opened.get(),
             connections_closed: self.connections_closed.get(),
@@ -105,19 +364,25 @@ impl Stats {
             undelivered_reported: self.undelivered_reported.get(),
             undelivered_unreported: self.undelivered_unreported.get(),
             replies_dropped: self.replies_dropped.get(),
-            closes: CloseReason::ALL
-                .iter()
-                .zip(&self.closes)
-                .map(|(reason, count)| (reason.reason(), count.get()))
-                .filter(|(_, count)| *count > 0)
-                .collect(),
+            closes: nonzero(
+                CloseReason::ALL
+                    .iter()
+                    .map(|reason| {
+                        let count = Transport::ALL
+                            .iter()
+                            .map(|t| self.closed(*t, Some(*reason)))
+                            .sum();
+                        (reason.reason(), count)
+                    })
+                    .collect(),
+            ),
             quic_retries: self.quic_retries.get(),
-            pre_session_closes: PreSessionClose::ALL
-                .iter()
-                .zip(&self.pre_session_closes)
-                .map(|(why, count)| (why.reason(), count.get()))
-                .filter(|(_, count)| *count > 0)
-                .collect(),
+            pre_session_closes: nonzero(
+                PreSessionClose::ALL
+                    .iter()
+                    .map(|why| (why.reason(), self.pre_session_closes(*why)))
+                    .collect(),
+            ),
         }
     }
 }
@@ -154,10 +419,10 @@ pub struct StatsSnapshot {
     /// See [`Stats::replies_dropped`].
     pub replies_dropped: u64,
     /// Connections the gateway closed, by close reason.
-    pub closes: std::collections::BTreeMap<&'static str, u64>,
+    pub closes: BTreeMap<&'static str, u64>,
     /// See [`Stats::quic_retries`].
     pub quic_retries: u64,
     /// QUIC connections closed before they authenticated a session, by
     /// reason.
-    pub pre_session_closes: std::collections::BTreeMap<&'static str, u64>,
+    pub pre_session_closes: BTreeMap<&'static str, u64>,
 }

@@ -28,6 +28,7 @@ pub(crate) fn connect(hub: &Arc<Hub>, user: &str) -> Session {
         Authenticated::for_tests(hub, user),
         Transport::WebSocket,
         LOCAL,
+        std::time::Instant::now(),
     )
     .unwrap()
 }

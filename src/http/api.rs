@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::auth::{self, TOKEN_COOKIE, USERNAME_COOKIE};
+use crate::core::stats::RegistrationOutcome;
 use crate::core::store::{Registration, StoreError};
 use crate::core::wire::HttpError;
 use crate::core::{AuthError, Refusal, RegisterError, Report, Users};
@@ -170,21 +171,18 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// `POST /v1/register` with `{"username": string}`.
-pub(crate) async fn register(
-    State(ctx): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+/// The body of `POST /v1/register`, or why it is not one.
+async fn register_request(
+    ctx: &AppState,
+    headers: &HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    let client = ctx.proxies.client(peer.ip(), &headers);
-    ctx.hub.check_register_rate(client.ip)?;
-    if !is_json(&headers) {
+) -> Result<RegisterRequest, ApiError> {
+    if !is_json(headers) {
         return Err(ApiError::invalid(
             "invalid body: Content-Type must be application/json",
         ));
     }
-    let body = read_body(&ctx, body).await?;
+    let body = read_body(ctx, body).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid(
             "invalid body: empty; send {\"username\": \"...\"}",
@@ -196,8 +194,25 @@ pub(crate) async fn register(
             "invalid body: expected a JSON object like {\"username\": \"...\"}",
         ));
     }
-    let request: RegisterRequest = serde_json::from_slice(&body)
-        .map_err(|err| ApiError::invalid(format!("invalid body: {err}")))?;
+    serde_json::from_slice(&body).map_err(|err| ApiError::invalid(format!("invalid body: {err}")))
+}
+
+/// `POST /v1/register` with `{"username": string}`.
+pub(crate) async fn register(
+    State(ctx): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let client = ctx.proxies.client(peer.ip(), &headers);
+    ctx.hub.check_register_rate(client.ip)?;
+    let request = match register_request(&ctx, &headers, body).await {
+        Ok(request) => request,
+        Err(err) => {
+            ctx.hub.stats().registration(RegistrationOutcome::Invalid);
+            return Err(err);
+        }
+    };
     let presented = auth::session_token(&headers, None);
     let registration = ctx
         .hub

@@ -3,6 +3,7 @@
 
 mod api;
 mod assets;
+mod ops;
 mod read_ahead;
 mod serve;
 mod websocket;
@@ -24,6 +25,7 @@ use crate::core::Hub;
 use crate::core::wire::HttpError;
 
 pub(crate) use api::error_response;
+pub use ops::{Operations, router as operations_router};
 pub use serve::{TcpLimits, serve_tcp};
 pub use websocket::WebSocketSettings;
 
@@ -90,6 +92,8 @@ pub struct HttpContext {
     pub websocket: WebSocketSettings,
     /// What `GET /v1/user` answers for a missing or unknown token.
     pub unknown_user_status: UnknownUserStatus,
+    /// Metrics and probes.
+    pub operations: Operations,
 }
 
 impl HttpContext {
@@ -134,6 +138,7 @@ pub fn router(ctx: AppState) -> Router {
                 .route("/v1/kick-active-users", get(api::kick).post(api::kick))
                 .route("/v1/users", get(api::list_users).delete(api::delete_users))
                 .route("/v1/stats", get(api::stats))
+                .merge(ops::metrics(ctx.operations.clone()))
                 .route_layer(middleware::from_fn_with_state(
                     ctx.clone(),
                     api::admin_guard,
@@ -146,6 +151,7 @@ pub fn router(ctx: AppState) -> Router {
 
     let mut app = Router::new()
         .route("/healthcheck", get(api::healthcheck))
+        .merge(ops::probes(ctx.operations.clone()))
         .route("/v1/cert-hash", get(api::cert_hash))
         .merge(assets::routes())
         .merge(guarded)
@@ -199,11 +205,12 @@ mod tests {
     }
 
     fn app_with(admin_token: Option<&str>, secure: bool) -> Router {
+        let hub = Hub::new(
+            Limits::default(),
+            crate::core::Identities::in_memory(&Limits::default()),
+        );
         router(Arc::new(HttpContext {
-            hub: Hub::new(
-                Limits::default(),
-                crate::core::Identities::in_memory(&Limits::default()),
-            ),
+            hub: hub.clone(),
             origins: OriginPolicy::default(),
             admin_token: admin_token.map(str::to_owned),
             proxies: ProxyPolicy::default(),
@@ -219,6 +226,7 @@ mod tests {
             body_timeout: std::time::Duration::from_secs(1),
             websocket: WebSocketSettings::default(),
             unknown_user_status: UnknownUserStatus::default(),
+            operations: Operations::new(hub.clone()),
         }))
     }
 

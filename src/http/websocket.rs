@@ -89,6 +89,7 @@ pub(crate) async fn connect(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
 ) -> Response {
+    let started = std::time::Instant::now();
     let headers = request.headers();
     let accept = match accept_key(headers) {
         Ok(accept) => accept,
@@ -135,6 +136,7 @@ pub(crate) async fn connect(
         admission,
         user,
         client,
+        started,
     ));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -159,6 +161,7 @@ fn run(
     admission: Admission,
     user: Option<Authenticated>,
     client: IpAddr,
+    started: std::time::Instant,
 ) -> impl Future<Output = ()> {
     async move {
         let upgraded = match on_upgrade.await {
@@ -180,12 +183,13 @@ fn run(
             },
             last_heard: Instant::now(),
             watch: MessageWatch::default(),
+            reported: 0,
         };
         // The token was checked before the upgrade; attaching checks that
         // nothing revoked it since.
         let attached = user
             .ok_or(CloseReason::Unauthenticated)
-            .and_then(|user| hub.attach(admission, user, Transport::WebSocket, client));
+            .and_then(|user| hub.attach(admission, user, Transport::WebSocket, client, started));
         let session = match attached {
             Ok(session) => session,
             Err(reason) => {
@@ -264,6 +268,8 @@ struct WsLink {
     timeouts: Timeouts,
     last_heard: Instant,
     watch: MessageWatch,
+    /// Socket bytes already counted in the gateway's books.
+    reported: u64,
 }
 
 /// What one message read means for the loop.
@@ -319,6 +325,7 @@ impl WsLink {
 }
 
 impl Link for WsLink {
+    const TRANSPORT: Transport = Transport::WebSocket;
     type Error = tungstenite::Error;
 
     /// Takes every frame tungstenite already holds, up to a batch, after
@@ -326,20 +333,24 @@ impl Link for WsLink {
     async fn read(&mut self, session: &Session) -> Read {
         let mut message = self.socket.next().await;
         self.last_heard = Instant::now();
-        let mut taken = 0;
+        let mut frames = 0;
         loop {
             if let Step::Stop(read) = self.handle(session, message) {
                 return read;
             }
-            taken += 1;
-            if taken == READ_BATCH {
-                return Read::Frames(taken);
+            frames += 1;
+            if frames == READ_BATCH {
+                break;
             }
             match self.socket.next().now_or_never() {
                 Some(next) => message = next,
-                None => return Read::Frames(taken),
+                None => break,
             }
         }
+        let read = self.socket.get_ref().read;
+        let bytes = usize::try_from(read - self.reported).unwrap_or(usize::MAX);
+        self.reported = read;
+        Read::Frames { frames, bytes }
     }
 
     /// Feeds the batch to tungstenite's write buffer and flushes it: one

@@ -258,10 +258,12 @@ type H3Stream = RequestStream<MeteredBidi, Bytes>;
 type Session3 = h3_webtransport::server::WebTransportSession<MeteredConnection, Bytes>;
 
 /// A session whose CONNECT was authorized, ready for its stream.
-struct Authorized {
-    session: Session3,
-    user: Authenticated,
-    admission: Admission,
+pub(super) struct Authorized {
+    /// Boxed: it owns the HTTP/3 connection, which must live as long as the
+    /// session, and is large.
+    pub(super) session: Box<Session3>,
+    pub(super) user: Authenticated,
+    pub(super) admission: Admission,
 }
 
 /// Runs a connection's whole pre-session phase — QUIC handshake, HTTP/3
@@ -273,6 +275,7 @@ async fn handle_connection(
     pending: PendingAdmission,
     ctx: Arc<WebTransportContext>,
 ) -> Result<(), ConnectionError> {
+    let started = std::time::Instant::now();
     let peer = incoming.remote_address();
     let hub = &ctx.hub;
     let deadline = tokio::time::Instant::now() + hub.limits().handshake_timeout;
@@ -309,12 +312,11 @@ async fn handle_connection(
     // The session gets a task of its own, holding only what it needs; this
     // one, with the whole handshake's state, ends.
     tokio::spawn(session::run(
-        Box::new(authorized.session),
+        authorized,
         conn,
-        authorized.user,
-        authorized.admission,
         meter,
         peer,
+        started,
         hub.clone(),
     ));
     Ok(())
@@ -386,7 +388,7 @@ async fn pre_session(
                     }
                     let session = Session3::accept(request, stream, h3).await?;
                     return Ok(Authorized {
-                        session,
+                        session: Box::new(session),
                         user,
                         admission,
                     });

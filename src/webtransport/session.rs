@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h3::quic::{BidiStream as _, RecvStream as _};
@@ -16,12 +16,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::Instrument;
 
+use super::Authorized;
 use super::metered::{Meter, MeteredBidi, MeteredConnection, MeteredRecv};
 use crate::connection::lines::LineFramer;
 use crate::connection::{self, Link, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
-use crate::core::{Admission, Authenticated, CloseReason, Hub, Session, Transport};
+use crate::core::{CloseReason, Hub, Session, Transport};
 
 type Session3 = WebTransportSession<MeteredConnection, Bytes>;
 type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -49,15 +50,19 @@ pub(super) fn close_connection(conn: &quinn::Connection, reason: CloseReason) {
     reason = "an async fn would hold its arguments twice for the session's life"
 )]
 pub(super) fn run(
-    session: Box<Session3>,
+    authorized: Authorized,
     conn: quinn::Connection,
-    user: Authenticated,
-    admission: Admission,
     meter: Meter,
     peer: SocketAddr,
+    started: Instant,
     hub: Arc<Hub>,
 ) -> impl Future<Output = ()> {
     async move {
+        let Authorized {
+            session,
+            user,
+            admission,
+        } = authorized;
         let limits = hub.limits();
         let waited = tokio::select! {
             // Boxed: accepting streams takes a large future, needed only here.
@@ -71,7 +76,7 @@ pub(super) fn run(
             Ok(None) => return,
             Err(reason) => {
                 tracing::debug!(user = %user.user, reason = reason.reason(), "closed before its stream");
-                connection::closed_without_link(&hub, reason);
+                connection::closed_without_link(&hub, Transport::WebTransport, reason);
                 close_connection(&conn, reason);
                 return;
             }
@@ -89,7 +94,7 @@ pub(super) fn run(
         };
         // The token was checked at the CONNECT; attaching checks that
         // nothing revoked it since.
-        let core = match hub.attach(admission, user, Transport::WebTransport, peer.ip()) {
+        let core = match hub.attach(admission, user, Transport::WebTransport, peer.ip(), started) {
             Ok(core) => core,
             Err(reason) => {
                 connection::refuse(link, reason, &hub).await;
@@ -150,6 +155,7 @@ struct WtLink {
 
 impl Link for WtLink {
     type Error = std::io::Error;
+    const TRANSPORT: Transport = Transport::WebTransport;
 
     /// The next chunk of the client's stream, its complete lines handed to
     /// the session; streams the client opens beside it are refused at once,
@@ -160,6 +166,7 @@ impl Link for WtLink {
                 data = poll_fn(|cx| self.recv.poll_data(cx)) => return match data {
                     Ok(Some(mut chunk)) => {
                         let chunk = chunk.copy_to_bytes(chunk.remaining());
+                        let bytes = chunk.len();
                         let mut lines = 0;
                         let fed = self.framer.feed(chunk, |line| {
                             lines += 1;
@@ -169,7 +176,7 @@ impl Link for WtLink {
                             self.reading = false;
                             return Read::Close(CloseReason::MessageTooBig);
                         }
-                        Read::Frames(lines)
+                        Read::Frames { frames: lines, bytes }
                     }
                     // The client finished its stream or the session is gone.
                     Ok(None) | Err(_) => {

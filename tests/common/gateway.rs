@@ -45,6 +45,8 @@ pub struct Addrs {
 /// A running gateway (dereferences to its [`Addrs`]).
 pub struct TestGateway {
     pub addrs: Addrs,
+    /// The `--metrics-listen` address, when one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     pub certs: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -69,6 +71,7 @@ impl TestGateway {
         let http = gateway.http_addrs()[0];
         let wt = gateway.webtransport_addrs()[0];
         let hub = gateway.hub().clone();
+        let metrics_addr = gateway.metrics_addr();
         let hex = &gateway.cert().sha256_hex;
         let mut cert_sha256 = [0u8; 32];
         for (i, byte) in cert_sha256.iter_mut().enumerate() {
@@ -91,6 +94,7 @@ impl TestGateway {
                 cert_sha256,
                 cert_der,
             },
+            metrics_addr,
             hub,
             certs,
             stop: Some(stop),
