@@ -20,6 +20,8 @@
 //!   database that survives restarts).
 //! - [`jwt`]: verifies the JWTs an application issues (secret, public key
 //!   or JWKS).
+//! - [`turn`]: the ICE servers handed to clients, with TURN credentials
+//!   minted per user (the TURN REST API scheme coturn implements).
 //! - [`auth`]: tokens, cookies and origins, shared by both transports.
 //! - [`tls`]: development and production certificates (rustls + rcgen).
 //! - [`config`]: command line and environment.
@@ -35,4 +37,5 @@ pub mod jwt;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod turn;
 pub mod webtransport;

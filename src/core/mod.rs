@@ -4,6 +4,7 @@
 
 pub mod envelope;
 pub mod hub;
+pub mod ice;
 pub mod limits;
 pub mod outbox;
 pub mod registry;
@@ -20,6 +21,7 @@ pub use hub::{
     Admission, AuthError, Authenticated, Hub, Identities, PendingAdmission, Refusal, RegisterError,
     Report, Users,
 };
+pub use ice::{IceConfig, IceServer, IceServers};
 pub use limits::Limits;
 pub use registry::Transport;
 pub use session::{AfterWrite, Session, WriteError, write_within};

@@ -151,6 +151,12 @@ mod tests {
             hub: Hub::new(
                 Limits::default(),
                 crate::core::Identities::in_memory(&Limits::default()),
+                Arc::new(crate::turn::IceProvider::new(
+                    Vec::new(),
+                    Vec::new(),
+                    None,
+                    std::time::Duration::from_secs(3600),
+                )),
             ),
             origins: OriginPolicy::default(),
             admin_token: admin_token.map(str::to_owned),
