@@ -183,8 +183,8 @@ pub enum HttpError {
     /// A malformed request: bad registration body or name, bad WebSocket
     /// handshake.
     Invalid,
-    /// An admin route without the admin token; a WebTransport CONNECT
-    /// without a valid token.
+    /// An admin route without the admin token; a WebTransport CONNECT or
+    /// `GET /v1/ice-servers` without a valid token.
     Unauthorized,
     /// A foreign origin, or an admin route the request may not use.
     Forbidden,

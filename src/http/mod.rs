@@ -68,12 +68,13 @@ pub struct HttpContext {
 pub type AppState = Arc<HttpContext>;
 
 /// The complete HTTP application. Routes that act on an identity (register,
-/// user, connect, admin) refuse foreign origins; the web app and health
+/// user, ICE servers, connect, admin) refuse foreign origins; the web app and health
 /// check are public.
 pub fn router(ctx: AppState) -> Router {
     let guarded = Router::new()
         .route("/v1/register", axum::routing::post(api::register))
         .route("/v1/user", get(api::user))
+        .route("/v1/ice-servers", get(api::ice_servers))
         .route("/v1/connect", get(websocket::connect))
         .merge(
             Router::new()
