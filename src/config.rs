@@ -306,9 +306,9 @@ pub struct IceArgs {
     pub turn_secret_file: Option<PathBuf>,
 
     /// How long minted TURN credentials stay valid (whole seconds, at least
-    /// 1s); clients fetch fresh ones before then. A relayed call needs valid
-    /// credentials to keep its TURN allocation, so make it longer than calls
-    /// last.
+    /// 1s); clients fetch fresh ones before then. coturn checks it when a
+    /// call makes its relay allocation; the allocation then lasts as long as
+    /// the call.
     #[arg(long, env = "SIGNAL_TURN_TTL", default_value = "1h", value_parser = nonzero_duration)]
     pub turn_ttl: Duration,
 }

@@ -657,8 +657,9 @@ export class SignalClient extends EventTarget {
 
   /**
    * Takes a list of ICE servers from the gateway and schedules its
-   * refresh at half the credentials' life: a call started on them then
-   * has at least that long before its TURN server stops taking them.
+   * refresh at half the credentials' life, so a peer connection made from
+   * the list has at least that long to make its TURN allocations (an ICE
+   * restart makes new ones).
    * @param {IceConfig} ice
    */
   #useIceServers(ice) {
