@@ -19,6 +19,7 @@ use crate::core::token::AuthMode;
 use crate::http::UnknownUserStatus;
 use crate::jwt::{Claims, KeySource};
 use crate::store::StoreKind;
+use crate::turn::{self, IceProvider, UrlKind};
 
 /// A WebRTC signaling gateway: register a name, connect over WebSocket or
 /// WebTransport, and trade offers, answers and ICE candidates with other
@@ -144,6 +145,10 @@ pub struct Config {
     /// Identities.
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    /// ICE servers and TURN.
+    #[command(flatten)]
+    pub ice: IceArgs,
 
     /// Limits.
     #[command(flatten)]
@@ -274,6 +279,7 @@ impl IdentityArgs {
         }
         if let Some(path) = &self.jwt_secret_file {
             let secret = std::fs::read(path).map_err(|err| ConfigError::SecretFile {
+                flag: "--jwt-secret-file",
                 path: path.clone(),
                 reason: err.to_string(),
             })?;
@@ -328,6 +334,100 @@ fn secret_source(secret: Vec<u8>, flag: &'static str) -> Result<KeySource, Confi
         return Err(ConfigError::WeakSecret(flag));
     }
     Ok(KeySource::Secret(secret))
+}
+
+/// The ICE servers handed to clients, as flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "ICE servers and TURN")]
+pub struct IceArgs {
+    /// STUN server URL handed to clients, `stun:host[:port]` (repeatable, or
+    /// comma-separated).
+    #[arg(long = "stun-url", env = "SIGNAL_STUN_URL", value_delimiter = ',')]
+    pub stun_urls: Vec<String>,
+
+    /// TURN server URL handed to clients with credentials minted for each
+    /// user, `turn:host[:port][?transport=udp|tcp]` or `turns:…` (repeatable,
+    /// or comma-separated); needs --turn-secret.
+    #[arg(long = "turn-url", env = "SIGNAL_TURN_URL", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+
+    /// The secret shared with the TURN server (coturn's static-auth-secret,
+    /// with use-auth-secret); TURN credentials are HMACs made with it.
+    #[arg(
+        long,
+        env = "SIGNAL_TURN_SECRET",
+        hide_env_values = true,
+        group = "turn_secret_source"
+    )]
+    pub turn_secret: Option<String>,
+
+    /// File holding the TURN secret (trailing newline ignored).
+    #[arg(long, env = "SIGNAL_TURN_SECRET_FILE", group = "turn_secret_source")]
+    pub turn_secret_file: Option<PathBuf>,
+
+    /// How long minted TURN credentials stay valid (whole seconds, at least
+    /// 1s); clients fetch fresh ones before then. coturn checks it when a
+    /// call makes its relay allocation; the allocation then lasts as long as
+    /// the call.
+    #[arg(long, env = "SIGNAL_TURN_TTL", default_value = "1h", value_parser = nonzero_duration)]
+    pub turn_ttl: Duration,
+}
+
+impl IceArgs {
+    /// Checks the URLs and that TURN URLs and a secret come together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        for (urls, kind, flag) in [
+            (&self.stun_urls, UrlKind::Stun, "--stun-url"),
+            (&self.turn_urls, UrlKind::Turn, "--turn-url"),
+        ] {
+            for url in urls {
+                turn::check_url(url, kind).map_err(|reason| ConfigError::IceUrl {
+                    flag,
+                    url: url.clone(),
+                    reason,
+                })?;
+            }
+        }
+        let has_secret = self.turn_secret.is_some() || self.turn_secret_file.is_some();
+        match (self.turn_urls.is_empty(), has_secret) {
+            (false, false) => Err(ConfigError::Turn(
+                "--turn-url needs --turn-secret (or SIGNAL_TURN_SECRET, or --turn-secret-file): the secret coturn has as static-auth-secret",
+            )),
+            (true, true) => Err(ConfigError::Turn(
+                "--turn-secret without --turn-url: name the TURN servers the credentials are for",
+            )),
+            _ if self.turn_ttl < Duration::from_secs(1) => Err(ConfigError::Turn(
+                "--turn-ttl must be at least 1s: TURN credentials expire in whole seconds",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The ICE servers to hand out, reading the secret file if there is one.
+    pub fn provider(&self) -> Result<IceProvider, ConfigError> {
+        self.check()?;
+        let secret = match (&self.turn_secret, &self.turn_secret_file) {
+            (Some(secret), _) => Some(secret.as_bytes().to_vec()),
+            (None, Some(path)) => {
+                let secret = std::fs::read(path).map_err(|err| ConfigError::SecretFile {
+                    flag: "--turn-secret-file",
+                    path: path.clone(),
+                    reason: err.to_string(),
+                })?;
+                Some(secret.trim_ascii_end().to_vec())
+            }
+            (None, None) => None,
+        };
+        if secret.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::Turn("the TURN secret is empty"));
+        }
+        Ok(IceProvider::new(
+            self.stun_urls.clone(),
+            self.turn_urls.clone(),
+            secret.as_deref(),
+            self.turn_ttl,
+        ))
+    }
 }
 
 /// The limits, as flags.
@@ -507,9 +607,11 @@ pub enum ConfigError {
     /// An --allow-origin value is not an origin.
     #[error("--allow-origin {0:?} is not an origin like https://example.com or *")]
     BadOrigin(String),
-    /// The JWT secret file cannot be read.
-    #[error("--jwt-secret-file {path}: {reason}")]
+    /// A secret file cannot be read.
+    #[error("{flag} {path}: {reason}")]
     SecretFile {
+        /// The flag that names it.
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -521,6 +623,19 @@ pub enum ConfigError {
     /// The JWKS URL is not an HTTP(S) URL.
     #[error("--jwks-url {0:?} is not an http:// or https:// URL")]
     JwksUrl(String),
+    /// An ICE server URL is malformed.
+    #[error("{flag} {url:?}: {reason}")]
+    IceUrl {
+        /// `--stun-url` or `--turn-url`.
+        flag: &'static str,
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TURN settings do not fit together.
+    #[error("{0}")]
+    Turn(&'static str),
     /// `--auth` does not fit the JWT settings.
     #[error("{0}")]
     AuthMismatch(&'static str),
@@ -563,6 +678,7 @@ impl Config {
                 return Err(ConfigError::BadOrigin(origin.clone()));
             }
         }
+        self.ice.check()?;
         let limits = &self.limits;
         let needed = limits
             .max_header_bytes
@@ -731,6 +847,81 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+
+    #[test]
+    fn ice_settings_are_checked() {
+        let config = Config::from_args([
+            "--stun-url",
+            "stun:stun.example.net:3478",
+            "--turn-url",
+            "turn:127.0.0.1:3478?transport=udp,turns:turn.example.net:443?transport=tcp",
+            "--turn-secret",
+            "s3cret",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.ice.turn_urls.len(), 2);
+        assert_eq!(config.ice.turn_ttl, Duration::from_secs(3600), "default");
+        let list = crate::core::IceServers::for_user(
+            &config.ice.provider().unwrap(),
+            "alice",
+            std::time::SystemTime::now(),
+        );
+        assert_eq!(list.ice_servers.len(), 2);
+
+        let refused = |args: &[&str], expected: &str| {
+            let config = Config::from_args(args).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        };
+        refused(&["--turn-url", "turn:127.0.0.1"], "needs --turn-secret");
+        refused(&["--turn-secret", "s3cret"], "without --turn-url");
+        refused(
+            &["--stun-url", "turn:127.0.0.1"],
+            "--stun-url \"turn:127.0.0.1\"",
+        );
+        refused(
+            &[
+                "--turn-url",
+                "turn:host?transport=sctp",
+                "--turn-secret",
+                "x",
+            ],
+            "?transport=udp or ?transport=tcp",
+        );
+        refused(
+            &[
+                "--turn-url",
+                "turn:h",
+                "--turn-secret",
+                "x",
+                "--turn-ttl",
+                "500ms",
+            ],
+            "at least 1s",
+        );
+        assert!(Config::from_args(["--turn-ttl", "0s"]).is_err());
+        assert!(
+            Config::from_args(["--turn-secret", "a", "--turn-secret-file", "b"]).is_err(),
+            "one source of the secret"
+        );
+
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let path = empty.path().to_str().unwrap();
+        let config =
+            Config::from_args(["--turn-url", "turn:h", "--turn-secret-file", path]).unwrap();
+        config.validate().unwrap();
+        assert!(
+            config
+                .ice
+                .provider()
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        std::fs::write(path, "from-a-file\n").unwrap();
+        config.ice.provider().unwrap();
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! - [`jwt`]: verifies the JWTs an application issues (secret, public key
 //!   or JWKS).
 //! - [`metrics`]: the Prometheus exposition of the core's counters.
+//! - [`turn`]: the ICE servers handed to clients, with TURN credentials
+//!   minted per user (the TURN REST API scheme coturn implements).
 //! - [`auth`]: tokens, cookies and origins, shared by both transports.
 //! - [`tls`]: development and production certificates (rustls + rcgen).
 //! - [`config`]: command line and environment.
@@ -37,4 +39,5 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod turn;
 pub mod webtransport;

@@ -111,7 +111,7 @@ impl Gateway {
         };
         let limits = config.limits.core();
         let identities = identities(&config, &limits).await?;
-        let hub = Hub::new(limits, identities);
+        let hub = Hub::new(limits, identities, Arc::new(config.ice.provider()?));
         let tcp = bind_tcp(config.listen).await?;
         let http_port = tcp
             .first()

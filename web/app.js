@@ -6,8 +6,11 @@
  * to /call.js (the calls, which know no DOM); the gateway only relays the
  * handshake.
  *
- * URL options: `?transport=websocket` preselects a transport, `?ice=stun:host:port`
- * (repeatable) adds ICE servers (the default, none, works on one machine or a LAN).
+ * Calls use the ICE servers the gateway hands out (`client.iceServers`:
+ * STUN, and TURN with credentials it mints; none works on one machine or a
+ * LAN). URL options: `?transport=websocket` preselects a transport,
+ * `?ice=stun:host:port` (repeatable) adds ICE servers, `?relay=1` checks
+ * "Relay calls through TURN only" (`iceTransportPolicy: "relay"`).
  *
  * Paths are relative, so the app also works behind a proxy that serves the
  * gateway under a prefix (e.g. `/api/`).
@@ -30,11 +33,13 @@ import { Phone } from "./call.js";
  * @property {{ attempt: number, delay: number, error: unknown }} reconnecting
  * @property {{ username: string, token: string }} identity
  * @property {Envelope} message
+ * @property {import("./client.js").IceConfig} iceservers
  *
  * @typedef {object} SavedSession what this tab keeps across reloads
  * @property {string} username
  * @property {string} token
  * @property {TransportChoice} transport
+ * @property {boolean} [relay] calls through TURN only
  */
 
 const STORAGE_SESSION = "signal-gateway-demo:session"; // per tab: who this tab is
@@ -44,6 +49,8 @@ const PEOPLE_REFRESH_MS = 3_000;
 const TRANSPORT_LABEL = { webtransport: "WebTransport", websocket: "WebSocket" };
 
 const params = new URLSearchParams(location.search);
+/** ICE servers from `?ice=`, used besides the gateway's. */
+const EXTRA_ICE_SERVERS = params.getAll("ice").map((urls) => ({ urls }));
 /** The gateway: wherever this page was served from (the origin, or a proxy's prefix). */
 const GATEWAY = { baseUrl: new URL(".", location.href).href };
 
@@ -52,6 +59,7 @@ const ui = {
   joinForm: $("join-form", HTMLFormElement),
   name: $("name", HTMLInputElement),
   transportHint: $("transport-hint", HTMLElement),
+  relay: $("relay", HTMLInputElement),
   joinButton: $("join-button", HTMLButtonElement),
   joinError: $("join-error", HTMLElement),
   lobby: $("lobby-view", HTMLElement),
@@ -107,7 +115,7 @@ let peopleListed = true; // false once /v1/users refused us (not on the gateway'
 const phone = new Phone({
   send: signal,
   transport: () => client?.transport ?? null,
-  iceServers: params.getAll("ice").map((urls) => ({ urls })),
+  iceServers: EXTRA_ICE_SERVERS,
 }, {
   state: onCallState,
   interrupted: () => setCallState("connecting", "Connection interrupted, waiting…"),
@@ -127,6 +135,7 @@ const preset = params.get("transport");
 if (preset && ["auto", "webtransport", "websocket"].includes(preset)) {
   transportRadios.value = preset;
 }
+ui.relay.checked = params.get("relay") === "1";
 if (!SignalClient.webTransportSupported) {
   for (const radio of transportRadios) {
     if (radio instanceof HTMLInputElement && radio.value === "webtransport") radio.disabled = true;
@@ -184,6 +193,7 @@ async function resume() {
   const transport = transportOf(saved.transport);
   ui.name.value = saved.username ?? "";
   transportRadios.value = transport;
+  ui.relay.checked ||= saved.relay === true;
   setBusy(true, "Reconnecting…");
   let resumed;
   try {
@@ -243,6 +253,10 @@ async function connect(c, transport) {
   onClientEvent(c, "reconnecting", onReconnecting);
   onClientEvent(c, "identity", onIdentity);
   onClientEvent(c, "message", (envelope) => phone.handle(envelope));
+  onClientEvent(c, "iceservers", ({ iceServers }) => {
+    phone.iceServers = [...iceServers, ...EXTRA_ICE_SERVERS];
+  });
+  phone.iceTransportPolicy = ui.relay.checked ? "relay" : "all";
   try {
     await c.connect({ transport });
   } catch (err) {
@@ -293,7 +307,7 @@ function setBusy(busy, label = "Join") {
 function saveSession() {
   if (!client) return;
   /** @type {SavedSession} */
-  const session = { username: client.username, token: client.token, transport: transportChoice };
+  const session = { username: client.username, token: client.token, transport: transportChoice, relay: ui.relay.checked };
   writeJson(sessionStorage, STORAGE_SESSION, session);
 }
 
@@ -497,7 +511,7 @@ function onCallState(state, previous) {
     case "calling":
       setCallState("calling", `Calling ${peer}…`);
       showCallUi();
-      chatSystem(`Calling ${peer}…`);
+      chatSystem(`Calling ${peer}${relayOnly()}…`);
       break;
     case "ringing":
       showIncoming(peer);
@@ -506,15 +520,23 @@ function onCallState(state, previous) {
       setCallState("connecting", `Connecting to ${peer}…`);
       if (previous === "ringing") {
         showCallUi();
-        chatSystem(`You accepted ${peer}'s call.`);
+        chatSystem(`You accepted ${peer}'s call${relayOnly()}.`);
       }
       break;
     case "connected":
       setCallState("connected", `Connected to ${peer}`);
-      chatSystem(`Connected to ${peer}, peer to peer.`);
       renderPeopleState();
+      phone.route().then((route) => {
+        const relayed = route && (route.local === "relay" || route.remote === "relay");
+        chatSystem(relayed ? `Connected to ${peer} through the TURN relay.` : `Connected to ${peer}, peer to peer.`);
+      }, () => chatSystem(`Connected to ${peer}.`));
       break;
   }
+}
+
+/** What the chat says about a call set to go through TURN only. */
+function relayOnly() {
+  return phone.iceTransportPolicy === "relay" ? " (TURN relay only)" : "";
 }
 
 /** @param {string} from */
@@ -572,7 +594,9 @@ function endMessage(reason, peer, error) {
     case "peer-busy": return `${peer} is in another call`;
     case "peer-left": return `${peer} left the gateway`;
     case "peer-offline": return `${peer} is not online`;
-    case "unreachable": return "The browsers could not reach each other (try ?ice=stun:… across networks)";
+    case "unreachable": return phone.iceTransportPolicy === "relay"
+      ? `No route through the TURN relay${error ? ` (${errorMessage(error)})` : ""}: check the gateway's --turn-url and --turn-secret`
+      : "The browsers could not reach each other (across networks the gateway needs --stun-url and --turn-url)";
     case "failed": return `The call failed: ${errorMessage(error)}`;
   }
 }

@@ -30,8 +30,9 @@ const LATE_ERROR_MS = 5_000;
  *
  * Why a call ended: what this page did (`hung-up`, `declined`, `no-answer`:
  * it gave up ringing, `missed`: the callee's ringing stopped), what the peer
- * did (`peer-…`), or what went wrong (`unreachable`: ICE failed, `failed`:
- * an error).
+ * did (`peer-…`), or what went wrong (`unreachable`: ICE failed, or found
+ * no candidate at all, e.g. relay only and the TURN server refused the
+ * credentials; `failed`: an error).
  * @typedef {"hung-up" | "declined" | "missed" | "no-answer" | "peer-hung-up" | "peer-declined"
  *   | "peer-busy" | "peer-left" | "peer-offline" | "unreachable" | "failed"} EndReason
  *
@@ -42,6 +43,7 @@ const LATE_ERROR_MS = 5_000;
  *   transport, which `hello` tells the peer
  * @property {RTCIceServer[]} [iceServers] default: none, which works on one
  *   machine or a LAN
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy] default `"all"`
  * @property {number} [ringTimeout] milliseconds; default 30 s
  *
  * What the page shows, called by the {@link Phone}:
@@ -52,7 +54,9 @@ const LATE_ERROR_MS = 5_000;
  * @property {() => void} interrupted the browsers lost each other; ICE may
  *   bring them back (`state("connected")`) or give up (`ended`)
  * @property {(reason: EndReason, peer: string, error?: unknown) => void} ended
- *   the call is over and {@link Phone#state} is `idle` again
+ *   the call is over and {@link Phone#state} is `idle` again; with
+ *   `unreachable`, `error` is the last ICE server error, if any (e.g. a
+ *   TURN server's `401 Unauthorized`)
  * @property {(stream: MediaStream | null) => void} localMedia this call's
  *   camera and microphone, or `null` when there are none
  * @property {(stream: MediaStream, track: MediaStreamTrack) => void} remoteTrack
@@ -106,6 +110,13 @@ export class Phone {
    * @type {RTCIceServer[]}
    */
   iceServers;
+  /**
+   * `"relay"` lets media flow only through a TURN server, so a call
+   * connects only if the relay works (to check a TURN set-up); `"all"`
+   * lets ICE pick any route. Read for each new call.
+   * @type {RTCIceTransportPolicy}
+   */
+  iceTransportPolicy;
   /** @type {PhoneOptions["send"]} */ #send;
   /** @type {PhoneOptions["transport"]} */ #transport;
   /** @type {number} */ #ringTimeout;
@@ -125,6 +136,7 @@ export class Phone {
    */
   constructor(options, events) {
     this.iceServers = options.iceServers ?? [];
+    this.iceTransportPolicy = options.iceTransportPolicy ?? "all";
     this.#send = options.send;
     this.#transport = options.transport;
     this.#ringTimeout = options.ringTimeout ?? RING_TIMEOUT_MS;
@@ -139,6 +151,17 @@ export class Phone {
   /** Who the call is with; `null` when idle. */
   get peer() {
     return this.#call.peer;
+  }
+
+  /**
+   * The kinds of the ICE candidates the call's media uses right now, from
+   * the selected candidate pair: `relay` on a side means through a TURN
+   * server. `null` when not connected (or the browser does not say).
+   * @returns {Promise<{ local: string, remote: string } | null>}
+   */
+  async route() {
+    const pc = this.#call.pc;
+    return pc ? selectedCandidateTypes(pc) : null;
   }
 
   /** The peer's signalling transport, if its `hello` said. */
@@ -383,9 +406,27 @@ export class Phone {
    * @param {string} peer
    */
   #newPeerConnection(call, peer) {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy });
     call.pc = pc;
-    pc.addEventListener("icecandidate", (ev) => this.#send(peer, "ice-candidate", ev.candidate));
+    let gathered = 0;
+    /** @type {Error | undefined} */
+    let iceError;
+    pc.addEventListener("icecandidate", (ev) => {
+      if (ev.candidate) gathered += 1;
+      this.#send(peer, "ice-candidate", ev.candidate);
+    });
+    pc.addEventListener("icecandidateerror", (ev) => {
+      const { url, errorCode, errorText } = /** @type {RTCPeerConnectionIceErrorEvent} */ (ev);
+      iceError = new Error(`${url}: ${errorCode} ${errorText.replace(/\.$/, "")}`.trim());
+    });
+    pc.addEventListener("icegatheringstatechange", () => {
+      // Without a single candidate of ours no route can ever be found (relay
+      // only, and the TURN server refused us or is unreachable): ICE would
+      // wait forever, so end the call now and say why.
+      if (this.#call.pc === pc && pc.iceGatheringState === "complete" && gathered === 0) {
+        this.#end("unreachable", { notify: true, error: iceError });
+      }
+    });
     pc.addEventListener("track", (ev) => {
       // Tracks that come without a stream join the call's one remote stream.
       const stream = ev.streams[0] ?? call.remote ?? new MediaStream();
@@ -492,6 +533,27 @@ async function getMedia() {
 /** @param {MediaStream | null} stream */
 function stopMedia(stream) {
   for (const track of stream?.getTracks() ?? []) track.stop();
+}
+
+/**
+ * The candidate types of the selected candidate pair (Chromium names it in
+ * the transport's stats; Firefox marks the pair `selected`).
+ * @param {RTCPeerConnection} pc
+ * @returns {Promise<{ local: string, remote: string } | null>}
+ */
+async function selectedCandidateTypes(pc) {
+  const stats = await pc.getStats();
+  /** @type {any} */
+  let pair = null;
+  stats.forEach((report) => {
+    if (report.type === "transport" && report.selectedCandidatePairId) pair ??= stats.get(report.selectedCandidatePairId);
+  });
+  stats.forEach((report) => {
+    if (report.type === "candidate-pair" && report.selected) pair ??= report;
+  });
+  const local = pair && stats.get(pair.localCandidateId)?.candidateType;
+  const remote = pair && stats.get(pair.remoteCandidateId)?.candidateType;
+  return local && remote ? { local, remote } : null;
 }
 
 /**

@@ -23,6 +23,8 @@
  * - frames envelopes as JSON lines on the WebTransport stream;
  * - reports the gateway's `CLOSE` envelope as a `close` event (a browser
  *   cannot read a WebTransport close code from this gateway);
+ * - hands out the gateway's STUN and TURN servers (`client.iceServers`, from
+ *   `WELCOME`) and fetches fresh TURN credentials before they expire;
  * - reconnects after an unexpected drop with capped exponential backoff and
  *   jitter, re-using the token (and registering the same name again if the
  *   gateway forgot it, e.g. after a restart), but never after `REPLACED`,
@@ -115,6 +117,12 @@ const STREAM_CLOSE_GRACE_MS = 1_000;
 const LINE_SLACK = 2;
 /** ...or, before WELCOME says the limit, this many characters. */
 const DEFAULT_MAX_LINE = 64 * 1024;
+/**
+ * A failed refresh of the ICE servers is tried again this soon (or at a
+ * quarter of the credentials' life, when that is shorter): the current
+ * credentials still have half their life left.
+ */
+const ICE_RETRY_MS = 10_000;
 
 const ENCODER = new TextEncoder();
 
@@ -155,11 +163,16 @@ export class SignalError extends Error {
  * @property {boolean} reconnect whether the gateway wants the client back
  * @property {boolean} willReconnect whether this client is about to reconnect
  *
+ * @typedef {object} IceConfig what `GET /v1/ice-servers` answers and `WELCOME` carries
+ * @property {RTCIceServer[]} iceServers STUN and TURN servers, as `new RTCPeerConnection({ iceServers })` takes them
+ * @property {number} ttl seconds the TURN credentials in the list stay valid
+ *
  * @typedef {object} Welcome
  * @property {string} username
  * @property {"websocket" | "webtransport"} transport
  * @property {number} connection_id
  * @property {number} max_envelope_bytes
+ * @property {IceConfig} ice ICE servers with credentials minted for this connection
  *
  * @typedef {object} ReconnectOptions
  * @property {number} [initialDelay]
@@ -198,7 +211,10 @@ export class SignalError extends Error {
  *   gateway had forgotten the name and the client registered it again;
  * - `error`: a {@link SignalError} when `getToken()` failed while refreshing
  *   a token (see {@link SignalClient.signIn}); the connection stays until
- *   its token expires.
+ *   its token expires;
+ * - `iceservers`: {@link IceConfig}, when {@link SignalClient#iceServers}
+ *   changed: on every (re)connection, and on each refresh of the TURN
+ *   credentials.
  *
  * `send()` while connecting or reconnecting queues the envelope (up to
  * `maxQueued`) and sends it once the connection is open; `send()` before
@@ -216,6 +232,8 @@ export class SignalClient extends EventTarget {
   /** @type {"websocket" | "webtransport" | null} */ #transport = null;
   /** @type {Welcome | null} */ #welcome = null;
   /** @type {{ created: number, welcomed: number } | null} */ #timing = null;
+  /** @type {RTCIceServer[]} */ #iceServers = [];
+  /** @type {ReturnType<typeof setTimeout> | undefined} */ #iceTimer;
   /** @type {ResolvedOptions} */
   #options = normalizeOptions({});
   /** @type {string[]} */ #queue = [];
@@ -411,6 +429,21 @@ export class SignalClient extends EventTarget {
     return this.#timing;
   }
 
+  /**
+   * The gateway's STUN and TURN servers for this user's peer connections,
+   * as `new RTCPeerConnection({ iceServers: client.iceServers })` takes
+   * them; empty before the first connection and when the gateway has none.
+   * Each (re)connection brings a fresh list, and while the client is
+   * connected it fetches new TURN credentials when half their life is
+   * over, so the list's credentials are always valid for at least half
+   * their lifetime (`iceservers` event). Read it for each new peer
+   * connection.
+   * @returns {RTCIceServer[]}
+   */
+  get iceServers() {
+    return this.#iceServers;
+  }
+
   /** Why `"auto"` fell back to WebSocket on the last connection, if it did. */
   get fallbackReason() {
     return this.#fallbackReason;
@@ -500,6 +533,7 @@ export class SignalClient extends EventTarget {
     const wasActive = this.#state !== "idle" && this.#state !== "closed";
     this.#generation++;
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#iceTimer);
     this.#watchPage(false);
     this.#state = "closed";
     this.#queue = [];
@@ -618,6 +652,46 @@ export class SignalClient extends EventTarget {
     this.#queue = [];
     for (const text of queued) link.send(text);
     this.#emit("open", { ...welcome, reconnected });
+    this.#useIceServers(welcome.ice);
+  }
+
+  /**
+   * Takes a list of ICE servers from the gateway and schedules its
+   * refresh at half the credentials' life, so a peer connection made from
+   * the list has at least that long to make its TURN allocations (an ICE
+   * restart makes new ones).
+   * @param {IceConfig} ice
+   */
+  #useIceServers(ice) {
+    clearTimeout(this.#iceTimer);
+    if (!Array.isArray(ice?.iceServers)) return; // not the gateway's answer
+    this.#iceServers = ice.iceServers;
+    this.#emit("iceservers", { iceServers: ice.iceServers, ttl: ice.ttl });
+    const ttlMs = Number(ice.ttl) * 1000;
+    // Without credentials (STUN only, or nothing) there is nothing to renew.
+    if (ttlMs > 0 && ice.iceServers.some((server) => server.credential !== undefined)) {
+      this.#iceTimer = setTimeout(() => this.#refreshIceServers(ttlMs), ttlMs / 2);
+    }
+  }
+
+  /**
+   * Fetches fresh ICE servers (`GET /v1/ice-servers`) while the client is
+   * connected or reconnecting; a reconnection brings them in `WELCOME` anyway.
+   * @param {number} ttlMs the life of the credentials in use
+   */
+  async #refreshIceServers(ttlMs) {
+    if (this.#state !== "open" && this.#state !== "reconnecting") return;
+    const generation = this.#generation;
+    const { status, body } = await request(this.#baseUrl, "/v1/ice-servers", { token: this.#token })
+      .catch(() => ({ status: 0, body: null }));
+    if (generation !== this.#generation || (this.#state !== "open" && this.#state !== "reconnecting")) return;
+    if (status === 200) {
+      this.#useIceServers(body);
+    } else if (status !== 401) {
+      // The gateway is unreachable or busy; a refused token instead ends
+      // the connection too, and the next one brings a list in WELCOME.
+      this.#iceTimer = setTimeout(() => this.#refreshIceServers(ttlMs), Math.min(ICE_RETRY_MS, ttlMs / 4));
+    }
   }
 
   /**

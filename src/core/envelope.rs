@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::ice::IceConfig;
 use super::wire::{CLOSE_TYPE, CloseReason, ErrorType, WELCOME_TYPE};
 
 /// Longest `target` accepted, in bytes (a 64-character name fits even in
@@ -226,6 +227,10 @@ pub struct Welcome<'a> {
     pub connection_id: u64,
     /// Largest envelope the gateway accepts, in bytes.
     pub max_envelope_bytes: usize,
+    /// The ICE servers this user's peer connections should use, with
+    /// credentials minted for this connection (what `GET /v1/ice-servers`
+    /// answers), so a client needs no extra request.
+    pub ice: &'a IceConfig,
 }
 
 /// The first envelope on every connection.

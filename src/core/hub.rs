@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{ErrorDetail, Inbound, Welcome, error_frame, welcome_frame};
+use super::ice::{IceConfig, IceServers};
 use super::limits::{Limits, ip_key};
 use super::outbox::{Origin, Outbox, PushError, Queued};
 use super::readiness::{NotReady, Phase};
@@ -217,6 +218,7 @@ pub struct Hub {
     pub(super) store: Arc<dyn IdentityStore>,
     pub(super) verifier: Option<Arc<dyn TokenVerifier>>,
     mode: AuthMode,
+    ice: Arc<dyn IceServers>,
     pub(super) registry: UserClientRegistry,
     pub(super) limits: Limits,
     pub(super) stats: Stats,
@@ -242,12 +244,14 @@ pub(super) fn retry_after(
 }
 
 impl Hub {
-    /// A hub with the given limits, taking identities from `identities`.
-    pub fn new(limits: Limits, identities: Identities) -> Arc<Self> {
+    /// A hub with the given limits, taking identities from `identities`
+    /// and handing out the ICE servers of `ice`.
+    pub fn new(limits: Limits, identities: Identities, ice: Arc<dyn IceServers>) -> Arc<Self> {
         Arc::new(Self {
             store: identities.store,
             verifier: identities.verifier,
             mode: identities.mode,
+            ice,
             registry: UserClientRegistry::default(),
             stats: Stats::default(),
             next_conn: AtomicU64::new(1),
@@ -474,6 +478,11 @@ impl Hub {
         })
     }
 
+    /// The ICE servers `user` should use, with TURN credentials minted now.
+    pub fn ice_servers(&self, user: &str) -> IceConfig {
+        self.ice.for_user(user, SystemTime::now())
+    }
+
     /// Verifies a JWT presented to replace a connection's token; it must
     /// name `user`. Returns its expiry.
     pub(super) async fn refresh(&self, user: &str, token: &str) -> Result<SystemTime, AuthError> {
@@ -503,10 +512,10 @@ impl Hub {
 
     /// Attaches an admitted, authenticated connection to its user. A
     /// previous connection of the same user is closed as `REPLACED`. The
-    /// session's outbox starts with the `WELCOME` envelope. Refused, with
-    /// the reason to close the connection with, when the gateway is shutting
-    /// down or the authentication was revoked since (a kick, deleted
-    /// identities).
+    /// session's outbox starts with the `WELCOME` envelope, which carries ICE
+    /// servers minted for this connection. Refused, with the reason to close
+    /// the connection with, when the gateway is shutting down or the
+    /// authentication was revoked since (a kick, deleted identities).
     /// `started` is when the client's first request or packet arrived,
     /// for the set-up time histogram.
     pub fn attach(
@@ -532,6 +541,7 @@ impl Hub {
             transport: transport.as_str(),
             connection_id: conn,
             max_envelope_bytes: self.limits.max_envelope_bytes,
+            ice: &self.ice_servers(&user),
         });
         // A fresh outbox is empty and open, so the push cannot fail.
         let _ = outbox.push(Queued::own(welcome));

@@ -5,6 +5,7 @@
 pub mod envelope;
 pub mod histogram;
 pub mod hub;
+pub mod ice;
 pub mod limits;
 pub mod outbox;
 pub mod readiness;
@@ -22,6 +23,7 @@ pub use hub::{
     Admission, AuthError, Authenticated, Hub, Identities, PendingAdmission, Refusal, RegisterError,
     Report, Users,
 };
+pub use ice::{IceConfig, IceServer, IceServers};
 pub use limits::Limits;
 pub use readiness::NotReady;
 pub use registry::Transport;

@@ -518,6 +518,14 @@ mod tests {
         assert_eq!(v["type"], "WELCOME");
         assert_eq!(v["payload"]["username"], "alice");
         assert_eq!(v["payload"]["transport"], "websocket");
+        let ice = &v["payload"]["ice"];
+        assert_eq!(ice["ttl"], 60);
+        assert_eq!(ice["iceServers"][0]["urls"][0], "turn:turn.test");
+        let username = ice["iceServers"][0]["username"].as_str().unwrap();
+        assert!(
+            username.ends_with(":alice"),
+            "minted for the user: {username}"
+        );
     }
 
     #[test]

@@ -2,10 +2,12 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::Value;
 
 use super::hub::{Authenticated, Hub, Identities};
+use super::ice::{IceConfig, IceServer, IceServers};
 use super::limits::Limits;
 use super::registry::Transport;
 use super::session::Session;
@@ -14,10 +16,32 @@ use super::wire::CloseReason;
 /// The address test clients come from.
 pub(crate) const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// A hub with `limits` and no identities.
+/// A hub with `limits`, no identities and [`TestIce`].
 pub(crate) fn hub_with(limits: Limits) -> Arc<Hub> {
     let identities = Identities::in_memory(&limits);
-    Hub::new(limits, identities)
+    Hub::new(limits, identities, Arc::new(TestIce))
+}
+
+/// One TURN server whose credentials name the user and the time, so a test
+/// can tell whose and when they were minted.
+#[derive(Debug)]
+pub(crate) struct TestIce;
+
+impl IceServers for TestIce {
+    fn for_user(&self, user: &str, now: SystemTime) -> IceConfig {
+        let minted = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        IceConfig {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:turn.test".into()],
+                username: Some(format!("{minted}:{user}")),
+                credential: Some("secret".into()),
+            }],
+            ttl: 60,
+        }
+    }
 }
 
 /// Attaches a WebSocket connection for `user`.

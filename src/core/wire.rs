@@ -183,9 +183,9 @@ pub enum HttpError {
     /// A malformed request: bad registration body or name, bad WebSocket
     /// handshake.
     Invalid,
-    /// An admin route without the admin token; a WebTransport CONNECT
-    /// without a valid token; `/v1/user` without a valid token under
-    /// `--unknown-user-status 401`.
+    /// An admin route without the admin token; a WebTransport CONNECT or
+    /// `GET /v1/ice-servers` without a valid token; `/v1/user` without a
+    /// valid token under `--unknown-user-status 401`.
     Unauthorized,
     /// A foreign origin, or an admin route the request may not use.
     Forbidden,

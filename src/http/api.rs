@@ -1,4 +1,5 @@
-//! The REST routes: register, user, admin, certificate hash, health.
+//! The REST routes: register, user, ICE servers, admin, certificate hash,
+//! health.
 //!
 //! Every error is a JSON body `{"status": CODE, "message": text}` with the
 //! matching HTTP status; the README's table lists them.
@@ -10,7 +11,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, SET_COOKIE, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{AppendHeaders, IntoResponse, Response};
@@ -299,6 +302,33 @@ pub(crate) async fn user(
     })
 }
 
+/// `GET /v1/ice-servers`: the STUN and TURN servers for the token's user,
+/// with TURN credentials minted for this request. Never cached: the
+/// credentials are the user's own and expire.
+pub(crate) async fn ice_servers(State(ctx): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(token) = auth::session_token(&headers, None) else {
+        return unauthorized("no token: send Authorization: Bearer <token>");
+    };
+    match ctx.hub.authenticate(&token).await {
+        Ok(authenticated) => (
+            [(CACHE_CONTROL, "no-store")],
+            Json(ctx.hub.ice_servers(&authenticated.user)),
+        )
+            .into_response(),
+        Err(AuthError::Store(err)) => ApiError::from(err).into_response(),
+        Err(refused) => unauthorized(&refused.to_string()),
+    }
+}
+
+/// `401 UNAUTHORIZED` with the `WWW-Authenticate` challenge it must carry.
+fn unauthorized(message: &str) -> Response {
+    let mut response = error_response(HttpError::Unauthorized, message);
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
 /// `GET`/`POST /v1/kick-active-users`: closes every live connection.
 pub(crate) async fn kick(State(ctx): State<AppState>) -> Json<serde_json::Value> {
     let kicked = ctx.hub.kick_all().await;
@@ -329,7 +359,7 @@ pub(crate) async fn stats(State(ctx): State<AppState>) -> Json<Report> {
 pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
     let cert = &ctx.cert;
     (
-        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        [(CACHE_CONTROL, "no-store")],
         Json(json!({
             "algorithm": "sha-256",
             "value": cert.sha256_base64,
@@ -384,15 +414,7 @@ pub(crate) async fn admin_guard(
     let headers = request.headers();
     match &ctx.admin_token {
         Some(expected) if !auth::admin_token_matches(expected, auth::bearer(headers)) => {
-            let mut response = ApiError::new(
-                HttpError::Unauthorized,
-                "admin routes need the admin bearer token",
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            return unauthorized("admin routes need the admin bearer token");
         }
         None => {
             if let Err(why) = local_admin(&ctx, peer, headers) {

@@ -126,12 +126,13 @@ impl HttpContext {
 pub type AppState = Arc<HttpContext>;
 
 /// The complete HTTP application. Routes that act on an identity (register,
-/// user, connect, admin) refuse foreign origins; the web app and health
+/// user, ICE servers, connect, admin) refuse foreign origins; the web app and health
 /// check are public.
 pub fn router(ctx: AppState) -> Router {
     let guarded = Router::new()
         .route("/v1/register", axum::routing::post(api::register))
         .route("/v1/user", get(api::user))
+        .route("/v1/ice-servers", get(api::ice_servers))
         .route("/v1/connect", get(websocket::connect))
         .merge(
             Router::new()
@@ -208,6 +209,12 @@ mod tests {
         let hub = Hub::new(
             Limits::default(),
             crate::core::Identities::in_memory(&Limits::default()),
+            Arc::new(crate::turn::IceProvider::new(
+                Vec::new(),
+                Vec::new(),
+                None,
+                std::time::Duration::from_secs(3600),
+            )),
         );
         router(Arc::new(HttpContext {
             hub: hub.clone(),

@@ -5,13 +5,14 @@
 //
 // Env: SIGNAL_GATEWAY_BIN (default target/debug/signal-gateway), CHROMIUM_BIN
 // (default /usr/bin/chromium), NGINX_BIN (default /usr/sbin/nginx),
+// TURNSERVER_BIN (default /usr/bin/turnserver, coturn),
 // BROWSER_TEST_ONLY=part,part (run the scenarios
 // whose names contain one of these), UPDATE_SCREENSHOT=1 (also copy the demo
 // screenshot to docs/demo.png, which the README shows).
 // Artifacts (screenshots, gateway and console logs) go to tests/browser/artifacts/.
 
 import { spawn } from "node:child_process";
-import { createHmac } from "node:crypto";
+import { createHmac, randomFillSync } from "node:crypto";
 import { once } from "node:events";
 import dgram from "node:dgram";
 import { copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -30,6 +31,7 @@ const GATEWAY_BIN = resolve(ROOT, process.env.SIGNAL_GATEWAY_BIN ?? "target/debu
 const NGINX = process.env.NGINX_BIN ?? "/usr/sbin/nginx";
 const PAGES = join(HERE, "pages");
 const ONLY = (process.env.BROWSER_TEST_ONLY ?? "").split(",").filter(Boolean);
+const TURNSERVER = process.env.TURNSERVER_BIN ?? "/usr/bin/turnserver";
 
 /** Every single wait in a scenario is bounded by this (ms)... */
 const STEP = 10_000;
@@ -194,6 +196,102 @@ class Gateway {
     children.delete(this.child);
     this.log.end();
     return exited?.[0];
+  }
+}
+
+// ---- coturn ----
+
+/** Relay ports coturn may hand out: two calls' worth. */
+const RELAY_PORTS = 16;
+
+/** Whether nothing listens on UDP `port` of 127.0.0.1. */
+async function udpFree(port) {
+  const socket = dgram.createSocket("udp4");
+  try {
+    socket.bind(port, "127.0.0.1");
+    await once(socket, "listening");
+    return true;
+  } catch {
+    return false;
+  } finally {
+    try { socket.close(); } catch { /* never bound */ }
+  }
+}
+
+/** Whether a STUN server answers a Binding request (RFC 5389) on `port`. */
+async function stunAnswers(port) {
+  const socket = dgram.createSocket("udp4");
+  socket.on("error", () => {});
+  const request = Buffer.alloc(20);
+  request.writeUInt16BE(0x0001, 0);
+  request.writeUInt32BE(0x2112a442, 4);
+  randomFillSync(request, 8, 12);
+  try {
+    const answer = once(socket, "message");
+    socket.send(request, port, "127.0.0.1");
+    const [message] = await within(300, "STUN answer", answer);
+    return message.readUInt16BE(0) === 0x0101; // Binding success
+  } catch {
+    return false;
+  } finally {
+    socket.close();
+  }
+}
+
+/**
+ * coturn from Debian's package, as the README runs it beside the gateway
+ * (`use-auth-secret` + `static-auth-secret`), on 127.0.0.1 for a loopback
+ * trial: loopback peers allowed, no TLS, no CLI, a narrow relay range. Its
+ * log goes to artifacts/coturn-<label>.log.
+ */
+class Coturn {
+  static async start(label, secret) {
+    let port = 0;
+    while (!port) {
+      const probe = dgram.createSocket("udp4");
+      probe.bind(0, "127.0.0.1");
+      await once(probe, "listening");
+      port = probe.address().port;
+      probe.close();
+    }
+    let minPort = 0;
+    for (let tries = 0; !minPort && tries < 100; tries += 1) {
+      const first = 40_000 + Math.floor(Math.random() * 20_000);
+      const ports = Array.from({ length: RELAY_PORTS }, (_, i) => first + i);
+      if ((await Promise.all(ports.map(udpFree))).every(Boolean) && !ports.includes(port)) minPort = first;
+    }
+    assert(minPort, `no ${RELAY_PORTS} free UDP ports in a row`);
+    const dir = mkdtempSync(join(tmpdir(), "signal-gateway-coturn-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const config = [
+      "listening-ip=127.0.0.1", "relay-ip=127.0.0.1", `listening-port=${port}`,
+      `min-port=${minPort}`, `max-port=${minPort + RELAY_PORTS - 1}`,
+      "use-auth-secret", `static-auth-secret=${secret}`, "realm=signal-gateway.test",
+      "fingerprint", "no-tcp", "no-tls", "no-dtls", "no-tcp-relay", "allow-loopback-peers", "no-cli",
+      "no-software-attribute", "simple-log", `log-file=${join(ARTIFACTS, `coturn-${label}.log`)}`,
+      `pidfile=${join(dir, "turnserver.pid")}`, `userdb=${join(dir, "turndb")}`,
+    ];
+    const conf = join(dir, "turnserver.conf");
+    writeFileSync(conf, config.join("\n") + "\n");
+    const child = spawn(TURNSERVER, ["-c", conf], { stdio: "ignore" });
+    children.add(child);
+    const exited = once(child, "exit");
+    const early = exited.then(([code]) => { throw new Error(`coturn exited early (${code}); see artifacts/coturn-${label}.log`); });
+    early.catch(() => {});
+    await Promise.race([until("coturn answers STUN", () => stunAnswers(port), STEP, 100), early]);
+    return new Coturn(child, port, exited);
+  }
+
+  constructor(child, port, exited) {
+    this.child = child;
+    this.port = port;
+    this.exited = exited;
+  }
+
+  async stop() {
+    this.child.kill("SIGTERM");
+    if (!(await within(5_000, "coturn exits", this.exited).catch(() => null))) this.child.kill("SIGKILL");
+    children.delete(this.child);
   }
 }
 
@@ -831,14 +929,129 @@ const scenarios = [
     },
   },
   {
+    name: "TURN: relay-only data channel through coturn with the gateway's credentials",
+    run: turnRelayScenario,
+  },
+  {
+    name: "TURN: a wrong secret on the gateway fails ICE and the pages say so; credentials refresh",
+    run: turnWrongSecretScenario,
+  },
+  {
     name: "demo app: call, chat, no console errors, screenshot",
     run: demoScenario,
+  },
+  {
+    name: "demo app: ?relay=1 calls through TURN, and says why when TURN refuses",
+    run: demoRelayScenario,
   },
   {
     name: "demo app without the online list (--admin-token)",
     run: demoWithoutListScenario,
   },
 ];
+
+// ---- TURN ----
+
+const TURN_SECRET = "a-turn-secret-for-the-browser-tests";
+
+/** coturn and a gateway minting credentials with `gatewaySecret` for it. */
+async function turnSetup(t, label, { gatewaySecret = TURN_SECRET, ttl = 60 } = {}) {
+  const coturn = await Coturn.start(label, TURN_SECRET);
+  t.cleanups.push(() => coturn.stop());
+  const turnUrl = `turn:127.0.0.1:${coturn.port}?transport=udp`;
+  const gateway = await Gateway.start(label, {
+    args: ["--turn-url", turnUrl, "--turn-secret", gatewaySecret, "--turn-ttl", `${ttl}s`],
+  });
+  t.cleanups.push(() => gateway.stop());
+  return { coturn, gateway, turnUrl };
+}
+
+/**
+ * Checks a list as client.js holds it: the one TURN server, a username
+ * `<expiry>:<name>` expiring `ttl` from about now, and the credential of
+ * the TURN REST API, HMAC-SHA1 under `secret`, computed here.
+ */
+function checkTurnList(list, { name, turnUrl, ttl, secret = TURN_SECRET }) {
+  assertEqual(list.length, 1, "ICE servers");
+  const [server] = list;
+  assertEqual(server.urls, [turnUrl], "TURN URLs");
+  const [expiry, user] = [server.username.slice(0, server.username.indexOf(":")), server.username.slice(server.username.indexOf(":") + 1)];
+  assertEqual(user, name, "the name in the TURN username");
+  const expected = Math.floor(Date.now() / 1000) + ttl;
+  assert(Math.abs(Number(expiry) - expected) <= 5, `expiry ${expiry} is about now + ${ttl} s (${expected})`);
+  assertEqual(server.credential, createHmac("sha1", secret).update(server.username).digest("base64"), "credential");
+}
+
+async function turnRelayScenario(t) {
+  const ttl = 60;
+  const { coturn, gateway, turnUrl } = await turnSetup(t, "turn", { ttl });
+  // One page signals over WebTransport, the other over WebSocket: both
+  // WELCOMEs carry the list.
+  const alice = await t.browser.peer("turn-alice", gateway.origin());
+  const bob = await t.browser.peer("turn-bob", gateway.origin("127.0.0.1"));
+  t.pages.push(alice, bob);
+  const aliceName = uniqueName("alice");
+  const bobName = uniqueName("bob");
+  const [joinedA, joinedB] = await Promise.all([
+    alice.evaluate(([n, o]) => peer.join(n, o), [aliceName, { transport: "webtransport" }]),
+    bob.evaluate(([n, o]) => peer.join(n, o), [bobName, { transport: "websocket" }]),
+  ]);
+  for (const [page, joined, name] of [[alice, joinedA, aliceName], [bob, joinedB, bobName]]) {
+    assertEqual(joined.welcome.ice.ttl, ttl, `${name}'s WELCOME ttl`);
+    const list = await page.evaluate(() => peer.client.iceServers);
+    assertEqual(list, joined.welcome.ice.iceServers, `${name}'s client.iceServers is its WELCOME's list`);
+    checkTurnList(list, { name, turnUrl, ttl });
+    await page.evaluate(() => peer.useClientIce({ relay: true }));
+  }
+  const started = Date.now();
+  await alice.evaluate((target) => peer.call(target), bobName);
+  await Promise.all([alice.evaluate(() => peer.channelOpen()), bob.evaluate(() => peer.channelOpen())]);
+  const ms = Date.now() - started;
+  await alice.evaluate(() => peer.say("relayed hello from alice"));
+  await bob.evaluate(() => peer.heard("relayed hello from alice"));
+  await bob.evaluate(() => peer.say("relayed hello from bob"));
+  await alice.evaluate(() => peer.heard("relayed hello from bob"));
+  for (const [page, label] of [[alice, "alice"], [bob, "bob"]]) {
+    const route = await page.evaluate(() => peer.route());
+    assertEqual([route?.state, route?.local, route?.remote], ["succeeded", "relay", "relay"], `${label}'s selected candidate pair`);
+    const ice = await page.evaluate(() => peer.log.ice);
+    assert(ice.candidates.length > 0 && ice.candidates.every((type) => type === "relay"), `${label} gathered relay candidates only: ${ice.candidates}`);
+    assertEqual(ice.errors, [], `${label}'s ICE server errors`);
+  }
+  return `data channel open in ${ms} ms; selected pairs relay<->relay on both pages through coturn on UDP ${coturn.port}`;
+}
+
+async function turnWrongSecretScenario(t) {
+  // Credentials live 4 s: client.js fetches fresh ones every 2 s.
+  const ttl = 4;
+  const { gateway, turnUrl } = await turnSetup(t, "turn-wrong-secret", { gatewaySecret: "not-the-secret-coturn-has", ttl });
+  const alice = await t.browser.peer("turn-wrong-alice", gateway.origin());
+  const bob = await t.browser.peer("turn-wrong-bob", gateway.origin("127.0.0.1"));
+  t.pages.push(alice, bob);
+  const aliceName = uniqueName("alice");
+  const bobName = uniqueName("bob");
+  await Promise.all([
+    alice.evaluate(([n, o]) => peer.join(n, o), [aliceName, { transport: "webtransport" }]),
+    bob.evaluate(([n, o]) => peer.join(n, o), [bobName, { transport: "websocket" }]),
+  ]);
+  for (const page of [alice, bob]) await page.evaluate(() => peer.useClientIce({ relay: true }));
+  await alice.evaluate((target) => peer.call(target), bobName);
+  const outcomes = await Promise.all([alice, bob].map((page) => page.evaluate(() => peer.iceOutcome(8_000))));
+  for (const [outcome, label] of [[outcomes[0], "alice"], [outcomes[1], "bob"]]) {
+    assertEqual(outcome.connected, false, `${label}'s ICE connected with a wrong secret (${outcome.state})`);
+    assertEqual(outcome.candidates, [], `${label}'s candidates`);
+    assert(outcome.errors.some((e) => e.code === 401 && e.url === turnUrl), `${label} reports the TURN server's 401: ${JSON.stringify(outcome.errors)}`);
+  }
+  // Meanwhile client.js fetched fresh credentials, each expiring later.
+  const refreshes = await alice.evaluate(() => peer.log.events.filter((e) => e.type === "iceservers").map((e) => e.detail));
+  assert(refreshes.length >= 3, `iceservers events: ${refreshes.length} (WELCOME, then a refresh every ${ttl / 2} s)`);
+  const expiries = refreshes.map((r) => Number(r.iceServers[0].username.split(":")[0]));
+  assert(expiries.every((e, i) => i === 0 || e > expiries[i - 1]), `later expiries: ${expiries}`);
+  const current = await alice.evaluate(() => peer.client.iceServers);
+  assertEqual(current, refreshes.at(-1).iceServers, "client.iceServers is the latest list");
+  checkTurnList(current, { name: aliceName, turnUrl, ttl, secret: "not-the-secret-coturn-has" });
+  return `no connection in 8 s, ICE ${outcomes[0].state}/${outcomes[1].state}, both pages got 401 from ${turnUrl}; ${refreshes.length - 1} refreshes`;
+}
 
 // ---- the demo ----
 
@@ -916,6 +1129,49 @@ async function demoScenario(t) {
   }
   return "Alice (auto: WebTransport) and Bob (WebSocket) in two tabs, Carol on 127.0.0.1; "
     + "screenshot: tests/browser/artifacts/demo.png";
+}
+
+/**
+ * The demo with ?relay=1 against a gateway with TURN: the call connects
+ * through the relay and says so; against a gateway with the wrong secret it
+ * ends saying why.
+ */
+async function demoRelayScenario(t) {
+  const results = [];
+  for (const [label, gatewaySecret] of [["demo-relay", TURN_SECRET], ["demo-relay-wrong", "not-the-secret-coturn-has"]]) {
+    const { gateway } = await turnSetup(t, label, { gatewaySecret });
+    const alice = await t.browser.newPage(`${label}-alice`);
+    const bob = await t.browser.newPage(`${label}-bob`);
+    t.pages.push(alice, bob);
+    for (const [page, name] of [[alice, "Ria"], [bob, "Rob"]]) {
+      await page.goto(`${gateway.origin()}/?relay=1`);
+      assertEqual(await page.getByLabel("Relay calls through TURN only").isChecked(), true, "?relay=1 checks the box");
+      await page.getByLabel("Your name", { exact: true }).fill(name);
+      await page.getByRole("button", { name: "Join" }).click();
+      await page.locator("#me-transport").getByText("WebTransport").waitFor();
+    }
+    await alice.getByLabel("Call by name", { exact: true }).fill("Rob");
+    await alice.locator("#dial-button").click();
+    if (gatewaySecret === TURN_SECRET) {
+      await bob.getByRole("button", { name: "Accept" }).click();
+      await alice.locator("#call-state").getByText("Connected to Rob").waitFor();
+      for (const page of [alice, bob]) await page.locator("#chat-log").getByText("through the TURN relay").waitFor();
+      await alice.getByLabel("Message", { exact: true }).fill("via coturn");
+      await alice.getByLabel("Message", { exact: true }).press("Enter");
+      await bob.locator("#chat-log").getByText("via coturn").waitFor();
+      results.push("right secret: connected through the TURN relay, chat works");
+    } else {
+      const said = alice.locator("#call-state").getByText("No route through the TURN relay");
+      await said.waitFor();
+      const text = await said.textContent();
+      assert(/401/.test(text), `the demo names the TURN server's refusal: ${text}`);
+      results.push(`wrong secret: "${text}"`);
+    }
+    for (const [page, who] of [[alice, "Ria"], [bob, "Rob"]]) {
+      assertEqual(page.problems, [], `console errors on ${who}'s page (${label})`);
+    }
+  }
+  return results.join("; ");
 }
 
 /**

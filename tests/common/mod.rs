@@ -2,8 +2,9 @@
 //! loopback ports (`gateway`), the gateway binary as a separate process
 //! (`process`), clients that talk to it as browsers and native apps do —
 //! tokio-tungstenite for WebSocket, wtransport (an independent
-//! QUIC/HTTP/3/WebTransport stack) for WebTransport (`clients`) — and a
-//! hostile HTTP/3 client built on raw QUIC streams (`raw_h3`).
+//! QUIC/HTTP/3/WebTransport stack) for WebTransport (`clients`) — a
+//! hostile HTTP/3 client built on raw QUIC streams (`raw_h3`), and a real
+//! coturn TURN server (`coturn`).
 // Each test file uses its own part of this module.
 #![allow(dead_code, unused_macros)]
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod clients;
+pub mod coturn;
 pub mod gateway;
 pub mod process;
 pub mod raw_h3;

@@ -9,8 +9,17 @@ const gateway = new URLSearchParams(location.search).get("gw");
 const { SignalClient, SignalError } = await import(gateway ? `${gateway}/client.js` : "/client.js");
 const baseUrl = gateway ?? undefined;
 
-/** Everything a client did, for the suite to assert on. */
-const log = { events: [], messages: [], chat: [], errors: [] };
+/**
+ * Everything a client did, for the suite to assert on; `ice`: the types of
+ * the candidates this page gathered, ICE server errors and ICE states.
+ */
+const log = { events: [], messages: [], chat: [], errors: [], ice: { candidates: [], errors: [], states: [] } };
+/**
+ * How peer connections are made: with no ICE servers (host candidates:
+ * enough on one machine), or with the client's `iceServers`; `relay`
+ * forces `iceTransportPolicy: "relay"`.
+ */
+const rtc = { clientIce: false, relay: false };
 let client = null;
 let pc = null;
 let channel = null;
@@ -23,7 +32,7 @@ function record(type) {
 }
 
 function watch(c) {
-  for (const type of ["open", "close", "reconnecting", "identity"]) c.addEventListener(type, record(type));
+  for (const type of ["open", "close", "reconnecting", "identity", "iceservers"]) c.addEventListener(type, record(type));
   c.addEventListener("message", (ev) => {
     log.messages.push(ev.detail);
     onSignal(ev.detail).catch((err) => log.errors.push(String(err)));
@@ -42,8 +51,16 @@ async function media() {
 function newPeerConnection(target) {
   remote = target;
   pendingCandidates = [];
-  pc = new RTCPeerConnection({ iceServers: [] });
-  pc.onicecandidate = (ev) => client.send(remote, "ice-candidate", ev.candidate);
+  pc = new RTCPeerConnection({
+    iceServers: rtc.clientIce ? client.iceServers : [],
+    iceTransportPolicy: rtc.relay ? "relay" : "all",
+  });
+  pc.onicecandidate = (ev) => {
+    if (ev.candidate) log.ice.candidates.push(ev.candidate.type);
+    client.send(remote, "ice-candidate", ev.candidate);
+  };
+  pc.onicecandidateerror = (ev) => log.ice.errors.push({ url: ev.url, code: ev.errorCode, text: ev.errorText });
+  pc.oniceconnectionstatechange = () => log.ice.states.push(pc.iceConnectionState);
   return pc;
 }
 
@@ -148,6 +165,35 @@ window.peer = {
     useChannel(pc.createDataChannel("chat"));
     await pc.setLocalDescription(await pc.createOffer());
     client.send(target, "video-offer", pc.localDescription);
+  },
+  /** Later peer connections use the client's ICE servers; `relay`: through TURN only. */
+  useClientIce({ relay = false } = {}) {
+    rtc.clientIce = true;
+    rtc.relay = relay;
+  },
+  /**
+   * The candidate types of the selected candidate pair, from getStats():
+   * Chromium names the pair in the transport's stats.
+   */
+  async route() {
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach((report) => {
+      if (report.type === "transport" && report.selectedCandidatePairId) pair = stats.get(report.selectedCandidatePairId);
+    });
+    if (!pair) return null;
+    const local = stats.get(pair.localCandidateId);
+    const remote = stats.get(pair.remoteCandidateId);
+    return { state: pair.state, local: local?.candidateType, remote: remote?.candidateType, localRelay: local?.relayProtocol ?? null };
+  },
+  /**
+   * Waits up to `timeout` for ICE to connect; reports what happened either
+   * way: the ICE state, this page's candidates and ICE server errors.
+   */
+  async iceOutcome(timeout) {
+    const connected = () => ["connected", "completed"].includes(pc?.iceConnectionState);
+    await until("ICE connected", connected, timeout).catch(() => {});
+    return { connected: connected(), state: pc?.iceConnectionState, gathering: pc?.iceGatheringState, ...log.ice };
   },
   async channelOpen(timeout = 10_000) {
     await until("data channel open", () => channel?.readyState === "open", timeout);
