@@ -67,7 +67,17 @@ impl TestGateway {
         argv.extend(["--data-dir".to_string(), data.display().to_string()]);
         argv.extend(args.iter().map(|s| s.to_string()));
         let config = Config::from_args(argv).expect("valid test config");
-        let gateway = Gateway::bind(config).await.expect("gateway binds");
+        // WebTransport takes the HTTP port's number on UDP by default; on a
+        // busy test machine another test's client may hold it. Try again
+        // (a fresh HTTP port) rather than fail on what is not under test.
+        let mut attempts = 0;
+        let gateway = loop {
+            match Gateway::bind(config.clone()).await {
+                Ok(gateway) => break gateway,
+                Err(err) if attempts < 5 && err.to_string().contains("in use") => attempts += 1,
+                Err(err) => panic!("gateway binds: {err}"),
+            }
+        };
         let http = gateway.http_addrs()[0];
         let wt = gateway.webtransport_addrs()[0];
         let hub = gateway.hub().clone();

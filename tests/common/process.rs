@@ -26,6 +26,20 @@ impl GatewayProcess {
     /// [`GatewayProcess::start`] through a wrapper command (e.g. `prlimit`),
     /// which must exec the gateway so the child's PID is the gateway's.
     pub async fn start_under(wrapper: &[&str], args: &[&str], rust_log: &str) -> Self {
+        // WebTransport takes the HTTP port's number on UDP; on a busy test
+        // machine another test's client may hold it: start again on a fresh
+        // port rather than fail on what is not under test.
+        for _ in 0..5 {
+            match Self::try_start(wrapper, args, rust_log).await {
+                Ok(gateway) => return gateway,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("gateway did not start; its log:\n{log}"),
+            }
+        }
+        panic!("gateway did not start: its ports were always taken");
+    }
+
+    async fn try_start(wrapper: &[&str], args: &[&str], rust_log: &str) -> Result<Self, String> {
         use tokio::io::AsyncBufReadExt as _;
         let certs = tempfile::tempdir().unwrap();
         let binary = env!("CARGO_BIN_EXE_signal-gateway");
@@ -68,16 +82,18 @@ impl GatewayProcess {
         });
         let http = match tokio::time::timeout(TIMEOUT, port_rx).await {
             Ok(Ok(addr)) => addr,
-            _ => panic!(
-                "gateway did not start; its log:\n{}",
-                log.lock().unwrap().join("\n")
-            ),
+            _ => {
+                // The log may still be arriving from an exiting process.
+                let _ = tokio::time::timeout(TIMEOUT, child.wait()).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                return Err(log.lock().unwrap().join("\n"));
+            }
         };
         let cert_der = read_cert_der(&certs.path().join("cert.pem"));
         let digest = ring::digest::digest(&ring::digest::SHA256, &cert_der);
         let mut cert_sha256 = [0u8; 32];
         cert_sha256.copy_from_slice(digest.as_ref());
-        Self {
+        Ok(Self {
             child,
             addrs: Addrs {
                 http,
@@ -87,7 +103,7 @@ impl GatewayProcess {
             },
             log,
             certs,
-        }
+        })
     }
 
     /// Sends SIGTERM.
