@@ -157,6 +157,94 @@ pub struct Config {
     /// Metrics, probes and logs.
     #[command(flatten)]
     pub operations: OperationArgs,
+
+    /// Several gateways as one.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// A cluster of gateways on Redis, as flags.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterArgs {
+    /// Redis to join a cluster through (`redis://[:password@]host:port[/db]`,
+    /// or `rediss://` for TLS): identities, routes and envelopes between
+    /// gateways go through it. Without it the gateway is a single process.
+    #[arg(long, env = "SIGNAL_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// This node's name in the cluster: letters, digits, `.`, `_`, `-`, at
+    /// most 64 [default: the host name and a random suffix]
+    #[arg(long, env = "SIGNAL_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The host name (or IP) browsers reach this node's WebTransport
+    /// endpoint under, when pages come through a load balancer:
+    /// `/v1/cert-hash` names it, so a page opens WebTransport to this node
+    /// [default: the host the page was loaded from]
+    #[arg(long, env = "SIGNAL_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+}
+
+impl ClusterArgs {
+    /// Checks the flags; returns the Redis URL when the gateway is a node.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.redis else {
+            if self.node_id.is_some() {
+                return Err(ConfigError::Cluster("--node-id needs --redis".to_owned()));
+            }
+            return Ok(());
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::Cluster(
+                "--redis must be a redis:// or rediss:// URL".to_owned(),
+            ));
+        }
+        redis_url_parses(url).map_err(ConfigError::Cluster)?;
+        if let Some(id) = &self.node_id {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) {
+                return Err(ConfigError::Cluster(format!(
+                    "--node-id {id:?}: use 1 to 64 letters, digits, '.', '_' or '-'"
+                )));
+            }
+        }
+        if let Some(host) = &self.advertise_host
+            && (host.is_empty() || host.contains(['/', ' ', '@']))
+        {
+            return Err(ConfigError::Cluster(format!(
+                "--advertise-host {host:?} is not a host name or IP address"
+            )));
+        }
+        Ok(())
+    }
+
+    /// This node's name: --node-id, or the host name and a random suffix.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|name| {
+                name.trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    .take(40)
+                    .collect::<String>()
+            })
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "node".to_owned());
+        format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+    }
+}
+
+/// Whether the redis crate takes `url` (its own parser, so the message is
+/// the one an operator would get from it), without printing the password.
+fn redis_url_parses(url: &str) -> Result<(), String> {
+    redis::Client::open(url)
+        .map(|_| ())
+        .map_err(|err| format!("--redis is not a usable Redis URL: {err}"))
 }
 
 /// How log events are written to stderr.
@@ -218,9 +306,11 @@ pub enum AuthArg {
 #[command(next_help_heading = "Identities")]
 pub struct IdentityArgs {
     /// Where registered identities live: `embedded`, a database file in
-    /// --data-dir that survives restarts, or `memory`, forgotten on restart.
-    #[arg(long, env = "SIGNAL_STORE", value_enum, default_value = "embedded")]
-    pub store: StoreKind,
+    /// --data-dir that survives restarts; `memory`, forgotten on restart; or
+    /// `redis`, shared by a cluster's nodes [default: redis with --redis,
+    /// embedded without]
+    #[arg(long, env = "SIGNAL_STORE", value_enum)]
+    pub store: Option<StoreKind>,
 
     /// Directory of the embedded identity database (identities.redb).
     #[arg(long, env = "SIGNAL_DATA_DIR", default_value = "data")]
@@ -552,6 +642,12 @@ pub struct LimitArgs {
     /// On SIGTERM or Ctrl-C, how long to let clients drain before exiting.
     #[arg(long, env = "SIGNAL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
     pub shutdown_timeout: Duration,
+
+    /// In a cluster, how long a node waits to hear whether another node
+    /// wrote an envelope it sent there before answering its sender
+    /// UNCONFIRMED; longer than --write-timeout.
+    #[arg(long, env = "SIGNAL_DELIVERY_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
+    pub delivery_timeout: Duration,
 }
 
 /// 16 KiB: ample for a browser's headers and cookies, small enough that a
@@ -587,6 +683,7 @@ impl LimitArgs {
             max_pending_per_ip: self.max_pending_per_ip,
             pre_session_bytes: self.pre_session_bytes,
             pre_session_requests: self.pre_session_requests,
+            delivery_timeout: self.delivery_timeout,
         }
     }
 }
@@ -636,6 +733,9 @@ pub enum ConfigError {
     /// The TURN settings do not fit together.
     #[error("{0}")]
     Turn(&'static str),
+    /// The cluster settings are malformed or do not fit together.
+    #[error("{0}")]
+    Cluster(String),
     /// `--auth` does not fit the JWT settings.
     #[error("{0}")]
     AuthMismatch(&'static str),
@@ -679,6 +779,31 @@ impl Config {
             }
         }
         self.ice.check()?;
+        self.cluster.check()?;
+        match (self.identity.store, &self.cluster.redis) {
+            (Some(StoreKind::Redis), None) => {
+                return Err(ConfigError::Cluster(
+                    "--store redis needs --redis".to_owned(),
+                ));
+            }
+            (Some(kind @ (StoreKind::Memory | StoreKind::Embedded)), Some(_)) => {
+                return Err(ConfigError::Cluster(format!(
+                    "--store {} cannot be shared: a cluster keeps identities in Redis (leave --store out)",
+                    if kind == StoreKind::Memory {
+                        "memory"
+                    } else {
+                        "embedded"
+                    }
+                )));
+            }
+            _ => {}
+        }
+        if self.limits.delivery_timeout <= self.limits.write_timeout {
+            return Err(ConfigError::Cluster(format!(
+                "--delivery-timeout ({:?}) must be longer than --write-timeout ({:?}): a node reports an envelope undelivered only after a write stalls that long",
+                self.limits.delivery_timeout, self.limits.write_timeout
+            )));
+        }
         let limits = &self.limits;
         let needed = limits
             .max_header_bytes

@@ -23,6 +23,8 @@
 //! - [`metrics`]: the Prometheus exposition of the core's counters.
 //! - [`turn`]: the ICE servers handed to clients, with TURN credentials
 //!   minted per user (the TURN REST API scheme coturn implements).
+//! - [`cluster`]: many gateways as one, on Redis (routes, fencing, the
+//!   courier and the inbox).
 //! - [`auth`]: tokens, cookies and origins, shared by both transports.
 //! - [`tls`]: development and production certificates (rustls + rcgen).
 //! - [`config`]: command line and environment.
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod core;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{OriginPolicy, ProxyPolicy};
+use crate::cluster::Node;
 use crate::config::{Config, ConfigError, ListenAddr};
 use crate::core::token::TokenVerifier;
 use crate::core::{Hub, Identities, Limits};
@@ -52,14 +53,27 @@ pub enum GatewayError {
     /// JWT verification could not be set up.
     #[error(transparent)]
     Jwt(#[from] SetupError),
+    /// The cluster node could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::SetupError),
 }
 
 /// The identity store, the JWT verifier and which of them are taken.
-async fn identities(config: &Config, limits: &Limits) -> Result<Identities, GatewayError> {
+async fn identities(
+    config: &Config,
+    limits: &Limits,
+    node: Option<&Node>,
+) -> Result<Identities, GatewayError> {
     let settings = &config.identity;
     let keys = settings.key_source()?;
     let mode = settings.mode(keys.is_some())?;
-    let store = store::open(settings.store, settings.data_dir.clone(), limits).await?;
+    let store = store::open(
+        settings.store,
+        settings.data_dir.clone(),
+        limits,
+        node.map(Node::redis),
+    )
+    .await?;
     let verifier = match keys {
         Some(keys) => {
             let verifier = JwtVerifier::new(keys, settings.claims()).await?;
@@ -87,6 +101,8 @@ pub struct Gateway {
     tcp_limits: TcpLimits,
     /// `--metrics-listen` and what it serves.
     metrics: Option<(TcpListener, axum::Router)>,
+    /// The cluster node, with where browsers reach its WebTransport.
+    node: Option<(Node, String)>,
     shutdown_delay: Duration,
     shutdown_timeout: Duration,
 }
@@ -110,8 +126,15 @@ impl Gateway {
             }
         };
         let limits = config.limits.core();
-        let identities = identities(&config, &limits).await?;
+        let node = match &config.cluster.redis {
+            Some(url) => Some(Node::new(url, &config.cluster.node_id())?),
+            None => None,
+        };
+        let identities = identities(&config, &limits, node.as_ref()).await?;
         let hub = Hub::new(limits, identities, Arc::new(config.ice.provider()?));
+        if let Some(node) = &node {
+            hub.join(node.cluster());
+        }
         let tcp = bind_tcp(config.listen).await?;
         let http_port = tcp
             .first()
@@ -131,6 +154,14 @@ impl Gateway {
             sha256_hex: identity.sha256_hex(),
             development: identity.development,
             webtransport_port,
+            webtransport_host: config.cluster.advertise_host.clone(),
+        };
+        let advertised = match (&config.cluster.advertise_host, quic.first()) {
+            (Some(host), _) => format!("{host}:{webtransport_port}"),
+            (None, Some(endpoint)) => endpoint
+                .local_addr()
+                .map_or_else(|_| String::new(), |addr| addr.to_string()),
+            (None, None) => String::new(),
         };
         let origins = OriginPolicy::new(&config.allow_origins);
         let operations = Operations::new(hub.clone());
@@ -182,6 +213,7 @@ impl Gateway {
                 handshake_timeout: config.limits.handshake_timeout,
             },
             metrics,
+            node: node.map(|node| (node, advertised)),
             shutdown_delay: config.operations.shutdown_delay,
             shutdown_timeout: config.limits.shutdown_timeout,
         })
@@ -254,6 +286,9 @@ impl Gateway {
             ));
         }
         tasks.spawn(sweep(self.hub.clone(), stop.clone()));
+        if let Some((node, webtransport)) = self.node {
+            tasks.spawn(node.run(self.hub.clone(), webtransport, stop.clone()));
+        }
         self.hub.serving();
 
         shutdown.await;

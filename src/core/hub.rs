@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use governor::clock::{Clock, DefaultClock};
@@ -15,10 +15,11 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{Broadcast, Cluster, ClusterError, ClusterUser, Epoch, InFlight, NodeInfo};
 use super::envelope::{ErrorDetail, Inbound, Welcome, error_frame, welcome_frame};
 use super::ice::{IceConfig, IceServers};
 use super::limits::{Limits, ip_key};
-use super::outbox::{Origin, Outbox, PushError, Queued};
+use super::outbox::{ConnId, LocalSender, Origin, Outbox, PushError, Queued};
 use super::readiness::{NotReady, Phase};
 use super::registry::{ConnectedUser, Entry, Grant, Transport, UserClientRegistry};
 use super::session::Session;
@@ -27,6 +28,10 @@ use super::store::{IdentityStore, MemoryStore, Registration, StoreError};
 use super::token::{AuthMode, TokenError, TokenVerifier, is_jwt};
 use super::username::{UsernameError, validate_username};
 use super::wire::{CloseReason, ErrorType, HttpError};
+
+/// How long a fence is remembered: longer than any connection takes from
+/// its claim to its attach (both set-up timeouts are far shorter).
+const FENCE_MEMORY: Duration = Duration::from_secs(120);
 
 /// Why a new connection or registration is refused before any work is done.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -117,6 +122,27 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
+/// Why an admin action failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    /// Identities could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The other nodes could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl AdminError {
+    /// What an HTTP client is answered.
+    pub fn http_error(&self) -> HttpError {
+        match self {
+            AdminError::Store(err) => err.http_error(),
+            AdminError::Cluster(_) => HttpError::Unavailable,
+        }
+    }
+}
+
 impl AuthError {
     /// What an HTTP client is answered.
     pub fn http_error(&self) -> HttpError {
@@ -188,12 +214,40 @@ impl Authenticated {
     }
 }
 
+/// An authenticated connection's claim on its user, made before it
+/// attaches (see [`Hub::claim`]); given up on drop unless it attached.
+#[derive(Debug)]
+pub struct Claimed {
+    hub: Arc<Hub>,
+    authenticated: Authenticated,
+    conn: ConnId,
+    epoch: Epoch,
+    transport: Transport,
+    attached: bool,
+}
+
+impl Claimed {
+    /// The claimed user.
+    pub fn user(&self) -> &Arc<str> {
+        &self.authenticated.user
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if !self.attached {
+            self.hub.release(&self.authenticated.user, self.epoch);
+        }
+    }
+}
+
 /// Registered names and live connections, as the admin listing shows them.
 #[derive(Debug, Clone, Serialize)]
 pub struct Users {
     /// Every registered name, sorted.
     pub registered: Vec<Arc<str>>,
-    /// Every live connection, sorted by user.
+    /// Every live connection, sorted by user: this node's, and in a
+    /// cluster every other node's.
     pub connected: Vec<ConnectedUser>,
 }
 
@@ -231,6 +285,10 @@ pub struct Hub {
     register_rate: DefaultKeyedRateLimiter<IpAddr>,
     stopping: CancellationToken,
     phase: Phase,
+    /// The other nodes, once this gateway has joined a cluster.
+    pub(super) cluster: OnceLock<Arc<dyn Cluster>>,
+    /// Envelopes sent to other nodes and not settled yet.
+    pub(super) in_flight: InFlight,
 }
 
 pub(super) fn quota(rate: std::num::NonZeroU32, burst: std::num::NonZeroU32) -> Quota {
@@ -265,6 +323,8 @@ impl Hub {
             )),
             stopping: CancellationToken::new(),
             phase: Phase::default(),
+            cluster: OnceLock::new(),
+            in_flight: InFlight::new(limits.delivery_timeout),
             register_rate: RateLimiter::keyed(quota(
                 limits.register_rate_per_ip,
                 limits.register_burst_per_ip,
@@ -510,28 +570,53 @@ impl Hub {
         Ok(verified.expires_at)
     }
 
-    /// Attaches an admitted, authenticated connection to its user. A
-    /// previous connection of the same user is closed as `REPLACED`. The
-    /// session's outbox starts with the `WELCOME` envelope, which carries ICE
-    /// servers minted for this connection. Refused, with the reason to close
-    /// the connection with, when the gateway is shutting down or the
-    /// authentication was revoked since (a kick, deleted identities).
-    /// `started` is when the client's first request or packet arrived,
-    /// for the set-up time histogram.
+    /// Claims `authenticated`'s user for a new connection on `transport`,
+    /// before the connection is accepted: on a single gateway at once, in a
+    /// cluster with an epoch allocated cluster-wide, which fences the user's
+    /// previous connection wherever it is. Refused when the cluster's shared
+    /// state cannot be reached.
+    pub async fn claim(
+        self: &Arc<Self>,
+        authenticated: Authenticated,
+        transport: Transport,
+    ) -> Result<Claimed, ClusterError> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let epoch = match self.cluster() {
+            Some(cluster) => cluster.claim(&authenticated.user, conn, transport).await?,
+            None => conn,
+        };
+        Ok(Claimed {
+            hub: self.clone(),
+            authenticated,
+            conn,
+            epoch,
+            transport,
+            attached: false,
+        })
+    }
+
+    /// Attaches an admitted, claimed connection to its user. A previous
+    /// connection of the same user is closed as `REPLACED`. The session's
+    /// outbox starts with the `WELCOME` envelope, which carries ICE servers
+    /// minted for this connection. Refused, with the reason to close the
+    /// connection with, when the gateway is shutting down, the
+    /// authentication was revoked since (a kick, deleted identities), or a
+    /// newer claim on the user exists (`REPLACED`). `started` is when the
+    /// client's first request or packet arrived, for the set-up time
+    /// histogram.
     pub fn attach(
         self: &Arc<Self>,
         admission: Admission,
-        authenticated: Authenticated,
-        transport: Transport,
+        mut claimed: Claimed,
         peer: IpAddr,
         started: Instant,
     ) -> Result<Session, CloseReason> {
+        let (conn, epoch, transport) = (claimed.conn, claimed.epoch, claimed.transport);
         let Authenticated {
             user,
             expires_at,
             grant,
-        } = authenticated;
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        } = claimed.authenticated.clone();
         let outbox = Arc::new(Outbox::new(
             self.limits.queue_envelopes,
             self.limits.queue_bytes,
@@ -549,6 +634,7 @@ impl Hub {
             user.clone(),
             Entry {
                 conn,
+                epoch,
                 transport,
                 outbox: outbox.clone(),
                 since: SystemTime::now(),
@@ -556,11 +642,14 @@ impl Hub {
             },
             grant,
         )?;
+        // From here the session gives the claim up when it ends.
+        claimed.attached = true;
         self.store.touch(&user);
         self.stats.attached(transport);
         Ok(Session::new(
             self.clone(),
-            Origin { user, conn },
+            LocalSender { user, conn },
+            epoch,
             transport,
             outbox,
             admission,
@@ -569,28 +658,89 @@ impl Hub {
         ))
     }
 
+    /// Gives up the claim `epoch` on `user` (its connection ended or never
+    /// attached).
+    pub(super) fn release(&self, user: &str, epoch: Epoch) {
+        if let Some(cluster) = self.cluster() {
+            cluster.release(user, epoch);
+        }
+    }
+
     /// Closes every live connection as `KICKED` (admin reset), and those
     /// authenticated but not attached yet as they attach; returns how many
     /// were live.
-    pub async fn kick_all(&self) -> usize {
-        self.registry.kick_all()
+    pub async fn kick_all(&self) -> Result<usize, ClusterError> {
+        let elsewhere = match self.cluster() {
+            Some(cluster) => {
+                let others = self.elsewhere(cluster.connected().await?);
+                cluster.broadcast(Broadcast::KickAll).await?;
+                others.len()
+            }
+            None => 0,
+        };
+        Ok(self.registry.kick_all() + elsewhere)
     }
 
     /// Forgets every identity and kicks every connection; a connection
     /// whose token was checked before and that attaches after is refused.
     /// Returns `(identities, connections)`.
-    pub async fn delete_identities(&self) -> Result<(usize, usize), StoreError> {
+    pub async fn delete_identities(&self) -> Result<(usize, usize), AdminError> {
         // The store first: see `Hub::authenticate`.
         let identities = self.store.clear().await?;
-        Ok((identities, self.registry.revoke_all()))
+        let elsewhere = match self.cluster() {
+            Some(cluster) => {
+                let others = self.elsewhere(cluster.connected().await?);
+                cluster.broadcast(Broadcast::RevokeAll).await?;
+                others.len()
+            }
+            None => 0,
+        };
+        Ok((identities, self.registry.revoke_all() + elsewhere))
     }
 
     /// Registered names and live connections.
-    pub async fn users(&self) -> Result<Users, StoreError> {
+    pub async fn users(&self) -> Result<Users, AdminError> {
+        let mut connected = self.registry.snapshot();
+        if let Some(cluster) = self.cluster() {
+            for user in self.elsewhere(cluster.connected().await?) {
+                connected.push(ConnectedUser {
+                    username: user.username,
+                    connection_id: user.connection_id,
+                    transport: user.transport,
+                    connected_at: user.connected_at,
+                    queued: None,
+                    node: Some(user.node),
+                });
+            }
+            let here = cluster.node();
+            for user in &mut connected {
+                user.node.get_or_insert_with(|| here.clone());
+            }
+            connected.sort_by(|a, b| a.username.cmp(&b.username));
+        }
         Ok(Users {
             registered: self.store.names().await?,
-            connected: self.registry.snapshot(),
+            connected,
         })
+    }
+
+    /// The cluster's live nodes; `None` when this gateway is no node.
+    pub async fn nodes(&self) -> Result<Option<Vec<NodeInfo>>, ClusterError> {
+        match self.cluster() {
+            Some(cluster) => Ok(Some(cluster.nodes().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The connections of `everyone` that are on other nodes.
+    fn elsewhere(&self, everyone: Vec<ClusterUser>) -> Vec<ClusterUser> {
+        let Some(here) = self.cluster().map(|cluster| cluster.node().clone()) else {
+            return everyone;
+        };
+        everyone
+            .into_iter()
+            .filter(|user| user.node != here)
+            .collect()
     }
 
     /// The books.
@@ -632,7 +782,16 @@ impl Hub {
 
     /// Whether the gateway should be sent traffic now.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        self.phase.readiness()
+        self.phase.readiness()?;
+        match self.cluster() {
+            Some(cluster) => cluster.readiness().map_err(NotReady::ClusterUnreachable),
+            None => Ok(()),
+        }
+    }
+
+    /// The cluster this gateway is a node of, if any.
+    pub fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.cluster.get()
     }
 
     /// Starts shutdown: refuses newcomers and closes everyone as `SHUTDOWN`.
@@ -668,6 +827,7 @@ impl Hub {
     /// last-seen times, and forgets idle per-IP rate state. Returns the
     /// number of identities expired.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
+        self.registry.prune_fences(FENCE_MEMORY);
         let in_use = |name: &str| self.registry.contains(name);
         let expired = self.store.expire(self.limits.identity_ttl, &in_use).await?;
         self.store.flush().await?;
@@ -691,9 +851,16 @@ impl Hub {
         why: &str,
     ) {
         for item in items {
-            let Some(origin) = item.origin else {
-                self.stats.replies_dropped.inc();
-                continue;
+            let origin = match item.origin {
+                None => {
+                    self.stats.replies_dropped.inc();
+                    continue;
+                }
+                Some(Origin::Remote { node, id }) => {
+                    self.report_remote_undelivered(&node, id, why);
+                    continue;
+                }
+                Some(Origin::Local(origin)) => origin,
             };
             let kind = serde_json::from_slice::<Inbound<'_>>(&item.frame)
                 .ok()
@@ -849,14 +1016,10 @@ mod tests {
         let authenticated = futures::executor::block_on(hub.authenticate(&token)).unwrap();
         futures::executor::block_on(hub.delete_identities()).unwrap();
         let admission = hub.admit(LOCAL).unwrap();
+        let claimed =
+            futures::executor::block_on(hub.claim(authenticated, Transport::WebTransport)).unwrap();
         let refused = hub
-            .attach(
-                admission,
-                authenticated,
-                Transport::WebTransport,
-                LOCAL,
-                Instant::now(),
-            )
+            .attach(admission, claimed, LOCAL, Instant::now())
             .unwrap_err();
         assert_eq!(refused, CloseReason::Unauthenticated);
         assert_eq!(

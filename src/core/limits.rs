@@ -74,6 +74,11 @@ pub const DEFAULT_MAX_PENDING_PER_IP: usize = 32;
 pub const DEFAULT_PRE_SESSION_BYTES: usize = 64 * 1024;
 /// Plain HTTP/3 requests one unauthenticated QUIC connection may make.
 pub const DEFAULT_PRE_SESSION_REQUESTS: usize = 32;
+/// In a cluster, how long a node waits to hear how an envelope it sent to
+/// another node ended before answering its sender `UNCONFIRMED`: longer
+/// than the target's write timeout, after which the target's node has
+/// written it or reported it undelivered.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The key per-IP limits use: an IPv4 address as it is, an IPv6 address
 /// by its /64 (what one subscriber or host is usually given, so one client
@@ -137,6 +142,8 @@ pub struct Limits {
     pub pre_session_bytes: usize,
     /// See [`DEFAULT_PRE_SESSION_REQUESTS`].
     pub pre_session_requests: usize,
+    /// See [`DEFAULT_DELIVERY_TIMEOUT`].
+    pub delivery_timeout: Duration,
 }
 
 const fn nz(n: u32) -> NonZeroU32 {
@@ -172,6 +179,7 @@ impl Default for Limits {
             max_pending_per_ip: DEFAULT_MAX_PENDING_PER_IP,
             pre_session_bytes: DEFAULT_PRE_SESSION_BYTES,
             pre_session_requests: DEFAULT_PRE_SESSION_REQUESTS,
+            delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! registry of live connections, and routing between them. Nothing in here
 //! knows about axum, hyper, quinn or h3.
 
+pub mod cluster;
 pub mod envelope;
 pub mod histogram;
 pub mod hub;
@@ -10,6 +11,7 @@ pub mod limits;
 pub mod outbox;
 pub mod readiness;
 pub mod registry;
+mod remote;
 pub mod session;
 pub mod stats;
 pub mod store;
@@ -20,8 +22,8 @@ pub mod username;
 pub mod wire;
 
 pub use hub::{
-    Admission, AuthError, Authenticated, Hub, Identities, PendingAdmission, Refusal, RegisterError,
-    Report, Users,
+    AdminError, Admission, AuthError, Authenticated, Claimed, Hub, Identities, PendingAdmission,
+    Refusal, RegisterError, Report, Users,
 };
 pub use ice::{IceConfig, IceServer, IceServers};
 pub use limits::Limits;

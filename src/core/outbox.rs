@@ -12,18 +12,34 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::cluster::NodeId;
 use super::wire::CloseReason;
 
 /// Identifies one live connection; never reused within a process.
 pub type ConnId = u64;
 
-/// Who sent a queued envelope, so it can be answered if it is never written.
+/// A sender connected to this node.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub struct LocalSender {
     /// The sender's username.
     pub user: Arc<str>,
     /// The sender's connection at the time it sent.
     pub conn: ConnId,
+}
+
+/// Who sent a queued envelope, so it can be answered if it is never written.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A sender on this node.
+    Local(LocalSender),
+    /// A sender on another node: that node, and the envelope's id in its
+    /// book (it is told how the envelope ended).
+    Remote {
+        /// The sender's node.
+        node: NodeId,
+        /// The envelope's id there.
+        id: u64,
+    },
 }
 
 /// One frame waiting to be written.

@@ -3,24 +3,33 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use serde::Serialize;
-
 /// Why the gateway should not be sent traffic now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReady {
     /// The listeners are not serving yet.
     Starting,
     /// A shutdown has started: connections are being drained.
     ShuttingDown,
+    /// A cluster node whose link to the other nodes is down (why).
+    ClusterUnreachable(String),
 }
 
 impl NotReady {
-    /// Said to the probe.
-    pub const fn message(self) -> &'static str {
+    /// The reason, as a probe reads it.
+    pub const fn reason(&self) -> &'static str {
         match self {
-            NotReady::Starting => "the listeners are not serving yet",
-            NotReady::ShuttingDown => "shutting down: draining connections",
+            NotReady::Starting => "starting",
+            NotReady::ShuttingDown => "shutting_down",
+            NotReady::ClusterUnreachable(_) => "cluster_unreachable",
+        }
+    }
+
+    /// Said to the probe.
+    pub fn message(&self) -> String {
+        match self {
+            NotReady::Starting => "the listeners are not serving yet".to_owned(),
+            NotReady::ShuttingDown => "shutting down: draining connections".to_owned(),
+            NotReady::ClusterUnreachable(why) => format!("the cluster is unreachable: {why}"),
         }
     }
 }

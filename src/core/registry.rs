@@ -1,21 +1,26 @@
 //! `UserClientRegistry`: who is connected right now, and where to reach them.
 //!
-//! One live connection per user, newest wins. Removal compares connection
-//! ids, so the late cleanup of a replaced connection can never evict the
-//! connection that replaced it.
+//! One live connection per user, newest wins: each connection carries the
+//! epoch of its claim on the user (a local counter on a single gateway,
+//! allocated cluster-wide in a cluster), and a connection with a lower epoch
+//! never replaces one with a higher. Removal compares connection ids, so the
+//! late cleanup of a replaced connection can never evict the connection
+//! that replaced it; a fence (another node's newer claim) closes only the
+//! connections it names.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::cluster::{Epoch, NodeId};
 use super::outbox::{ConnId, Outbox, PushError, Queued};
 use super::wire::CloseReason;
 
 /// Which transport a connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// RFC 6455 WebSocket over HTTP/1.1 (axum).
@@ -50,6 +55,8 @@ impl Transport {
 pub struct Entry {
     /// The connection's id.
     pub conn: ConnId,
+    /// Its claim's epoch.
+    pub epoch: Epoch,
     /// Its transport.
     pub transport: Transport,
     /// Where envelopes for it go.
@@ -82,8 +89,13 @@ pub struct ConnectedUser {
     pub transport: Transport,
     /// Seconds since the Unix epoch when it attached.
     pub connected_at: u64,
-    /// Envelopes waiting to be written to it.
-    pub queued: usize,
+    /// Envelopes waiting to be written to it (known for this node's
+    /// connections only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued: Option<usize>,
+    /// The node it is on, in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
 }
 
 /// What had been revoked when a connection was authenticated. A
@@ -101,9 +113,27 @@ pub struct Grant {
 #[derive(Debug)]
 struct State {
     users: HashMap<Arc<str>, Entry>,
+    /// Per user, the highest epoch a newer claim elsewhere superseded, and
+    /// when: a connection still on its way in with that epoch or a lower
+    /// one is refused as it attaches.
+    fences: HashMap<Arc<str>, (Epoch, Instant)>,
     accepting: bool,
     kicks: u64,
     deletions: u64,
+}
+
+/// A live connection's claim, for claiming again after the cluster's shared
+/// state was out of reach.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The user.
+    pub user: Arc<str>,
+    /// The connection's id.
+    pub conn: ConnId,
+    /// Its claim's epoch.
+    pub epoch: Epoch,
+    /// Its transport.
+    pub transport: Transport,
 }
 
 /// The live connections, keyed by username.
@@ -117,6 +147,7 @@ impl Default for UserClientRegistry {
         Self {
             state: Mutex::new(State {
                 users: HashMap::new(),
+                fences: HashMap::new(),
                 accepting: true,
                 kicks: 0,
                 deletions: 0,
@@ -148,7 +179,9 @@ impl UserClientRegistry {
     /// asked to close as `REPLACED` and returned. The entry is refused with
     /// the reason to close it with when the registry has stopped
     /// (`SHUTDOWN`), when everyone was kicked since `grant` was taken
-    /// (`KICKED`), or when identities were deleted since (`UNAUTHENTICATED`).
+    /// (`KICKED`), when identities were deleted since (`UNAUTHENTICATED`),
+    /// or when a newer claim on the user exists, here or (fenced) elsewhere
+    /// (`REPLACED`).
     pub fn insert(
         &self,
         user: Arc<str>,
@@ -165,12 +198,75 @@ impl UserClientRegistry {
         if state.kicks != grant.kicks {
             return Err(CloseReason::Kicked);
         }
+        let fenced = state
+            .fences
+            .get(&user)
+            .is_some_and(|(epoch, _)| *epoch >= entry.epoch);
+        let newer_here = state
+            .users
+            .get(&user)
+            .is_some_and(|live| live.epoch > entry.epoch);
+        if fenced || newer_here {
+            return Err(CloseReason::Replaced);
+        }
         let old = state.users.insert(user, entry);
         drop(state);
         if let Some(old) = &old {
             old.outbox.close(CloseReason::Replaced);
         }
         Ok(old)
+    }
+
+    /// A newer claim on `user` exists elsewhere, superseding `epoch`:
+    /// closes the user's connection here as `REPLACED` if its epoch is
+    /// `epoch` or lower, and refuses such connections still on their way
+    /// in. Returns whether a live connection was closed.
+    pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        match state.fences.get_mut(user) {
+            Some(fence) => *fence = (fence.0.max(epoch), now),
+            None => {
+                state.fences.insert(user.into(), (epoch, now));
+            }
+        }
+        let superseded = state
+            .users
+            .get(user)
+            .is_some_and(|live| live.epoch <= epoch);
+        let closed = if superseded {
+            state.users.remove(user)
+        } else {
+            None
+        };
+        drop(state);
+        closed
+            .map(|entry| entry.outbox.close(CloseReason::Replaced))
+            .is_some()
+    }
+
+    /// Forgets fences older than `age`: by then every connection they could
+    /// refuse has attached or given up (set-up is bounded by the handshake
+    /// and stream-open timeouts).
+    pub fn prune_fences(&self, age: Duration) {
+        let now = Instant::now();
+        self.lock()
+            .fences
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < age);
+    }
+
+    /// Every live connection's claim.
+    pub fn claims(&self) -> Vec<Claim> {
+        self.lock()
+            .users
+            .iter()
+            .map(|(user, entry)| Claim {
+                user: user.clone(),
+                conn: entry.conn,
+                epoch: entry.epoch,
+                transport: entry.transport,
+            })
+            .collect()
     }
 
     /// Removes the user's entry only if it is still connection `conn`.
@@ -279,7 +375,8 @@ impl UserClientRegistry {
                     .since
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-                queued: entry.outbox.len(),
+                queued: Some(entry.outbox.len()),
+                node: None,
             })
             .collect();
         drop(state);
@@ -297,6 +394,7 @@ mod tests {
     fn entry(conn: ConnId, capacity: usize) -> Entry {
         Entry {
             conn,
+            epoch: conn,
             transport: Transport::WebSocket,
             outbox: Arc::new(Outbox::new(capacity, 1 << 20)),
             since: SystemTime::now(),
@@ -323,6 +421,49 @@ mod tests {
         assert_eq!(old.conn, 1);
         assert_eq!(first.outbox.closing(), Some(CloseReason::Replaced));
         assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn an_older_claim_never_replaces_a_newer_one() {
+        let registry = UserClientRegistry::default();
+        let grant = registry.grant();
+        let newer = entry(5, 8);
+        registry
+            .insert("alice".into(), newer.clone(), grant)
+            .unwrap();
+        assert_eq!(
+            registry
+                .insert("alice".into(), entry(4, 8), grant)
+                .unwrap_err(),
+            CloseReason::Replaced
+        );
+        assert_eq!(newer.outbox.closing(), None);
+        assert_eq!(registry.claims()[0].epoch, 5);
+    }
+
+    #[test]
+    fn a_fence_closes_only_what_it_names_and_refuses_it_on_the_way_in() {
+        let registry = UserClientRegistry::default();
+        let grant = registry.grant();
+        let live = entry(7, 8);
+        registry
+            .insert("alice".into(), live.clone(), grant)
+            .unwrap();
+        assert!(!registry.fence("alice", 6), "an older epoch leaves it");
+        assert_eq!(live.outbox.closing(), None);
+        assert!(registry.fence("alice", 7));
+        assert_eq!(live.outbox.closing(), Some(CloseReason::Replaced));
+        assert!(!registry.contains("alice"));
+        // A connection that claimed epoch 7 but attaches after the fence.
+        assert_eq!(
+            registry
+                .insert("alice".into(), entry(7, 8), grant)
+                .unwrap_err(),
+            CloseReason::Replaced
+        );
+        registry.insert("alice".into(), entry(8, 8), grant).unwrap();
+        registry.prune_fences(Duration::ZERO);
+        assert!(!registry.fence("bob", 1), "nobody to close");
     }
 
     #[test]
@@ -394,9 +535,11 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..200u64 {
                         let conn = t * 1000 + i;
-                        registry
-                            .insert("alice".into(), entry(conn, 8), registry.grant())
-                            .unwrap();
+                        // Refused only for an older claim than the live one.
+                        match registry.insert("alice".into(), entry(conn, 8), registry.grant()) {
+                            Ok(_) | Err(CloseReason::Replaced) => {}
+                            Err(other) => panic!("{other:?}"),
+                        }
                         registry.remove_if("alice", conn.saturating_sub(1));
                     }
                 })

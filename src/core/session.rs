@@ -9,12 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 
+use super::cluster::{Epoch, Fate};
 use super::envelope::{
     EnvelopeError, ErrorDetail, Inbound, error_frame, forward_frame, parse_inbound,
     parse_inbound_text, server_frame,
 };
 use super::hub::{Admission, Hub, quota, retry_after};
-use super::outbox::{ConnId, Origin, Outbox, PushError, Queued};
+use super::outbox::{ConnId, LocalSender, Origin, Outbox, PushError, Queued};
 use super::registry::{Delivery, Transport};
 use super::store::unix_ms;
 use super::token::TOKEN_LEEWAY;
@@ -108,7 +109,9 @@ pub enum AfterWrite {
 #[derive(Debug)]
 pub struct Session {
     hub: Arc<Hub>,
-    origin: Origin,
+    origin: LocalSender,
+    /// The epoch of this connection's claim on its user.
+    epoch: Epoch,
     transport: Transport,
     outbox: Arc<Outbox>,
     limiter: DefaultDirectRateLimiter,
@@ -121,9 +124,14 @@ pub struct Session {
 
 impl Session {
     /// A session for a connection the hub has just attached.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "everything a session is made of, from one caller"
+    )]
     pub(super) fn new(
         hub: Arc<Hub>,
-        origin: Origin,
+        origin: LocalSender,
+        epoch: Epoch,
         transport: Transport,
         outbox: Arc<Outbox>,
         admission: Admission,
@@ -134,6 +142,7 @@ impl Session {
         Self {
             hub,
             origin,
+            epoch,
             transport,
             outbox,
             limiter: RateLimiter::direct(envelope_quota),
@@ -248,11 +257,31 @@ impl Session {
         );
         let item = Queued {
             frame,
-            origin: Some(self.origin.clone()),
+            origin: Some(Origin::Local(self.origin.clone())),
             accepted_at: Some(Instant::now()),
         };
         match self.hub.registry.deliver(&inbound.target, item) {
             Delivery::Queued => stats.forwarded.inc(),
+            // Not here: in a cluster, the target may be on another node.
+            Delivery::NotFound(item) if self.hub.cluster().is_some() => {
+                if !self
+                    .hub
+                    .forward_remote(&self.origin, &inbound.target, item.frame)
+                {
+                    self.reply_error(
+                        ErrorType::ClusterUnavailable,
+                        ErrorDetail {
+                            message: format!(
+                                "user \"{}\" is not connected to this node, and the other nodes cannot be reached now",
+                                inbound.target
+                            ),
+                            target: Some(&inbound.target),
+                            kind: Some(&inbound.kind),
+                            retry_after_ms: None,
+                        },
+                    );
+                }
+            }
             Delivery::NotFound(_) => {
                 stats.target_not_found.inc();
                 self.reply_error(
@@ -436,6 +465,13 @@ impl Session {
             }));
         stats.written.add(forwarded);
         stats.batch_sizes.observe(batch.len() as f64);
+        if let Some(cluster) = self.hub.cluster() {
+            for item in batch {
+                if let Some(Origin::Remote { node, id }) = &item.origin {
+                    cluster.settle(node, *id, Fate::Written);
+                }
+            }
+        }
     }
 
     /// Answers the envelopes of a batch the transport failed to write.
@@ -479,6 +515,7 @@ fn expiry(expires_ms: u64) -> TokenExpiry {
 impl Drop for Session {
     fn drop(&mut self) {
         self.leave();
+        self.hub.release(&self.origin.user, self.epoch);
         self.hub.store.touch(&self.origin.user);
         self.hub.stats.detached(self.transport);
     }

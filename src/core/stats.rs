@@ -171,6 +171,24 @@ pub struct Stats {
     /// QUIC handshakes answered with a Retry, to make the client prove its
     /// address before it gets any state.
     pub quic_retries: Counter,
+    /// Cluster: envelopes accepted here and sent to another node.
+    pub sent_remote: Counter,
+    /// Cluster: of those, confirmed written by the target's node.
+    pub remote_written: Counter,
+    /// Cluster: of those, answered to the sender with an error (not found,
+    /// slow, undelivered, unavailable).
+    pub remote_failed: Counter,
+    /// Cluster: of those, answered `UNCONFIRMED` at their deadline.
+    pub remote_unconfirmed: Counter,
+    /// Cluster: fates heard after the envelope's deadline had passed.
+    pub remote_late: Counter,
+    /// Cluster: envelopes for a user not connected here, not sent because
+    /// the other nodes could not be reached (`CLUSTER_UNAVAILABLE` at once).
+    pub cluster_unavailable: Counter,
+    /// Cluster: envelopes other nodes sent here for users connected here.
+    pub remote_in: Counter,
+    /// Cluster: of those, not written here (reported back to their node).
+    pub remote_in_failed: Counter,
     /// Time from an envelope's acceptance to its write on the target's
     /// connection.
     pub relay_latency: Histogram<{ LATENCY_BOUNDS.len() }>,
@@ -207,6 +225,14 @@ impl Default for Stats {
             undelivered_unreported: Counter::default(),
             replies_dropped: Counter::default(),
             quic_retries: Counter::default(),
+            sent_remote: Counter::default(),
+            remote_written: Counter::default(),
+            remote_failed: Counter::default(),
+            remote_unconfirmed: Counter::default(),
+            remote_late: Counter::default(),
+            cluster_unavailable: Counter::default(),
+            remote_in: Counter::default(),
+            remote_in_failed: Counter::default(),
             relay_latency: Histogram::new(&LATENCY_BOUNDS),
             batch_sizes: Histogram::new(&BATCH_BOUNDS),
             setup: [const { Histogram::new(&SETUP_BOUNDS) }; Transport::ALL.len()],
@@ -383,8 +409,39 @@ impl Stats {
                     .map(|why| (why.reason(), self.pre_session_closes(*why)))
                     .collect(),
             ),
+            remote: RemoteSnapshot {
+                sent: self.sent_remote.get(),
+                written: self.remote_written.get(),
+                failed: self.remote_failed.get(),
+                unconfirmed: self.remote_unconfirmed.get(),
+                late: self.remote_late.get(),
+                unavailable: self.cluster_unavailable.get(),
+                received: self.remote_in.get(),
+                received_failed: self.remote_in_failed.get(),
+            },
         }
     }
+}
+
+/// The cluster's counters (all zero on a gateway that is no cluster node).
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteSnapshot {
+    /// See [`Stats::sent_remote`].
+    pub sent: u64,
+    /// See [`Stats::remote_written`].
+    pub written: u64,
+    /// See [`Stats::remote_failed`].
+    pub failed: u64,
+    /// See [`Stats::remote_unconfirmed`].
+    pub unconfirmed: u64,
+    /// See [`Stats::remote_late`].
+    pub late: u64,
+    /// See [`Stats::cluster_unavailable`].
+    pub unavailable: u64,
+    /// See [`Stats::remote_in`].
+    pub received: u64,
+    /// See [`Stats::remote_in_failed`].
+    pub received_failed: u64,
 }
 
 /// The counters at one moment, as served by `/v1/stats`.
@@ -425,4 +482,6 @@ pub struct StatsSnapshot {
     /// QUIC connections closed before they authenticated a session, by
     /// reason.
     pub pre_session_closes: BTreeMap<&'static str, u64>,
+    /// Envelopes sent to and received from other nodes.
+    pub remote: RemoteSnapshot,
 }

@@ -47,14 +47,12 @@ impl IceServers for TestIce {
 /// Attaches a WebSocket connection for `user`.
 pub(crate) fn connect(hub: &Arc<Hub>, user: &str) -> Session {
     let admission = hub.admit(LOCAL).unwrap();
-    hub.attach(
-        admission,
-        Authenticated::for_tests(hub, user),
-        Transport::WebSocket,
-        LOCAL,
-        std::time::Instant::now(),
+    let claimed = futures::executor::block_on(
+        hub.claim(Authenticated::for_tests(hub, user), Transport::WebSocket),
     )
-    .unwrap()
+    .unwrap();
+    hub.attach(admission, claimed, LOCAL, std::time::Instant::now())
+        .unwrap()
 }
 
 fn json(items: &[super::outbox::Queued]) -> Vec<Value> {

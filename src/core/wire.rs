@@ -149,17 +149,26 @@ pub enum ErrorType {
     /// A `REFRESH_TOKEN` was refused; the connection keeps its old token
     /// (and closes when it expires).
     TokenRefused,
+    /// Cluster only: the target is not on this node and the other nodes
+    /// cannot be reached now (Redis is down); the envelope was not sent.
+    ClusterUnavailable,
+    /// Cluster only: the envelope went to the target's node, which did not
+    /// say within `--delivery-timeout` whether it wrote it; it may or may
+    /// not have been delivered.
+    Unconfirmed,
 }
 
 impl ErrorType {
     /// Every error type, in table order.
-    pub const ALL: [ErrorType; 6] = [
+    pub const ALL: [ErrorType; 8] = [
         ErrorType::TargetNotFound,
         ErrorType::InvalidMessage,
         ErrorType::RateLimited,
         ErrorType::TargetSlow,
         ErrorType::Undelivered,
         ErrorType::TokenRefused,
+        ErrorType::ClusterUnavailable,
+        ErrorType::Unconfirmed,
     ];
 
     /// The upper-case `type` string on the wire.
@@ -171,6 +180,8 @@ impl ErrorType {
             ErrorType::TargetSlow => "TARGET_SLOW",
             ErrorType::Undelivered => "UNDELIVERED",
             ErrorType::TokenRefused => "TOKEN_REFUSED",
+            ErrorType::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
+            ErrorType::Unconfirmed => "UNCONFIRMED",
         }
     }
 }

@@ -22,10 +22,11 @@ use serde_json::json;
 
 use super::AppState;
 use crate::auth::{self, TOKEN_COOKIE, USERNAME_COOKIE};
+use crate::core::cluster::ClusterError;
 use crate::core::stats::RegistrationOutcome;
 use crate::core::store::{Registration, StoreError};
 use crate::core::wire::HttpError;
-use crate::core::{AuthError, Refusal, RegisterError, Report, Users};
+use crate::core::{AdminError, AuthError, Refusal, RegisterError, Report, Users};
 
 /// An error answer: a row of the HTTP error table (`core::wire::HttpError`)
 /// and a message, as `{"status", "message"}`.
@@ -68,6 +69,18 @@ impl From<RegisterError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         Self::new(err.http_error(), err.to_string())
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(err: AdminError) -> Self {
+        Self::new(err.http_error(), err.to_string())
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(err: ClusterError) -> Self {
+        Self::new(HttpError::Unavailable, err.to_string())
     }
 }
 
@@ -330,10 +343,10 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// `GET`/`POST /v1/kick-active-users`: closes every live connection.
-pub(crate) async fn kick(State(ctx): State<AppState>) -> Json<serde_json::Value> {
-    let kicked = ctx.hub.kick_all().await;
+pub(crate) async fn kick(State(ctx): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let kicked = ctx.hub.kick_all().await?;
     tracing::info!(kicked, "admin kicked every active user");
-    Json(json!({ "kicked": kicked }))
+    Ok(Json(json!({ "kicked": kicked })))
 }
 
 /// `GET /v1/users`: registered names and live connections.
@@ -348,6 +361,20 @@ pub(crate) async fn delete_users(
     let (deleted, kicked) = ctx.hub.delete_identities().await?;
     tracing::info!(deleted, kicked, "admin deleted every identity");
     Ok(Json(json!({ "deleted": deleted, "kicked": kicked })))
+}
+
+/// `GET /v1/nodes`: the cluster's live nodes.
+pub(crate) async fn nodes(
+    State(ctx): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(match ctx.hub.nodes().await? {
+        Some(nodes) => json!({
+            "cluster": true,
+            "node": ctx.hub.cluster().map(|cluster| cluster.node().to_string()),
+            "nodes": nodes,
+        }),
+        None => json!({ "cluster": false, "nodes": [] }),
+    }))
 }
 
 /// `GET /v1/stats`: counters and current sizes.
@@ -365,7 +392,11 @@ pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
             "value": cert.sha256_base64,
             "hex": cert.sha256_hex,
             "development": cert.development,
-            "webtransport": { "port": cert.webtransport_port, "path": "/v1/connect" },
+            "webtransport": {
+                "port": cert.webtransport_port,
+                "path": "/v1/connect",
+                "host": cert.webtransport_host,
+            },
         })),
     )
         .into_response()

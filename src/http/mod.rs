@@ -41,6 +41,9 @@ pub struct CertInfo {
     pub development: bool,
     /// UDP port of WebTransport.
     pub webtransport_port: u16,
+    /// The host browsers reach this node's WebTransport under
+    /// (`--advertise-host`); `None`: the host the page came from.
+    pub webtransport_host: Option<String>,
 }
 
 /// What `GET /v1/user` answers when the request carries no valid token.
@@ -139,6 +142,7 @@ pub fn router(ctx: AppState) -> Router {
                 .route("/v1/kick-active-users", get(api::kick).post(api::kick))
                 .route("/v1/users", get(api::list_users).delete(api::delete_users))
                 .route("/v1/stats", get(api::stats))
+                .route("/v1/nodes", get(api::nodes))
                 .merge(ops::metrics(ctx.operations.clone()))
                 .route_layer(middleware::from_fn_with_state(
                     ctx.clone(),
@@ -228,6 +232,7 @@ mod tests {
                 sha256_hex: String::new(),
                 development: true,
                 webtransport_port: 8000,
+                webtransport_host: None,
             },
             max_body_bytes: 1024,
             body_timeout: std::time::Duration::from_secs(1),

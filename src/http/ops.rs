@@ -85,7 +85,7 @@ async fn readyz(State(ops): State<Operations>) -> Response {
         Ok(()) => (StatusCode::OK, json!({ "ready": true })),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "ready": false, "reason": why, "message": why.message() }),
+            json!({ "ready": false, "reason": why.reason(), "message": why.message() }),
         ),
     };
     (status, [(CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()

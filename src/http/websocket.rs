@@ -37,7 +37,7 @@ use crate::connection::{self, Link, Liveness, READ_BATCH, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
 use crate::core::wire::HttpError;
-use crate::core::{Admission, AuthError, Authenticated, CloseReason, Hub, Session, Transport};
+use crate::core::{Admission, AuthError, Claimed, CloseReason, Hub, Session, Transport};
 
 /// tungstenite collects a batch's frames in a buffer of up to this size and
 /// writes them with one system call on flush. (At 0 it would write every
@@ -117,6 +117,15 @@ pub(crate) async fn connect(
         },
         None => None,
     };
+    // Claimed before the upgrade: in a cluster the claim needs Redis, and
+    // a browser reads a 503 better than a close.
+    let user = match user {
+        Some(user) => match ctx.hub.claim(user, Transport::WebSocket).await {
+            Ok(claimed) => Some(claimed),
+            Err(err) => return ApiError::from(err).into_response(),
+        },
+        None => None,
+    };
     let limits = ctx.hub.limits();
     let config = WebSocketConfig::default()
         .read_buffer_size(ctx.websocket.read_buffer_bytes)
@@ -159,7 +168,7 @@ fn run(
     config: WebSocketConfig,
     hub: std::sync::Arc<Hub>,
     admission: Admission,
-    user: Option<Authenticated>,
+    user: Option<Claimed>,
     client: IpAddr,
     started: std::time::Instant,
 ) -> impl Future<Output = ()> {
@@ -189,7 +198,7 @@ fn run(
         // nothing revoked it since.
         let attached = user
             .ok_or(CloseReason::Unauthenticated)
-            .and_then(|user| hub.attach(admission, user, Transport::WebSocket, client, started));
+            .and_then(|user| hub.attach(admission, user, client, started));
         let session = match attached {
             Ok(session) => session,
             Err(reason) => {

@@ -1,8 +1,9 @@
 //! Where registered identities live, behind the core's
-//! [`IdentityStore`] seam: in memory only, or in an embedded database file
-//! that survives restarts (the default).
+//! [`IdentityStore`] seam: in memory only, in an embedded database file
+//! that survives restarts (the default), or in Redis, shared by a cluster.
 
 mod embedded;
+mod redis;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,29 +12,36 @@ use crate::core::Limits;
 use crate::core::store::{IdentityStore, MemoryStore};
 
 pub use embedded::{EmbeddedStore, OpenError};
+pub use redis::RedisStore;
 
 /// Which store keeps registered identities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
     /// In memory: a restart forgets every identity.
     Memory,
     /// An embedded database file in `--data-dir` (redb): identities survive
     /// restarts and crashes.
-    #[default]
     Embedded,
+    /// Redis (`--redis`): shared by every node of a cluster.
+    Redis,
 }
 
-/// Opens the configured store.
+/// Opens the configured store: `kind`, or Redis when the gateway is a
+/// cluster node (`redis`), else the embedded one.
 pub async fn open(
-    kind: StoreKind,
+    kind: Option<StoreKind>,
     data_dir: PathBuf,
     limits: &Limits,
+    redis: Option<::redis::aio::ConnectionManager>,
 ) -> Result<Arc<dyn IdentityStore>, OpenError> {
-    Ok(match kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new(
-            limits.max_identities,
-            limits.max_identities_per_ip,
-        )),
-        StoreKind::Embedded => Arc::new(EmbeddedStore::open(data_dir, limits).await?),
+    let caps = (limits.max_identities, limits.max_identities_per_ip);
+    Ok(match (kind, redis) {
+        (Some(StoreKind::Memory), _) => Arc::new(MemoryStore::new(caps.0, caps.1)),
+        (Some(StoreKind::Redis) | None, Some(redis)) => {
+            Arc::new(RedisStore::new(redis, caps.0, caps.1))
+        }
+        (Some(StoreKind::Embedded | StoreKind::Redis) | None, _) => {
+            Arc::new(EmbeddedStore::open(data_dir, limits).await?)
+        }
     })
 }

@@ -26,7 +26,9 @@ use tracing::Instrument;
 
 use crate::auth::{self, OriginPolicy};
 use crate::core::wire::{HttpError, PreSessionClose};
-use crate::core::{Admission, Authenticated, CloseReason, Hub, PendingAdmission};
+use crate::core::{
+    Admission, Authenticated, Claimed, CloseReason, Hub, PendingAdmission, Transport,
+};
 use crate::tls::{Identity, TlsError};
 use metered::{Meter, MeteredBidi, MeteredConnection};
 
@@ -262,7 +264,7 @@ pub(super) struct Authorized {
     /// Boxed: it owns the HTTP/3 connection, which must live as long as the
     /// session, and is large.
     pub(super) session: Box<Session3>,
-    pub(super) user: Authenticated,
+    pub(super) user: Claimed,
     pub(super) admission: Admission,
 }
 
@@ -381,18 +383,23 @@ async fn pre_session(
         }
         let refusal = match authorize(ctx, &request).await {
             Ok(user) => match hub.claim_slot() {
-                Ok(admission) => {
-                    if let Some(resolver) = peer_settings(&mut h3).await? {
-                        // A request that arrived while we waited: answer it too.
-                        tokio::spawn(serve_resolver(resolver, ctx.clone(), peer));
+                // Claimed only once a slot is held: a refused connection
+                // must not fence the user's live one elsewhere.
+                Ok(admission) => match hub.claim(user, Transport::WebTransport).await {
+                    Ok(user) => {
+                        if let Some(resolver) = peer_settings(&mut h3).await? {
+                            // A request that arrived while we waited: answer it too.
+                            tokio::spawn(serve_resolver(resolver, ctx.clone(), peer));
+                        }
+                        let session = Session3::accept(request, stream, h3).await?;
+                        return Ok(Authorized {
+                            session: Box::new(session),
+                            user,
+                            admission,
+                        });
                     }
-                    let session = Session3::accept(request, stream, h3).await?;
-                    return Ok(Authorized {
-                        session: Box::new(session),
-                        user,
-                        admission,
-                    });
-                }
+                    Err(err) => (HttpError::Unavailable, err.to_string()),
+                },
                 Err(refusal) => (refusal.http_error(), refusal.to_string()),
             },
             Err(refusal) => refusal,

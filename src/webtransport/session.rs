@@ -75,7 +75,7 @@ pub(super) fn run(
             Ok(Some(stream)) => stream,
             Ok(None) => return,
             Err(reason) => {
-                tracing::debug!(user = %user.user, reason = reason.reason(), "closed before its stream");
+                tracing::debug!(user = %user.user(), reason = reason.reason(), "closed before its stream");
                 connection::closed_without_link(&hub, Transport::WebTransport, reason);
                 close_connection(&conn, reason);
                 return;
@@ -94,7 +94,7 @@ pub(super) fn run(
         };
         // The token was checked at the CONNECT; attaching checks that
         // nothing revoked it since.
-        let core = match hub.attach(admission, user, Transport::WebTransport, peer.ip(), started) {
+        let core = match hub.attach(admission, user, peer.ip(), started) {
             Ok(core) => core,
             Err(reason) => {
                 connection::refuse(link, reason, &hub).await;

@@ -176,13 +176,21 @@ impl Client {
     /// The next envelope as raw text (without the trailing newline).
     pub async fn recv_text(&mut self) -> String {
         match self {
-            Client::Ws(ws) => loop {
-                match within("ws recv", ws.next()).await {
-                    Some(Ok(Message::Text(text))) => return text.trim_end_matches('\n').to_owned(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    other => panic!("expected an envelope, got {other:?}"),
-                }
-            },
+            // One deadline for the envelope, however many pings come first.
+            Client::Ws(ws) => {
+                within("ws recv", async {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(text))) => {
+                                return text.trim_end_matches('\n').to_owned();
+                            }
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                            other => panic!("expected an envelope, got {other:?}"),
+                        }
+                    }
+                })
+                .await
+            }
             Client::Wt(wt) => {
                 let mut line = String::new();
                 let read = within("wt recv", wt.recv.read_line(&mut line))
@@ -247,6 +255,65 @@ impl Client {
                         envelope,
                     },
                     other => panic!("expected an application close, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// The next envelope other than `CLOSE`, or how the connection ended
+    /// if it ends first.
+    pub async fn recv_or_close(&mut self) -> Result<Value, Closed> {
+        let mut envelope = None;
+        match self {
+            Client::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        if v["type"] != "CLOSE" {
+                            return Ok(v);
+                        }
+                        envelope = Some(v["payload"].clone());
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        return Err(Closed {
+                            code: frame.as_ref().map_or(1005, |f| u16::from(f.code).into()),
+                            reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                            envelope,
+                        });
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("expected an envelope or a close, got {other:?}"),
+                }
+            },
+            Client::Wt(wt) => {
+                let mut line = String::new();
+                match wt.recv.read_line(&mut line).await {
+                    Ok(0) | Err(_) => match within("wt closed", wt.conn.closed()).await {
+                        wtransport::error::ConnectionError::ApplicationClosed(close) => {
+                            Err(Closed {
+                                code: u32::try_from(close.code().into_inner()).unwrap(),
+                                reason: String::from_utf8_lossy(close.reason()).into_owned(),
+                                envelope,
+                            })
+                        }
+                        other => panic!("expected an application close, got {other:?}"),
+                    },
+                    Ok(_) => {
+                        let v: Value = serde_json::from_str(line.trim_end()).unwrap();
+                        if v["type"] != "CLOSE" {
+                            return Ok(v);
+                        }
+                        // As client.js does on CLOSE: take its code and
+                        // reason and close the session, so the gateway
+                        // does not linger waiting for it.
+                        let payload = v["payload"].clone();
+                        wt.conn.close(0u32.into(), b"closed");
+                        Err(Closed {
+                            code: payload["code"].as_u64().unwrap_or_default() as u32,
+                            reason: payload["reason"].as_str().unwrap_or_default().to_owned(),
+                            envelope: Some(payload),
+                        })
+                    }
                 }
             }
         }

@@ -17,6 +17,7 @@ pub mod coturn;
 pub mod gateway;
 pub mod process;
 pub mod raw_h3;
+pub mod redis;
 
 // Not every test file uses every harness.
 #[allow(unused_imports)]

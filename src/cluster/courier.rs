@@ -1,0 +1,408 @@
+//! The courier: the one task that sends what this node says to the others.
+//! It takes envelopes and reports from bounded queues (the hot path never
+//! waits on Redis), looks up the targets' routes, and sends each batch as
+//! one pipeline: a message per target node, a message of fates per node
+//! they are for, the releases of ended claims. It also keeps the node's
+//! lease and self-ping, answers envelopes whose deadline passed, and
+//! claims every local user again when the link to Redis comes back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::messages::{self, Header};
+use super::{RedisCluster, Report, bounded, keys};
+use crate::core::Hub;
+use crate::core::cluster::{Fate, NodeId, NodeInfo, Outgoing};
+use crate::core::store::unix_ms;
+
+/// Most envelopes (or reports) taken from a queue for one batch.
+const BATCH: usize = 512;
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How often the lease is renewed, the self-ping sent and live nodes read.
+const LEASE_EVERY: Duration = Duration::from_secs(1);
+/// A lease lapses this long after its last renewal.
+const LEASE_TTL_MS: u64 = 3000;
+/// A route to a node missing from the live set looks at the leases again,
+/// at most this often.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+/// Routes remembered before the cache starts over.
+const ROUTE_CACHE: usize = 100_000;
+
+/// What the courier knows between batches.
+struct Courier {
+    cluster: Arc<RedisCluster>,
+    hub: Arc<Hub>,
+    info: NodeInfo,
+    /// Which node each user was last found on.
+    routes: HashMap<Arc<str>, NodeId>,
+    /// Nodes holding a lease at the last look.
+    live: HashSet<NodeId>,
+    ping: u64,
+    last_lease: Option<Instant>,
+    /// When the live nodes were last read.
+    last_look: Option<Instant>,
+}
+
+pub(super) async fn run(
+    cluster: Arc<RedisCluster>,
+    hub: Arc<Hub>,
+    info: NodeInfo,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut reports: mpsc::Receiver<Report>,
+    stop: CancellationToken,
+) {
+    let mut courier = Courier {
+        cluster,
+        hub,
+        info,
+        routes: HashMap::new(),
+        live: HashSet::new(),
+        ping: 0,
+        last_lease: None,
+        last_look: None,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut envelopes = Vec::with_capacity(BATCH);
+    let mut told = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = courier.cluster.resynced.notified() => {
+                courier.housekeeping(true).await;
+                continue;
+            }
+            _ = tick.tick() => {
+                courier.housekeeping(false).await;
+                continue;
+            }
+            taken = outgoing.recv_many(&mut envelopes, BATCH) => if taken == 0 { break },
+            taken = reports.recv_many(&mut told, BATCH) => if taken == 0 { break },
+        }
+        while envelopes.len() < BATCH {
+            match outgoing.try_recv() {
+                Ok(envelope) => envelopes.push(envelope),
+                Err(_) => break,
+            }
+        }
+        while told.len() < BATCH {
+            match reports.try_recv() {
+                Ok(report) => told.push(report),
+                Err(_) => break,
+            }
+        }
+        courier.send(&mut envelopes, &mut told).await;
+    }
+    // Whatever is still queued will not be sent: answer it now.
+    outgoing.close();
+    while let Ok(envelope) = outgoing.try_recv() {
+        courier.hub.settled(
+            envelope.id,
+            Fate::Unavailable("the gateway is stopping".into()),
+        );
+    }
+    courier.release_lease().await;
+}
+
+impl Courier {
+    /// Deadlines every tick; lease, ping and live nodes every second (or
+    /// at once after a resubscription, with every local user claimed
+    /// again).
+    async fn housekeeping(&mut self, resubscribed: bool) {
+        self.hub.expire_remote();
+        let dropped = self
+            .cluster
+            .health
+            .dropped_reports
+            .swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "reports to other nodes dropped: their queue was full (those envelopes will be answered UNCONFIRMED)"
+            );
+        }
+        let due = self.last_lease.is_none_or(|at| at.elapsed() >= LEASE_EVERY);
+        if !(due || resubscribed) {
+            return;
+        }
+        self.last_lease = Some(Instant::now());
+        self.renew().await;
+        if self.cluster.health.resync.swap(false, Ordering::AcqRel) {
+            self.routes.clear();
+            self.reclaim().await;
+        }
+    }
+
+    /// Renews the lease, pings the inbox and reads which nodes are alive,
+    /// in one pipeline.
+    async fn renew(&mut self) {
+        self.ping += 1;
+        self.info.connections = self.hub.connections();
+        let node = self.cluster.node.to_string();
+        let lease = serde_json::to_string(&self.info).unwrap_or_default();
+        let ping = messages::encode(
+            &Header::Ping {
+                from: node.clone(),
+                seq: self.ping,
+            },
+            &[],
+        );
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(keys::lease(&node))
+            .arg(lease)
+            .arg("PX")
+            .arg(LEASE_TTL_MS)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(keys::inbox(&node))
+            .arg(ping.as_ref())
+            .ignore();
+        let mut redis = self.cluster.redis.clone();
+        let result = bounded(pipe.query_async::<()>(&mut redis)).await;
+        self.cluster.health.command_result(&result);
+        if result.is_err() {
+            return;
+        }
+        self.look_at_nodes().await;
+    }
+
+    /// Reads which nodes hold a lease.
+    async fn look_at_nodes(&mut self) {
+        self.last_look = Some(Instant::now());
+        if let Ok(nodes) = self.cluster.live_nodes().await {
+            self.live = nodes.into_iter().map(|info| info.node).collect();
+            self.live.insert(self.cluster.node.clone());
+        }
+    }
+
+    /// Claims every local user again with the epoch it has: a user claimed
+    /// elsewhere meanwhile is closed here; a route that still names an
+    /// older connection elsewhere is fenced there.
+    async fn reclaim(&mut self) {
+        let claims = self.hub.claims();
+        if claims.is_empty() {
+            return;
+        }
+        let node = self.cluster.node.clone();
+        let since = unix_ms(std::time::SystemTime::now()) / 1000;
+        let mut lost = 0;
+        for claim in claims {
+            let mut redis = self.cluster.redis.clone();
+            let result = bounded(
+                keys::RECLAIM
+                    .key(keys::route(&claim.user))
+                    .key(keys::epoch(&claim.user))
+                    .arg(node.as_ref())
+                    .arg(claim.conn)
+                    .arg(claim.epoch)
+                    .arg(claim.transport.as_str())
+                    .arg(since)
+                    .arg(keys::EPOCH_KEEP_MS)
+                    .invoke_async::<(u8, String, u64)>(&mut redis),
+            )
+            .await;
+            self.cluster.health.command_result(&result);
+            match result {
+                Ok((0, _, _)) => {
+                    lost += 1;
+                    self.hub.fence(&claim.user, claim.epoch);
+                }
+                Ok((_, previous, epoch)) if previous != node.as_ref() => {
+                    self.cluster.fence(&previous, &claim.user, epoch).await;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "claiming local users again failed; will retry");
+                    self.cluster.health.resync.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        }
+        tracing::info!(lost, "claimed every local user again");
+    }
+
+    async fn release_lease(&self) {
+        let mut redis = self.cluster.redis.clone();
+        let _ = bounded(
+            redis::cmd("DEL")
+                .arg(keys::lease(&self.cluster.node))
+                .query_async::<()>(&mut redis),
+        )
+        .await;
+    }
+
+    /// Looks up the nodes of `targets` not known yet (or to be looked up
+    /// afresh), in one pipeline.
+    async fn resolve(&mut self, envelopes: &[Outgoing]) -> Result<(), String> {
+        if self.routes.len() > ROUTE_CACHE {
+            self.routes.clear();
+        }
+        let mut wanted: Vec<Arc<str>> = Vec::new();
+        for envelope in envelopes {
+            if envelope.fresh_route {
+                self.routes.remove(&envelope.target);
+            }
+            if !self.routes.contains_key(&envelope.target) && !wanted.contains(&envelope.target) {
+                wanted.push(envelope.target.clone());
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for target in &wanted {
+            pipe.cmd("HGET").arg(keys::route(target)).arg("node");
+        }
+        let mut redis = self.cluster.redis.clone();
+        let nodes: Vec<Option<String>> = bounded(pipe.query_async(&mut redis)).await?;
+        for (target, node) in wanted.into_iter().zip(nodes) {
+            if let Some(node) = node {
+                self.routes.insert(target, node.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one batch: envelopes grouped by target node, fates grouped by
+    /// the node they are for, releases; answers what could not be sent.
+    async fn send(&mut self, envelopes: &mut Vec<Outgoing>, told: &mut Vec<Report>) {
+        let resolved = if envelopes.is_empty() {
+            Ok(())
+        } else {
+            self.resolve(envelopes).await
+        };
+        if let Err(err) = &resolved {
+            self.cluster.health.command_result::<()>(&Err(err.clone()));
+            for envelope in envelopes.drain(..) {
+                self.hub
+                    .settled(envelope.id, Fate::Unavailable(err.clone()));
+            }
+        }
+        // A route to a node not seen alive yet (it started since the last
+        // look): look again before calling its users unreachable.
+        let unknown = envelopes.iter().any(|envelope| {
+            self.routes
+                .get(&envelope.target)
+                .is_some_and(|node| !self.live.contains(node))
+        });
+        let looked = unknown && self.last_look.is_none_or(|at| at.elapsed() >= LOOK_AGAIN);
+        if looked {
+            self.look_at_nodes().await;
+        }
+        let here = self.cluster.node.clone();
+        let mut by_node: HashMap<NodeId, Vec<Outgoing>> = HashMap::new();
+        for envelope in envelopes.drain(..) {
+            match self.routes.get(&envelope.target) {
+                None => {
+                    tracing::debug!(target_user = %envelope.target, "no route: not connected anywhere");
+                    self.hub.settled(envelope.id, Fate::NotFound);
+                }
+                // The route names this node, yet the user is not here: it
+                // left a moment ago (or is on its way in).
+                Some(node) if *node == here => self.hub.settled(envelope.id, Fate::NotHere),
+                // Without a lease at a look made just now, the node is gone
+                // (or cut off from Redis); otherwise the publish's receiver
+                // count tells.
+                Some(node) if looked && !self.live.contains(node) => {
+                    tracing::debug!(target_user = %envelope.target, %node, "the route names a node without a lease");
+                    self.hub.settled(envelope.id, Fate::NotFound);
+                }
+                Some(node) => by_node.entry(node.clone()).or_default().push(envelope),
+            }
+        }
+        let mut fates: HashMap<NodeId, Vec<(u64, Fate)>> = HashMap::new();
+        let mut releases = Vec::new();
+        for report in told.drain(..) {
+            match report {
+                Report::Fate { node, id, fate } => fates.entry(node).or_default().push((id, fate)),
+                Report::Release { user, epoch } => releases.push((user, epoch)),
+            }
+        }
+        if by_node.is_empty() && fates.is_empty() && releases.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent: Vec<(NodeId, Vec<u64>)> = Vec::with_capacity(by_node.len());
+        for (node, batch) in by_node {
+            let frames: Vec<Bytes> = batch.iter().map(|e| e.frame.clone()).collect();
+            let header = Header::Envelopes {
+                from: here.to_string(),
+                items: batch
+                    .iter()
+                    .map(|e| (e.id, e.target.to_string(), e.frame.len()))
+                    .collect(),
+            };
+            pipe.cmd("PUBLISH")
+                .arg(keys::inbox(&node))
+                .arg(messages::encode(&header, &frames).as_ref());
+            sent.push((node, batch.into_iter().map(|e| e.id).collect()));
+        }
+        for (node, items) in fates {
+            let header = Header::Fates {
+                from: here.to_string(),
+                items,
+            };
+            pipe.cmd("PUBLISH")
+                .arg(keys::inbox(&node))
+                .arg(messages::encode(&header, &[]).as_ref())
+                .ignore();
+        }
+        for (user, epoch) in releases {
+            pipe.cmd("EVAL")
+                .arg(keys::RELEASE_SOURCE)
+                .arg(1)
+                .arg(keys::route(&user))
+                .arg(epoch)
+                .ignore();
+        }
+        let mut redis = self.cluster.redis.clone();
+        let result = bounded(pipe.query_async::<Vec<redis::Value>>(&mut redis)).await;
+        self.cluster.health.command_result(&result);
+        match result {
+            Ok(receivers) => {
+                for ((node, ids), receivers) in sent.into_iter().zip(receivers) {
+                    match receivers {
+                        redis::Value::Int(n) if n > 0 => {}
+                        // Nobody subscribed: the node is gone.
+                        redis::Value::Int(_) => {
+                            tracing::debug!(%node, "no subscriber on the node's inbox: it is gone");
+                            self.forget_node(&node);
+                            for id in ids {
+                                self.hub.settled(id, Fate::NotFound);
+                            }
+                        }
+                        other => {
+                            let why = format!("Redis refused the message: {other:?}");
+                            for id in ids {
+                                self.hub.settled(id, Fate::Unavailable(why.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                for (_, ids) in sent {
+                    for id in ids {
+                        self.hub.settled(id, Fate::Unavailable(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A node found dead: forget it and the routes that named it.
+    fn forget_node(&mut self, node: &NodeId) {
+        self.live.remove(node);
+        self.routes.retain(|_, on| on != node);
+    }
+}

@@ -1,0 +1,450 @@
+//! Many gateways as one, on Redis: the cluster backend behind the core's
+//! [`Cluster`] seam.
+//!
+//! Each node subscribes to its own inbox channel and to a control channel.
+//! A user's connection is recorded as a route (`sg:route:<user>`: node and
+//! epoch), claimed with an epoch a script allocates atomically; the node
+//! that claims tells the previous holder's node to close that epoch's
+//! connection (a fence), so newest wins however claims race. An envelope
+//! for a user on another node is queued for the courier task, which looks
+//! routes up (cached until a node says the user is not there), and
+//! publishes one message per target node per batch; the target node
+//! writes each envelope and reports every fate back in batches. Nodes hold
+//! leases (`sg:node:<id>`, 3 s) and ping their own inbox every second, so a
+//! dead node's users are unreachable at once (its subscription is gone) or
+//! within 4 s (its lease lapsed), and a node whose subscription silently
+//! stopped delivering knows it within 3 s and reports itself not ready.
+//!
+//! Redis pub/sub delivers at most once; the core's books make that safe:
+//! every envelope sent is answered to its sender unless its node confirmed
+//! writing it (see [`crate::core::cluster`]).
+
+mod courier;
+mod inbox;
+mod keys;
+mod messages;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::cluster::{
+    Broadcast, Cluster, ClusterError, ClusterFuture, ClusterUser, Epoch, Fate, NodeId, NodeInfo,
+    Outgoing,
+};
+use crate::core::registry::Transport;
+use crate::core::{Hub, store::unix_ms};
+use messages::Header;
+
+/// Envelopes waiting for the courier; beyond this a sender is answered
+/// `CLUSTER_UNAVAILABLE` at once instead of queueing without bound.
+const OUTGOING_QUEUE: usize = 65_536;
+/// Fates and releases waiting for the courier.
+const REPORT_QUEUE: usize = 65_536;
+/// Any one Redis operation gives up after this (the link is then down).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A node's self-ping must come back within this, or its subscription is
+/// considered dead.
+const PING_WITHIN: Duration = Duration::from_secs(3);
+
+/// Why a node cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The URL is not one the Redis client takes.
+    #[error("--redis: {0}")]
+    Url(String),
+}
+
+/// Something a node tells another through the courier.
+#[derive(Debug)]
+enum Report {
+    /// How an envelope from `node` ended here.
+    Fate { node: NodeId, id: u64, fate: Fate },
+    /// A connection ended: drop its route unless a newer claim replaced it.
+    Release { user: Arc<str>, epoch: Epoch },
+}
+
+/// Whether this node's link to the cluster works, from what its tasks see.
+#[derive(Debug, Default)]
+struct Health {
+    /// The last Redis command succeeded.
+    commands_ok: AtomicBool,
+    /// The inbox subscription is established.
+    subscribed: AtomicBool,
+    /// When this node last heard its own ping.
+    last_ping: Mutex<Option<Instant>>,
+    /// Set when the link came back: the courier claims every local user
+    /// again.
+    resync: AtomicBool,
+    /// Reports dropped because their queue was full.
+    dropped_reports: AtomicU64,
+}
+
+impl Health {
+    fn heard_ping(&self) {
+        *self
+            .last_ping
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+    }
+
+    fn ping_fresh(&self) -> bool {
+        self.last_ping
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|at| at.elapsed() < PING_WITHIN)
+    }
+
+    fn command_result<T>(&self, result: &Result<T, String>) {
+        let ok = result.is_ok();
+        if self.commands_ok.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                tracing::info!("Redis answers again");
+            } else if let Err(err) = result {
+                tracing::warn!(%err, "Redis does not answer");
+            }
+        }
+    }
+
+    fn problem(&self) -> Option<&'static str> {
+        if !self.commands_ok.load(Ordering::Acquire) {
+            Some("Redis does not answer commands")
+        } else if !self.subscribed.load(Ordering::Acquire) {
+            Some("the inbox subscription is not established")
+        } else if !self.ping_fresh() {
+            Some("the inbox subscription delivers nothing (no self-ping within 3 s)")
+        } else {
+            None
+        }
+    }
+}
+
+/// A cluster node's side of Redis, as the core's [`Cluster`].
+#[derive(Debug)]
+pub struct RedisCluster {
+    node: NodeId,
+    redis: ConnectionManager,
+    outgoing: mpsc::Sender<Outgoing>,
+    reports: mpsc::Sender<Report>,
+    health: Arc<Health>,
+    /// Wakes the courier when the link came back.
+    resynced: Notify,
+}
+
+/// A node, before it runs: the cluster the hub joins, and the tasks that
+/// carry its traffic.
+#[derive(Debug)]
+pub struct Node {
+    cluster: Arc<RedisCluster>,
+    client: redis::Client,
+    outgoing: mpsc::Receiver<Outgoing>,
+    reports: mpsc::Receiver<Report>,
+}
+
+/// Runs a Redis operation under [`REDIS_TIMEOUT`], flattening its errors to
+/// text (which never holds the URL or password).
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REDIS_TIMEOUT, operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {} s", REDIS_TIMEOUT.as_secs())),
+    }
+}
+
+/// A Redis connection that reconnects by itself, failing fast while Redis
+/// is away (every operation is also bounded by [`REDIS_TIMEOUT`]).
+fn manager(client: &redis::Client) -> Result<ConnectionManager, SetupError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(100))
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+        .map_err(|err| SetupError::Url(err.to_string()))
+}
+
+impl Node {
+    /// Sets up node `node` of the cluster on Redis at `url`; nothing is
+    /// sent to Redis until it runs (a node may start before Redis does, and
+    /// is not ready until Redis answers).
+    pub fn new(url: &str, node: &str) -> Result<Self, SetupError> {
+        let client = redis::Client::open(url).map_err(|err| SetupError::Url(err.to_string()))?;
+        let (outgoing_tx, outgoing) = mpsc::channel(OUTGOING_QUEUE);
+        let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
+        let cluster = Arc::new(RedisCluster {
+            node: node.into(),
+            redis: manager(&client)?,
+            outgoing: outgoing_tx,
+            reports: reports_tx,
+            health: Arc::default(),
+            resynced: Notify::new(),
+        });
+        Ok(Self {
+            cluster,
+            client,
+            outgoing,
+            reports,
+        })
+    }
+
+    /// The cluster, for the hub to join.
+    pub fn cluster(&self) -> Arc<RedisCluster> {
+        self.cluster.clone()
+    }
+
+    /// A Redis connection for the identity store.
+    pub fn redis(&self) -> ConnectionManager {
+        self.cluster.redis.clone()
+    }
+
+    /// Carries the node's traffic until `stop`: the inbox subscription and
+    /// the courier. `webtransport` is where browsers reach this node's
+    /// WebTransport endpoint (`host:port`), for `GET /v1/nodes`.
+    pub async fn run(self, hub: Arc<Hub>, webtransport: String, stop: CancellationToken) {
+        let info = NodeInfo {
+            node: self.cluster.node.clone(),
+            webtransport,
+            started_at: unix_ms(SystemTime::now()) / 1000,
+            connections: 0,
+        };
+        let inbox = inbox::run(self.client, self.cluster.clone(), hub.clone(), stop.clone());
+        let courier = courier::run(
+            self.cluster.clone(),
+            hub,
+            info,
+            self.outgoing,
+            self.reports,
+            stop,
+        );
+        tokio::join!(inbox, courier);
+        tracing::debug!("cluster tasks stopped");
+    }
+}
+
+impl RedisCluster {
+    fn report(&self, report: Report) {
+        if self.reports.try_send(report).is_err() {
+            self.health.dropped_reports.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes a header-only message.
+    async fn publish(&self, channel: String, header: &Header) -> Result<usize, String> {
+        let payload = messages::encode(header, &[]);
+        let mut redis = self.redis.clone();
+        let result = bounded(
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload.as_ref())
+                .query_async::<usize>(&mut redis),
+        )
+        .await;
+        self.health.command_result(&result);
+        result
+    }
+
+    /// Tells `node` that its connection of `user` with `epoch` or older is
+    /// superseded.
+    async fn fence(&self, node: &str, user: &str, epoch: Epoch) {
+        if node.is_empty() || epoch == 0 {
+            return;
+        }
+        let header = Header::Fence {
+            from: self.node.to_string(),
+            user: user.to_owned(),
+            epoch,
+        };
+        if let Err(err) = self.publish(keys::inbox(node), &header).await {
+            tracing::warn!(%err, user, node, "could not tell a node its connection was replaced");
+        }
+    }
+
+    /// Every key under `prefix`, by SCAN.
+    async fn scan(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let mut redis = self.redis.clone();
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut redis),
+            )
+            .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeInfo>, String> {
+        let lease_keys = self.scan(keys::LEASES).await?;
+        if lease_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut redis = self.redis.clone();
+        let leases: Vec<Option<String>> =
+            bounded(redis::cmd("MGET").arg(&lease_keys).query_async(&mut redis)).await?;
+        let mut nodes: Vec<NodeInfo> = leases
+            .into_iter()
+            .flatten()
+            .filter_map(|lease| serde_json::from_str(&lease).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+}
+
+fn unavailable(why: String) -> ClusterError {
+    ClusterError::Unavailable(why)
+}
+
+impl Cluster for RedisCluster {
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn forward(&self, outgoing: Outgoing) -> Result<(), Outgoing> {
+        if self.health.problem().is_some() {
+            return Err(outgoing);
+        }
+        self.outgoing.try_send(outgoing).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(outgoing)
+            | mpsc::error::TrySendError::Closed(outgoing) => outgoing,
+        })
+    }
+
+    fn settle(&self, node: &NodeId, id: u64, fate: Fate) {
+        self.report(Report::Fate {
+            node: node.clone(),
+            id,
+            fate,
+        });
+    }
+
+    fn claim<'a>(
+        &'a self,
+        user: &'a str,
+        connection_id: u64,
+        transport: Transport,
+    ) -> ClusterFuture<'a, Epoch> {
+        Box::pin(async move {
+            let mut redis = self.redis.clone();
+            let since = unix_ms(SystemTime::now()) / 1000;
+            let result = bounded(
+                keys::CLAIM
+                    .key(keys::route(user))
+                    .key(keys::epoch(user))
+                    .arg(self.node.as_ref())
+                    .arg(connection_id)
+                    .arg(transport.as_str())
+                    .arg(since)
+                    .arg(keys::EPOCH_KEEP_MS)
+                    .invoke_async::<(Epoch, String, Epoch)>(&mut redis),
+            )
+            .await;
+            self.health.command_result(&result);
+            let (epoch, previous_node, previous_epoch) = result.map_err(unavailable)?;
+            if previous_node != self.node.as_ref() {
+                self.fence(&previous_node, user, previous_epoch).await;
+            }
+            Ok(epoch)
+        })
+    }
+
+    fn release(&self, user: &str, epoch: Epoch) {
+        self.report(Report::Release {
+            user: user.into(),
+            epoch,
+        });
+    }
+
+    fn broadcast(&self, command: Broadcast) -> ClusterFuture<'_, ()> {
+        Box::pin(async move {
+            let header = Header::Broadcast {
+                from: self.node.to_string(),
+                command,
+            };
+            self.publish(keys::CONTROL.to_owned(), &header)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn connected(&self) -> ClusterFuture<'_, Vec<ClusterUser>> {
+        Box::pin(async move {
+            let live: std::collections::HashSet<NodeId> = self
+                .live_nodes()
+                .await
+                .map_err(unavailable)?
+                .into_iter()
+                .map(|info| info.node)
+                .collect();
+            let route_keys = self.scan(keys::ROUTES).await.map_err(unavailable)?;
+            let mut redis = self.redis.clone();
+            let mut pipe = redis::pipe();
+            for key in &route_keys {
+                pipe.cmd("HMGET")
+                    .arg(key)
+                    .arg("node")
+                    .arg("conn")
+                    .arg("transport")
+                    .arg("since");
+            }
+            type Row = (Option<String>, Option<u64>, Option<String>, Option<u64>);
+            let rows: Vec<Row> = if route_keys.is_empty() {
+                Vec::new()
+            } else {
+                bounded(pipe.query_async(&mut redis))
+                    .await
+                    .map_err(unavailable)?
+            };
+            let mut users: Vec<ClusterUser> = route_keys
+                .iter()
+                .zip(rows)
+                .filter_map(|(key, (node, conn, transport, since))| {
+                    let node: NodeId = node?.into();
+                    let transport = match transport?.as_str() {
+                        "websocket" => Transport::WebSocket,
+                        "webtransport" => Transport::WebTransport,
+                        _ => return None,
+                    };
+                    live.contains(&node).then(|| ClusterUser {
+                        username: key.strip_prefix(keys::ROUTES).unwrap_or(key).into(),
+                        node,
+                        connection_id: conn.unwrap_or_default(),
+                        transport,
+                        connected_at: since.unwrap_or_default(),
+                    })
+                })
+                .collect();
+            users.sort_by(|a, b| a.username.cmp(&b.username));
+            Ok(users)
+        })
+    }
+
+    fn nodes(&self) -> ClusterFuture<'_, Vec<NodeInfo>> {
+        Box::pin(async move { self.live_nodes().await.map_err(unavailable) })
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        match self.health.problem() {
+            Some(problem) => Err(problem.to_owned()),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The cluster seam: what the core needs from the other gateways of a
+//! cluster, and the books it keeps of the envelopes it sent them.
+//!
+//! A node routes an envelope to a user connected elsewhere by handing it to
+//! the [`Cluster`] backend, which never makes the sender wait: it queues the
+//! envelope for a task of its own. Every such envelope is remembered
+//! ([`InFlight`]) until the target's node says how it ended, and answered to
+//! its sender if it did not end written; one whose fate is unknown when its
+//! deadline passes is answered `UNCONFIRMED`. So no envelope a node
+//! accepts is lost silently, whatever happens to the link between nodes.
+//!
+//! One live connection per user holds cluster-wide through epochs: each
+//! connection claims its user with an epoch the backend allocates
+//! atomically, higher for newer claims; a node closes a connection only on
+//! a fence naming that connection's epoch or a later one, so a late message
+//! can never evict a newer connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::outbox::LocalSender;
+use super::registry::Transport;
+
+/// A claim's place in the order of a user's connections: higher is newer.
+pub type Epoch = u64;
+
+/// A node's name (`--node-id`).
+pub type NodeId = Arc<str>;
+
+/// An envelope accepted here for a user with no connection here.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Its id in this node's [`InFlight`] book.
+    pub id: u64,
+    /// The target user.
+    pub target: Arc<str>,
+    /// The complete envelope, as the target will read it.
+    pub frame: Bytes,
+    /// Look the target's route up afresh rather than in a cache: the node
+    /// the cache named said the target is not there.
+    pub fresh_route: bool,
+}
+
+/// How an envelope sent to another node ended, as that node (or the
+/// backend, when it could not be sent) tells the sender's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fate", content = "why", rename_all = "snake_case")]
+pub enum Fate {
+    /// Written to the target's connection.
+    Written,
+    /// The node the route named has no connection for the target (it moved
+    /// or left a moment ago).
+    NotHere,
+    /// The target is connected nowhere (no route, or its node is gone).
+    NotFound,
+    /// The target's queue was full: it was disconnected as a slow consumer.
+    Slow,
+    /// Queued on the target's connection, which closed before writing it.
+    Undelivered(String),
+    /// The cluster could not carry it (Redis unreachable).
+    Unavailable(String),
+}
+
+/// Why a claim could not be made.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClusterError {
+    /// The cluster's shared state cannot be reached.
+    #[error("the cluster is unreachable: {0}")]
+    Unavailable(String),
+}
+
+/// An admin action every node carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Broadcast {
+    /// Close every connection as `KICKED`.
+    KickAll,
+    /// Every identity was deleted: close every connection, and refuse those
+    /// on their way in.
+    RevokeAll,
+}
+
+/// A live connection somewhere in the cluster, for the admin listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterUser {
+    /// The user.
+    pub username: Arc<str>,
+    /// The node its connection is on.
+    pub node: NodeId,
+    /// The connection's id on that node.
+    pub connection_id: u64,
+    /// Its transport.
+    pub transport: Transport,
+    /// Seconds since the Unix epoch when it connected.
+    pub connected_at: u64,
+}
+
+/// A live node, as `GET /v1/nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its `--node-id`.
+    pub node: NodeId,
+    /// Where its WebTransport endpoint is reached (`host:port`).
+    pub webtransport: String,
+    /// Seconds since the Unix epoch when it started.
+    pub started_at: u64,
+    /// Its live connections when it last renewed its lease.
+    pub connections: usize,
+}
+
+/// What cluster queries return.
+pub type ClusterFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ClusterError>> + Send + 'a>>;
+
+/// The rest of the cluster, as the core sees it. Nothing here makes a
+/// connection's task wait on the network except claims (a connection's
+/// set-up) and the admin queries.
+pub trait Cluster: Send + Sync + std::fmt::Debug {
+    /// This node's name.
+    fn node(&self) -> &NodeId;
+
+    /// Queues an envelope for the target's node; hands it back at once when
+    /// the cluster cannot carry it now (its link is down or its queue full).
+    fn forward(&self, outgoing: Outgoing) -> Result<(), Outgoing>;
+
+    /// Tells `node` how the envelope it numbered `id` ended here.
+    fn settle(&self, node: &NodeId, id: u64, fate: Fate);
+
+    /// Claims `user` for a connection on this node; returns the claim's
+    /// epoch. The backend fences the user's previous connection, wherever
+    /// it is.
+    fn claim<'a>(
+        &'a self,
+        user: &'a str,
+        connection_id: u64,
+        transport: Transport,
+    ) -> ClusterFuture<'a, Epoch>;
+
+    /// Gives up the claim `epoch` on `user`, unless a newer one replaced it.
+    fn release(&self, user: &str, epoch: Epoch);
+
+    /// Has every other node carry out `command` (this node already has).
+    fn broadcast(&self, command: Broadcast) -> ClusterFuture<'_, ()>;
+
+    /// Every live connection in the cluster.
+    fn connected(&self) -> ClusterFuture<'_, Vec<ClusterUser>>;
+
+    /// Every live node.
+    fn nodes(&self) -> ClusterFuture<'_, Vec<NodeInfo>>;
+
+    /// `Ok` while envelopes can flow between nodes; else why not.
+    fn readiness(&self) -> Result<(), String>;
+}
+
+/// An envelope sent to another node, remembered until it is settled.
+#[derive(Debug)]
+pub struct Pending {
+    /// Who sent it (to answer them).
+    pub sender: LocalSender,
+    /// The target user.
+    pub target: Arc<str>,
+    /// The envelope (to read its type for an answer, or to send again).
+    pub frame: Bytes,
+    /// Whether it has already been sent again after a `NotHere`.
+    pub retried: bool,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    next_id: u64,
+    pending: HashMap<u64, (Pending, Instant)>,
+    /// Deadlines in the order they fall (all envelopes get the same time).
+    deadlines: VecDeque<(Instant, u64)>,
+}
+
+/// The envelopes this node sent to others and has not heard back about.
+#[derive(Debug)]
+pub struct InFlight {
+    book: Mutex<Book>,
+    timeout: Duration,
+}
+
+impl InFlight {
+    /// A book whose envelopes are given up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            book: Mutex::new(Book::default()),
+            timeout,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        // Every update is a single map or queue operation.
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers an envelope about to be sent; returns its id.
+    pub fn insert(&self, pending: Pending) -> u64 {
+        let deadline = Instant::now() + self.timeout;
+        let mut book = self.lock();
+        book.next_id += 1;
+        let id = book.next_id;
+        book.pending.insert(id, (pending, deadline));
+        book.deadlines.push_back((deadline, id));
+        id
+    }
+
+    /// Puts back an envelope taken out to be sent again, under its old id
+    /// and deadline.
+    pub fn restore(&self, id: u64, pending: Pending, deadline: Instant) {
+        self.lock().pending.insert(id, (pending, deadline));
+    }
+
+    /// Takes the envelope `id` out of the book (it has been settled); `None`
+    /// if it already was (or its deadline passed).
+    pub fn take(&self, id: u64) -> Option<(Pending, Instant)> {
+        self.lock().pending.remove(&id)
+    }
+
+    /// Takes out every envelope whose deadline has passed.
+    pub fn expired(&self, now: Instant) -> Vec<Pending> {
+        let mut book = self.lock();
+        let mut expired = Vec::new();
+        while let Some(&(deadline, id)) = book.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            book.deadlines.pop_front();
+            if let Some((pending, _)) = book.pending.remove(&id) {
+                expired.push(pending);
+            }
+        }
+        expired
+    }
+
+    /// Envelopes still waiting for their fate.
+    pub fn len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(target: &str) -> Pending {
+        Pending {
+            sender: LocalSender {
+                user: "alice".into(),
+                conn: 1,
+            },
+            target: target.into(),
+            frame: Bytes::from_static(b"{}\n"),
+            retried: false,
+        }
+    }
+
+    #[test]
+    fn settled_envelopes_leave_the_book_once() {
+        let book = InFlight::new(Duration::from_secs(60));
+        let first = book.insert(pending("bob"));
+        let second = book.insert(pending("carol"));
+        assert_ne!(first, second);
+        assert_eq!(book.len(), 2);
+        assert_eq!(book.take(first).unwrap().0.target.as_ref(), "bob");
+        assert!(book.take(first).is_none(), "settled once");
+        assert_eq!(book.len(), 1);
+    }
+
+    #[test]
+    fn unsettled_envelopes_expire_in_order_and_settled_ones_never() {
+        let book = InFlight::new(Duration::from_millis(10));
+        let first = book.insert(pending("bob"));
+        book.insert(pending("carol"));
+        book.take(first);
+        assert!(book.expired(Instant::now()).is_empty(), "not yet");
+        let later = Instant::now() + Duration::from_millis(20);
+        let expired = book.expired(later);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].target.as_ref(), "carol");
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_restored_envelope_keeps_its_deadline() {
+        let book = InFlight::new(Duration::from_millis(10));
+        let id = book.insert(pending("bob"));
+        let (mut taken, deadline) = book.take(id).unwrap();
+        taken.retried = true;
+        book.restore(id, taken, deadline);
+        let expired = book.expired(deadline);
+        assert_eq!(expired.len(), 1);
+        assert!(expired[0].retried);
+    }
+
+    #[test]
+    fn fates_travel_as_tagged_json() {
+        let json = serde_json::to_string(&Fate::Undelivered("closed".into())).unwrap();
+        assert_eq!(json, r#"{"fate":"undelivered","why":"closed"}"#);
+        let back: Fate = serde_json::from_str(r#"{"fate":"written"}"#).unwrap();
+        assert_eq!(back, Fate::Written);
+    }
+}

@@ -1,0 +1,412 @@
+//! The hub's side of a cluster: envelopes sent to other nodes and how they
+//! ended, other nodes' envelopes delivered here, fences and broadcasts.
+//! The cluster backend calls these when it hears from the other nodes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::cluster::{Broadcast, Cluster, Epoch, Fate, NodeId, Outgoing, Pending};
+use super::envelope::{ErrorDetail, Inbound, error_frame};
+use super::hub::Hub;
+use super::outbox::{LocalSender, Origin, PushError, Queued};
+use super::registry::{Claim, Delivery};
+use super::wire::{CloseReason, ErrorType};
+
+impl Hub {
+    /// Joins a cluster: from now on, envelopes for users not connected
+    /// here go to `cluster`. Once only; a second call is ignored.
+    pub fn join(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Sends an envelope for `target`, not connected here, to the cluster.
+    /// False when the cluster cannot carry it now (answered by the caller).
+    pub(super) fn forward_remote(&self, sender: &LocalSender, target: &str, frame: Bytes) -> bool {
+        let Some(cluster) = self.cluster() else {
+            return false;
+        };
+        let target: Arc<str> = target.into();
+        let id = self.in_flight.insert(Pending {
+            sender: sender.clone(),
+            target: target.clone(),
+            frame: frame.clone(),
+            retried: false,
+        });
+        let outgoing = Outgoing {
+            id,
+            target,
+            frame,
+            fresh_route: false,
+        };
+        if cluster.forward(outgoing).is_err() {
+            self.in_flight.take(id);
+            self.stats.cluster_unavailable.inc();
+            return false;
+        }
+        self.stats.sent_remote.inc();
+        true
+    }
+
+    /// How an envelope this node sent ended (told by the target's node, or
+    /// by the backend when it could not be sent). Answers the sender unless
+    /// it was written; a target that moved is looked up again once.
+    pub fn settled(&self, id: u64, fate: Fate) {
+        let Some((mut pending, deadline)) = self.in_flight.take(id) else {
+            // Its deadline passed: the sender was told UNCONFIRMED.
+            self.stats.remote_late.inc();
+            return;
+        };
+        let (error, message) = match fate {
+            Fate::Written => {
+                self.stats.remote_written.inc();
+                return;
+            }
+            Fate::NotHere if !pending.retried => {
+                pending.retried = true;
+                let outgoing = Outgoing {
+                    id,
+                    target: pending.target.clone(),
+                    frame: pending.frame.clone(),
+                    fresh_route: true,
+                };
+                self.in_flight.restore(id, pending, deadline);
+                let sent = self.cluster().is_some_and(|c| c.forward(outgoing).is_ok());
+                if !sent && let Some((pending, _)) = self.in_flight.take(id) {
+                    self.answer_sender(
+                        &pending,
+                        ErrorType::ClusterUnavailable,
+                        "the other nodes cannot be reached now".to_owned(),
+                    );
+                }
+                return;
+            }
+            Fate::NotHere | Fate::NotFound => (
+                ErrorType::TargetNotFound,
+                format!("user \"{}\" is not connected", pending.target),
+            ),
+            Fate::Slow => (
+                ErrorType::TargetSlow,
+                format!(
+                    "user \"{}\" was not reading its envelopes and has been disconnected",
+                    pending.target
+                ),
+            ),
+            Fate::Undelivered(why) => (
+                ErrorType::Undelivered,
+                format!(
+                    "the envelope for \"{}\" was not delivered: {why}",
+                    pending.target
+                ),
+            ),
+            Fate::Unavailable(why) => (
+                ErrorType::ClusterUnavailable,
+                format!("the other nodes cannot be reached now: {why}"),
+            ),
+        };
+        self.answer_sender(&pending, error, message);
+    }
+
+    /// Answers every envelope sent to another node whose deadline has
+    /// passed without word of its fate: `UNCONFIRMED`.
+    pub fn expire_remote(&self) -> usize {
+        let expired = self.in_flight.expired(Instant::now());
+        let timeout = self.limits.delivery_timeout;
+        for pending in &expired {
+            self.stats.remote_unconfirmed.inc();
+            self.answer_sender(
+                pending,
+                ErrorType::Unconfirmed,
+                format!(
+                    "the envelope for \"{}\" went to another node, which did not confirm it within {} ms; it may or may not have been delivered",
+                    pending.target,
+                    timeout.as_millis()
+                ),
+            );
+        }
+        expired.len()
+    }
+
+    /// Envelopes sent to other nodes and not settled yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn answer_sender(&self, pending: &Pending, error: ErrorType, message: String) {
+        if error != ErrorType::Unconfirmed {
+            self.stats.remote_failed.inc();
+        }
+        let Some(sender) = self
+            .registry
+            .outbox_of(&pending.sender.user, pending.sender.conn)
+        else {
+            return;
+        };
+        let kind = serde_json::from_slice::<Inbound<'_>>(&pending.frame)
+            .ok()
+            .map(|inbound| inbound.kind.into_owned());
+        let frame = error_frame(
+            error,
+            &ErrorDetail {
+                message,
+                target: Some(&pending.target),
+                kind: kind.as_deref(),
+                retry_after_ms: None,
+            },
+        );
+        match sender.push_reply(Queued::own(frame)) {
+            Ok(()) => self.stats.error_sent(error),
+            Err(PushError::Closing(_)) => {}
+            Err(PushError::Full(_)) => {
+                sender.close(CloseReason::SlowConsumer);
+                self.registry
+                    .remove_if(&pending.sender.user, pending.sender.conn);
+            }
+        }
+    }
+
+    /// Delivers an envelope another node accepted for `target`, numbered
+    /// `id` there; tells that node at once if it cannot be queued here.
+    pub fn deliver_remote(&self, from: &NodeId, id: u64, target: &str, frame: Bytes) {
+        self.stats.remote_in.inc();
+        let item = Queued {
+            frame,
+            origin: Some(Origin::Remote {
+                node: from.clone(),
+                id,
+            }),
+            accepted_at: Some(Instant::now()),
+        };
+        let fate = match self.registry.deliver(target, item) {
+            Delivery::Queued => return,
+            Delivery::NotFound(_) => Fate::NotHere,
+            Delivery::TargetSlow(_) => Fate::Slow,
+        };
+        self.stats.remote_in_failed.inc();
+        if let Some(cluster) = self.cluster() {
+            cluster.settle(from, id, fate);
+        }
+    }
+
+    /// Tells another node that its envelope `id`, queued here, was never
+    /// written.
+    pub(super) fn report_remote_undelivered(&self, node: &NodeId, id: u64, why: &str) {
+        self.stats.remote_in_failed.inc();
+        if let Some(cluster) = self.cluster() {
+            cluster.settle(node, id, Fate::Undelivered(why.to_owned()));
+        }
+    }
+
+    /// A newer claim on `user` was made elsewhere, superseding `epoch`:
+    /// closes the user's connection here if it is that one or older.
+    pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
+        self.registry.fence(user, epoch)
+    }
+
+    /// Carries out an admin action another node broadcast.
+    pub fn apply(&self, command: Broadcast) -> usize {
+        match command {
+            Broadcast::KickAll => self.registry.kick_all(),
+            Broadcast::RevokeAll => self.registry.revoke_all(),
+        }
+    }
+
+    /// Every live connection's claim (to claim again after the cluster's
+    /// shared state was out of reach).
+    pub fn claims(&self) -> Vec<Claim> {
+        self.registry.claims()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::core::Limits;
+    use crate::core::cluster::{ClusterError, ClusterFuture, ClusterUser, NodeInfo};
+    use crate::core::registry::Transport;
+    use crate::core::testing::{connect, hub_with, take};
+
+    /// A cluster whose other nodes are this test: it records what the hub
+    /// hands it.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        sent: Mutex<Vec<Outgoing>>,
+        settled: Mutex<Vec<(NodeId, u64, Fate)>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Cluster for Recorder {
+        fn node(&self) -> &NodeId {
+            static HERE: std::sync::OnceLock<NodeId> = std::sync::OnceLock::new();
+            HERE.get_or_init(|| "here".into())
+        }
+        fn forward(&self, outgoing: Outgoing) -> Result<(), Outgoing> {
+            if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(outgoing);
+            }
+            self.sent.lock().unwrap().push(outgoing);
+            Ok(())
+        }
+        fn settle(&self, node: &NodeId, id: u64, fate: Fate) {
+            self.settled.lock().unwrap().push((node.clone(), id, fate));
+        }
+        fn claim<'a>(&'a self, _: &'a str, conn: u64, _: Transport) -> ClusterFuture<'a, Epoch> {
+            Box::pin(async move { Ok(conn) })
+        }
+        fn release(&self, _: &str, _: Epoch) {}
+        fn broadcast(&self, _: Broadcast) -> ClusterFuture<'_, ()> {
+            Box::pin(async { Ok(()) })
+        }
+        fn connected(&self) -> ClusterFuture<'_, Vec<ClusterUser>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn nodes(&self) -> ClusterFuture<'_, Vec<NodeInfo>> {
+            Box::pin(async { Err(ClusterError::Unavailable("test".into())) })
+        }
+        fn readiness(&self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn clustered(limits: Limits) -> (Arc<Hub>, Arc<Recorder>) {
+        let hub = hub_with(limits);
+        let recorder = Arc::new(Recorder::default());
+        hub.join(recorder.clone());
+        (hub, recorder)
+    }
+
+    #[test]
+    fn a_target_elsewhere_goes_to_the_cluster_and_a_written_fate_closes_the_book() {
+        let (hub, cluster) = clustered(Limits::default());
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"bob","type":"offer","payload":1}"#);
+        let sent = cluster.sent.lock().unwrap().pop().unwrap();
+        assert_eq!(sent.target.as_ref(), "bob");
+        assert!(
+            std::str::from_utf8(&sent.frame)
+                .unwrap()
+                .contains(r#""originator":"alice""#)
+        );
+        assert_eq!(hub.in_flight(), 1);
+        hub.settled(sent.id, Fate::Written);
+        assert_eq!(hub.in_flight(), 0);
+        assert_eq!(hub.stats().remote_written.get(), 1);
+        assert!(take(&alice).is_empty(), "nothing to answer");
+        hub.settled(sent.id, Fate::Written);
+        assert_eq!(hub.stats().remote_late.get(), 1, "settled once");
+    }
+
+    #[test]
+    fn a_moved_target_is_looked_up_again_once_then_not_found() {
+        let (hub, cluster) = clustered(Limits::default());
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        let first = cluster.sent.lock().unwrap().pop().unwrap();
+        hub.settled(first.id, Fate::NotHere);
+        let again = cluster.sent.lock().unwrap().pop().unwrap();
+        assert_eq!(again.id, first.id);
+        assert!(again.fresh_route);
+        hub.settled(again.id, Fate::NotHere);
+        let answers = take(&alice);
+        assert_eq!(answers[0]["type"], "TARGET_NOT_FOUND");
+        assert_eq!(answers[0]["payload"]["type"], "offer");
+        assert_eq!(hub.stats().remote_failed.get(), 1);
+    }
+
+    #[test]
+    fn every_failed_fate_is_answered_with_its_error() {
+        let (hub, cluster) = clustered(Limits::default());
+        let alice = connect(&hub, "alice");
+        for fate in [
+            Fate::NotFound,
+            Fate::Slow,
+            Fate::Undelivered("closed".into()),
+            Fate::Unavailable("redis".into()),
+        ] {
+            alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+            let sent = cluster.sent.lock().unwrap().pop().unwrap();
+            hub.settled(sent.id, fate);
+        }
+        let kinds: Vec<String> = take(&alice)
+            .iter()
+            .map(|v| v["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "TARGET_NOT_FOUND",
+                "TARGET_SLOW",
+                "UNDELIVERED",
+                "CLUSTER_UNAVAILABLE"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unsettled_envelope_is_answered_unconfirmed_at_its_deadline() {
+        let (hub, _cluster) = clustered(Limits {
+            delivery_timeout: std::time::Duration::from_millis(1),
+            ..Limits::default()
+        });
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(hub.expire_remote(), 1);
+        let answers = take(&alice);
+        assert_eq!(answers[0]["type"], "UNCONFIRMED");
+        assert_eq!(hub.stats().remote_unconfirmed.get(), 1);
+    }
+
+    #[test]
+    fn with_the_cluster_down_the_sender_is_told_at_once() {
+        let (hub, cluster) = clustered(Limits::default());
+        cluster
+            .down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        assert_eq!(take(&alice)[0]["type"], "CLUSTER_UNAVAILABLE");
+        assert_eq!(hub.in_flight(), 0);
+        assert_eq!(hub.stats().cluster_unavailable.get(), 1);
+    }
+
+    #[test]
+    fn another_nodes_envelope_is_delivered_and_its_fate_reported() {
+        let (hub, cluster) = clustered(Limits::default());
+        let bob = connect(&hub, "bob");
+        let from: NodeId = "there".into();
+        hub.deliver_remote(
+            &from,
+            7,
+            "bob",
+            Bytes::from_static(b"{\"type\":\"offer\"}\n"),
+        );
+        hub.deliver_remote(&from, 8, "nobody", Bytes::from_static(b"{}\n"));
+        assert_eq!(
+            cluster.settled.lock().unwrap().pop().unwrap(),
+            (from.clone(), 8, Fate::NotHere)
+        );
+        let (batch, _) = futures::executor::block_on(bob.outbox().next_batch());
+        bob.record_written(&batch);
+        assert_eq!(
+            cluster.settled.lock().unwrap().pop().unwrap(),
+            (from, 7, Fate::Written)
+        );
+    }
+
+    #[test]
+    fn a_queued_envelope_from_another_node_is_reported_when_its_target_leaves() {
+        let (hub, cluster) = clustered(Limits::default());
+        let bob = connect(&hub, "bob");
+        let from: NodeId = "there".into();
+        hub.deliver_remote(&from, 9, "bob", Bytes::from_static(b"{}\n"));
+        drop(bob);
+        let (node, id, fate) = cluster.settled.lock().unwrap().pop().unwrap();
+        assert_eq!((node, id), (from, 9));
+        assert!(matches!(fate, Fate::Undelivered(_)));
+        assert_eq!(hub.stats().remote_in_failed.get(), 1);
+    }
+}

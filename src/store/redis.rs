@@ -1,0 +1,371 @@
+//! Identities in Redis, shared by every node of a cluster: register on one
+//! node, connect on any other.
+//!
+//! - `sg:identity:<name>`: hash `digest` (hex SHA-256 of the token), `by`
+//!   (the registering address's per-IP key), `created` (ms).
+//! - `sg:token:<digest>`: the name a token digest belongs to.
+//! - `sg:identities`, `sg:by-ip:<key>`: sorted sets of names by last-seen
+//!   time (ms), for the caps, the listing and expiry.
+//!
+//! Registration is one script, so two nodes registering the same name at
+//! once cannot both win, and the caps hold cluster-wide. Redis must persist
+//! (`appendonly yes`) for identities to survive its restart, as the README
+//! says. Tokens are compared as digests, the one comparison with a known
+//! identity in constant time, as in the other stores.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use subtle::ConstantTimeEq;
+
+use crate::core::store::{
+    IdentityStore, Record, Registration, StoreError, StoreFuture, token_digest, unix_ms,
+};
+
+const IDENTITIES: &str = "sg:identities";
+
+fn identity_key(name: &str) -> String {
+    format!("sg:identity:{name}")
+}
+
+fn token_key(digest_hex: &str) -> String {
+    format!("sg:token:{digest_hex}")
+}
+
+fn by_ip_key(address: &str) -> String {
+    format!("sg:by-ip:{address}")
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates an identity unless the name exists (then returns its digest) or
+/// a cap is reached. KEYS: identity, token, identities, by-ip. ARGV: name,
+/// digest, by, now, max total, max per address.
+static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local existing = redis.call('HGET', KEYS[1], 'digest')
+if existing then return {'exists', existing} end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return {'full'} end
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[6]) then return {'address_full'} end
+redis.call('HSET', KEYS[1], 'digest', ARGV[2], 'by', ARGV[3], 'created', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return {'created'}
+",
+    )
+});
+
+/// The name a token digest belongs to, if its identity still has that
+/// digest. KEYS: token. ARGV: digest.
+static AUTHENTICATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local name = redis.call('GET', KEYS[1])
+if not name then return false end
+if redis.call('HGET', 'sg:identity:' .. name, 'digest') ~= ARGV[1] then return false end
+return name
+",
+    )
+});
+
+/// Marks names as seen now. ARGV: now, names...
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+for i = 2, #ARGV do
+  local by = redis.call('HGET', 'sg:identity:' .. ARGV[i], 'by')
+  if by then
+    redis.call('ZADD', 'sg:identities', ARGV[1], ARGV[i])
+    redis.call('ZADD', 'sg:by-ip:' .. by, ARGV[1], ARGV[i])
+  end
+end
+return 0
+",
+    )
+});
+
+/// Removes up to 500 identities unseen since the cutoff and not connected
+/// anywhere in the cluster (no route); returns their names. ARGV: cutoff.
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local names = redis.call('ZRANGEBYSCORE', 'sg:identities', '-inf', ARGV[1], 'LIMIT', 0, 500)
+local removed = {}
+for _, name in ipairs(names) do
+  if redis.call('EXISTS', 'sg:route:' .. name) == 1 then
+    redis.call('ZADD', 'sg:identities', ARGV[2], name)
+  else
+    local identity = redis.call('HMGET', 'sg:identity:' .. name, 'digest', 'by')
+    if identity[1] then redis.call('DEL', 'sg:token:' .. identity[1]) end
+    if identity[2] then redis.call('ZREM', 'sg:by-ip:' .. identity[2], name) end
+    redis.call('DEL', 'sg:identity:' .. name)
+    redis.call('ZREM', 'sg:identities', name)
+    table.insert(removed, name)
+  end
+end
+return removed
+",
+    )
+});
+
+/// Identities in Redis.
+#[derive(Debug)]
+pub struct RedisStore {
+    redis: ConnectionManager,
+    max_identities: usize,
+    max_per_address: usize,
+    /// Names seen since the last flush.
+    seen: Mutex<HashSet<Arc<str>>>,
+    /// The count at the last look (every node registers).
+    count: AtomicUsize,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {err}"))
+}
+
+/// Runs a Redis operation under the cluster's timeout.
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(Duration::from_secs(2), operation).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(unavailable(err)),
+        Err(_) => Err(unavailable("no answer within 2 s")),
+    }
+}
+
+impl RedisStore {
+    /// Identities on `redis`, with the caps of `--max-identities` and
+    /// `--max-identities-per-ip` (cluster-wide).
+    pub fn new(redis: ConnectionManager, max_identities: usize, max_per_address: usize) -> Self {
+        Self {
+            redis,
+            max_identities,
+            max_per_address,
+            seen: Mutex::default(),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn take_seen(&self) -> Vec<Arc<str>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .drain()
+            .collect()
+    }
+
+    /// Deletes every key under `pattern`; returns how many.
+    async fn delete_matching(&self, pattern: &str) -> Result<usize, StoreError> {
+        let mut redis = self.redis.clone();
+        let mut cursor = 0u64;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut redis),
+            )
+            .await?;
+            if !keys.is_empty() {
+                deleted += keys.len();
+                bounded(
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut redis),
+                )
+                .await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl IdentityStore for RedisStore {
+    fn register<'a>(
+        &'a self,
+        name: &'a str,
+        presented: Option<&'a str>,
+        address: IpAddr,
+    ) -> StoreFuture<'a, Registration> {
+        Box::pin(async move {
+            let (record, token) = Record::fresh(name, address);
+            let digest = hex(&record.digest);
+            let by = record.registered_by.to_string();
+            let mut redis = self.redis.clone();
+            let answer: Vec<String> = bounded(
+                REGISTER
+                    .key(identity_key(name))
+                    .key(token_key(&digest))
+                    .key(IDENTITIES)
+                    .key(by_ip_key(&by))
+                    .arg(name)
+                    .arg(&digest)
+                    .arg(&by)
+                    .arg(record.last_seen_ms)
+                    .arg(self.max_identities)
+                    .arg(self.max_per_address)
+                    .invoke_async(&mut redis),
+            )
+            .await?;
+            match answer.first().map(String::as_str) {
+                Some("created") => {
+                    self.count.fetch_add(1, Ordering::Relaxed);
+                    Ok(Registration::Created {
+                        username: record.name,
+                        token,
+                    })
+                }
+                Some("exists") => {
+                    let stored = answer.get(1).map(String::as_str).unwrap_or_default();
+                    let owns = presented.is_some_and(|token| {
+                        bool::from(
+                            hex(&token_digest(token))
+                                .as_bytes()
+                                .ct_eq(stored.as_bytes()),
+                        )
+                    });
+                    if owns {
+                        self.touch(name);
+                        Ok(Registration::Reclaimed {
+                            username: name.into(),
+                            token: presented.unwrap_or_default().to_owned(),
+                        })
+                    } else {
+                        Ok(Registration::Taken)
+                    }
+                }
+                Some("full") => Err(StoreError::Full(self.max_identities)),
+                Some("address_full") => Err(StoreError::AddressFull(self.max_per_address)),
+                other => Err(unavailable(format!("unexpected answer {other:?}"))),
+            }
+        })
+    }
+
+    fn authenticate<'a>(&'a self, token: &'a str) -> StoreFuture<'a, Option<Arc<str>>> {
+        Box::pin(async move {
+            let digest = hex(&token_digest(token));
+            let mut redis = self.redis.clone();
+            let name: Option<String> = bounded(
+                AUTHENTICATE
+                    .key(token_key(&digest))
+                    .arg(&digest)
+                    .invoke_async(&mut redis),
+            )
+            .await?;
+            Ok(name.map(Arc::from))
+        })
+    }
+
+    fn touch(&self, name: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(name.into());
+    }
+
+    /// Identities still connected anywhere in the cluster (a route in
+    /// Redis) are kept, whatever `in_use` says about this node alone.
+    fn expire<'a>(
+        &'a self,
+        ttl: Duration,
+        _in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    ) -> StoreFuture<'a, Vec<Arc<str>>> {
+        Box::pin(async move {
+            let now = unix_ms(SystemTime::now());
+            let cutoff = now.saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            let mut expired = Vec::new();
+            let mut redis = self.redis.clone();
+            loop {
+                let batch: Vec<String> =
+                    bounded(EXPIRE.arg(cutoff).arg(now).invoke_async(&mut redis)).await?;
+                let done = batch.len() < 500;
+                expired.extend(batch.into_iter().map(Arc::from));
+                if done {
+                    return Ok(expired);
+                }
+            }
+        })
+    }
+
+    fn clear(&self) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            let mut redis = self.redis.clone();
+            let before: usize =
+                bounded(redis::cmd("ZCARD").arg(IDENTITIES).query_async(&mut redis)).await?;
+            self.delete_matching("sg:identity:*").await?;
+            self.delete_matching("sg:token:*").await?;
+            self.delete_matching("sg:by-ip:*").await?;
+            bounded(
+                redis::cmd("DEL")
+                    .arg(IDENTITIES)
+                    .query_async::<()>(&mut redis),
+            )
+            .await?;
+            self.count.store(0, Ordering::Relaxed);
+            Ok(before)
+        })
+    }
+
+    fn names(&self) -> StoreFuture<'_, Vec<Arc<str>>> {
+        Box::pin(async move {
+            let mut redis = self.redis.clone();
+            let mut names: Vec<String> = bounded(
+                redis::cmd("ZRANGE")
+                    .arg(IDENTITIES)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut redis),
+            )
+            .await?;
+            names.sort();
+            Ok(names.into_iter().map(Arc::from).collect())
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let seen = self.take_seen();
+            let mut redis = self.redis.clone();
+            if !seen.is_empty() {
+                let mut touch = TOUCH.arg(unix_ms(SystemTime::now()));
+                for name in &seen {
+                    touch.arg(name.as_ref());
+                }
+                if let Err(err) = bounded(touch.invoke_async::<()>(&mut redis)).await {
+                    // Seen again at the next flush.
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .extend(seen);
+                    return Err(err);
+                }
+            }
+            let count: usize =
+                bounded(redis::cmd("ZCARD").arg(IDENTITIES).query_async(&mut redis)).await?;
+            self.count.store(count, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}
