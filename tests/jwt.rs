@@ -177,9 +177,18 @@ async fn every_refusal_says_why_and_never_logs_the_token() {
         claims
     };
     let rsa = |claims: &Value| mint(Algorithm::RS256, &rsa_key(), None, claims);
-    let mut tampered = rsa(&good(json!({})));
-    tampered.pop();
-    tampered.push(if tampered.ends_with('A') { 'B' } else { 'A' });
+    // One bit of the decoded signature flipped. Editing the token's last
+    // character is not that: it holds padding bits too (which must be zero,
+    // or the token does not decode), and the edit may leave it as it was.
+    let tampered = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = rsa(&good(json!({})));
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let mut signature = b64.decode(signature).unwrap();
+        signature[0] ^= 1;
+        format!("{signed}.{}", b64.encode(signature))
+    };
     let public_pem = std::fs::read(RSA_PUBLIC).unwrap();
     let confused = mint(
         Algorithm::HS256,
