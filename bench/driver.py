@@ -13,7 +13,7 @@ gateway over WebSocket (the embedded identity store, JWT identities), they
 join the rotation as units of their own, e.g. `ws+embedded`.
 
 Outputs: bench-results/latest.json (machine, date, commit, one object per
-scenario x configuration x system with medians and min-max, the raw runs,
+scenario x configuration x system (and variant) with medians and min-max, the raw runs,
 paired ratios and the targets), bench-results/latest.md (the tables, also
 printed) and bench-results/chart.svg.
 """
