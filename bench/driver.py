@@ -811,7 +811,7 @@ def svg_chart(doc):
     for system in SYSTEMS:
         out.append(f'<rect x="{lx}" y="40" width="12" height="12" fill="{COLORS[system]}"/>'
                    f'<text x="{lx + 17}" y="50">{LABELS[system]}</text>')
-        lx += 190
+        lx += 40 + 7 * len(LABELS[system])  # about 7 px per character at 12 px
     for i, (title, fig, scenario, groups) in enumerate(panels):
         x0 = gap + (i % 2) * (pw + gap)
         y0 = 60 + gap + (i // 2) * (ph + gap)
