@@ -11,7 +11,7 @@ use clap::Parser;
 
 /// Writes es256-private.pem and es256-public.pem into DIR.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// Directory to write the two files into (created if missing).
     dir: PathBuf,
