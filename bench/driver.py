@@ -8,10 +8,12 @@ pinned to core 0, runs one scenario with signal-bench pinned to core 1, and
 stops the server. Systems are interleaved in a rotating order (ABCD, BCDA,
 CDAB, ...) so drift hits them alike, each configuration runs --reps times, runs polluted by foreign
 CPU load are repeated, and comparisons between systems are ratios of runs
-made in the same repetition.
+made in the same repetition. Where a scenario compares variants of the
+gateway over WebSocket (the embedded identity store, JWT identities), they
+join the rotation as units of their own, e.g. `ws+embedded`.
 
 Outputs: bench-results/latest.json (machine, date, commit, one object per
-scenario x configuration x system with medians and min-max, the raw runs,
+scenario x configuration x system (and variant) with medians and min-max, the raw runs,
 paired ratios and the targets), bench-results/latest.md (the tables, also
 printed) and bench-results/chart.svg.
 """
@@ -23,8 +25,11 @@ import json
 import math
 import os
 import platform
+import secrets
+import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -34,18 +39,35 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = os.path.join(ROOT, "target", "release", "signal-gateway")
 BENCH = os.path.join(ROOT, "target", "release", "signal-bench")
+KEYPAIR = os.path.join(ROOT, "target", "release", "signal-bench-keypair")
 PEERJS_DIR = os.path.join(ROOT, "target", "bench-peerjs")
 PEERJS_SERVER = os.path.join(ROOT, "bench", "peerjs", "server.cjs")
 SOCKETIO_DIR = os.path.join(ROOT, "target", "bench-socketio")
 SOCKETIO_SERVER = os.path.join(ROOT, "bench", "socketio", "server.cjs")
 RUN_DIR = os.path.join(ROOT, "target", "bench-run")
 PID_DIR = os.path.join(RUN_DIR, "pids")
+CERT = os.path.join(RUN_DIR, "certs", "cert.pem")
+# Embedded-store runs get a fresh --data-dir under here, removed after the run.
+DATA_DIR = os.path.join(RUN_DIR, "data")
+JWT_DIR = os.path.join(RUN_DIR, "jwt")
+ES256_PRIVATE = os.path.join(JWT_DIR, "es256-private.pem")
+ES256_PUBLIC = os.path.join(JWT_DIR, "es256-public.pem")
+# A fresh HS256 secret per invocation; it reaches the gateway and the
+# generator through their environment, not their command lines.
+JWT_SECRET = secrets.token_hex(32)
 
-SYSTEMS = ["ws", "wt", "peerjs", "socketio"]
-LABELS = {"ws": "gateway WebSocket", "wt": "gateway WebTransport", "peerjs": "PeerJS server",
-          "socketio": "socket.io server"}
-COLORS = {"ws": "#2b6cb0", "wt": "#2f855a", "peerjs": "#c05621", "socketio": "#6b46c1"}
-SERVERS = {"ws": "signal-gateway", "wt": "signal-gateway", "peerjs": "peerjs", "socketio": "socket.io"}
+SYSTEMS = ["ws", "wss", "wt", "peerjs", "socketio"]
+LABELS = {"ws": "gateway WebSocket", "wss": "gateway WebSocket over TLS", "wt": "gateway WebTransport",
+          "peerjs": "PeerJS server", "socketio": "socket.io server"}
+COLORS = {"ws": "#2b6cb0", "wss": "#2c7a7b", "wt": "#2f855a", "peerjs": "#c05621", "socketio": "#6b46c1"}
+SERVERS = {"ws": "signal-gateway", "wss": "signal-gateway", "wt": "signal-gateway", "peerjs": "peerjs",
+           "socketio": "socket.io"}
+# Variants of the gateway over WebSocket, run beside the systems where a
+# scenario compares them: registered identities kept in the embedded store
+# (redb, an fsync per registration) instead of memory, and JWTs minted by
+# the generator instead of registered names (the gateway's --auth is then
+# its default with a key, `both`).
+VARIANTS = {"embedded": "embedded store", "jwt-hs256": "JWT HS256", "jwt-es256": "JWT ES256"}
 
 # A run whose window saw more than this much CPU (percent of one core) used
 # by anything but the server and the generator is repeated.
@@ -66,36 +88,74 @@ GATEWAY_FLAGS = [
     "--connect-rate", "1000000", "--connect-burst", "1000000",
     "--register-rate", "1000000", "--register-burst", "1000000",
     "--max-connections", "200000", "--max-identities", "1000000",
+    # Every identity is registered from 127.0.0.1.
+    "--max-identities-per-ip", "1000000",
     "--queue-envelopes", "4096", "--queue-bytes", "16777216",
     "--shutdown-timeout", "1s",
     # Identities in memory, as the peers keep theirs: the scenarios measure
-    # the relay and set-up, not the disk (the registration scenario compares
+    # the relay and set-up, not the disk (the `ws+embedded` unit compares
     # the two stores).
     "--store", "memory",
 ]
+
+
+def variant_options(variant, data_dir):
+    """(gateway flags, signal-bench arguments, environment of both) of a variant."""
+    if variant == "embedded":
+        # The gateway lets a flag given again override the first, so this
+        # --store replaces GATEWAY_FLAGS' memory.
+        return ["--store", "embedded", "--data-dir", data_dir], [], {}
+    if variant == "jwt-hs256":
+        return [], ["--identity", "jwt-hs256"], {"SIGNAL_JWT_SECRET": JWT_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}
+    if variant == "jwt-es256":
+        return ["--jwt-public-key", ES256_PUBLIC], ["--identity", "jwt-es256", "--jwt-key", ES256_PRIVATE], {}
+    return [], [], {}
+
+
+def unit_parts(unit):
+    """`ws+embedded` -> ("ws", "embedded"); `wt` -> ("wt", "")."""
+    system, _, variant = unit.partition("+")
+    return system, variant
+
+
+def unit_label(system, variant=""):
+    return LABELS[system] + (f", {VARIANTS[variant]}" if variant else "")
+
 
 # --- plans -------------------------------------------------------------------
 
 
 def plan(quick):
-    """(scenario, config key, bench arguments) for every configuration."""
+    """(scenario, config key, bench arguments, units) for every configuration;
+    the units are the systems, and the variants a configuration compares."""
     tw, td = (1, 2) if quick else (2, 5)
     lw, ld = (1, 3) if quick else (2, 10)
     items = []
     for pairs, window, payload in [(100, 10, 200), (10, 1, 200), (100, 10, 4096)]:
+        # Relaying with the embedded store shows that durable registrations
+        # leave the relay alone; once is enough.
+        extra = ["ws+embedded"] if (pairs, window, payload) == (100, 10, 200) else []
         items.append(("throughput", {"pairs": pairs, "window": window, "payload_bytes": payload},
                       ["throughput", "--pairs", pairs, "--window", window,
-                       "--payload-bytes", payload, "--warmup", tw, "--duration", td]))
+                       "--payload-bytes", payload, "--warmup", tw, "--duration", td], SYSTEMS + extra))
     for pairs, rate in [(100, 10), (100, 100)]:
         items.append(("latency", {"pairs": pairs, "rate": rate, "payload_bytes": 200},
                       ["latency", "--pairs", pairs, "--rate", rate, "--payload-bytes", 200,
-                       "--warmup", lw, "--duration", ld]))
-    conns = 500 if quick else 2000
+                       "--warmup", lw, "--duration", ld], SYSTEMS))
+    conns = 1000 if quick else 2000
     items.append(("setup", {"connections": conns, "concurrency": 32},
-                  ["setup", "--connections", conns, "--concurrency", 32]))
+                  ["setup", "--connections", conns, "--concurrency", 32],
+                  SYSTEMS + ["ws+" + v for v in VARIANTS]))
+    # Bounded by time and count: memory registers ~20k/s, the embedded
+    # store (a disk commit each) well under 1k/s.
+    rd = 2 if quick else 5
+    items.append(("register", {"duration_s": rd, "concurrency": 32},
+                  ["register", "--count", 20000 * rd, "--duration", rd, "--concurrency", 32,
+                   "--warmup", 100 if quick else 200],
+                  ["ws", "ws+embedded"]))
     levels = [1000] if quick else [1000, 10000]
     items.append(("idle", {"levels": levels},
-                  ["idle", "--levels", ",".join(map(str, levels)), "--settle", 2 if quick else 3]))
+                  ["idle", "--levels", ",".join(map(str, levels)), "--settle", 2 if quick else 3], SYSTEMS))
     return items
 
 
@@ -105,8 +165,9 @@ STARTED = []
 
 
 def cleanup():
-    for proc in STARTED:
+    for proc in list(STARTED):
         stop(proc)
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
 
 
 def stop(proc):
@@ -151,8 +212,11 @@ def pin(core, pinned):
     return ["taskset", "-c", str(core)] if pinned else []
 
 
-def start_server(system, pinned, log_path):
+def start_server(system, pinned, log_path, flags=(), env_extra=None):
+    """Starts `system` with extra gateway `flags` and environment; returns
+    the process and its port once it answers."""
     port = free_port()
+    context = None
     if system == "peerjs":
         cmd = pin(0, pinned) + ["node", PEERJS_SERVER, PEERJS_DIR, str(port)]
         ready = f"http://127.0.0.1:{port}/peerjs/id"
@@ -162,11 +226,19 @@ def start_server(system, pinned, log_path):
         ready = f"http://127.0.0.1:{port}/healthcheck"
         env = dict(os.environ)
     else:
-        certs = os.path.join(RUN_DIR, "certs")
+        certs = os.path.dirname(CERT)
         cmd = pin(0, pinned) + [GATEWAY, "--listen", f"127.0.0.1:{port}", "--cert-dir", certs] + GATEWAY_FLAGS
+        cmd += list(flags)
         ready = f"http://127.0.0.1:{port}/healthcheck"
+        if system == "wss":
+            cmd.append("--tls")
+            ready = f"https://127.0.0.1:{port}/healthcheck"
+            # Only to see that it answers; the generator verifies the certificate.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         # No per-registration INFO line (PeerJS logs nothing per connection either).
-        env = dict(os.environ, RUST_LOG="signal_gateway=warn")
+        env = dict(os.environ, RUST_LOG="signal_gateway=warn", **(env_extra or {}))
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
@@ -178,7 +250,7 @@ def start_server(system, pinned, log_path):
         if proc.poll() is not None:
             raise RuntimeError(f"{system} server exited at start; see {log_path}")
         try:
-            with urllib.request.urlopen(ready, timeout=1) as answer:
+            with urllib.request.urlopen(ready, timeout=1, context=context) as answer:
                 if answer.status == 200:
                     return proc, port
         except OSError:
@@ -221,28 +293,37 @@ def foreign_pct(result):
     return result["cpu"]["foreign_cpu_pct"]
 
 
-def run_one(system, args, pinned, label, tag):
+def run_one(unit, args, pinned, label, tag):
     """One run on a fresh server; repeated while foreign load pollutes it."""
+    system, variant = unit_parts(unit)
     attempts = []
     for attempt in range(RETRIES + 1):
         wait_quiet()
-        log_path = os.path.join(RUN_DIR, "logs", f"{tag}-{system}-{attempt}.log")
-        proc, port = start_server(system, pinned, log_path)
+        name = f"{tag}-{unit}-{attempt}"
+        log_path = os.path.join(RUN_DIR, "logs", f"{name}.log")
+        data_dir = os.path.join(DATA_DIR, name)
+        flags, bench_args, env_extra = variant_options(variant, data_dir)
+        if system == "wss":
+            bench_args = bench_args + ["--tls-cert", CERT]
         try:
-            cmd = pin(1, pinned) + [
-                BENCH, "--system", system, "--addr", f"127.0.0.1:{port}",
-                "--server-pid", str(proc.pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK")),
-                "--label", label,
-            ] + [str(a) for a in args]
-            t0 = time.monotonic()
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                                 env=dict(os.environ, RUST_BACKTRACE="0"))
-            elapsed = time.monotonic() - t0
+            proc, port = start_server(system, pinned, log_path, flags, env_extra)
+            try:
+                cmd = pin(1, pinned) + [
+                    BENCH, "--system", system, "--addr", f"127.0.0.1:{port}",
+                    "--server-pid", str(proc.pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK")),
+                    "--label", label,
+                ] + bench_args + [str(a) for a in args]
+                t0 = time.monotonic()
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                                     env=dict(os.environ, RUST_BACKTRACE="0", **env_extra))
+                elapsed = time.monotonic() - t0
+            finally:
+                stop(proc)
         finally:
-            stop(proc)
+            shutil.rmtree(data_dir, ignore_errors=True)
         if out.returncode != 0 or not out.stdout.strip():
             err = out.stderr.strip().splitlines()[-3:]
-            log(f"  {system}: FAILED (exit {out.returncode}): {' | '.join(err)}")
+            log(f"  {unit}: FAILED (exit {out.returncode}): {' | '.join(err)}")
             attempts.append({"error": " | ".join(err), "exit": out.returncode})
             continue
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -251,7 +332,7 @@ def run_one(system, args, pinned, label, tag):
         noisy = foreign_pct(result) > FOREIGN_MAX_PCT
         result["noisy"] = noisy
         if noisy and attempt < RETRIES:
-            log(f"  {system}: foreign CPU {foreign_pct(result):.0f}% > {FOREIGN_MAX_PCT:.0f}%; repeating")
+            log(f"  {unit}: foreign CPU {foreign_pct(result):.0f}% > {FOREIGN_MAX_PCT:.0f}%; repeating")
             attempts.append({"rejected_foreign_cpu_pct": round(foreign_pct(result), 1)})
             continue
         result["rejected"] = attempts
@@ -301,9 +382,23 @@ def figures(result):
             "setup_p50_us": result["setup"]["p50_us"],
             "setup_p99_us": result["setup"]["p99_us"],
             "identity_p50_us": result["identity"]["p50_us"],
+            "identity_p99_us": result["identity"]["p99_us"],
             "connect_p50_us": result["connect"]["p50_us"],
             "first_envelope_p50_us": result["first_envelope"]["p50_us"],
+            "connect_and_first_envelope_p50_us": result["connect_and_first_envelope"]["p50_us"],
+            "connect_and_first_envelope_p99_us": result["connect_and_first_envelope"]["p99_us"],
             "server_cpu_us_per_connection": result["server_cpu_us_per_connection"],
+            "server_cpu_pct": result["cpu"]["server_cpu_pct"],
+            "client_cpu_pct": result["cpu"]["client_cpu_pct"],
+            "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
+        })]
+    if s == "register":
+        return [({}, {
+            "registrations": result["registrations"],
+            "registrations_per_s": result["registrations_per_s"],
+            "latency_p50_us": result["latency"]["p50_us"],
+            "latency_p99_us": result["latency"]["p99_us"],
+            "server_cpu_us_per_registration": result["server_cpu_us_per_registration"],
             "server_cpu_pct": result["cpu"]["server_cpu_pct"],
             "client_cpu_pct": result["cpu"]["client_cpu_pct"],
             "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
@@ -329,12 +424,12 @@ def spread(values):
 
 
 def aggregate(runs):
-    """One object per scenario x configuration x system."""
+    """One object per scenario x configuration x system (and variant)."""
     groups = {}
     for run in runs:
         r = run["result"]
         if r.get("failed"):
-            key = (run["scenario"], json.dumps(run["config"], sort_keys=True), run["system"])
+            key = (run["scenario"], json.dumps(run["config"], sort_keys=True), run["system"], run["variant"])
             groups.setdefault(key, {"config": run["config"], "figs": [], "raw": [], "failed": 0})
             groups[key]["failed"] += 1
             continue
@@ -342,19 +437,22 @@ def aggregate(runs):
             config = dict(run["config"], **extra)
             if run["scenario"] == "idle":
                 config.pop("levels", None)
-            key = (run["scenario"], json.dumps(config, sort_keys=True), run["system"])
+            key = (run["scenario"], json.dumps(config, sort_keys=True), run["system"], run["variant"])
             g = groups.setdefault(key, {"config": config, "figs": [], "raw": [], "failed": 0})
             g["figs"].append(dict(figs, rep=run["rep"]))
             g["raw"].append(r)
     out = []
-    for (scenario, _, system), g in groups.items():
+    for (scenario, _, system, variant), g in groups.items():
         names = [k for k in (g["figs"][0] if g["figs"] else {}) if k != "rep"]
         out.append({
             "scenario": scenario,
             "config": g["config"],
             "system": system,
+            "variant": variant,
+            "label": unit_label(system, variant),
             "server": SERVERS[system],
             "transport": "webtransport" if system == "wt" else "websocket",
+            "tls": system in ("wss", "wt"),
             "n": len(g["figs"]),
             "failed_runs": g["failed"],
             "noisy_runs": sum(1 for r in g["raw"] if r.get("noisy")),
@@ -365,17 +463,19 @@ def aggregate(runs):
     return out
 
 
-def find(results, scenario, system, **config):
+def find(results, scenario, unit, **config):
+    """The result of `unit` (a system, or `system+variant`) in a configuration."""
+    system, variant = unit_parts(unit)
     for r in results:
-        if r["scenario"] == scenario and r["system"] == system and all(
+        if r["scenario"] == scenario and r["system"] == system and r.get("variant", "") == variant and all(
                 r["config"].get(k) == v for k, v in config.items()):
             return r
     return None
 
 
-def paired_ratio(results, scenario, num_sys, den_sys, fig, **config):
+def paired_ratio(results, scenario, num_unit, den_unit, fig, **config):
     """Median (min-max) over repetitions of num/den measured in the same repetition."""
-    a, b = find(results, scenario, num_sys, **config), find(results, scenario, den_sys, **config)
+    a, b = find(results, scenario, num_unit, **config), find(results, scenario, den_unit, **config)
     if not a or not b:
         return None
     ratios = []
@@ -396,60 +496,98 @@ def ratios_and_targets(results, levels):
     top = max(levels)
     sat = dict(pairs=100, window=10, payload_bytes=200)
     light = dict(pairs=10, window=1, payload_bytes=200)
+    big = dict(pairs=100, window=10, payload_bytes=4096)
     r2k = dict(pairs=100, rate=10)
-    ratios = {
-        "peerjs/ws server CPU per relayed, 100x10 200 B": paired_ratio(results, "throughput", "peerjs", "ws", "server_cpu_us_per_relayed", **sat),
-        "peerjs/ws server CPU per relayed, 10x1 200 B": paired_ratio(results, "throughput", "peerjs", "ws", "server_cpu_us_per_relayed", **light),
-        "peerjs/ws server CPU per relayed, 100x10 4 KiB": paired_ratio(results, "throughput", "peerjs", "ws", "server_cpu_us_per_relayed", pairs=100, window=10, payload_bytes=4096),
-        "wt/ws server CPU per relayed, 100x10 200 B": paired_ratio(results, "throughput", "wt", "ws", "server_cpu_us_per_relayed", **sat),
-        "wt/ws server CPU per relayed, 10x1 200 B": paired_ratio(results, "throughput", "wt", "ws", "server_cpu_us_per_relayed", **light),
-        "ws/peerjs RTT p99, 2k relayed/s": paired_ratio(results, "latency", "ws", "peerjs", "rtt_p99_us", **r2k),
-        "wt/ws RTT p99, 2k relayed/s": paired_ratio(results, "latency", "wt", "ws", "rtt_p99_us", **r2k),
-        "ws/peerjs RTT p99, 20k relayed/s": paired_ratio(results, "latency", "ws", "peerjs", "rtt_p99_us", pairs=100, rate=100),
-        "ws/peerjs setup rate": paired_ratio(results, "setup", "ws", "peerjs", "connections_per_s"),
-        "wt/ws setup rate": paired_ratio(results, "setup", "wt", "ws", "connections_per_s"),
-        f"ws/peerjs RSS per idle connection at {top}": paired_ratio(results, "idle", "ws", "peerjs", "rss_kib_per_connection", connections=top),
-        "socketio/ws server CPU per relayed, 100x10 200 B": paired_ratio(results, "throughput", "socketio", "ws", "server_cpu_us_per_relayed", **sat),
-        "socketio/ws server CPU per relayed, 10x1 200 B": paired_ratio(results, "throughput", "socketio", "ws", "server_cpu_us_per_relayed", **light),
-        "socketio/ws server CPU per relayed, 100x10 4 KiB": paired_ratio(results, "throughput", "socketio", "ws", "server_cpu_us_per_relayed", pairs=100, window=10, payload_bytes=4096),
-        "ws/socketio RTT p99, 2k relayed/s": paired_ratio(results, "latency", "ws", "socketio", "rtt_p99_us", **r2k),
-        "ws/socketio RTT p99, 20k relayed/s": paired_ratio(results, "latency", "ws", "socketio", "rtt_p99_us", pairs=100, rate=100),
-        "ws/socketio setup rate": paired_ratio(results, "setup", "ws", "socketio", "connections_per_s"),
-    }
-    for lvl in levels:
-        ratios[f"ws/socketio RSS per idle connection at {lvl}"] = paired_ratio(
-            results, "idle", "ws", "socketio", "rss_kib_per_connection", connections=lvl)
+    r20k = dict(pairs=100, rate=100)
+    cpu = "server_cpu_us_per_relayed"
+    ratios = {}
 
-    def target(name, value, limit, better, unit, ratio_name=None):
+    def add(name, scenario, num, den, fig, **config):
+        ratios[name] = paired_ratio(results, scenario, num, den, fig, **config)
+
+    for num, den in [("peerjs", "ws"), ("wt", "ws"), ("wt", "wss"), ("wss", "ws"), ("socketio", "ws")]:
+        add(f"{num}/{den} server CPU per relayed, 100x10 200 B", "throughput", num, den, cpu, **sat)
+        add(f"{num}/{den} server CPU per relayed, 10x1 200 B", "throughput", num, den, cpu, **light)
+        add(f"{num}/{den} server CPU per relayed, 100x10 4 KiB", "throughput", num, den, cpu, **big)
+    for num, den in [("ws", "peerjs"), ("wt", "ws"), ("wt", "wss"), ("wss", "ws"), ("ws", "socketio")]:
+        add(f"{num}/{den} RTT p99, 2k relayed/s", "latency", num, den, "rtt_p99_us", **r2k)
+    for num, den in [("ws", "peerjs"), ("ws", "socketio")]:
+        add(f"{num}/{den} RTT p99, 20k relayed/s", "latency", num, den, "rtt_p99_us", **r20k)
+    for num, den in [("ws", "peerjs"), ("wt", "ws"), ("wt", "wss"), ("wss", "ws"), ("ws", "socketio")]:
+        add(f"{num}/{den} setup rate", "setup", num, den, "connections_per_s")
+    for num, den in [("wt", "ws"), ("wt", "wss"), ("wss", "ws")]:
+        add(f"{num}/{den} server CPU per connection set-up", "setup", num, den, "server_cpu_us_per_connection")
+    for variant in VARIANTS:
+        add(f"ws+{variant}/ws setup rate", "setup", f"ws+{variant}", "ws", "connections_per_s")
+        add(f"ws+{variant}/ws server CPU per connection set-up", "setup", f"ws+{variant}", "ws",
+            "server_cpu_us_per_connection")
+        add(f"ws+{variant}/ws connect + first envelope p50", "setup", f"ws+{variant}", "ws",
+            "connect_and_first_envelope_p50_us")
+    add("ws+embedded/ws registrations/s", "register", "ws+embedded", "ws", "registrations_per_s")
+    add("ws+embedded/ws server CPU per relayed, 100x10 200 B", "throughput", "ws+embedded", "ws", cpu, **sat)
+    add(f"ws/peerjs RSS per idle connection at {top}", "idle", "ws", "peerjs", "rss_kib_per_connection",
+        connections=top)
+    add(f"wt/ws RSS per idle connection at {top}", "idle", "wt", "ws", "rss_kib_per_connection", connections=top)
+    add(f"wt/wss RSS per idle connection at {top}", "idle", "wt", "wss", "rss_kib_per_connection", connections=top)
+    for lvl in levels:
+        add(f"ws/socketio RSS per idle connection at {lvl}", "idle", "ws", "socketio", "rss_kib_per_connection",
+            connections=lvl)
+
+    def target(name, value, limit, better, unit, ratio_name=None, wss=None):
+        """A target; `wss` is the same figure for WSS (from `wss_ratio` or
+        `wss_value`), shown beside WebTransport's."""
         met = None if value is None else (value <= limit if better == "max" else value >= limit)
         ratio = ratios.get(ratio_name) if ratio_name else None
         return {"target": name, "value": value, "limit": limit, "kind": better, "unit": unit,
-                "range": [ratio["min"], ratio["max"]] if ratio else None, "met": met}
+                "range": [ratio["min"], ratio["max"]] if ratio else None, "met": met, "wss": wss}
 
     def rv(name):
         return ratios[name]["median"] if ratios.get(name) else None
 
+    def wss_ratio(name):
+        """WebTransport against WSS, where the target compares it with WS."""
+        r = ratios.get(name)
+        return {"kind": "ratio", "value": rv(name), "range": [r["min"], r["max"]] if r else None}
+
+    def wss_value(value):
+        """WSS's own figure, where the target is an absolute one."""
+        return {"kind": "absolute", "value": value, "range": None}
+
+    def ratio_target(name, ratio_name, limit, better="max", wss=None):
+        return target(name, rv(ratio_name), limit, better, "x", ratio_name, wss)
+
     targets = [
         target("WS: server CPU per relayed 200 B envelope at saturation (100x10)",
-               med(results, "throughput", "ws", "server_cpu_us_per_relayed", **sat), 2.0, "max", "us"),
-        target("WS: PeerJS/WS server CPU per envelope at 100x10",
-               rv("peerjs/ws server CPU per relayed, 100x10 200 B"), 6.0, "min", "x",
-               "peerjs/ws server CPU per relayed, 100x10 200 B"),
-        target("WS: no worse than PeerJS per envelope at 10x1 (PeerJS/WS)",
-               rv("peerjs/ws server CPU per relayed, 10x1 200 B"), 1.0, "min", "x",
-               "peerjs/ws server CPU per relayed, 10x1 200 B"),
-        target("WS: RTT p99 at 2k envelopes/s vs PeerJS (WS/PeerJS)",
-               rv("ws/peerjs RTT p99, 2k relayed/s"), 0.6, "max", "x", "ws/peerjs RTT p99, 2k relayed/s"),
+               med(results, "throughput", "ws", cpu, **sat), 2.0, "max", "us"),
+        ratio_target("WS: PeerJS/WS server CPU per envelope at 100x10",
+                     "peerjs/ws server CPU per relayed, 100x10 200 B", 6.0, "min"),
+        ratio_target("WS: no worse than PeerJS per envelope at 10x1 (PeerJS/WS)",
+                     "peerjs/ws server CPU per relayed, 10x1 200 B", 1.0, "min"),
+        ratio_target("WS: RTT p99 at 2k envelopes/s vs PeerJS (WS/PeerJS)", "ws/peerjs RTT p99, 2k relayed/s", 0.6),
         target(f"WS: RSS per idle connection ({top} connections)",
                med(results, "idle", "ws", "rss_kib_per_connection", connections=top), 4.0, "max", "KiB"),
-        target("WS: connection set-up rate vs PeerJS (WS/PeerJS)",
-               rv("ws/peerjs setup rate"), 3.0, "min", "x", "ws/peerjs setup rate"),
+        ratio_target("WS: connection set-up rate vs PeerJS (WS/PeerJS)", "ws/peerjs setup rate", 3.0, "min"),
+        ratio_target("WS: embedded store leaves connect + first envelope p50 alone (embedded/memory)",
+                     "ws+embedded/ws connect + first envelope p50", 1.1),
+        ratio_target("WS: embedded store leaves relaying alone, CPU per envelope at 100x10 (embedded/memory)",
+                     "ws+embedded/ws server CPU per relayed, 100x10 200 B", 1.1),
         target("WT: server CPU per relayed 200 B envelope at saturation (100x10)",
-               med(results, "throughput", "wt", "server_cpu_us_per_relayed", **sat), 6.0, "max", "us"),
-        target("WT: RTT p99 at 2k envelopes/s vs WS (WT/WS)",
-               rv("wt/ws RTT p99, 2k relayed/s"), 1.5, "max", "x", "wt/ws RTT p99, 2k relayed/s"),
+               med(results, "throughput", "wt", cpu, **sat), 6.0, "max", "us",
+               wss=wss_value(med(results, "throughput", "wss", cpu, **sat))),
+        ratio_target("WT: server CPU per relayed 200 B envelope vs WS, 100x10 (WT/WS)",
+                     "wt/ws server CPU per relayed, 100x10 200 B", 1.5,
+                     wss=wss_ratio("wt/wss server CPU per relayed, 100x10 200 B")),
+        ratio_target("WT: server CPU per relayed 4 KiB envelope vs WS, 100x10 (WT/WS)",
+                     "wt/ws server CPU per relayed, 100x10 4 KiB", 2.0,
+                     wss=wss_ratio("wt/wss server CPU per relayed, 100x10 4 KiB")),
+        ratio_target("WT: RTT p99 at 2k envelopes/s vs WS (WT/WS)", "wt/ws RTT p99, 2k relayed/s", 1.3,
+                     wss=wss_ratio("wt/wss RTT p99, 2k relayed/s")),
+        target("WT: server CPU per connection set-up",
+               med(results, "setup", "wt", "server_cpu_us_per_connection"), 200.0, "max", "us",
+               wss=wss_value(med(results, "setup", "wss", "server_cpu_us_per_connection"))),
         target(f"WT: RSS per idle session ({top} sessions)",
-               med(results, "idle", "wt", "rss_kib_per_connection", connections=top), 32.0, "max", "KiB"),
+               med(results, "idle", "wt", "rss_kib_per_connection", connections=top), 32.0, "max", "KiB",
+               wss=wss_value(med(results, "idle", "wss", "rss_kib_per_connection", connections=top))),
     ]
     return ratios, targets
 
@@ -473,9 +611,34 @@ def cell(f, digits=None):
     return f"{num(f['median'], digits)} ({num(f['min'], digits)}–{num(f['max'], digits)})"
 
 
+def rows(res, scenario, variants=None):
+    """The results of a scenario, configurations in plan order and units in
+    the order of SYSTEMS then VARIANTS; `variants` keeps only those."""
+    configs, out = [], []
+    for r in res:
+        key = json.dumps(r["config"], sort_keys=True)
+        if r["scenario"] != scenario or (variants is not None and r.get("variant", "") not in variants):
+            continue
+        if key not in configs:
+            configs.append(key)
+        out.append(r)
+    rank = {v: i for i, v in enumerate([""] + list(VARIANTS))}
+    return sorted(out, key=lambda r: (configs.index(json.dumps(r["config"], sort_keys=True)),
+                                      rank[r.get("variant", "")], SYSTEMS.index(r["system"])))
+
+
+def label(r):
+    return unit_label(r["system"], r.get("variant", ""))
+
+
 def markdown(doc):
     res = doc["results"]
     m = doc["machine"]
+
+    def ms(f, k, digits=2):
+        x = f.get(k)
+        return cell({kk: (v / 1000 if kk != "n" else v) for kk, v in x.items()}, digits) if x else "–"
+
     lines = [
         f"# signal-bench results ({doc['mode']})",
         "",
@@ -486,19 +649,18 @@ def markdown(doc):
         f"Server on core 0, generator on core 1 ({'pinned with taskset' if doc['pinned'] else 'NOT pinned'}); "
         f"fresh server per run; {doc['reps']} repetition(s), systems interleaved; "
         "cells are median (min–max). \"Relayed\" counts envelopes forwarded by the server (a round trip is 2). "
-        "Server CPU is the server process's utime+stime over the measured window.",
+        "Server CPU is the server process's utime+stime over the measured window. "
+        "WebSocket over TLS is the gateway started with --tls (TLS 1.3, ring, as its WebTransport).",
         "",
         "## Relay throughput (closed loop)",
         "",
         "| pairs × window | payload | system | relayed/s | server µs CPU / relayed | server CPU % | generator CPU % | RTT p50 µs | RTT p99 µs | n |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in res:
-        if r["scenario"] != "throughput":
-            continue
+    for r in rows(res, "throughput"):
         c, f = r["config"], r["figures"]
         lines.append(
-            f"| {c['pairs']} × {c['window']} | {c['payload_bytes']} B | {LABELS[r['system']]} | "
+            f"| {c['pairs']} × {c['window']} | {c['payload_bytes']} B | {label(r)} | "
             f"{cell(f.get('relayed_per_s'), 0)} | **{cell(f.get('server_cpu_us_per_relayed'), 2)}** | "
             f"{cell(f.get('server_cpu_pct'), 0)} | {cell(f.get('client_cpu_pct'), 0)} | "
             f"{cell(f.get('rtt_p50_us'), 0)} | {cell(f.get('rtt_p99_us'), 0)} | {r['n']} |")
@@ -509,12 +671,10 @@ def markdown(doc):
         "| pairs × rate | relayed/s | system | RTT p50 µs | p90 | p99 | p99.9 | max | p99 from schedule | send lag p99 | server CPU % | µs / relayed | lost | n |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in res:
-        if r["scenario"] != "latency":
-            continue
+    for r in rows(res, "latency"):
         c, f = r["config"], r["figures"]
         lines.append(
-            f"| {c['pairs']} × {c['rate']}/s | {num(2 * c['pairs'] * c['rate'], 0)} | {LABELS[r['system']]} | "
+            f"| {c['pairs']} × {c['rate']}/s | {num(2 * c['pairs'] * c['rate'], 0)} | {label(r)} | "
             f"{cell(f.get('rtt_p50_us'), 0)} | {cell(f.get('rtt_p90_us'), 0)} | **{cell(f.get('rtt_p99_us'), 0)}** | "
             f"{cell(f.get('rtt_p999_us'), 0)} | {cell(f.get('rtt_max_us'), 0)} | {cell(f.get('rtt_from_schedule_p99_us'), 0)} | "
             f"{cell(f.get('send_lag_p99_us'), 0)} | {cell(f.get('server_cpu_pct'), 1)} | "
@@ -527,18 +687,48 @@ def markdown(doc):
         "| connections | system | connections/s | set-up p50 ms | p99 ms | identity p50 ms | connect p50 ms | first envelope p50 ms | server µs CPU / connection | generator CPU % | n |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in res:
-        if r["scenario"] != "setup":
+    for r in rows(res, "setup", variants=[""]):
+        c, f = r["config"], r["figures"]
+        lines.append(
+            f"| {c['connections']} | {label(r)} | **{cell(f.get('connections_per_s'), 0)}** | "
+            f"{ms(f, 'setup_p50_us')} | {ms(f, 'setup_p99_us')} | {ms(f, 'identity_p50_us')} | {ms(f, 'connect_p50_us')} | "
+            f"{ms(f, 'first_envelope_p50_us')} | {cell(f.get('server_cpu_us_per_connection'), 0)} | "
+            f"{cell(f.get('client_cpu_pct'), 0)} | {r['n']} |")
+    lines += [
+        "",
+        "## Identities (gateway over WebSocket, the set-up above): registered names in memory or in the "
+        "embedded store (a disk commit per registration), and JWTs minted by the generator (its identity step)",
+        "",
+        "| connections | identity | connections/s | server µs CPU / connection | identity p50 µs | p99 µs | "
+        "connect + first envelope p50 ms | p99 ms | n |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"": "registered, memory store", "embedded": "registered, embedded store",
+             "jwt-hs256": "JWT HS256", "jwt-es256": "JWT ES256"}
+    for r in rows(res, "setup"):
+        if r["system"] != "ws":
             continue
         c, f = r["config"], r["figures"]
-
-        def ms(k):
-            x = f.get(k)
-            return cell({kk: (v / 1000 if kk != "n" else v) for kk, v in x.items()}, 2) if x else "–"
         lines.append(
-            f"| {c['connections']} | {LABELS[r['system']]} | **{cell(f.get('connections_per_s'), 0)}** | "
-            f"{ms('setup_p50_us')} | {ms('setup_p99_us')} | {ms('identity_p50_us')} | {ms('connect_p50_us')} | "
-            f"{ms('first_envelope_p50_us')} | {cell(f.get('server_cpu_us_per_connection'), 0)} | "
+            f"| {c['connections']} | {names[r.get('variant', '')]} | **{cell(f.get('connections_per_s'), 0)}** | "
+            f"**{cell(f.get('server_cpu_us_per_connection'), 0)}** | {cell(f.get('identity_p50_us'), 0)} | "
+            f"{cell(f.get('identity_p99_us'), 0)} | {ms(f, 'connect_and_first_envelope_p50_us')} | "
+            f"{ms(f, 'connect_and_first_envelope_p99_us')} | {r['n']} |")
+    lines += [
+        "",
+        "## Registrations (POST /v1/register alone, 32 at a time, each on a keep-alive connection)",
+        "",
+        "| seconds at most | store | registered | registrations/s | latency p50 ms | p99 ms | "
+        "server µs CPU / registration | server CPU % | generator CPU % | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows(res, "register"):
+        c, f = r["config"], r["figures"]
+        lines.append(
+            f"| {c['duration_s']} | {'embedded' if r.get('variant') == 'embedded' else 'memory'} | "
+            f"{cell(f.get('registrations'), 0)} | "
+            f"**{cell(f.get('registrations_per_s'), 0)}** | {ms(f, 'latency_p50_us')} | {ms(f, 'latency_p99_us')} | "
+            f"{cell(f.get('server_cpu_us_per_registration'), 0)} | {cell(f.get('server_cpu_pct'), 0)} | "
             f"{cell(f.get('client_cpu_pct'), 0)} | {r['n']} |")
     lines += [
         "",
@@ -547,26 +737,31 @@ def markdown(doc):
         "| connections | system | server RSS MiB | KiB / connection | KiB / connection, marginal | idle server CPU % | opened/s | n |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted((r for r in res if r["scenario"] == "idle"), key=lambda r: (r["config"]["connections"], SYSTEMS.index(r["system"]))):
+    for r in sorted(rows(res, "idle"), key=lambda r: r["config"]["connections"]):
         c, f = r["config"], r["figures"]
         rss = f.get("rss_kib")
         lines.append(
-            f"| {c['connections']:,} | {LABELS[r['system']]} | "
+            f"| {c['connections']:,} | {label(r)} | "
             f"{cell({k: (v / 1024 if k != 'n' else v) for k, v in rss.items()}, 1) if rss else '–'} | "
             f"**{cell(f.get('rss_kib_per_connection'), 1)}** | {cell(f.get('rss_kib_per_connection_marginal'), 1)} | "
             f"{cell(f.get('idle_server_cpu_pct'), 1)} | {cell(f.get('setup_per_s'), 0)} | {r['n']} |")
     lines += ["", "## Ratios (paired: computed per repetition, then median (min–max))", "",
               "| ratio | value |", "|---|---|"]
+    # Ratios of systems not run (--systems, --only) are left out.
     for name, v in doc["ratios"].items():
-        lines.append(f"| {name} | {cell(v, 2)} |")
-    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+        if v:
+            lines.append(f"| {name} | {cell(v, 2)} |")
+    lines += ["", "## Targets", "",
+              "WebTransport's targets also show the same figure for WebSocket over TLS, the peer with the same "
+              "cryptography: WT/WSS beside a WT/WS ratio, WSS's own value beside an absolute one.", "",
+              "| target | measured | limit | met | against WSS |", "|---|---|---|---|---|"]
     for t in doc["targets"]:
         bound = "≤" if t["kind"] == "max" else "≥"
         value = num(t["value"], 2) + (f" {t['unit']}" if t["value"] is not None else "")
         if t["range"]:
             value += f" ({num(t['range'][0], 2)}–{num(t['range'][1], 2)})"
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {value} | {bound} {t['limit']} {t['unit']} | {met} |")
+        lines.append(f"| {t['target']} | {value} | {bound} {t['limit']} {t['unit']} | {met} | {beside_wss(t)} |")
     # An idle run gives one result per level: count it once, at the first level.
     noisy = [(r["scenario"], r["system"], r["noisy_runs"]) for r in res if r["noisy_runs"] and (
         r["scenario"] != "idle" or r["config"]["connections"] == min(doc["levels"]))]
@@ -575,6 +770,19 @@ def markdown(doc):
               f"kept although noisy: {sum(n for *_, n in noisy)}; failed: {sum(n for *_, n in failed)}. "
               f"Total time {doc['duration_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def beside_wss(t):
+    """The targets table's WSS cell."""
+    w = t.get("wss")
+    if not w:
+        return ""
+    if w["value"] is None:
+        return "–"
+    if w["kind"] == "absolute":
+        return f"WSS {num(w['value'], 2)} {t['unit']}"
+    spread_text = f" ({num(w['range'][0], 2)}–{num(w['range'][1], 2)})" if w["range"] else ""
+    return f"WT/WSS {num(w['value'], 2)} x{spread_text}"
 
 
 def svg_chart(doc):
@@ -603,7 +811,7 @@ def svg_chart(doc):
     for system in SYSTEMS:
         out.append(f'<rect x="{lx}" y="40" width="12" height="12" fill="{COLORS[system]}"/>'
                    f'<text x="{lx + 17}" y="50">{LABELS[system]}</text>')
-        lx += 190
+        lx += 40 + 7 * len(LABELS[system])  # about 7 px per character at 12 px
     for i, (title, fig, scenario, groups) in enumerate(panels):
         x0 = gap + (i % 2) * (pw + gap)
         y0 = 60 + gap + (i // 2) * (ph + gap)
@@ -718,10 +926,11 @@ def machine():
 def main():
     global GATEWAY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one short repetition (smoke run, under 4 minutes)")
+    ap.add_argument("--quick", action="store_true", help="one short repetition (smoke run, about 5 minutes)")
     ap.add_argument("--reps", type=int, help="repetitions per configuration (default 3, 1 with --quick)")
-    ap.add_argument("--only", help="comma-separated scenarios to run (throughput,latency,setup,idle)")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (ws,wt,peerjs,socketio)")
+    ap.add_argument("--only", help="comma-separated scenarios to run (throughput,latency,setup,register,idle)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated systems ({','.join(SYSTEMS)}); a system brings its variants along")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"), help="output directory")
     ap.add_argument("--gateway", default=GATEWAY, help="gateway binary to run (to compare a build)")
     ap.add_argument("--render", metavar="JSON", help="only re-render chart.svg and the Markdown from a results file")
@@ -743,6 +952,13 @@ def main():
     if args.only:
         wanted = set(args.only.split(","))
         items = [i for i in items if i[0] in wanted]
+    # Each configuration keeps the units of the systems asked for.
+    items = [(scenario, config, bench_args, [u for u in units if unit_parts(u)[0] in systems])
+             for scenario, config, bench_args, units in items]
+    items = [i for i in items if i[3]]
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
+    if any("+jwt-es256" in u for *_, units in items for u in units):
+        subprocess.run([KEYPAIR, JWT_DIR], check=True)
     os.makedirs(os.path.join(RUN_DIR, "logs"), exist_ok=True)
     os.makedirs(PID_DIR, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
@@ -754,19 +970,21 @@ def main():
     started = time.monotonic()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runs = []
-    total = reps * len(items) * len(systems)
+    total = reps * sum(len(units) for *_, units in items)
     done = 0
     for rep in range(reps):
-        for index, (scenario, config, bench_args) in enumerate(items):
-            k = (rep + index) % len(systems)
-            order = systems[k:] + systems[:k]
-            for system in order:
+        for index, (scenario, config, bench_args, units) in enumerate(items):
+            k = (rep + index) % len(units)
+            order = units[k:] + units[:k]
+            for unit in order:
                 done += 1
                 tag = f"r{rep}-{scenario}-{index}"
-                log(f"[{done}/{total}] rep {rep + 1} {scenario} {json.dumps(config)} {system} "
+                log(f"[{done}/{total}] rep {rep + 1} {scenario} {json.dumps(config)} {unit} "
                     f"({time.monotonic() - started:.0f} s)")
-                result = run_one(system, bench_args, pinned, f"rep{rep}", tag)
-                runs.append({"rep": rep, "scenario": scenario, "config": config, "system": system, "result": result})
+                result = run_one(unit, bench_args, pinned, f"rep{rep}", tag)
+                system, variant = unit_parts(unit)
+                runs.append({"rep": rep, "scenario": scenario, "config": config, "system": system,
+                             "variant": variant, "result": result})
     results = aggregate(runs)
     levels = next((i[1]["levels"] for i in items if i[0] == "idle"), [1000])
     ratios, targets = ratios_and_targets(results, levels)
@@ -785,6 +1003,8 @@ def main():
         "duration_s": time.monotonic() - started,
         "gateway": os.path.relpath(GATEWAY, ROOT),
         "gateway_flags": GATEWAY_FLAGS,
+        "variants": {v: {"label": VARIANTS[v], "gateway_flags": variant_options(v, "<fresh dir>")[0],
+                         "bench_args": variant_options(v, "")[1]} for v in VARIANTS},
         "results": results,
         "ratios": ratios,
         "targets": targets,

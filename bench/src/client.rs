@@ -1,10 +1,11 @@
 //! Clients of the systems under test, behind one interface: how to get an
-//! identity (register, a PeerJS id, or just a name for socket.io), how to
-//! connect, and how to move batches of envelopes.
+//! identity (register or a JWT, a PeerJS id, or just a name for socket.io),
+//! how to connect, and how to move batches of envelopes.
 //!
 //! WebSocket uses tokio-tungstenite, as the gateway's tests do, for the
-//! gateway, PeerJS and socket.io alike (socket.io's Engine.IO handshake and
-//! pings are handled on top of it, see [`crate::socketio`]); WebTransport
+//! gateway (in the clear or over TLS, see [`crate::tls`]), PeerJS and
+//! socket.io alike (socket.io's Engine.IO handshake and pings are handled
+//! on top of it, see [`crate::socketio`]); WebTransport
 //! uses wtransport, an HTTP/3 stack independent of the gateway's h3, with a
 //! few shared UDP endpoints (one endpoint per connection makes QUIC set-up
 //! needlessly slow on the client). Reads take every envelope already
@@ -18,16 +19,17 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wtransport::endpoint::endpoint_side;
 
-use crate::IO_TIMEOUT;
 use crate::http::HttpClient;
-use crate::socketio;
+use crate::identity::{self, Minter};
+use crate::tls::{self, Stream};
 use crate::wire::{self, System};
+use crate::{Common, IO_TIMEOUT, socketio};
 
 /// Envelopes taken per read before handing them to the caller.
 const READ_BATCH: usize = 256;
@@ -44,7 +46,7 @@ const GENERATOR_UDP_BUFFER: usize = 8 << 20;
 /// seconds) keep idle sessions open, so the client sends none of its own.
 const WT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<Stream>;
 type WtEndpoint = wtransport::Endpoint<endpoint_side::Client>;
 
 /// Where the system under test listens, and what every connection shares.
@@ -55,6 +57,10 @@ pub struct Target {
     pub http: SocketAddr,
     /// WebTransport (UDP) address.
     pub wt: SocketAddr,
+    /// TLS on the TCP port (`wss`).
+    tls: Option<TlsConnector>,
+    /// JWTs instead of registered names (gateway only).
+    minter: Option<Minter>,
     endpoints: Vec<WtEndpoint>,
     next_endpoint: AtomicUsize,
 }
@@ -65,24 +71,36 @@ impl std::fmt::Debug for Target {
             .field("system", &self.system)
             .field("http", &self.http)
             .field("wt", &self.wt)
+            .field("tls", &self.tls.is_some())
+            .field("minter", &self.minter)
             .field("endpoints", &self.endpoints.len())
             .finish()
     }
 }
 
 impl Target {
-    /// Prepares clients for `system`. For WebTransport, fetches the
-    /// certificate hash to pin and opens `endpoints` client endpoints.
-    pub async fn new(
-        system: System,
-        http: SocketAddr,
-        wt: SocketAddr,
-        endpoints: usize,
-    ) -> anyhow::Result<Self> {
+    /// Prepares clients for the system in `common`. For WebTransport,
+    /// fetches the certificate hash to pin and opens the client endpoints;
+    /// for WSS, loads the certificate to trust; for JWT identities, the key.
+    pub async fn new(common: &Common) -> anyhow::Result<Self> {
+        let (system, http) = (common.system, common.addr);
+        let tls = match (system, &common.tls_cert) {
+            (System::Wss, Some(cert)) => Some(tls::connector(cert)?),
+            (System::Wss, None) => bail!("--system wss needs --tls-cert"),
+            _ => None,
+        };
+        let minter = Minter::new(
+            common.identity,
+            common.jwt_secret.as_deref(),
+            common.jwt_key.as_deref(),
+        )?;
+        if minter.is_some() && !system.is_gateway() {
+            bail!("JWT identities are for the gateway only");
+        }
         let mut pool = Vec::new();
         if system == System::Wt {
             let hash = cert_hash(http).await?;
-            for _ in 0..endpoints.max(1) {
+            for _ in 0..common.wt_endpoints.max(1) {
                 let config = wtransport::ClientConfig::builder()
                     .with_bind_socket(generator_udp_socket()?)
                     .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
@@ -96,18 +114,25 @@ impl Target {
         Ok(Self {
             system,
             http,
-            wt,
+            wt: common.wt_addr.unwrap_or(http),
+            tls,
+            minter,
             endpoints: pool,
             next_endpoint: AtomicUsize::new(0),
         })
     }
 
-    /// An identity to connect with: registers `name` on the gateway and
-    /// returns `(name, token)`. For PeerJS, uses `name` as the id, or asks
-    /// the server for one (`GET /peerjs/id`) when `name` is `None`, with a
-    /// client-chosen token, as the PeerJS client library does. socket.io has
-    /// no such step: the name travels in the CONNECT packet, and there is no
-    /// token.
+    /// A keep-alive HTTP client for the server (over TLS for `wss`).
+    pub fn http_client(&self) -> HttpClient {
+        HttpClient::new(self.http, self.tls.clone())
+    }
+
+    /// An identity to connect with, `(name, token)`: on the gateway,
+    /// registers `name`, or mints a JWT for it. For PeerJS, uses `name` as
+    /// the id, or asks the server for one (`GET /peerjs/id`) when `name` is
+    /// `None`, with a client-chosen token, as the PeerJS client library
+    /// does. socket.io has no such step: the name travels in the CONNECT
+    /// packet, and there is no token.
     pub async fn identity(
         &self,
         http: &mut HttpClient,
@@ -119,15 +144,10 @@ impl Target {
             Ok((name.to_owned(), String::new()))
         } else if self.system.is_gateway() {
             let name = name.context("the gateway needs a username")?;
-            let (status, body) = http
-                .post_json("/v1/register", &format!("{{\"username\":\"{name}\"}}"))
-                .await?;
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .with_context(|| format!("register answered {status} with non-JSON"))?;
-            if status != 200 || value["status"] != "SUCCESS" {
-                bail!("register {name}: HTTP {status} {value}");
-            }
-            let token = value["token"].as_str().context("no token")?.to_owned();
+            let token = match &self.minter {
+                Some(minter) => minter.mint(name)?,
+                None => identity::register(http, name).await?,
+            };
             Ok((name.to_owned(), token))
         } else {
             let id = match name {
@@ -169,20 +189,22 @@ impl Target {
 
     async fn open(&self, name: &str, token: &str) -> anyhow::Result<Conn> {
         match self.system {
-            System::Ws | System::Peerjs | System::Socketio => {
+            System::Ws | System::Wss | System::Peerjs | System::Socketio => {
                 let url = match self.system {
                     System::Peerjs => format!(
                         "ws://{}/peerjs?key=peerjs&id={name}&token={token}",
                         self.http
                     ),
                     System::Socketio => format!("ws://{}{}", self.http, socketio::PATH),
+                    System::Wss => format!("wss://{}/v1/connect?token={token}", self.http),
                     _ => format!("ws://{}/v1/connect?token={token}", self.http),
                 };
                 let config = WebSocketConfig::default()
                     .read_buffer_size(WS_READ_BUFFER)
                     .write_buffer_size(WS_WRITE_BUFFER);
+                let stream = tls::connect(self.http, self.tls.as_ref()).await?;
                 let (mut ws, _) =
-                    tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+                    tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
                 let engine_io = self.system == System::Socketio;
                 if engine_io {
                     socketio_handshake(&mut ws, name).await?;
@@ -241,7 +263,7 @@ fn generator_udp_socket() -> anyhow::Result<std::net::UdpSocket> {
 
 /// The gateway's certificate hash, to pin (`GET /v1/cert-hash`).
 async fn cert_hash(http: SocketAddr) -> anyhow::Result<[u8; 32]> {
-    let (status, body) = HttpClient::new(http).get("/v1/cert-hash").await?;
+    let (status, body) = HttpClient::new(http, None).get("/v1/cert-hash").await?;
     let value: serde_json::Value = serde_json::from_slice(&body)?;
     let hex = value["hex"].as_str().context("no hex in /v1/cert-hash")?;
     if status != 200 || hex.len() != 64 {

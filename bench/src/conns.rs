@@ -1,13 +1,13 @@
 //! The two scenarios about connections rather than envelopes.
 //!
 //! * **Set-up**: `concurrency` workers each repeat the whole sequence a new
-//!   client goes through — get an identity (gateway: `POST /v1/register`;
-//!   PeerJS: `GET /peerjs/id`), connect (TCP + WebSocket upgrade, or QUIC +
-//!   HTTP/3 + extended CONNECT + stream), wait for the server's first
-//!   envelope, then send one envelope to itself and wait for it to come
-//!   back — until `connections` clients are up. Figures: connections per
-//!   second, latency of the whole sequence and of each step, and server CPU
-//!   per connection. socket.io has no identity step (the name goes in the
+//!   client goes through — get an identity (gateway: `POST /v1/register`,
+//!   or a JWT minted in the generator; PeerJS: `GET /peerjs/id`), connect
+//!   (TCP + TLS if any + WebSocket upgrade, or QUIC + HTTP/3 + extended
+//!   CONNECT + stream), wait for the server's first envelope, then send one
+//!   envelope to itself and wait for it to come back — until `connections`
+//!   clients are up. Figures: connections per second, latency of the whole
+//!   sequence and of each step, and server CPU per connection. socket.io has no identity step (the name goes in the
 //!   CONNECT packet): its connect step is TCP + WebSocket upgrade + Engine.IO
 //!   OPEN + Socket.IO CONNECT and its acknowledgement.
 //! * **Idle memory**: opens connections up to each level (e.g. 1k, then
@@ -30,9 +30,9 @@ use tokio::task::JoinSet;
 use crate::client::{Conn, Target};
 use crate::http::HttpClient;
 use crate::procfs::{CpuMeter, rss_kib};
-use crate::summary::summarize;
+use crate::summary::{nanos, summarize};
 use crate::wire::{self, PING, PayloadMaker, System};
-use crate::{Common, IO_TIMEOUT};
+use crate::{Common, IO_TIMEOUT, open_named, run_workers};
 
 /// Parameters of the set-up scenario.
 #[derive(Debug, Clone, Serialize)]
@@ -87,20 +87,18 @@ pub async fn setup(
     let cpu1 = meter.sample()?;
     let cpu = meter.window(&cpu0, &cpu1);
     let rss = rss_kib(common.server_pid)?;
-    let total: Vec<u64> = timings
-        .iter()
-        .map(|t| t.identity + t.connect + t.first_envelope)
-        .collect();
     let step = |f: fn(&Timing) -> u64| summarize(&timings.iter().map(f).collect::<Vec<_>>());
     let result = json!({
         "params": params,
         "connections": held.len(),
         "wall_s": wall,
         "connections_per_s": held.len() as f64 / wall,
-        "setup": summarize(&total),
+        "setup": step(|t| t.identity + t.connect + t.first_envelope),
         "identity": step(|t| t.identity),
         "connect": step(|t| t.connect),
         "first_envelope": step(|t| t.first_envelope),
+        // What follows the identity, apart from how it was obtained.
+        "connect_and_first_envelope": step(|t| t.connect + t.first_envelope),
         "server_cpu_us_per_connection": cpu.server_cpu_s * 1e6 / held.len().max(1) as f64,
         "server_rss_kib": rss,
         "cpu": cpu,
@@ -109,48 +107,21 @@ pub async fn setup(
     Ok(result)
 }
 
-/// Sets up the connections numbered `range`, `concurrency` at a time, each
-/// worker with its own keep-alive HTTP connection.
+/// Sets up the connections numbered `range`, `concurrency` at a time.
 async fn set_up_batch(
-    target: &Arc<Target>,
+    target: &Target,
     common: &Common,
     range: std::ops::Range<usize>,
     concurrency: usize,
 ) -> anyhow::Result<(Vec<Conn>, Vec<Timing>)> {
-    let next = Arc::new(AtomicUsize::new(range.start));
     let maker = PayloadMaker::new(200);
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency.clamp(1, range.len().max(1)) {
-        let target = target.clone();
-        let next = next.clone();
-        let maker = maker.clone();
-        let end = range.end;
-        let prefix = common.name_prefix.clone();
-        workers.spawn(async move {
-            let mut http = HttpClient::new(target.http);
-            let mut held = Vec::new();
-            let mut timings = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= end {
-                    return anyhow::Ok((held, timings));
-                }
-                let (conn, timing) = set_up_one(&target, &prefix, &mut http, i, &maker)
-                    .await
-                    .with_context(|| format!("setting up connection {i}"))?;
-                held.push(conn);
-                timings.push(timing);
-            }
-        });
-    }
-    let mut held = Vec::with_capacity(range.len());
-    let mut timings = Vec::with_capacity(range.len());
-    while let Some(joined) = workers.join_next().await {
-        let (conns, times) = joined.context("set-up worker")??;
-        held.extend(conns);
-        timings.extend(times);
-    }
-    Ok((held, timings))
+    let done = run_workers(target, range, None, concurrency, async |http, i| {
+        set_up_one(target, &common.name_prefix, http, i, &maker)
+            .await
+            .with_context(|| format!("setting up connection {i}"))
+    })
+    .await?;
+    Ok(done.into_iter().unzip())
 }
 
 /// Identity, connection, first envelope, and one envelope to itself.
@@ -194,13 +165,12 @@ async fn set_up_one(
     .await
     .context("first envelope timed out")??;
     let t3 = Instant::now();
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     Ok((
         conn,
         Timing {
-            identity: ns(t1 - t0),
-            connect: ns(t2 - t1),
-            first_envelope: ns(t3 - t2),
+            identity: nanos(t1 - t0),
+            connect: nanos(t2 - t1),
+            first_envelope: nanos(t3 - t2),
         },
     ))
 }
@@ -245,13 +215,10 @@ pub async fn idle(
     let heartbeat = Duration::from_secs_f64(params.heartbeat_s.max(0.1));
     for &level in &levels {
         let started = Instant::now();
-        let conns = open_range(
-            &target,
-            &common.name_prefix,
-            previous.0..level,
-            common.connect_concurrency,
-        )
-        .await?;
+        let names: Vec<String> = (previous.0..level)
+            .map(|i| format!("{}i{i}", common.name_prefix))
+            .collect();
+        let conns = open_named(&target, &names, common.connect_concurrency).await?;
         let setup_s = started.elapsed().as_secs_f64();
         for (k, conn) in conns.into_iter().enumerate() {
             // Spread the PeerJS heartbeats over the interval.
@@ -290,47 +257,6 @@ pub async fn idle(
     }
     keepers.abort_all();
     Ok(json!({ "params": params, "levels": out }))
-}
-
-/// Opens connections named `i<n>` for `range`, `concurrency` at a time,
-/// each worker with its own keep-alive HTTP connection.
-async fn open_range(
-    target: &Arc<Target>,
-    prefix: &str,
-    range: std::ops::Range<usize>,
-    concurrency: usize,
-) -> anyhow::Result<Vec<Conn>> {
-    let next = Arc::new(AtomicUsize::new(range.start));
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency.max(1) {
-        let target = target.clone();
-        let next = next.clone();
-        let end = range.end;
-        let prefix = prefix.to_owned();
-        workers.spawn(async move {
-            let mut http = HttpClient::new(target.http);
-            let mut conns = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= end {
-                    return anyhow::Ok(conns);
-                }
-                let name = format!("{prefix}i{i}");
-                let (name, token) = target.identity(&mut http, Some(&name), i as u64).await?;
-                conns.push(
-                    target
-                        .connect(&name, &token)
-                        .await
-                        .with_context(|| format!("connecting {name}"))?,
-                );
-            }
-        });
-    }
-    let mut conns = Vec::with_capacity(range.len());
-    while let Some(joined) = workers.join_next().await {
-        conns.extend(joined.context("connect worker")??);
-    }
-    Ok(conns)
 }
 
 /// Holds one idle connection open the way a real client would.

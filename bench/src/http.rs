@@ -1,33 +1,49 @@
 //! A minimal HTTP/1.1 client for the few plain requests the bench makes
-//! (register, `/v1/stats`, `/v1/cert-hash`, PeerJS's `/peerjs/id`).
+//! (register, `/v1/stats`, `/v1/cert-hash`, PeerJS's `/peerjs/id`), over
+//! TCP or, against a gateway started with `--tls`, over TLS.
 //!
 //! One keep-alive connection per client, as a browser's `fetch` would reuse,
-//! so the set-up scenario measures the request and not a TCP handshake per
-//! registration. Responses must carry `Content-Length` (axum and express
-//! both send it for these routes) or end with the connection.
+//! so the set-up scenario measures the request and not a TCP (or TLS)
+//! handshake per registration. Responses must carry `Content-Length` (axum
+//! and express both send it for these routes) or end with the connection.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::IO_TIMEOUT;
+use crate::tls::{self, Stream};
 
 /// Largest response body accepted (the stats and user listings are small).
 const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// A keep-alive HTTP/1.1 connection to one server.
-#[derive(Debug)]
 pub struct HttpClient {
     addr: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
+    tls: Option<TlsConnector>,
+    conn: Option<BufReader<Stream>>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
 }
 
 impl HttpClient {
-    /// A client for `addr`; connects on first use.
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, conn: None }
+    /// A client for `addr`, over TLS if `tls` is given; connects on first use.
+    pub fn new(addr: SocketAddr, tls: Option<TlsConnector>) -> Self {
+        Self {
+            addr,
+            tls,
+            conn: None,
+        }
     }
 
     /// `GET path`; returns the status and body.
@@ -75,10 +91,7 @@ impl HttpClient {
         body: Option<&[u8]>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         if self.conn.is_none() {
-            let stream = TcpStream::connect(self.addr)
-                .await
-                .with_context(|| format!("connecting to {}", self.addr))?;
-            stream.set_nodelay(true)?;
+            let stream = tls::connect(self.addr, self.tls.as_ref()).await?;
             self.conn = Some(BufReader::new(stream));
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -98,6 +111,8 @@ impl HttpClient {
         let mut request = head.into_bytes();
         request.extend_from_slice(body.unwrap_or_default());
         conn.get_mut().write_all(&request).await?;
+        // TLS may hold the last record back until flushed.
+        conn.get_mut().flush().await?;
 
         let mut line = String::new();
         if conn.read_line(&mut line).await? == 0 {

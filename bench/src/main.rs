@@ -8,12 +8,15 @@
 //!
 //! Layout:
 //! - [`client`]: identities, connections and batched I/O for the gateway
-//!   over WebSocket and WebTransport, and for PeerJS server and socket.io.
+//!   over WebSocket (in the clear or over TLS) and WebTransport, and for
+//!   PeerJS server and socket.io.
+//! - [`identity`]: registered names, and JWTs minted in the generator.
 //! - [`wire`]: envelopes of the three protocols and the timestamped payload.
 //! - [`socketio`]: socket.io's Engine.IO handshake, pings and event framing.
 //! - [`pairs`]: throughput (closed loop) and latency (open loop).
 //! - [`conns`]: connection set-up and idle memory.
-//! - [`procfs`], [`summary`], [`http`]: measurement and plumbing.
+//! - [`registrations`]: registrations per second.
+//! - [`procfs`], [`summary`], [`http`], [`tls`]: measurement and plumbing.
 //!
 //! Every run is bounded: each loop stops at the end of its window or after a
 //! maximum count, every network wait has a timeout, and a watchdog thread
@@ -22,15 +25,21 @@
 mod client;
 mod conns;
 mod http;
+mod identity;
 mod pairs;
 mod procfs;
+mod registrations;
 mod socketio;
 mod summary;
+mod tls;
 mod wire;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +47,7 @@ use serde_json::json;
 
 use crate::client::{Conn, Target};
 use crate::http::HttpClient;
+use crate::identity::IdentityMode;
 use crate::procfs::CpuMeter;
 use crate::wire::System;
 
@@ -62,10 +72,31 @@ struct Cli {
 /// What every scenario needs.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// System under test: the gateway over WebSocket (ws) or WebTransport
-    /// (wt), PeerJS server (peerjs), or socket.io (socketio).
+    /// System under test: the gateway over WebSocket (ws), WebSocket over
+    /// TLS (wss) or WebTransport (wt), PeerJS server (peerjs), or socket.io
+    /// (socketio).
     #[arg(long, value_enum, env = "BENCH_SYSTEM")]
     pub system: System,
+
+    /// PEM certificate the wss client trusts: the one the gateway serves
+    /// (its development certificate, cert.pem in its --cert-dir).
+    #[arg(long, env = "BENCH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// How gateway clients get their token: register their name, or bring
+    /// a JWT the generator mints (HS256 with --jwt-secret, ES256 with
+    /// --jwt-key).
+    #[arg(long, value_enum, env = "BENCH_IDENTITY", default_value_t = IdentityMode::Register)]
+    pub identity: IdentityMode,
+
+    /// The HS256 secret the gateway was given (its --jwt-secret).
+    #[arg(long, env = "BENCH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// ES256 private key (PKCS#8 PEM) whose public key the gateway was
+    /// given with --jwt-public-key (signal-bench-keypair writes both).
+    #[arg(long, env = "BENCH_JWT_KEY")]
+    pub jwt_key: Option<PathBuf>,
 
     /// HTTP and WebSocket address of the server.
     #[arg(long, env = "BENCH_ADDR", default_value = "127.0.0.1:8000")]
@@ -164,6 +195,23 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         warmup_connections: usize,
     },
+    /// Registrations: `POST /v1/register` alone, repeated (gateway only);
+    /// registrations/s, latency and server CPU per registration.
+    Register {
+        /// Most registrations measured.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Seconds measured at most (registrations started after that are
+        /// not made).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Registrations in progress at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Registrations made the same way before the measured ones.
+        #[arg(long, default_value_t = 200)]
+        warmup: usize,
+    },
     /// Idle memory: server RSS per idle connection at each level.
     Idle {
         /// Connection counts at which RSS is read (comma-separated, ascending).
@@ -185,6 +233,7 @@ impl Scenario {
             Scenario::Throughput { .. } => "throughput",
             Scenario::Latency { .. } => "latency",
             Scenario::Setup { .. } => "setup",
+            Scenario::Register { .. } => "register",
             Scenario::Idle { .. } => "idle",
         }
     }
@@ -203,6 +252,10 @@ impl Scenario {
                 warmup_connections,
                 ..
             } => (connections + warmup_connections) as f64 / 100.0,
+            // Warm-up registrations may each wait for a disk commit.
+            Scenario::Register {
+                duration, warmup, ..
+            } => duration + *warmup as f64 / 50.0,
             Scenario::Idle { levels, settle, .. } => {
                 let most = levels.iter().max().copied().unwrap_or(0) as f64;
                 most / 200.0 + settle * levels.len() as f64
@@ -241,10 +294,8 @@ fn start_watchdog(deadline: Duration) {
 
 async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     let common = &cli.common;
-    let wt_addr = common.wt_addr.unwrap_or(common.addr);
-    let meter = CpuMeter::new(common.server_pid, common.clk_tck, wt_addr.port())?;
-    let target =
-        Arc::new(Target::new(common.system, common.addr, wt_addr, common.wt_endpoints).await?);
+    let target = Arc::new(Target::new(common).await?);
+    let meter = CpuMeter::new(common.server_pid, common.clk_tck, target.wt.port())?;
     let figures = match cli.scenario {
         Scenario::Throughput {
             pairs,
@@ -292,6 +343,20 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
             };
             conns::setup(common, target, &meter, params).await?
         }
+        Scenario::Register {
+            count,
+            duration,
+            concurrency,
+            warmup,
+        } => {
+            let params = registrations::RegisterParams {
+                count,
+                duration_s: duration,
+                concurrency,
+                warmup,
+            };
+            registrations::run(common, &target, &meter, params).await?
+        }
         Scenario::Idle {
             ref levels,
             settle,
@@ -310,6 +375,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
         "system": common.system,
         "server": common.system.server(),
         "transport": common.system.transport(),
+        "identity": common.identity,
         "label": common.label,
         "generator_peak_rss_kib": procfs::own_peak_rss_kib(),
     });
@@ -319,29 +385,62 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     Ok(result)
 }
 
-/// Opens one connection per name (registering each on the gateway),
+/// Runs `job(http, i)` for every `i` in `range` (or those started before
+/// `until`), `concurrency` at a time, each worker with its own keep-alive
+/// HTTP connection (as a browser reuses one), and returns the results in
+/// the order of `range`. The workers share this task: the runtime has one
+/// thread anyway.
+pub async fn run_workers<T>(
+    target: &Target,
+    range: Range<usize>,
+    until: Option<Instant>,
+    concurrency: usize,
+    job: impl AsyncFn(&mut HttpClient, usize) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let next = Cell::new(range.start);
+    let worker = async || {
+        let mut http = target.http_client();
+        let mut done = Vec::new();
+        loop {
+            let i = next.get();
+            if i >= range.end || until.is_some_and(|until| Instant::now() >= until) {
+                return anyhow::Ok(done);
+            }
+            next.set(i + 1);
+            done.push((i, job(&mut http, i).await?));
+        }
+    };
+    let workers = concurrency.clamp(1, range.len().max(1));
+    let mut all: Vec<(usize, T)> = futures::future::try_join_all((0..workers).map(|_| worker()))
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, done)| done).collect())
+}
+
+/// Opens one connection per name (each with its identity on the gateway),
 /// `concurrency` at a time, in the order of `names`.
 pub async fn open_named(
-    target: &Arc<Target>,
+    target: &Target,
     names: &[String],
     concurrency: usize,
 ) -> anyhow::Result<Vec<Conn>> {
-    use futures::{StreamExt, TryStreamExt};
-    futures::stream::iter(names.iter().enumerate())
-        .map(|(i, name)| {
-            let target = target.clone();
-            async move {
-                let mut http = HttpClient::new(target.http);
-                let (name, token) = target.identity(&mut http, Some(name), i as u64).await?;
-                target
-                    .connect(&name, &token)
-                    .await
-                    .with_context(|| format!("connecting {name}"))
-            }
-        })
-        .buffered(concurrency.max(1))
-        .try_collect()
-        .await
+    run_workers(
+        target,
+        0..names.len(),
+        None,
+        concurrency,
+        async |http, i| {
+            let (name, token) = target.identity(http, Some(&names[i]), i as u64).await?;
+            target
+                .connect(&name, &token)
+                .await
+                .with_context(|| format!("connecting {name}"))
+        },
+    )
+    .await
 }
 
 /// The gateway's count of envelopes forwarded so far (`GET /v1/stats`).

@@ -28,7 +28,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval_at};
 
 use crate::client::{Conn, Target};
-use crate::http::HttpClient;
 use crate::procfs::{CpuMeter, CpuWindow};
 use crate::summary::{Summary, summarize};
 use crate::wire::{self, PING, PONG, PayloadMaker, System};
@@ -153,15 +152,7 @@ pub async fn throughput(
     })
     .await?;
     let _echoers = echoers.spawn(&shared, target.system);
-    let window = measure(
-        common,
-        meter,
-        &shared,
-        params.warmup_s,
-        params.duration_s,
-        target.system,
-    )
-    .await?;
+    let window = measure(&target, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
     let rtt: Vec<u64> = results
         .iter()
@@ -214,15 +205,7 @@ pub async fn latency(
     })
     .await?;
     let _echoers = echoers.spawn(&shared, target.system);
-    let window = measure(
-        common,
-        meter,
-        &shared,
-        params.warmup_s,
-        params.duration_s,
-        target.system,
-    )
-    .await?;
+    let window = measure(&target, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
     let all = |f: fn(&PingerResult) -> &Vec<u64>| -> Summary {
         let v: Vec<u64> = results.iter().flat_map(|r| f(r).iter().copied()).collect();
@@ -307,14 +290,13 @@ async fn start_pairs(
 
 /// Warm-up, then the measured window; sets the phases the tasks follow.
 async fn measure(
-    common: &Common,
+    target: &Target,
     meter: &CpuMeter,
     shared: &Shared,
     warmup_s: f64,
     duration_s: f64,
-    system: System,
 ) -> anyhow::Result<Window> {
-    let mut stats = system.is_gateway().then(|| HttpClient::new(common.addr));
+    let mut stats = target.system.is_gateway().then(|| target.http_client());
     tokio::time::sleep(Duration::from_secs_f64(warmup_s)).await;
     let forwarded0 = match stats.as_mut() {
         Some(http) => Some(server_forwarded(http).await?),

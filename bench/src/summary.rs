@@ -1,5 +1,7 @@
 //! Latency summaries from an HDR histogram.
 
+use std::time::Duration;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -24,6 +26,11 @@ pub struct Summary {
     pub p999_us: f64,
     /// Largest sample.
     pub max_us: f64,
+}
+
+/// A duration in nanoseconds, as the histograms take them.
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Summarises samples given in nanoseconds (3 significant digits).

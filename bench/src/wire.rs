@@ -23,6 +23,8 @@ use crate::socketio;
 pub enum System {
     /// signal-gateway over WebSocket.
     Ws,
+    /// signal-gateway over WebSocket over TLS (the gateway runs with `--tls`).
+    Wss,
     /// signal-gateway over WebTransport.
     Wt,
     /// PeerJS server over WebSocket, in its own protocol.
@@ -35,7 +37,7 @@ impl System {
     /// `signal-gateway`, `peerjs` or `socket.io`.
     pub fn server(self) -> &'static str {
         match self {
-            System::Ws | System::Wt => "signal-gateway",
+            System::Ws | System::Wss | System::Wt => "signal-gateway",
             System::Peerjs => "peerjs",
             System::Socketio => "socket.io",
         }
@@ -44,14 +46,14 @@ impl System {
     /// `websocket` or `webtransport`.
     pub fn transport(self) -> &'static str {
         match self {
-            System::Ws | System::Peerjs | System::Socketio => "websocket",
+            System::Ws | System::Wss | System::Peerjs | System::Socketio => "websocket",
             System::Wt => "webtransport",
         }
     }
 
     /// Whether this is signal-gateway (which has `/v1/register` and `/v1/stats`).
     pub fn is_gateway(self) -> bool {
-        matches!(self, System::Ws | System::Wt)
+        matches!(self, System::Ws | System::Wss | System::Wt)
     }
 }
 
@@ -69,7 +71,7 @@ pub fn envelope(system: System, to: &str, kind: &str, payload: &str) -> String {
         out.push_str(socketio::EVENT_HEAD);
     }
     match system {
-        System::Ws | System::Wt | System::Socketio => {
+        System::Ws | System::Wss | System::Wt | System::Socketio => {
             out.push_str("{\"target\":\"");
             out.push_str(to);
             out.push_str("\",\"type\":\"");
@@ -95,7 +97,7 @@ pub fn envelope(system: System, to: &str, kind: &str, payload: &str) -> String {
 /// gateway's `WELCOME`, PeerJS's `OPEN`, socket.io's CONNECT acknowledgement.
 pub fn is_greeting(system: System, frame: &[u8]) -> bool {
     match system {
-        System::Ws | System::Wt => parse(frame).is_some_and(|e| e.kind == b"WELCOME"),
+        System::Ws | System::Wss | System::Wt => parse(frame).is_some_and(|e| e.kind == b"WELCOME"),
         System::Peerjs => parse(frame).is_some_and(|e| e.kind == b"OPEN"),
         System::Socketio => socketio::is_connected(frame),
     }
