@@ -336,6 +336,56 @@ impl Collector for GatewayCollector {
             "Registered identities.",
             None,
             i64::try_from(hub.identities()).unwrap_or(i64::MAX),
+        )?;
+        gauge(
+            e,
+            "signal_gateway_ready",
+            "1 when the gateway should get traffic (what /readyz answers 200 for), else 0.",
+            None,
+            i64::from(hub.readiness().is_ok()),
+        )?;
+        counter(
+            e,
+            "signal_gateway_cluster_sent",
+            "Cluster: envelopes accepted here and sent to the target's node.",
+            stats.sent_remote.get(),
+        )?;
+        labelled_counter(
+            e,
+            "signal_gateway_cluster_settled",
+            "Cluster: how envelopes sent to other nodes ended (late: heard of after their deadline).",
+            "outcome",
+            [
+                ("written", stats.remote_written.get()),
+                ("failed", stats.remote_failed.get()),
+                ("unconfirmed", stats.remote_unconfirmed.get()),
+                ("late", stats.remote_late.get()),
+            ],
+        )?;
+        gauge(
+            e,
+            "signal_gateway_cluster_in_flight",
+            "Cluster: envelopes sent to other nodes whose fate is not known yet.",
+            None,
+            i64::try_from(hub.in_flight()).unwrap_or(i64::MAX),
+        )?;
+        counter(
+            e,
+            "signal_gateway_cluster_unavailable",
+            "Cluster: envelopes for users not connected here refused at once because the other nodes could not be reached.",
+            stats.cluster_unavailable.get(),
+        )?;
+        counter(
+            e,
+            "signal_gateway_cluster_received",
+            "Cluster: envelopes other nodes sent here for users connected here.",
+            stats.remote_in.get(),
+        )?;
+        counter(
+            e,
+            "signal_gateway_cluster_received_failed",
+            "Cluster: of those, not written here (reported back to their node).",
+            stats.remote_in_failed.get(),
         )
     }
 }

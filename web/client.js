@@ -48,6 +48,8 @@ export const ERROR_TYPES = Object.freeze([
   "TARGET_SLOW",
   "UNDELIVERED",
   "TOKEN_REFUSED",
+  "CLUSTER_UNAVAILABLE",
+  "UNCONFIRMED",
 ]);
 
 /** Default options of {@link SignalClient#connect}. */
@@ -1072,7 +1074,7 @@ class WebTransportLink extends Link {
  * @typedef {object} CertInfo
  * @property {string} value   base64 SHA-256 of the certificate
  * @property {boolean} development
- * @property {{ port: number, path: string }} webtransport
+ * @property {{ port: number, path: string, host?: string | null }} webtransport
  */
 
 /**
@@ -1161,15 +1163,19 @@ function websocketUrl(baseUrl, token) {
 }
 
 /**
- * WebTransport goes to the gateway's host on its UDP port; browsers send no
- * cookies on this handshake, so the token rides in the query.
+ * WebTransport goes to the gateway's host on its UDP port, or, in a cluster
+ * behind a load balancer, to the host the node that answered advertises
+ * (`--advertise-host`): the certificate hash is that node's. Browsers send
+ * no cookies on this handshake, so the token rides in the query.
  * @param {string} baseUrl
  * @param {CertInfo} cert
  * @param {string} token
  */
 function webtransportUrl(baseUrl, cert, token) {
   const url = new URL(baseUrl);
-  const endpoint = new URL(`https://${url.hostname}:${cert.webtransport.port}${cert.webtransport.path || "/v1/connect"}`);
+  const host = cert.webtransport.host || url.hostname;
+  const bracketed = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+  const endpoint = new URL(`https://${bracketed}:${cert.webtransport.port}${cert.webtransport.path || "/v1/connect"}`);
   endpoint.searchParams.set("token", token);
   return endpoint.href;
 }
