@@ -749,7 +749,17 @@ const scenarios = [
         const close = await page.evaluate(() => peer.event("close"));
         assertEqual([close.detail.code, close.detail.reason, close.detail.willReconnect], [1001, "SHUTDOWN", true], "close event on shutdown");
       }
-      await sleep(700); // let a few attempts fail against the stopped gateway
+      // Let a few attempts fail against the stopped gateway. A QUIC attempt
+      // can take a while to give up, so wait for them rather than for a time.
+      const triesWhileDown = async () => Promise.all([alice, bob].map((p) =>
+        p.evaluate(() => peer.log.events.filter((e) => e.type === "reconnecting").length)));
+      const downUntil = Date.now() + 15_000;
+      let down = await triesWhileDown();
+      while (Math.min(...down) < 2 && Date.now() < downUntil) {
+        await sleep(100);
+        down = await triesWhileDown();
+      }
+      assert(Math.min(...down) >= 2, `both clients retried while the gateway was down: attempts ${down}`);
       // Restarted on the same data directory: the identities are still there.
       gateway = await Gateway.start("restart", { port: gateway.port, certDir, args: ["--shutdown-timeout", "3s"] });
       const [openA, openB] = await Promise.all([
