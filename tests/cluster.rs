@@ -338,6 +338,7 @@ async fn a_killed_node_frees_its_users_within_five_seconds() {
     })
     .await;
     assert!(answered < Duration::from_secs(5), "took {answered:?}");
+    eprintln!("a killed node's user answered TARGET_NOT_FOUND after {answered:?}");
     drop(killed);
 
     // bob connects to another node at once, and is reached there.
@@ -416,6 +417,7 @@ async fn a_redis_restart_mid_traffic_converges_and_loses_nothing_silently() {
         converged < Duration::from_secs(10),
         "ready again after {converged:?}"
     );
+    eprintln!("every node ready again {converged:?} after Redis restarted");
     // Every envelope alice sent ends received by bob or answered to alice
     // (waiting out the delivery timeout for those whose fate was unknown).
     let deadline = Instant::now() + Duration::from_secs(12);
