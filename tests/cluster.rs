@@ -262,11 +262,17 @@ async fn newest_wins_when_three_nodes_race_for_one_user() {
                 })
             })
             .collect();
+        // Wait for the two closes and for the survivor's WELCOME: a user
+        // is reachable once welcomed, not as soon as its upgrade is answered.
         let mut closed = Vec::new();
-        within("two of three closed", async {
-            while closed.len() < 2 {
+        let mut welcomed = Vec::new();
+        let survivor_welcomed = |closed: &[(usize, _)], welcomed: &[usize]| {
+            closed.len() == 2 && welcomed.iter().any(|w| closed.iter().all(|(c, _)| c != w))
+        };
+        within("two of three closed, the third welcomed", async {
+            while !survivor_welcomed(&closed, &welcomed) {
                 match events.recv().await.unwrap() {
-                    (_, Ok(v)) if v["type"] == "WELCOME" => {}
+                    (index, Ok(v)) if v["type"] == "WELCOME" => welcomed.push(index),
                     (index, Err(close)) => closed.push((index, close)),
                     (_, Ok(v)) => panic!("round {round}: unexpected {v}"),
                 }
@@ -286,7 +292,6 @@ async fn newest_wins_when_three_nodes_race_for_one_user() {
         within("the survivor gets the probe", async {
             loop {
                 match events.recv().await.unwrap() {
-                    (_, Ok(v)) if v["type"] == "WELCOME" => {}
                     (index, Ok(v)) => {
                         assert_eq!(index, survivor, "round {round}");
                         assert_eq!(v["payload"], json!(round), "round {round}");
