@@ -138,15 +138,15 @@ pub(crate) async fn connect(
         )
         .max_message_size(Some(limits.max_envelope_bytes))
         .max_frame_size(Some(limits.max_envelope_bytes));
-    tokio::spawn(run(
+    tokio::spawn(run(Box::new(Handover {
         on_upgrade,
         config,
-        ctx.hub.clone(),
+        hub: ctx.hub.clone(),
         admission,
         user,
         client,
         started,
-    ));
+    })));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(CONNECTION, "upgrade")
@@ -156,14 +156,8 @@ pub(crate) async fn connect(
         .unwrap_or_default()
 }
 
-/// Once hyper has handed over the connection: serve it, or close it as
-/// unauthenticated. (A function returning an `async move` block for the same
-/// reason as [`connection::serve`].)
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn would hold its arguments twice for the connection's life"
-)]
-fn run(
+/// What the upgrade handler hands to the connection's task.
+struct Handover {
     on_upgrade: hyper::upgrade::OnUpgrade,
     config: WebSocketConfig,
     hub: std::sync::Arc<Hub>,
@@ -171,43 +165,61 @@ fn run(
     user: Option<Claimed>,
     client: IpAddr,
     started: std::time::Instant,
-) -> impl Future<Output = ()> {
+}
+
+/// Once hyper has handed over the connection: serve it, or close it as
+/// unauthenticated. The handover comes boxed and is unpacked in an inner
+/// block: what an async block captures keeps its room in the task for the
+/// connection's whole life, while locals that end before the connection
+/// loop starts share their room with it (the task then stays in a smaller
+/// allocator size class: about 0.5 KiB less per idle connection).
+fn run(handover: Box<Handover>) -> impl Future<Output = ()> {
     async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(err) => {
-                tracing::debug!(%err, "WebSocket upgrade failed");
-                return;
+        let (link, session) = {
+            let Handover {
+                on_upgrade,
+                config,
+                hub,
+                admission,
+                user,
+                client,
+                started,
+            } = *handover;
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(%err, "WebSocket upgrade failed");
+                    return;
+                }
+            };
+            let io = Counted::new(TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let limits = hub.limits();
+            let link = WsLink {
+                socket,
+                timeouts: Timeouts {
+                    write: limits.write_timeout,
+                    idle: limits.idle_timeout,
+                    keep_alive: limits.keep_alive_interval,
+                },
+                last_heard: Instant::now(),
+                watch: MessageWatch::default(),
+                reported: 0,
+            };
+            // The token was checked before the upgrade; attaching checks
+            // that nothing revoked it since.
+            let attached = user
+                .ok_or(CloseReason::Unauthenticated)
+                .and_then(|user| hub.attach(admission, user, client, started));
+            match attached {
+                Ok(session) => (link, session),
+                Err(reason) => {
+                    // Boxed for the same reason as the close in `serve`.
+                    Box::pin(connection::refuse(link, reason, &hub)).await;
+                    return;
+                }
             }
         };
-        let io = Counted::new(TokioIo::new(upgraded));
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        let limits = hub.limits();
-        let link = WsLink {
-            socket,
-            timeouts: Timeouts {
-                write: limits.write_timeout,
-                idle: limits.idle_timeout,
-                keep_alive: limits.keep_alive_interval,
-            },
-            last_heard: Instant::now(),
-            watch: MessageWatch::default(),
-            reported: 0,
-        };
-        // The token was checked before the upgrade; attaching checks that
-        // nothing revoked it since.
-        let attached = user
-            .ok_or(CloseReason::Unauthenticated)
-            .and_then(|user| hub.attach(admission, user, client, started));
-        let session = match attached {
-            Ok(session) => session,
-            Err(reason) => {
-                // Boxed for the same reason as the close in `serve`.
-                Box::pin(connection::refuse(link, reason, &hub)).await;
-                return;
-            }
-        };
-        drop(hub);
         let span = tracing::debug_span!("conn", id = session.conn_id(), user = %session.user(), transport = "websocket");
         connection::serve(link, session).instrument(span).await;
     }
