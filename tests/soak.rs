@@ -5,7 +5,18 @@
 //!
 //! Settings (environment): `SOAK_SECONDS` (default 120), `SOAK_CLIENTS`
 //! (default 2000, half WebSocket, half WebTransport), `SOAK_KICK_EVERY`
-//! (seconds between admin kicks, default 30).
+//! (seconds between admin kicks, default 30), `SOAK_CLUSTER` (nodes: 0,
+//! the default, runs one gateway; 2 or more run that many nodes on one real
+//! redis-server, clients spread over them, and one node SIGKILLed a third of
+//! the way through and started again on its port a few seconds later).
+//!
+//! In a cluster the killed process's counters die with it, so the checks
+//! are made per process that lived to the end (the restarted one included),
+//! and on the clients' side: every envelope a client sent was read by its
+//! target or answered with an error, or went through the killed process
+//! (its fate unknown, counted apart). An envelope both read and answered
+//! is allowed only when the answer was `UNCONFIRMED`, which says exactly
+//! that it may have arrived.
 //!
 //! At the end it checks: the gateway's books balance (every frame has one
 //! outcome; every forwarded envelope was written or reported undelivered);
@@ -21,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{Addrs, GatewayProcess, Kind, get_json_at, register_at};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -40,12 +52,21 @@ fn env_u64(name: &str, default: u64) -> u64 {
 struct Ledger {
     outcomes: Mutex<HashMap<u64, Outcome>>,
     counters: HashMap<&'static str, AtomicU64>,
+    /// Envelopes read by clients, by the gateway process they read them
+    /// from (its index in [`Fleet::processes`]).
+    delivered_from: Mutex<HashMap<usize, u64>>,
+    /// Error answers read by clients, by the process that sent them.
+    errored_from: Mutex<HashMap<usize, u64>>,
 }
 
 #[derive(Default, Clone, Copy)]
 struct Outcome {
     delivered: u8,
     errored: u8,
+    /// Of the errors, `UNCONFIRMED` answers: the envelope may have arrived.
+    unconfirmed: u8,
+    /// The process the sender sent it through.
+    process: usize,
 }
 
 const COUNTERS: &[&str] = &[
@@ -54,6 +75,7 @@ const COUNTERS: &[&str] = &[
     "invalid_replies",
     "delivered",
     "errors",
+    "unconfirmed",
     "connects",
     "connect_failures",
     "replacements",
@@ -71,6 +93,8 @@ impl Ledger {
                 .iter()
                 .map(|name| (*name, AtomicU64::new(0)))
                 .collect(),
+            delivered_from: Mutex::default(),
+            errored_from: Mutex::default(),
         }
     }
 
@@ -84,31 +108,38 @@ impl Ledger {
 
     /// Notes a sent envelope (its outcome may already have been recorded
     /// by the reader, which can be faster than this call).
-    fn sent(&self, id: u64) {
+    fn sent(&self, id: u64, process: usize) {
         self.count("sent");
-        self.outcomes.lock().unwrap().entry(id).or_default();
+        self.outcomes.lock().unwrap().entry(id).or_default().process = process;
     }
 
-    fn record(&self, id: u64, delivered: bool) {
+    fn record(&self, id: u64, delivered: bool, unconfirmed: bool) {
         let mut outcomes = self.outcomes.lock().unwrap();
         let outcome = outcomes.entry(id).or_default();
         if delivered {
             outcome.delivered += 1;
         } else {
             outcome.errored += 1;
+            outcome.unconfirmed += u8::from(unconfirmed);
         }
     }
 }
 
 /// Reads one envelope stream to its end, recording outcomes; returns the
 /// close reason announced by the gateway, if any.
-fn handle_envelope(ledger: &Ledger, v: &Value) -> Option<String> {
+fn handle_envelope(ledger: &Ledger, process: usize, v: &Value) -> Option<String> {
     let kind = v["type"].as_str().unwrap_or_default();
     let id_of = |s: &str| s.strip_prefix('m').and_then(|n| n.parse::<u64>().ok());
     if v["originator"] != "" {
         if let Some(id) = id_of(kind) {
             ledger.count("delivered");
-            ledger.record(id, true);
+            *ledger
+                .delivered_from
+                .lock()
+                .unwrap()
+                .entry(process)
+                .or_default() += 1;
+            ledger.record(id, true, false);
         }
         return None;
     }
@@ -127,7 +158,16 @@ fn handle_envelope(ledger: &Ledger, v: &Value) -> Option<String> {
         _ => {
             if let Some(id) = v["payload"]["type"].as_str().and_then(id_of) {
                 ledger.count("errors");
-                ledger.record(id, false);
+                *ledger
+                    .errored_from
+                    .lock()
+                    .unwrap()
+                    .entry(process)
+                    .or_default() += 1;
+                if kind == "UNCONFIRMED" {
+                    ledger.count("unconfirmed");
+                }
+                ledger.record(id, false, kind == "UNCONFIRMED");
             }
             None
         }
@@ -147,15 +187,20 @@ impl Writer {
         }
     }
 
+    /// Closes the sending side, within 5 s: a stream to a killed process
+    /// is never acknowledged.
     async fn close(&mut self) {
-        match self {
-            Writer::Ws(sink) => {
-                let _ = sink.send(Message::Close(None)).await;
+        let close = async {
+            match self {
+                Writer::Ws(sink) => {
+                    let _ = sink.send(Message::Close(None)).await;
+                }
+                Writer::Wt(send) => {
+                    let _ = send.finish().await;
+                }
             }
-            Writer::Wt(send) => {
-                let _ = send.finish().await;
-            }
-        }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), close).await;
     }
 }
 
@@ -163,6 +208,7 @@ impl Writer {
 /// gateway closes the connection and yields the announced close reason.
 async fn open(
     addrs: &Addrs,
+    process: usize,
     kind: Kind,
     token: &str,
     ledger: Arc<Ledger>,
@@ -172,14 +218,21 @@ async fn open(
     Option<wtransport::Connection>,
 )> {
     let query = format!("?token={token}");
+    // The harness panics on a connect that hangs (a killed node's UDP port
+    // answers nothing): in a task of its own, that is a failed connect.
     match kind {
         Kind::WebSocket => {
-            let ws = match common::ws_connect(addrs, &query, &[]).await {
-                Ok(ws) => ws,
-                Err(err) => {
+            let connect = {
+                let addrs = addrs.clone();
+                tokio::spawn(async move { common::ws_connect(&addrs, &query, &[]).await })
+            };
+            let ws = match connect.await {
+                Ok(Ok(ws)) => ws,
+                Ok(Err(err)) => {
                     eprintln!("ws connect failed: {err}");
                     return None;
                 }
+                Err(_) => return None,
             };
             let (sink, mut stream) = ws.split();
             let reader = tokio::spawn(async move {
@@ -188,7 +241,7 @@ async fn open(
                     if let Message::Text(text) = message
                         && let Ok(v) = serde_json::from_str::<Value>(&text)
                     {
-                        reason = handle_envelope(&ledger, &v).or(reason);
+                        reason = handle_envelope(&ledger, process, &v).or(reason);
                     }
                 }
                 reason
@@ -196,12 +249,17 @@ async fn open(
             Some((Writer::Ws(sink), reader, None))
         }
         Kind::WebTransport => {
-            let client = match common::wt_connect(addrs, &query, &[]).await {
-                Ok(client) => client,
-                Err(err) => {
+            let connect = {
+                let addrs = addrs.clone();
+                tokio::spawn(async move { common::wt_connect(&addrs, &query, &[]).await })
+            };
+            let client = match connect.await {
+                Ok(Ok(client)) => client,
+                Ok(Err(err)) => {
                     eprintln!("wt connect failed: {err}");
                     return None;
                 }
+                Err(_) => return None,
             };
             let mut recv = client.recv;
             let reader = tokio::spawn(async move {
@@ -213,7 +271,7 @@ async fn open(
                         Ok(0) | Err(_) => return reason,
                         Ok(_) => {
                             if let Ok(v) = serde_json::from_str::<Value>(line.trim_end()) {
-                                reason = handle_envelope(&ledger, &v).or(reason);
+                                reason = handle_envelope(&ledger, process, &v).or(reason);
                             }
                         }
                     }
@@ -237,27 +295,48 @@ async fn note_close(ledger: &Ledger, reader: tokio::task::JoinHandle<Option<Stri
     }
 }
 
+/// For each node, the process serving it now (its index in
+/// [`Fleet::processes`]) and where it is; `None` while it is down.
+type Live = Arc<std::sync::RwLock<Vec<Option<(usize, Addrs)>>>>;
+
+/// Node `preferred`, or the next one that is up.
+fn pick(live: &Live, preferred: usize) -> Option<(usize, Addrs)> {
+    let live = live.read().unwrap();
+    (0..live.len()).find_map(|i| live[(preferred + i) % live.len()].clone())
+}
+
 /// One simulated user: connects, sends to random peers at random
 /// intervals, sometimes garbage, and churns (clean close or replacement)
-/// until the deadline.
+/// until the deadline. It prefers its home node and moves to the next one
+/// up when a connect fails.
 async fn user(
     index: u64,
     kind: Kind,
-    addrs: Addrs,
+    live: Live,
     clients: u64,
     deadline: Instant,
     ledger: Arc<Ledger>,
 ) {
+    // Both transports on every node: users 0 and 1 on node 0, 2 and 3 on 1...
+    let home = (index / 2) as usize;
+    let (_, addrs) = pick(&live, home).expect("a node is up at the start");
     let token = register_at(&addrs, &format!("s{index}")).await;
+    let mut preferred = home;
     let mut seq = 0u64;
     while Instant::now() < deadline {
-        let Some((mut writer, mut reader, mut conn)) =
-            open(&addrs, kind, &token, ledger.clone()).await
-        else {
-            ledger.count("connect_failures");
+        let Some((process, addrs)) = pick(&live, preferred) else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        let Some((mut writer, mut reader, mut conn)) =
+            open(&addrs, process, kind, &token, ledger.clone()).await
+        else {
+            ledger.count("connect_failures");
+            preferred += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        preferred = home;
         ledger.count("connects");
         let lifetime = Duration::from_millis(rand::rng().random_range(3_000..25_000));
         let until = (Instant::now() + lifetime).min(deadline);
@@ -283,7 +362,7 @@ async fn user(
                 if !writer.send(envelope.to_string()).await {
                     break;
                 }
-                ledger.sent(id);
+                ledger.sent(id, process);
             }
         }
         if reader.is_finished() {
@@ -295,7 +374,7 @@ async fn user(
             // A second connection of the same user replaces this one.
             ledger.count("replacements");
             if let Some((new_writer, new_reader, new_conn)) =
-                open(&addrs, kind, &token, ledger.clone()).await
+                open(&addrs, process, kind, &token, ledger.clone()).await
             {
                 ledger.count("connects");
                 note_close(&ledger, reader).await;
@@ -312,14 +391,21 @@ async fn user(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long-running: run with scripts/soak"]
-async fn soak() {
-    let seconds = env_u64("SOAK_SECONDS", 120);
-    let clients = env_u64("SOAK_CLIENTS", 2000);
-    let kick_every = env_u64("SOAK_KICK_EVERY", 30);
-    let gw = GatewayProcess::start(
-        &[
+/// Every gateway process of the run, and the Redis of a cluster.
+struct Fleet {
+    redis: Option<RedisServer>,
+    /// Every process started, in order: a restarted node is a new entry.
+    processes: Vec<GatewayProcess>,
+    /// Resident memory of each process a moment after it started (KiB).
+    baselines: Vec<u64>,
+    /// The process SIGKILLed, if one was.
+    killed: Option<usize>,
+}
+
+impl Fleet {
+    /// The flags of node `node`, listening on `port` (0: any).
+    fn args(&self, node: usize, port: u16) -> Vec<String> {
+        let mut args: Vec<String> = [
             "--connect-rate",
             "100000",
             "--connect-burst",
@@ -328,17 +414,102 @@ async fn soak() {
             "100000",
             "--register-burst",
             "100000",
-        ],
-        "signal_gateway=info",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_baseline = gw.rss_kib();
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(redis) = &self.redis {
+            args.extend(["--redis".into(), redis.url(), "--node-id".into()]);
+            args.push(format!("node-{node}"));
+        }
+        if port != 0 {
+            args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        }
+        args
+    }
+
+    /// Starts node `node` (on `port`, else on any port if that one will
+    /// not do) and waits until it is ready; returns its process index.
+    async fn start(&mut self, node: usize, port: u16) -> usize {
+        let args = self.args(node, port);
+        let start = tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            GatewayProcess::start(&args, "signal_gateway=info").await
+        });
+        let gateway = match start.await {
+            Ok(gateway) => gateway,
+            Err(_) if port != 0 => {
+                println!("node-{node} could not have port {port} again: on another port");
+                let args = self.args(node, 0);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                GatewayProcess::start(&args, "signal_gateway=info").await
+            }
+            Err(err) => panic!("node-{node} did not start: {err}"),
+        };
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let ready = format!("http://{}/readyz", gateway.addrs.http);
+        common::within("the node is ready", async {
+            while !http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.baselines.push(gateway.rss_kib());
+        self.processes.push(gateway);
+        self.processes.len() - 1
+    }
+
+    /// The processes alive at the end.
+    fn survivors(&self) -> impl Iterator<Item = (usize, &GatewayProcess)> {
+        self.processes
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| Some(*p) != self.killed)
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long-running: run with scripts/soak"]
+async fn soak() {
+    let seconds = env_u64("SOAK_SECONDS", 120);
+    let clients = env_u64("SOAK_CLIENTS", 2000);
+    let kick_every = env_u64("SOAK_KICK_EVERY", 30);
+    let cluster = env_u64("SOAK_CLUSTER", 0) as usize;
+    let nodes = cluster.max(1);
+    let mut fleet = Fleet {
+        redis: (cluster > 0).then(RedisServer::start),
+        processes: Vec::new(),
+        baselines: Vec::new(),
+        killed: None,
+    };
+    let mut live = Vec::new();
+    for node in 0..nodes {
+        let process = fleet.start(node, 0).await;
+        live.push(Some((process, fleet.processes[process].addrs.clone())));
+    }
+    let live: Live = Arc::new(std::sync::RwLock::new(live));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
+    // In a cluster, a third of the way through: SIGKILL node 1, start it
+    // again 3 s later.
+    let kill_at = (nodes > 1 && seconds >= 20).then(|| started + Duration::from_secs(seconds / 3));
     let ledger = Arc::new(Ledger::new());
-    let peak_rss = Arc::new(AtomicU64::new(rss_baseline));
-    let peak_connections = Arc::new(AtomicU64::new(0));
 
     let mut users = Vec::new();
     for index in 0..clients {
@@ -350,7 +521,7 @@ async fn soak() {
         users.push(tokio::spawn(user(
             index,
             kind,
-            gw.addrs.clone(),
+            live.clone(),
             clients,
             deadline,
             ledger.clone(),
@@ -359,42 +530,63 @@ async fn soak() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Watches memory and connections, kicks, and kills and restarts a node.
     let admin = {
-        let addrs = gw.addrs.clone();
-        let pid = gw.child.id().unwrap();
-        let (peak_rss, peak_connections) = (peak_rss.clone(), peak_connections.clone());
+        let live = live.clone();
         tokio::spawn(async move {
             let http = reqwest::Client::builder().no_proxy().build().unwrap();
             let mut kicks = 0u64;
             let mut next_kick = started + Duration::from_secs(kick_every);
+            let mut peak_rss: HashMap<usize, u64> = HashMap::new();
+            let mut peak_connections = 0u64;
+            let mut kill_at = kill_at;
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    })
-                    .unwrap_or(0);
-                peak_rss.fetch_max(rss, Ordering::Relaxed);
-                peak_connections.fetch_max(
-                    get_json_at(&addrs, "/v1/stats").await["connections"]
+                let up: Vec<(usize, Addrs)> =
+                    live.read().unwrap().iter().flatten().cloned().collect();
+                let mut connections = 0;
+                for (process, addrs) in &up {
+                    let pid = fleet.processes[*process].child.id().unwrap_or(0);
+                    let peak = peak_rss.entry(*process).or_default();
+                    *peak = (*peak).max(rss_of(pid));
+                    connections += get_json_at(addrs, "/v1/stats").await["connections"]
                         .as_u64()
-                        .unwrap_or(0),
-                    Ordering::Relaxed,
-                );
+                        .unwrap_or(0);
+                }
+                peak_connections = peak_connections.max(connections);
                 if Instant::now() >= next_kick && Instant::now() + Duration::from_secs(5) < deadline
                 {
+                    // Admin actions reach every node of a cluster.
                     let _ = http
-                        .post(format!("http://{}/v1/kick-active-users", addrs.http))
+                        .post(format!("http://{}/v1/kick-active-users", up[0].1.http))
                         .send()
                         .await;
                     kicks += 1;
                     next_kick += Duration::from_secs(kick_every);
                 }
+                if kill_at.is_some_and(|at| Instant::now() >= at) {
+                    kill_at = None;
+                    let (process, addrs) = live.write().unwrap()[1].take().unwrap();
+                    let child = &mut fleet.processes[process].child;
+                    child.start_kill().unwrap();
+                    child.wait().await.unwrap();
+                    fleet.killed = Some(process);
+                    println!(
+                        "{:.0} s: SIGKILLed node-1 (pid of process {process})",
+                        started.elapsed().as_secs_f64()
+                    );
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let restarted = fleet.start(1, addrs.http.port()).await;
+                    let addrs = fleet.processes[restarted].addrs.clone();
+                    println!(
+                        "{:.0} s: node-1 ready again on {}",
+                        started.elapsed().as_secs_f64(),
+                        addrs.http
+                    );
+                    live.write().unwrap()[1] = Some((restarted, addrs));
+                }
             }
-            kicks
+            (fleet, kicks, peak_rss, peak_connections)
         })
     };
     for user in users {
@@ -403,70 +595,134 @@ async fn soak() {
             .expect("user finished")
             .expect("user task");
     }
-    let kicks = admin.await.unwrap();
+    let (fleet, kicks, peak_rss, peak_connections) = admin.await.unwrap();
     let elapsed = started.elapsed();
 
-    // Everyone has left: the registry must empty.
+    // Everyone has left: every registry must empty, and every envelope sent
+    // to another node must be settled.
     let settle = Instant::now();
-    let mut server = get_json_at(&gw.addrs, "/v1/stats").await;
-    while (server["connections"] != 0 || server["admitted"] != 0)
-        && settle.elapsed() < Duration::from_secs(20)
-    {
+    let mut stats: Vec<(usize, Value)> = Vec::new();
+    loop {
+        stats.clear();
+        for (process, gateway) in fleet.survivors() {
+            stats.push((process, get_json_at(&gateway.addrs, "/v1/stats").await));
+        }
+        let settled = stats.iter().all(|(_, s)| {
+            let r = |k: &str| s["counters"]["remote"][k].as_u64().unwrap_or(0);
+            s["connections"] == 0
+                && s["admitted"] == 0
+                && r("sent") == r("written") + r("failed") + r("unconfirmed")
+        });
+        if settled || settle.elapsed() > Duration::from_secs(30) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        server = get_json_at(&gw.addrs, "/v1/stats").await;
     }
     // Freed memory goes back to the system in the background: give it time.
-    let peak = peak_rss.load(Ordering::Relaxed);
-    let near_baseline = rss_baseline + (peak.saturating_sub(rss_baseline) / 4).max(16 * 1024);
-    let mut rss_end = gw.rss_kib();
+    let near_baseline = |process: usize| {
+        let baseline = fleet.baselines[process];
+        let peak = peak_rss.get(&process).copied().unwrap_or(baseline);
+        baseline + (peak.saturating_sub(baseline) / 4).max(16 * 1024)
+    };
     let settle = Instant::now();
-    while rss_end > near_baseline && settle.elapsed() < Duration::from_secs(30) {
+    let rss_end = loop {
+        let rss: Vec<(usize, u64)> = fleet.survivors().map(|(p, g)| (p, g.rss_kib())).collect();
+        if rss.iter().all(|(p, rss)| *rss <= near_baseline(*p))
+            || settle.elapsed() > Duration::from_secs(30)
+        {
+            break rss;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        rss_end = gw.rss_kib();
-    }
-    let c = &server["counters"];
-    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    };
 
+    // Sums over the processes alive at the end.
+    let n = |k: &str| -> u64 {
+        stats
+            .iter()
+            .map(|(_, s)| s["counters"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let r = |k: &str| -> u64 {
+        stats
+            .iter()
+            .map(|(_, s)| s["counters"]["remote"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
     let outcomes = ledger.outcomes.lock().unwrap();
     let duplicates = outcomes
         .values()
-        .filter(|o| o.delivered + o.errored > 1)
+        .filter(|o| o.delivered > 1 || o.errored > 1)
         .count();
     let both = outcomes
         .values()
-        .filter(|o| o.delivered > 0 && o.errored > 0)
+        .filter(|o| o.delivered > 0 && o.errored > o.unconfirmed)
         .count();
-    let unknown = outcomes
+    let delivered_unconfirmed = outcomes
         .values()
-        .filter(|o| o.delivered + o.errored == 0)
-        .count() as u64;
+        .filter(|o| o.delivered > 0 && o.unconfirmed > 0)
+        .count();
+    let no_outcome = |through_killed: bool| {
+        outcomes
+            .values()
+            .filter(|o| {
+                o.delivered + o.errored == 0 && (Some(o.process) == fleet.killed) == through_killed
+            })
+            .count() as u64
+    };
+    let (unknown, lost_with_killed) = (no_outcome(false), no_outcome(true));
     let sent = ledger.get("sent");
-    let server_errors =
-        n("target_not_found") + n("target_slow") + n("rate_limited") + n("undelivered_reported");
+    let server_errors = n("target_not_found")
+        + n("target_slow")
+        + n("rate_limited")
+        + n("undelivered_reported")
+        + r("failed")
+        + r("unconfirmed")
+        + r("unavailable");
     let explained = n("after_close") + n("undelivered_unreported") + n("replies_dropped");
-    let log = gw.log_text();
-    let bad_log: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
-        .collect();
+    let delivered_from = ledger.delivered_from.lock().unwrap().clone();
+    let errored_from = ledger.errored_from.lock().unwrap().clone();
+    let delivered_by_killed = fleet
+        .killed
+        .map_or(0, |p| delivered_from.get(&p).copied().unwrap_or(0));
+    let mut bad_log: Vec<String> = Vec::new();
+    for (process, gateway) in fleet.survivors() {
+        for line in gateway.log_text().lines() {
+            if line.contains(" ERROR ") || line.contains(" WARN ") {
+                bad_log.push(format!("process {process}: {line}"));
+            }
+        }
+    }
+    let errors_logged = bad_log.iter().filter(|l| l.contains(" ERROR ")).count();
 
     println!("\n## Soak summary\n");
     println!("| figure | value |\n|---|---|");
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("duration", format!("{:.0} s", elapsed.as_secs_f64())),
         (
             "clients (WebSocket / WebTransport)",
             format!("{} / {}", clients.div_ceil(2), clients / 2),
         ),
+    ];
+    if cluster > 0 {
+        rows.push((
+            "cluster: nodes on one Redis / node SIGKILLed and restarted",
+            format!(
+                "{nodes} / {}",
+                if fleet.killed.is_some() {
+                    "node-1"
+                } else {
+                    "none"
+                }
+            ),
+        ));
+    }
+    rows.extend([
         ("connections opened", ledger.get("connects").to_string()),
         (
             "connect failures",
             ledger.get("connect_failures").to_string(),
         ),
-        (
-            "peak live connections",
-            peak_connections.load(Ordering::Relaxed).to_string(),
-        ),
+        ("peak live connections", peak_connections.to_string()),
         (
             "replacements / client closes / admin kicks",
             format!(
@@ -489,8 +745,34 @@ async fn soak() {
             "  delivered (read by a client)",
             ledger.get("delivered").to_string(),
         ),
-        ("  answered with an error", ledger.get("errors").to_string()),
+        (
+            "  answered with an error (of which UNCONFIRMED)",
+            format!("{} ({})", ledger.get("errors"), ledger.get("unconfirmed")),
+        ),
         ("  no outcome seen by the client", unknown.to_string()),
+    ]);
+    if cluster > 0 {
+        rows.extend([
+            (
+                "  no outcome, sent through the killed process",
+                lost_with_killed.to_string(),
+            ),
+            (
+                "  delivered and answered UNCONFIRMED",
+                delivered_unconfirmed.to_string(),
+            ),
+            (
+                "  delivered by the killed process",
+                delivered_by_killed.to_string(),
+            ),
+        ]);
+    }
+    let server = if cluster > 0 {
+        "server (processes alive at the end, summed)"
+    } else {
+        "server"
+    };
+    rows.extend([
         (
             "malformed frames sent / INVALID_MESSAGE replies",
             format!(
@@ -499,17 +781,18 @@ async fn soak() {
                 ledger.get("invalid_replies")
             ),
         ),
-        ("server: frames received", n("frames_received").to_string()),
+        (server, String::new()),
+        ("  frames received", n("frames_received").to_string()),
         (
-            "server: forwarded / written",
+            "  forwarded here / written",
             format!("{} / {}", n("forwarded"), n("written")),
         ),
         (
-            "server: error replies (not found, slow, rate, undelivered)",
+            "  error replies (not found, slow, rate, undelivered, remote)",
             server_errors.to_string(),
         ),
         (
-            "server: after close / undelivered unreported / replies dropped",
+            "  after close / undelivered unreported / replies dropped",
             format!(
                 "{} / {} / {}",
                 n("after_close"),
@@ -517,25 +800,61 @@ async fn soak() {
                 n("replies_dropped")
             ),
         ),
+    ]);
+    if cluster > 0 {
+        rows.extend([
+            (
+                "  to other nodes: sent / written / failed / unconfirmed / late",
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    r("sent"),
+                    r("written"),
+                    r("failed"),
+                    r("unconfirmed"),
+                    r("late")
+                ),
+            ),
+            (
+                "  from other nodes: received / not written / unavailable",
+                format!(
+                    "{} / {} / {}",
+                    r("received"),
+                    r("received_failed"),
+                    r("unavailable")
+                ),
+            ),
+        ]);
+    }
+    rows.extend([
         (
             "duplicates / delivered and errored",
             format!("{duplicates} / {both}"),
         ),
+        ("registry at end (connections / admitted)", {
+            let live =
+                |k: &str| -> u64 { stats.iter().map(|(_, s)| s[k].as_u64().unwrap_or(0)).sum() };
+            format!("{} / {}", live("connections"), live("admitted"))
+        }),
         (
-            "registry at end (connections / admitted)",
-            format!("{} / {}", server["connections"], server["admitted"]),
+            "RSS baseline / peak / end (each live process)",
+            rss_end
+                .iter()
+                .map(|(p, rss)| {
+                    format!(
+                        "{} / {} / {} KiB",
+                        fleet.baselines[*p],
+                        peak_rss.get(p).copied().unwrap_or(0),
+                        rss
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
         ),
         (
-            "RSS baseline / peak / end",
-            format!(
-                "{} / {} / {} KiB",
-                rss_baseline,
-                peak_rss.load(Ordering::Relaxed),
-                rss_end
-            ),
+            "error / warning log lines",
+            format!("{errors_logged} / {}", bad_log.len() - errors_logged),
         ),
-        ("error or warning log lines", bad_log.len().to_string()),
-    ];
+    ]);
     for (name, value) in &rows {
         println!("| {name} | {value} |");
     }
@@ -543,42 +862,73 @@ async fn soak() {
         println!("log: {line}");
     }
 
-    let books = n("after_close")
-        + n("invalid")
-        + n("rate_limited")
-        + n("target_not_found")
-        + n("target_slow")
-        + n("to_gateway")
-        + n("forwarded");
+    for (process, s) in &stats {
+        let n = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
+        let r = |k: &str| s["counters"]["remote"][k].as_u64().unwrap_or(0);
+        let books = n("after_close")
+            + n("invalid")
+            + n("rate_limited")
+            + n("target_not_found")
+            + n("target_slow")
+            + n("to_gateway")
+            + n("forwarded")
+            + r("sent")
+            + r("unavailable");
+        assert_eq!(
+            n("frames_received"),
+            books,
+            "process {process}: every frame has exactly one outcome: {s}"
+        );
+        assert_eq!(
+            n("forwarded") + r("received"),
+            n("written")
+                + n("undelivered_reported")
+                + n("undelivered_unreported")
+                + r("received_failed"),
+            "process {process}: every envelope for a user here was written or reported: {s}"
+        );
+        assert_eq!(
+            r("sent"),
+            r("written") + r("failed") + r("unconfirmed"),
+            "process {process}: every envelope sent to another node was settled: {s}"
+        );
+        assert_eq!(
+            delivered_from.get(process).copied().unwrap_or(0),
+            n("written"),
+            "process {process}: every envelope it wrote was read by its client"
+        );
+        assert_eq!(s["connections"], 0, "process {process}: nobody left");
+        assert_eq!(s["admitted"], 0, "process {process}: no slot leaked");
+    }
+    assert_eq!(duplicates, 0, "nothing delivered or answered twice");
     assert_eq!(
-        n("frames_received"),
-        books,
-        "every frame has exactly one outcome"
+        both, 0,
+        "nothing both delivered and answered, but UNCONFIRMED"
     );
-    assert_eq!(
-        n("forwarded"),
-        n("written") + n("undelivered_reported") + n("undelivered_unreported"),
-        "every forwarded envelope was written or reported"
+    let errors_from_survivors: u64 = stats
+        .iter()
+        .map(|(p, _)| errored_from.get(p).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        errors_from_survivors <= server_errors,
+        "{errors_from_survivors} error answers read, the processes alive sent {server_errors}"
     );
-    assert_eq!(duplicates, 0, "nothing delivered twice");
-    assert_eq!(both, 0, "nothing both delivered and answered");
-    assert_eq!(
-        ledger.get("delivered"),
-        n("written"),
-        "every envelope written was read by its client"
-    );
-    assert!(ledger.get("errors") <= server_errors);
     assert!(
         unknown <= explained,
         "{unknown} envelopes without an outcome, only {explained} explained by closes"
     );
-    assert_eq!(server["connections"], 0, "nobody left in the registry");
-    assert_eq!(server["admitted"], 0, "no admission slot leaked");
-    assert!(
-        rss_end <= near_baseline,
-        "memory back near its baseline: {rss_end} KiB > {near_baseline} KiB"
-    );
-    assert!(bad_log.is_empty(), "the gateway logged errors or warnings");
+    for (process, rss) in &rss_end {
+        assert!(
+            *rss <= near_baseline(*process),
+            "process {process}: memory back near its baseline: {rss} KiB > {} KiB",
+            near_baseline(*process)
+        );
+    }
+    if cluster > 0 {
+        assert_eq!(errors_logged, 0, "a live node logged errors");
+    } else {
+        assert!(bad_log.is_empty(), "the gateway logged errors or warnings");
+    }
     assert!(
         ledger.get("connects") >= clients,
         "every client connected at least once"

@@ -141,6 +141,9 @@ impl Hub {
             .registry
             .outbox_of(&pending.sender.user, pending.sender.conn)
         else {
+            // The sender left before its envelope's fate came back: the
+            // answer is dropped, and counted, so the books still add up.
+            self.stats.replies_dropped.inc();
             return;
         };
         let kind = serde_json::from_slice::<Inbound<'_>>(&pending.frame)
@@ -157,7 +160,7 @@ impl Hub {
         );
         match sender.push_reply(Queued::own(frame)) {
             Ok(()) => self.stats.error_sent(error),
-            Err(PushError::Closing(_)) => {}
+            Err(PushError::Closing(_)) => self.stats.replies_dropped.inc(),
             Err(PushError::Full(_)) => {
                 sender.close(CloseReason::SlowConsumer);
                 self.registry
