@@ -305,7 +305,9 @@ def start_cluster(system, variant, pinned, log_base, data_dir):
         ports = []
         for node in ("a", "b") if variant == "cross" else ("a",):
             log_path = f"{log_base}-gateway-{node}.log"
-            flags = ["--redis", url, "--node-id", node, "--advertise-host", "127.0.0.1"]
+            # Identities live in Redis on a node: this --store replaces
+            # GATEWAY_FLAGS' memory (a flag given again overrides the first).
+            flags = ["--redis", url, "--node-id", node, "--advertise-host", "127.0.0.1", "--store", "redis"]
             proc, port = start_server(system, pinned, log_path, flags)
             procs.append(proc)
             wait_ready(port, f"gateway node {node}", log_path)
@@ -1190,7 +1192,7 @@ def main():
                          "bench_args": variant_options(v, "")[1]} for v in VARIANTS},
         "cluster_variants": {v: {"label": CLUSTER_VARIANTS[v], "nodes": {"cluster": 1, "cross": 2}[v],
                                  "node_flags": ["--redis", "redis://127.0.0.1:<port>", "--node-id", "<a|b>",
-                                                "--advertise-host", "127.0.0.1"],
+                                                "--advertise-host", "127.0.0.1", "--store", "redis"],
                                  "redis_flags": REDIS_FLAGS, "redis": sh("redis-server", "--version")}
                              for v in CLUSTER_VARIANTS},
         "results": results,
