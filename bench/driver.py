@@ -12,6 +12,14 @@ made in the same repetition. Where a scenario compares variants of the
 gateway over WebSocket (the embedded identity store, JWT identities), they
 join the rotation as units of their own, e.g. `ws+embedded`.
 
+Cluster units (throughput and latency, over ws and wt): `+cross` starts a
+redis-server and two gateway nodes on it and puts every pair's A on one
+node and its B on the other, so every envelope crosses nodes; `+cluster`
+starts one node with Redis and keeps both users on it (the cost of cluster
+mode on the local path). All their processes are pinned to core 0, like the
+single server, and their CPU is summed (gateway A + gateway B + Redis), with
+each one's share reported beside the total.
+
 Outputs: bench-results/latest.json (machine, date, commit, one object per
 scenario x configuration x system (and variant) with medians and min-max, the raw runs,
 paired ratios and the targets), bench-results/latest.md (the tables, also
@@ -68,6 +76,18 @@ SERVERS = {"ws": "signal-gateway", "wss": "signal-gateway", "wt": "signal-gatewa
 # the generator instead of registered names (the gateway's --auth is then
 # its default with a key, `both`).
 VARIANTS = {"embedded": "embedded store", "jwt-hs256": "JWT HS256", "jwt-es256": "JWT ES256"}
+# Cluster variants of the gateway over ws and wt, for the relay scenarios:
+# one node with Redis (both users on it), or two nodes with Redis and every
+# envelope crossing from one to the other.
+CLUSTER_VARIANTS = {"cluster": "cluster mode, same node (1 node + Redis)",
+                    "cross": "cross-node (2 nodes + Redis)"}
+CLUSTER_UNITS = [f"{system}+{variant}" for variant in CLUSTER_VARIANTS for system in ("ws", "wt")]
+# Redis as the README tells operators to run it: the append-only file,
+# synced on every write (as tests/common/redis.rs does). Relaying touches
+# it only through PUBLISH, which is not written to the file; route claims,
+# leases and registrations are, outside the measured window.
+REDIS_FLAGS = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+               "--daemonize", "no", "--loglevel", "warning"]
 
 # A run whose window saw more than this much CPU (percent of one core) used
 # by anything but the server and the generator is repeated.
@@ -119,7 +139,9 @@ def unit_parts(unit):
 
 
 def unit_label(system, variant=""):
-    return LABELS[system] + (f", {VARIANTS[variant]}" if variant else "")
+    if not variant:
+        return LABELS[system]
+    return LABELS[system] + ", " + (VARIANTS.get(variant) or CLUSTER_VARIANTS[variant])
 
 
 # --- plans -------------------------------------------------------------------
@@ -133,15 +155,17 @@ def plan(quick):
     items = []
     for pairs, window, payload in [(100, 10, 200), (10, 1, 200), (100, 10, 4096)]:
         # Relaying with the embedded store shows that durable registrations
-        # leave the relay alone; once is enough.
+        # leave the relay alone; once is enough. The cluster units relay
+        # small envelopes, saturated and one in flight.
         extra = ["ws+embedded"] if (pairs, window, payload) == (100, 10, 200) else []
+        extra += CLUSTER_UNITS if payload == 200 else []
         items.append(("throughput", {"pairs": pairs, "window": window, "payload_bytes": payload},
                       ["throughput", "--pairs", pairs, "--window", window,
                        "--payload-bytes", payload, "--warmup", tw, "--duration", td], SYSTEMS + extra))
     for pairs, rate in [(100, 10), (100, 100)]:
         items.append(("latency", {"pairs": pairs, "rate": rate, "payload_bytes": 200},
                       ["latency", "--pairs", pairs, "--rate", rate, "--payload-bytes", 200,
-                       "--warmup", lw, "--duration", ld], SYSTEMS))
+                       "--warmup", lw, "--duration", ld], SYSTEMS + CLUSTER_UNITS))
     conns = 1000 if quick else 2000
     items.append(("setup", {"connections": conns, "concurrency": 32},
                   ["setup", "--connections", conns, "--concurrency", 32],
@@ -212,6 +236,95 @@ def pin(core, pinned):
     return ["taskset", "-c", str(core)] if pinned else []
 
 
+def spawn(cmd, log_path, env):
+    """Starts `cmd` in its own session, logging to `log_path`; recorded so
+    that it is stopped by its PID whatever happens."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log.close()
+    STARTED.append(proc)
+    with open(os.path.join(PID_DIR, str(proc.pid)), "w") as f:
+        f.write(" ".join(cmd) + "\n")
+    return proc
+
+
+def redis_answers(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(pinned, log_path, data_dir):
+    """A fresh redis-server with its files in `data_dir`; returns it and
+    its port once it answers PING."""
+    redis = shutil.which("redis-server")
+    if not redis:
+        raise RuntimeError("redis-server is missing (scripts/bench installs Debian's redis-server package)")
+    os.makedirs(data_dir, exist_ok=True)
+    port = free_port()
+    cmd = pin(0, pinned) + [redis, "--port", str(port), "--dir", data_dir] + REDIS_FLAGS
+    proc = spawn(cmd, log_path, dict(os.environ))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited at start; see {log_path}")
+        if redis_answers(port):
+            return proc, port
+        time.sleep(0.05)
+    stop(proc)
+    raise RuntimeError(f"redis-server not ready in 10 s; see {log_path}")
+
+
+def wait_ready(port, what, log_path):
+    """Waits (bounded) until a node's /readyz says it has joined the cluster."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready (GET /readyz) in 15 s; see {log_path}")
+
+
+def start_cluster(system, variant, pinned, log_base, data_dir):
+    """Redis and one node (`cluster`) or two (`cross`), all pinned to core
+    0; returns the processes (gateway A first), gateway A's port, and the
+    generator's arguments naming the other processes to measure (and, for
+    `cross`, the node B users connect to)."""
+    procs = []
+    try:
+        redis, redis_port = start_redis(pinned, f"{log_base}-redis.log", data_dir)
+        procs.append(redis)
+        url = f"redis://127.0.0.1:{redis_port}"
+        ports = []
+        for node in ("a", "b") if variant == "cross" else ("a",):
+            log_path = f"{log_base}-gateway-{node}.log"
+            # Identities live in Redis on a node: this --store replaces
+            # GATEWAY_FLAGS' memory (a flag given again overrides the first).
+            flags = ["--redis", url, "--node-id", node, "--advertise-host", "127.0.0.1", "--store", "redis"]
+            proc, port = start_server(system, pinned, log_path, flags)
+            procs.append(proc)
+            wait_ready(port, f"gateway node {node}", log_path)
+            ports.append(port)
+    except BaseException:
+        for proc in reversed(procs):
+            stop(proc)
+        raise
+    # Gateway A is the generator's --server-pid; Redis and B are added to it.
+    gateways = procs[1:]
+    args = ["--server-name", "gateway-a"]
+    if variant == "cross":
+        args += ["--peer-addr", f"127.0.0.1:{ports[1]}", "--also-measure", f"gateway-b={gateways[1].pid}"]
+    args += ["--also-measure", f"redis={redis.pid}"]
+    return gateways + [redis], ports[0], args
+
+
 def start_server(system, pinned, log_path, flags=(), env_extra=None):
     """Starts `system` with extra gateway `flags` and environment; returns
     the process and its port once it answers."""
@@ -239,12 +352,7 @@ def start_server(system, pinned, log_path, flags=(), env_extra=None):
             context.verify_mode = ssl.CERT_NONE
         # No per-registration INFO line (PeerJS logs nothing per connection either).
         env = dict(os.environ, RUST_LOG="signal_gateway=warn", **(env_extra or {}))
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    log.close()
-    STARTED.append(proc)
-    with open(os.path.join(PID_DIR, str(proc.pid)), "w") as f:
-        f.write(" ".join(cmd) + "\n")
+    proc = spawn(cmd, log_path, env)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -306,11 +414,16 @@ def run_one(unit, args, pinned, label, tag):
         if system == "wss":
             bench_args = bench_args + ["--tls-cert", CERT]
         try:
-            proc, port = start_server(system, pinned, log_path, flags, env_extra)
+            if variant in CLUSTER_VARIANTS:
+                procs, port, cluster_args = start_cluster(system, variant, pinned, log_path[:-4], data_dir)
+                bench_args = bench_args + cluster_args
+            else:
+                proc, port = start_server(system, pinned, log_path, flags, env_extra)
+                procs = [proc]
             try:
                 cmd = pin(1, pinned) + [
                     BENCH, "--system", system, "--addr", f"127.0.0.1:{port}",
-                    "--server-pid", str(proc.pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK")),
+                    "--server-pid", str(procs[0].pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK")),
                     "--label", label,
                 ] + bench_args + [str(a) for a in args]
                 t0 = time.monotonic()
@@ -318,7 +431,9 @@ def run_one(unit, args, pinned, label, tag):
                                      env=dict(os.environ, RUST_BACKTRACE="0", **env_extra))
                 elapsed = time.monotonic() - t0
             finally:
-                stop(proc)
+                # Gateways before Redis: a node losing Redis first only logs.
+                for proc in procs:
+                    stop(proc)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
         if out.returncode != 0 or not out.stdout.strip():
@@ -350,8 +465,12 @@ def log(msg):
 def figures(result):
     """The headline figures of one run, flat, per configuration key."""
     s = result["scenario"]
+    # A cluster's processes, each one's share of the CPU per relayed envelope.
+    by_process = result.get("server_cpu_us_per_relayed_by_process") or {}
+    split = {f"server_cpu_us_per_relayed_{name.replace('-', '_')}": us
+             for name, us in by_process.items()} if len(by_process) > 1 else {}
     if s == "throughput":
-        return [({}, {
+        return [({}, split | {
             "relayed_per_s": result["relayed_per_s"],
             "server_cpu_us_per_relayed": result["server_cpu_us_per_relayed"],
             "server_cpu_pct": result["cpu"]["server_cpu_pct"],
@@ -361,7 +480,7 @@ def figures(result):
             "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
         })]
     if s == "latency":
-        return [({}, {
+        return [({}, split | {
             "relayed_per_s": result["relayed_per_s"],
             "rtt_p50_us": result["rtt"]["p50_us"],
             "rtt_p90_us": result["rtt"]["p90_us"],
@@ -453,6 +572,8 @@ def aggregate(runs):
             "server": SERVERS[system],
             "transport": "webtransport" if system == "wt" else "websocket",
             "tls": system in ("wss", "wt"),
+            # Gateway nodes of a cluster on Redis (0: a single gateway, or a peer).
+            "cluster_nodes": {"cluster": 1, "cross": 2}.get(variant, 0),
             "n": len(g["figs"]),
             "failed_runs": g["failed"],
             "noisy_runs": sum(1 for r in g["raw"] if r.get("noisy")),
@@ -525,6 +646,20 @@ def ratios_and_targets(results, levels):
             "connect_and_first_envelope_p50_us")
     add("ws+embedded/ws registrations/s", "register", "ws+embedded", "ws", "registrations_per_s")
     add("ws+embedded/ws server CPU per relayed, 100x10 200 B", "throughput", "ws+embedded", "ws", cpu, **sat)
+    # The cluster: cross-node and same-node cluster mode against the single
+    # gateway, and cross-node against PeerJS server on one node. CPU counts
+    # every process (both gateways and Redis).
+    for t in ("ws", "wt"):
+        for v in CLUSTER_VARIANTS:
+            for name, config in (("100x10 200 B", sat), ("10x1 200 B", light)):
+                add(f"{t}+{v}/{t} server CPU per relayed, {name}", "throughput", f"{t}+{v}", t, cpu, **config)
+            for name, config in (("2k", r2k), ("20k", r20k)):
+                add(f"{t}+{v}/{t} RTT p99, {name} relayed/s", "latency", f"{t}+{v}", t, "rtt_p99_us", **config)
+                add(f"{t}+{v}/{t} RTT p50, {name} relayed/s", "latency", f"{t}+{v}", t, "rtt_p50_us", **config)
+        for name, config in (("100x10 200 B", sat), ("10x1 200 B", light)):
+            add(f"peerjs/{t}+cross server CPU per relayed, {name}", "throughput", "peerjs", f"{t}+cross", cpu,
+                **config)
+        add(f"{t}+cross/peerjs RTT p99, 2k relayed/s", "latency", f"{t}+cross", "peerjs", "rtt_p99_us", **r2k)
     add(f"ws/peerjs RSS per idle connection at {top}", "idle", "ws", "peerjs", "rss_kib_per_connection",
         connections=top)
     add(f"wt/ws RSS per idle connection at {top}", "idle", "wt", "ws", "rss_kib_per_connection", connections=top)
@@ -589,6 +724,23 @@ def ratios_and_targets(results, levels):
                med(results, "idle", "wt", "rss_kib_per_connection", connections=top), 32.0, "max", "KiB",
                wss=wss_value(med(results, "idle", "wss", "rss_kib_per_connection", connections=top))),
     ]
+    for t, name in (("ws", "WS"), ("wt", "WT")):
+        targets += [
+            ratio_target(f"Cluster {name}: cross-node RTT p99 at 2k envelopes/s vs one node ({name} cross/{name})",
+                         f"{t}+cross/{t} RTT p99, 2k relayed/s", 2.0),
+            ratio_target(f"Cluster {name}: CPU per cross-node envelope, both gateways + Redis, vs one node, "
+                         f"100x10 ({name} cross/{name})", f"{t}+cross/{t} server CPU per relayed, 100x10 200 B", 4.0),
+            ratio_target(f"Cluster {name}: CPU per cross-node envelope, both gateways + Redis, vs one node, "
+                         f"10x1 ({name} cross/{name})", f"{t}+cross/{t} server CPU per relayed, 10x1 200 B", 4.0),
+            ratio_target(f"Cluster {name}: cross-node CPU per envelope still below PeerJS on one node, 100x10 "
+                         f"(PeerJS/{name} cross)", f"peerjs/{t}+cross server CPU per relayed, 100x10 200 B", 1.0,
+                         "min"),
+            ratio_target(f"Cluster {name}: cross-node CPU per envelope still below PeerJS on one node, 10x1 "
+                         f"(PeerJS/{name} cross)", f"peerjs/{t}+cross server CPU per relayed, 10x1 200 B", 1.0,
+                         "min"),
+            ratio_target(f"Cluster {name}: cross-node RTT p99 at 2k envelopes/s still below PeerJS on one node "
+                         f"({name} cross/PeerJS)", f"{t}+cross/peerjs RTT p99, 2k relayed/s", 1.0),
+        ]
     return ratios, targets
 
 
@@ -622,7 +774,7 @@ def rows(res, scenario, variants=None):
         if key not in configs:
             configs.append(key)
         out.append(r)
-    rank = {v: i for i, v in enumerate([""] + list(VARIANTS))}
+    rank = {v: i for i, v in enumerate([""] + list(VARIANTS) + list(CLUSTER_VARIANTS))}
     return sorted(out, key=lambda r: (configs.index(json.dumps(r["config"], sort_keys=True)),
                                       rank[r.get("variant", "")], SYSTEMS.index(r["system"])))
 
@@ -679,6 +831,7 @@ def markdown(doc):
             f"{cell(f.get('rtt_p999_us'), 0)} | {cell(f.get('rtt_max_us'), 0)} | {cell(f.get('rtt_from_schedule_p99_us'), 0)} | "
             f"{cell(f.get('send_lag_p99_us'), 0)} | {cell(f.get('server_cpu_pct'), 1)} | "
             f"{cell(f.get('server_cpu_us_per_relayed'), 1)} | {cell(f.get('lost_in_window'), 0)} | {r['n']} |")
+    lines += cluster_markdown(res)
     lines += [
         "",
         "## Connection set-up (identity + connect + first envelope to itself and back, 32 at a time; "
@@ -770,6 +923,38 @@ def markdown(doc):
               f"kept although noisy: {sum(n for *_, n in noisy)}; failed: {sum(n for *_, n in failed)}. "
               f"Total time {doc['duration_s']:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def cluster_markdown(res):
+    """The cluster table: one gateway, cluster mode on one node and
+    cross-node, beside PeerJS server, with the CPU split per process."""
+    units = ["ws", "ws+cluster", "ws+cross", "wt", "wt+cluster", "wt+cross", "peerjs"]
+    configs = [("throughput", "100 × 10 closed loop", dict(pairs=100, window=10, payload_bytes=200)),
+               ("throughput", "10 × 1 closed loop", dict(pairs=10, window=1, payload_bytes=200)),
+               ("latency", "2k relayed/s open loop", dict(pairs=100, rate=10)),
+               ("latency", "20k relayed/s open loop", dict(pairs=100, rate=100))]
+    out = []
+    for scenario, name, config in configs:
+        for unit in units:
+            r = find(res, scenario, unit, **config)
+            if not r or (unit == "peerjs" and not any(find(res, scenario, u, **config) for u in CLUSTER_UNITS)):
+                continue
+            f = r["figures"]
+            out.append(
+                f"| {name} | {label(r)} | {cell(f.get('relayed_per_s'), 0)} | "
+                f"**{cell(f.get('server_cpu_us_per_relayed'), 2)}** | "
+                f"{cell(f.get('server_cpu_us_per_relayed_gateway_a'), 2)} | "
+                f"{cell(f.get('server_cpu_us_per_relayed_gateway_b'), 2)} | "
+                f"{cell(f.get('server_cpu_us_per_relayed_redis'), 2)} | {cell(f.get('server_cpu_pct'), 0)} | "
+                f"{cell(f.get('rtt_p50_us'), 0)} | **{cell(f.get('rtt_p99_us'), 0)}** | {r['n']} |")
+    if not out:
+        return []
+    return ["", "## Cluster (cross-node: every A on gateway A, every B on gateway B, one Redis; cluster mode on one "
+            "node: both on gateway A, with Redis). Every process pinned to core 0 as the single server is; "
+            "CPU per relayed envelope counts them all, split per process (– where a process is absent)", "",
+            "| load | system | relayed/s | µs CPU / relayed, all processes | gateway A | gateway B | Redis | "
+            "CPU % (all) | RTT p50 µs | RTT p99 µs | n |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"] + out
 
 
 def beside_wss(t):
@@ -1005,6 +1190,11 @@ def main():
         "gateway_flags": GATEWAY_FLAGS,
         "variants": {v: {"label": VARIANTS[v], "gateway_flags": variant_options(v, "<fresh dir>")[0],
                          "bench_args": variant_options(v, "")[1]} for v in VARIANTS},
+        "cluster_variants": {v: {"label": CLUSTER_VARIANTS[v], "nodes": {"cluster": 1, "cross": 2}[v],
+                                 "node_flags": ["--redis", "redis://127.0.0.1:<port>", "--node-id", "<a|b>",
+                                                "--advertise-host", "127.0.0.1", "--store", "redis"],
+                                 "redis_flags": REDIS_FLAGS, "redis": sh("redis-server", "--version")}
+                             for v in CLUSTER_VARIANTS},
         "results": results,
         "ratios": ratios,
         "targets": targets,

@@ -83,7 +83,13 @@ impl Target {
     /// fetches the certificate hash to pin and opens the client endpoints;
     /// for WSS, loads the certificate to trust; for JWT identities, the key.
     pub async fn new(common: &Common) -> anyhow::Result<Self> {
-        let (system, http) = (common.system, common.addr);
+        Self::at(common, common.addr, common.wt_addr.unwrap_or(common.addr)).await
+    }
+
+    /// The same, for the server at `http` (HTTP and WebSocket) and `wt`
+    /// (WebTransport): another node of a cluster.
+    pub async fn at(common: &Common, http: SocketAddr, wt: SocketAddr) -> anyhow::Result<Self> {
+        let system = common.system;
         let tls = match (system, &common.tls_cert) {
             (System::Wss, Some(cert)) => Some(tls::connector(cert)?),
             (System::Wss, None) => bail!("--system wss needs --tls-cert"),
@@ -114,7 +120,7 @@ impl Target {
         Ok(Self {
             system,
             http,
-            wt: common.wt_addr.unwrap_or(http),
+            wt,
             tls,
             minter,
             endpoints: pool,

@@ -106,9 +106,26 @@ pub struct Common {
     #[arg(long, env = "BENCH_WT_ADDR")]
     pub wt_addr: Option<SocketAddr>,
 
+    /// Another node of the same gateway cluster (HTTP, WebSocket and
+    /// WebTransport on this one address): in the throughput and latency
+    /// scenarios, the B side of every pair registers and connects here while
+    /// A stays on --addr, so every envelope crosses nodes.
+    #[arg(long, env = "BENCH_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+
     /// PID of the server process: its CPU time and RSS are what is measured.
     #[arg(long, env = "BENCH_SERVER_PID")]
     pub server_pid: u32,
+
+    /// What to call the --server-pid process in the per-process CPU split.
+    #[arg(long, env = "BENCH_SERVER_NAME", default_value = "server")]
+    pub server_name: String,
+
+    /// Another process of the system under test whose CPU counts as the
+    /// server's, as NAME=PID (a cluster's other node, its Redis); repeat
+    /// for more.
+    #[arg(long = "also-measure", value_name = "NAME=PID", value_parser = parse_named_pid)]
+    pub also_measure: Vec<(String, u32)>,
 
     /// Kernel clock ticks per second, as `getconf CLK_TCK` prints.
     #[arg(long, env = "BENCH_CLK_TCK", default_value_t = 100)]
@@ -292,10 +309,42 @@ fn start_watchdog(deadline: Duration) {
     });
 }
 
+/// `name=pid`, for --also-measure.
+fn parse_named_pid(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=PID"))?;
+    let pid = pid.parse().map_err(|_| format!("{pid:?} is not a PID"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has no name"));
+    }
+    Ok((name.to_owned(), pid))
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     let common = &cli.common;
     let target = Arc::new(Target::new(common).await?);
-    let meter = CpuMeter::new(common.server_pid, common.clk_tck, target.wt.port())?;
+    let peer = match common.peer_addr {
+        Some(addr) => {
+            if !matches!(
+                cli.scenario,
+                Scenario::Throughput { .. } | Scenario::Latency { .. }
+            ) {
+                anyhow::bail!("--peer-addr is for the throughput and latency scenarios");
+            }
+            if !common.system.is_gateway() {
+                anyhow::bail!("--peer-addr is for a cluster of gateways");
+            }
+            Some(Arc::new(Target::at(common, addr, addr).await?))
+        }
+        None => None,
+    };
+    let cross_node = peer.is_some();
+    let mut processes = vec![(common.server_name.clone(), common.server_pid)];
+    processes.extend(common.also_measure.iter().cloned());
+    let mut udp_ports = vec![target.wt.port()];
+    udp_ports.extend(peer.as_ref().map(|p| p.wt.port()));
+    let meter = CpuMeter::new(&processes, common.clk_tck, udp_ports)?;
     let figures = match cli.scenario {
         Scenario::Throughput {
             pairs,
@@ -313,7 +362,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
                 duration_s: duration,
                 max_pings,
             };
-            pairs::throughput(common, target, &meter, params).await?
+            pairs::throughput(common, target, peer, &meter, params).await?
         }
         Scenario::Latency {
             pairs,
@@ -329,7 +378,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
                 warmup_s: warmup,
                 duration_s: duration,
             };
-            pairs::latency(common, target, &meter, params).await?
+            pairs::latency(common, target, peer, &meter, params).await?
         }
         Scenario::Setup {
             connections,
@@ -377,6 +426,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
         "transport": common.system.transport(),
         "identity": common.identity,
         "label": common.label,
+        "cross_node": cross_node,
         "generator_peak_rss_kib": procfs::own_peak_rss_kib(),
     });
     if let (Some(out), Some(fig)) = (result.as_object_mut(), figures.as_object()) {
@@ -443,11 +493,14 @@ pub async fn open_named(
     .await
 }
 
-/// The gateway's count of envelopes forwarded so far (`GET /v1/stats`).
+/// The gateway's count of envelopes forwarded so far (`GET /v1/stats`):
+/// to its own users, plus (a cluster node) those it sent to other nodes.
 pub async fn server_forwarded(http: &mut HttpClient) -> anyhow::Result<u64> {
     let (status, body) = http.get("/v1/stats").await?;
     let value: serde_json::Value = serde_json::from_slice(&body)?;
-    value["counters"]["forwarded"]
+    let local = value["counters"]["forwarded"]
         .as_u64()
-        .with_context(|| format!("no counters.forwarded in /v1/stats ({status}): {value}"))
+        .with_context(|| format!("no counters.forwarded in /v1/stats ({status}): {value}"))?;
+    let remote = value["counters"]["remote"]["sent"].as_u64().unwrap_or(0);
+    Ok(local + remote)
 }

@@ -12,6 +12,9 @@
 //!   time and the send lag are reported as well.
 //!
 //! "Relayed" counts every envelope the server forwards: a round trip is two.
+//! Against a cluster (`--peer-addr`), every A is on one node and every B on
+//! the other, so each envelope crosses nodes; the server's CPU is then that
+//! of every process of the cluster (see [`crate::procfs`]).
 //! Both scenarios warm up first and measure a window afterwards; the loops
 //! stop at the end of the window (time) or after a maximum number of pings
 //! (count), whichever comes first.
@@ -28,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval_at};
 
 use crate::client::{Conn, Target};
+use crate::http::HttpClient;
 use crate::procfs::{CpuMeter, CpuWindow};
 use crate::summary::{Summary, summarize};
 use crate::wire::{self, PING, PONG, PayloadMaker, System};
@@ -136,11 +140,13 @@ struct Window {
 pub async fn throughput(
     common: &Common,
     target: Arc<Target>,
+    peer: Option<Arc<Target>>,
     meter: &CpuMeter,
     params: ThroughputParams,
 ) -> anyhow::Result<serde_json::Value> {
     let shared = Shared::new();
-    let (pingers, echoers) = start_pairs(common, &target, params.pairs, |conn, partner| {
+    let b_side = peer.as_ref().unwrap_or(&target);
+    let (pingers, echoers) = start_pairs(common, &target, b_side, params.pairs, |conn, partner| {
         let shared = shared.clone();
         let maker = PayloadMaker::new(params.payload_bytes);
         let limit = (params.max_pings / params.pairs.max(1) as u64).max(1);
@@ -152,7 +158,8 @@ pub async fn throughput(
     })
     .await?;
     let _echoers = echoers.spawn(&shared, target.system);
-    let window = measure(&target, meter, &shared, params.warmup_s, params.duration_s).await?;
+    let nodes: Vec<&Target> = std::iter::once(&*target).chain(peer.as_deref()).collect();
+    let window = measure(&nodes, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
     let rtt: Vec<u64> = results
         .iter()
@@ -164,6 +171,7 @@ pub async fn throughput(
         "relayed": window.relayed,
         "relayed_per_s": window.relayed as f64 / window.cpu.wall_s,
         "server_cpu_us_per_relayed": per_relayed_us(&window),
+        "server_cpu_us_per_relayed_by_process": per_relayed_by_process(&window),
         "server_forwarded": window.server_forwarded,
         "cpu": window.cpu,
         "rtt": rtt,
@@ -175,6 +183,7 @@ pub async fn throughput(
 pub async fn latency(
     common: &Common,
     target: Arc<Target>,
+    peer: Option<Arc<Target>>,
     meter: &CpuMeter,
     params: LatencyParams,
 ) -> anyhow::Result<serde_json::Value> {
@@ -185,7 +194,8 @@ pub async fn latency(
     let period = Duration::from_secs_f64(1.0 / params.rate);
     let start = Instant::now() + Duration::from_millis(200);
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ u64::from(std::process::id());
-    let (pingers, echoers) = start_pairs(common, &target, params.pairs, |conn, partner| {
+    let b_side = peer.as_ref().unwrap_or(&target);
+    let (pingers, echoers) = start_pairs(common, &target, b_side, params.pairs, |conn, partner| {
         // Each pair starts at its own random phase within one period.
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -205,7 +215,8 @@ pub async fn latency(
     })
     .await?;
     let _echoers = echoers.spawn(&shared, target.system);
-    let window = measure(&target, meter, &shared, params.warmup_s, params.duration_s).await?;
+    let nodes: Vec<&Target> = std::iter::once(&*target).chain(peer.as_deref()).collect();
+    let window = measure(&nodes, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
     let all = |f: fn(&PingerResult) -> &Vec<u64>| -> Summary {
         let v: Vec<u64> = results.iter().flat_map(|r| f(r).iter().copied()).collect();
@@ -219,6 +230,7 @@ pub async fn latency(
         "relayed": window.relayed,
         "relayed_per_s": window.relayed as f64 / window.cpu.wall_s,
         "server_cpu_us_per_relayed": per_relayed_us(&window),
+        "server_cpu_us_per_relayed_by_process": per_relayed_by_process(&window),
         "server_forwarded": window.server_forwarded,
         "cpu": window.cpu,
         "rtt": all(|r| &r.rtt_ns),
@@ -232,6 +244,19 @@ pub async fn latency(
 
 fn per_relayed_us(window: &Window) -> Option<f64> {
     (window.relayed > 0).then(|| window.cpu.server_cpu_s * 1e6 / window.relayed as f64)
+}
+
+/// Each server process's share of [`per_relayed_us`], by name.
+fn per_relayed_by_process(window: &Window) -> serde_json::Map<String, serde_json::Value> {
+    window
+        .cpu
+        .processes
+        .iter()
+        .map(|p| {
+            let us = (window.relayed > 0).then(|| p.cpu_s * 1e6 / window.relayed as f64);
+            (p.name.clone(), json!(us))
+        })
+        .collect()
 }
 
 /// The B side of every pair, connected and waiting to be started.
@@ -259,11 +284,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Connects `pairs` pairs (A = `a<i>`, B = `b<i>`) and starts each A with
+/// Connects `pairs` pairs (A = `a<i>` to `target`, B = `b<i>` to `b_side`,
+/// the same server or another node of its cluster) and starts each A with
 /// `spawn_pinger`; returns the pingers and the not yet started echoers.
 async fn start_pairs(
     common: &Common,
     target: &Arc<Target>,
+    b_side: &Arc<Target>,
     pairs: usize,
     mut spawn_pinger: impl FnMut(Conn, String) -> JoinHandle<anyhow::Result<PingerResult>>,
 ) -> anyhow::Result<(Vec<JoinHandle<anyhow::Result<PingerResult>>>, Echoers)> {
@@ -271,15 +298,15 @@ async fn start_pairs(
         bail!("--pairs must be at least 1");
     }
     let prefix = &common.name_prefix;
-    let names: Vec<String> = (0..pairs)
-        .flat_map(|i| [format!("{prefix}a{i}"), format!("{prefix}b{i}")])
-        .collect();
-    let conns = open_named(target, &names, common.connect_concurrency).await?;
+    let a_names: Vec<String> = (0..pairs).map(|i| format!("{prefix}a{i}")).collect();
+    let b_names: Vec<String> = (0..pairs).map(|i| format!("{prefix}b{i}")).collect();
+    let a_conns = open_named(target, &a_names, common.connect_concurrency).await?;
+    let b_conns = open_named(b_side, &b_names, common.connect_concurrency).await?;
     let mut pingers = Vec::with_capacity(pairs);
     let mut echoers = Vec::with_capacity(pairs);
-    let mut conns = conns.into_iter();
+    let mut conns = a_conns.into_iter().zip(b_conns);
     for i in 0..pairs {
-        let (Some(a), Some(b)) = (conns.next(), conns.next()) else {
+        let Some((a, b)) = conns.next() else {
             bail!("missing connections");
         };
         echoers.push((b, format!("{prefix}a{i}")));
@@ -289,17 +316,21 @@ async fn start_pairs(
 }
 
 /// Warm-up, then the measured window; sets the phases the tasks follow.
+/// The gateway's own count is summed over `nodes` (one, or a cluster's two).
 async fn measure(
-    target: &Target,
+    nodes: &[&Target],
     meter: &CpuMeter,
     shared: &Shared,
     warmup_s: f64,
     duration_s: f64,
 ) -> anyhow::Result<Window> {
-    let mut stats = target.system.is_gateway().then(|| target.http_client());
+    let mut stats: Option<Vec<HttpClient>> = nodes
+        .iter()
+        .all(|t| t.system.is_gateway())
+        .then(|| nodes.iter().map(|t| t.http_client()).collect());
     tokio::time::sleep(Duration::from_secs_f64(warmup_s)).await;
     let forwarded0 = match stats.as_mut() {
-        Some(http) => Some(server_forwarded(http).await?),
+        Some(http) => Some(forwarded_on(http).await?),
         None => None,
     };
     let relayed0 = shared.relayed.load(Ordering::Relaxed);
@@ -314,7 +345,7 @@ async fn measure(
     let relayed1 = shared.relayed.load(Ordering::Relaxed);
     shared.phase.store(STOP, Ordering::Relaxed);
     let forwarded1 = match stats.as_mut() {
-        Some(http) => Some(server_forwarded(http).await?),
+        Some(http) => Some(forwarded_on(http).await?),
         None => None,
     };
     Ok(Window {
@@ -322,6 +353,15 @@ async fn measure(
         relayed: relayed1 - relayed0,
         server_forwarded: forwarded0.zip(forwarded1).map(|(a, b)| b - a),
     })
+}
+
+/// The gateway's count of forwarded envelopes, summed over its nodes.
+async fn forwarded_on(nodes: &mut [HttpClient]) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for http in nodes {
+        sum += server_forwarded(http).await?;
+    }
+    Ok(sum)
 }
 
 /// Waits (bounded) for every pinger to finish.

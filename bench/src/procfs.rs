@@ -2,7 +2,9 @@
 //!
 //! Server CPU per relayed envelope is taken from the server process's
 //! `utime + stime` over the measured window, so the figure stays meaningful
-//! when the generator, not the server, is the bottleneck. The same window
+//! when the generator, not the server, is the bottleneck. A system made of
+//! several processes (a cluster: two gateways and Redis) is measured as the
+//! sum of them all, with each one's share reported beside it. The same window
 //! also samples the whole machine (`/proc/stat`) so that CPU used by anything
 //! else ("foreign" load, e.g. a compile in another shell) is reported and the
 //! driver can discard polluted runs.
@@ -13,20 +15,29 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-/// Reads the CPU accounting of one server process, of this process and of
-/// the whole machine.
+/// Reads the CPU accounting of the server's processes, of this process and
+/// of the whole machine.
 #[derive(Debug, Clone)]
 pub struct CpuMeter {
-    server: PathBuf,
+    processes: Vec<Measured>,
     clk_tck: f64,
-    udp_port: u16,
+    udp_ports: Vec<u16>,
+}
+
+/// One process of the system under test.
+#[derive(Debug, Clone)]
+struct Measured {
+    name: String,
+    pid: u32,
+    stat: PathBuf,
 }
 
 /// One reading of every counter, in clock ticks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuSample {
     at: Instant,
-    server: u64,
+    /// Per process, in the meter's order.
+    server: Vec<u64>,
     this: u64,
     busy: u64,
     steal: u64,
@@ -35,24 +46,41 @@ pub struct CpuSample {
 
 /// CPU use between two samples, in percent of one core (100 = one core
 /// fully busy) and in seconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CpuWindow {
     /// Wall-clock length of the window.
     pub wall_s: f64,
-    /// CPU seconds of the server process (all its threads).
+    /// CPU seconds of the server process (all its threads), or of all the
+    /// processes of the system under test together.
     pub server_cpu_s: f64,
     /// Server CPU in percent of one core.
     pub server_cpu_pct: f64,
+    /// Each process's share of `server_cpu_s` (one entry for a single
+    /// server).
+    pub processes: Vec<ProcessCpu>,
     /// CPU of this generator process in percent of one core.
     pub client_cpu_pct: f64,
     /// Busy CPU of everything else on the machine, in percent of one core.
     pub foreign_cpu_pct: f64,
     /// Time the hypervisor gave to other guests, in percent of one core.
     pub steal_pct: f64,
-    /// UDP datagrams dropped by the server's socket (receive buffer full).
+    /// UDP datagrams dropped by the server's sockets (receive buffer full).
     pub server_udp_drops: u64,
     /// UDP datagrams dropped by every other UDP socket (the generator's).
     pub other_udp_drops: u64,
+}
+
+/// The CPU one process of the system under test used in a window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCpu {
+    /// What it is (`server`, or the name the driver gave it, e.g. `redis`).
+    pub name: String,
+    /// Its PID.
+    pub pid: u32,
+    /// CPU seconds.
+    pub cpu_s: f64,
+    /// In percent of one core.
+    pub cpu_pct: f64,
 }
 
 /// Drop counters of UDP sockets from `/proc/net/udp{,6}`.
@@ -63,31 +91,53 @@ struct UdpDrops {
 }
 
 impl CpuMeter {
-    /// A meter for the process `pid`, whose UDP socket (if any) is bound to
-    /// `udp_port`; `clk_tck` is the kernel's USER_HZ (`getconf CLK_TCK`, 100
-    /// on every mainstream Linux).
-    pub fn new(pid: u32, clk_tck: u32, udp_port: u16) -> anyhow::Result<Self> {
+    /// A meter for the processes `(name, pid)` of the system under test,
+    /// whose UDP sockets (if any) are bound to `udp_ports`; `clk_tck` is the
+    /// kernel's USER_HZ (`getconf CLK_TCK`, 100 on every mainstream Linux).
+    pub fn new(
+        processes: &[(String, u32)],
+        clk_tck: u32,
+        udp_ports: Vec<u16>,
+    ) -> anyhow::Result<Self> {
+        if processes.is_empty() {
+            bail!("no server process to measure");
+        }
         let meter = Self {
-            server: PathBuf::from(format!("/proc/{pid}/stat")),
+            processes: processes
+                .iter()
+                .map(|(name, pid)| Measured {
+                    name: name.clone(),
+                    pid: *pid,
+                    stat: PathBuf::from(format!("/proc/{pid}/stat")),
+                })
+                .collect(),
             clk_tck: f64::from(clk_tck.max(1)),
-            udp_port,
+            udp_ports,
         };
-        meter
-            .sample()
-            .with_context(|| format!("reading the CPU time of server process {pid}"))?;
+        for p in &meter.processes {
+            std::fs::read_to_string(&p.stat)
+                .map_err(anyhow::Error::from)
+                .and_then(|stat| process_ticks(&stat))
+                .with_context(|| format!("reading the CPU time of {} (pid {})", p.name, p.pid))?;
+        }
         Ok(meter)
     }
 
     /// Reads every counter now.
     pub fn sample(&self) -> anyhow::Result<CpuSample> {
         let (busy, steal) = machine_ticks()?;
+        let server = self
+            .processes
+            .iter()
+            .map(|p| process_ticks(&std::fs::read_to_string(&p.stat)?))
+            .collect::<anyhow::Result<Vec<u64>>>()?;
         Ok(CpuSample {
             at: Instant::now(),
-            server: process_ticks(&std::fs::read_to_string(&self.server)?)?,
+            server,
             this: process_ticks(&std::fs::read_to_string("/proc/self/stat")?)?,
             busy,
             steal,
-            udp: udp_drops(self.udp_port),
+            udp: udp_drops(&self.udp_ports),
         })
     }
 
@@ -95,7 +145,13 @@ impl CpuMeter {
     pub fn window(&self, start: &CpuSample, end: &CpuSample) -> CpuWindow {
         let wall_s = end.at.duration_since(start.at).as_secs_f64().max(1e-9);
         let secs = |ticks: u64| ticks as f64 / self.clk_tck;
-        let server = end.server.saturating_sub(start.server);
+        let each: Vec<u64> = end
+            .server
+            .iter()
+            .zip(&start.server)
+            .map(|(e, s)| e.saturating_sub(*s))
+            .collect();
+        let server: u64 = each.iter().sum();
         let this = end.this.saturating_sub(start.this);
         let busy = end.busy.saturating_sub(start.busy);
         let foreign = busy.saturating_sub(server + this);
@@ -104,6 +160,17 @@ impl CpuMeter {
             wall_s,
             server_cpu_s: secs(server),
             server_cpu_pct: pct(server),
+            processes: self
+                .processes
+                .iter()
+                .zip(each)
+                .map(|(p, ticks)| ProcessCpu {
+                    name: p.name.clone(),
+                    pid: p.pid,
+                    cpu_s: secs(ticks),
+                    cpu_pct: pct(ticks),
+                })
+                .collect(),
             client_cpu_pct: pct(this),
             foreign_cpu_pct: pct(foreign),
             steal_pct: pct(end.steal.saturating_sub(start.steal)),
@@ -152,10 +219,10 @@ fn machine_ticks() -> anyhow::Result<(u64, u64)> {
 }
 
 /// Sums the `drops` column of every UDP socket, split into the sockets
-/// bound to `port` and the others. Sockets that close between two samples
+/// bound to one of `ports` (the server's) and the others. Sockets that close between two samples
 /// take their counts with them, so only sockets living through a window
 /// are counted fully (the server's and the generator's are).
-fn udp_drops(port: u16) -> UdpDrops {
+fn udp_drops(ports: &[u16]) -> UdpDrops {
     let mut drops = UdpDrops::default();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -171,7 +238,7 @@ fn udp_drops(port: u16) -> UdpDrops {
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
             let count: u64 = count.parse().unwrap_or(0);
-            if local_port == Some(port) {
+            if local_port.is_some_and(|p| ports.contains(&p)) {
                 drops.server += count;
             } else {
                 drops.other += count;
@@ -221,11 +288,13 @@ mod tests {
 
     #[test]
     fn this_process_can_be_measured() {
-        let meter = CpuMeter::new(std::process::id(), 100, 0).unwrap();
+        let me = [("server".to_owned(), std::process::id())];
+        let meter = CpuMeter::new(&me, 100, vec![0]).unwrap();
         let a = meter.sample().unwrap();
         let b = meter.sample().unwrap();
         let w = meter.window(&a, &b);
         assert!(w.server_cpu_s >= 0.0 && w.foreign_cpu_pct >= 0.0);
+        assert_eq!(w.processes.len(), 1);
         assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
 }
