@@ -160,8 +160,9 @@ impl WtLink {
     /// one wake-up handles what arrived in several packets, as the WebSocket
     /// side reads several frames per `read()`. Each trip back through the
     /// connection loop costs a poll of all its branches and of quinn's
-    /// stream (a lock of the connection): batching took a fifth off the
-    /// server CPU per relayed envelope (issue 17). No await point: a
+    /// stream (a lock of the connection): batching took 15-20 % off the
+    /// server CPU per relayed envelope at 100 pairs x 10 in flight, and did
+    /// nothing measurable with one in flight (issue 17). No await point: a
     /// chunk taken is always consumed, so this stays cancel-safe.
     fn take(&mut self, mut chunk: Bytes, session: &Session) -> Read {
         let (mut frames, mut bytes) = (0, 0);
