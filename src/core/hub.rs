@@ -295,10 +295,21 @@ pub(super) fn quota(rate: std::num::NonZeroU32, burst: std::num::NonZeroU32) -> 
     Quota::per_second(rate).allow_burst(burst)
 }
 
+/// The clock of every rate limiter. Made once: making one (governor's
+/// `RateLimiter::direct`, `DefaultClock::default()`) asks the CPU whether
+/// its TSC is usable with several `CPUID` instructions, and in a virtual
+/// machine each of those traps to the hypervisor. Per connection that was
+/// about a tenth of the server CPU of a WebTransport set-up (`perf`, issue 17).
+pub(super) fn clock() -> &'static DefaultClock {
+    static CLOCK: std::sync::LazyLock<DefaultClock> =
+        std::sync::LazyLock::new(DefaultClock::default);
+    &CLOCK
+}
+
 pub(super) fn retry_after(
     not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>,
 ) -> Duration {
-    not_until.wait_time_from(DefaultClock::default().now())
+    not_until.wait_time_from(clock().now())
 }
 
 impl Hub {

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,7 +20,7 @@ use tracing::Instrument;
 use super::Authorized;
 use super::metered::{Meter, MeteredBidi, MeteredConnection, MeteredRecv};
 use crate::connection::lines::LineFramer;
-use crate::connection::{self, Link, Read};
+use crate::connection::{self, Link, READ_BATCH, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
 use crate::core::{CloseReason, Hub, Session, Transport};
@@ -153,6 +154,42 @@ struct WtLink {
     refusing_streams: bool,
 }
 
+impl WtLink {
+    /// Hands the complete lines of `chunk` to the session, then those of
+    /// every further chunk quinn already holds, up to [`READ_BATCH`] lines:
+    /// one wake-up handles what arrived in several packets, as the WebSocket
+    /// side reads several frames per `read()`. Each trip back through the
+    /// connection loop costs a poll of all its branches and of quinn's
+    /// stream (a lock of the connection): batching took 15-20 % off the
+    /// server CPU per relayed envelope at 100 pairs x 10 in flight, and did
+    /// nothing measurable with one in flight (issue 17). No await point: a
+    /// chunk taken is always consumed, so this stays cancel-safe.
+    fn take(&mut self, mut chunk: Bytes, session: &Session) -> Read {
+        let (mut frames, mut bytes) = (0, 0);
+        loop {
+            bytes += chunk.len();
+            let fed = self.framer.feed(chunk, |line| {
+                frames += 1;
+                session.handle_frame(line);
+            });
+            if fed.is_err() {
+                self.reading = false;
+                return Read::Close(CloseReason::MessageTooBig);
+            }
+            if frames >= READ_BATCH {
+                break;
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            match self.recv.poll_data(&mut cx) {
+                Poll::Ready(Ok(Some(mut next))) => chunk = next.copy_to_bytes(next.remaining()),
+                // Nothing more now; an end or error shows on the next read.
+                _ => break,
+            }
+        }
+        Read::Frames { frames, bytes }
+    }
+}
+
 impl Link for WtLink {
     type Error = std::io::Error;
     const TRANSPORT: Transport = Transport::WebTransport;
@@ -164,20 +201,7 @@ impl Link for WtLink {
         loop {
             tokio::select! {
                 data = poll_fn(|cx| self.recv.poll_data(cx)) => return match data {
-                    Ok(Some(mut chunk)) => {
-                        let chunk = chunk.copy_to_bytes(chunk.remaining());
-                        let bytes = chunk.len();
-                        let mut lines = 0;
-                        let fed = self.framer.feed(chunk, |line| {
-                            lines += 1;
-                            session.handle_frame(line);
-                        });
-                        if fed.is_err() {
-                            self.reading = false;
-                            return Read::Close(CloseReason::MessageTooBig);
-                        }
-                        Read::Frames { frames: lines, bytes }
-                    }
+                    Ok(Some(mut chunk)) => self.take(chunk.copy_to_bytes(chunk.remaining()), session),
                     // The client finished its stream or the session is gone.
                     Ok(None) | Err(_) => {
                         self.reading = false;
