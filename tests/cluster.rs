@@ -289,19 +289,16 @@ async fn newest_wins_when_three_nodes_race_for_one_user() {
         // The one left is the user's live connection, reached from node 0.
         let survivor = (0..3).find(|i| closed.iter().all(|(c, _)| c != i)).unwrap();
         probe.send("racer", "ping", json!(round)).await;
-        within("the survivor gets the probe", async {
-            loop {
-                match events.recv().await.unwrap() {
-                    (index, Ok(v)) => {
-                        assert_eq!(index, survivor, "round {round}");
-                        assert_eq!(v["payload"], json!(round), "round {round}");
-                        return;
-                    }
-                    (index, Err(close)) => panic!("round {round}: {index} closed too: {close:?}"),
-                }
+        match within("the survivor gets the probe", events.recv())
+            .await
+            .unwrap()
+        {
+            (index, Ok(v)) => {
+                assert_eq!(index, survivor, "round {round}");
+                assert_eq!(v["payload"], json!(round), "round {round}");
             }
-        })
-        .await;
+            (index, Err(close)) => panic!("round {round}: {index} closed too: {close:?}"),
+        }
         for reader in readers {
             reader.abort();
         }

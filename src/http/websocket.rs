@@ -4,7 +4,6 @@
 //! and writes a whole batch of queued envelopes with one flush.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -169,60 +168,58 @@ struct Handover {
 
 /// Once hyper has handed over the connection: serve it, or close it as
 /// unauthenticated. The handover comes boxed and is unpacked in an inner
-/// block: what an async block captures keeps its room in the task for the
+/// block: what an async fn takes keeps its room in the task for the
 /// connection's whole life, while locals that end before the connection
 /// loop starts share their room with it (the task then stays in a smaller
 /// allocator size class: about 0.5 KiB less per idle connection).
-fn run(handover: Box<Handover>) -> impl Future<Output = ()> {
-    async move {
-        let (link, session) = {
-            let Handover {
-                on_upgrade,
-                config,
-                hub,
-                admission,
-                user,
-                client,
-                started,
-            } = *handover;
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(err) => {
-                    tracing::debug!(%err, "WebSocket upgrade failed");
-                    return;
-                }
-            };
-            let io = Counted::new(TokioIo::new(upgraded));
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            let limits = hub.limits();
-            let link = WsLink {
-                socket,
-                timeouts: Timeouts {
-                    write: limits.write_timeout,
-                    idle: limits.idle_timeout,
-                    keep_alive: limits.keep_alive_interval,
-                },
-                last_heard: Instant::now(),
-                watch: MessageWatch::default(),
-                reported: 0,
-            };
-            // The token was checked before the upgrade; attaching checks
-            // that nothing revoked it since.
-            let attached = user
-                .ok_or(CloseReason::Unauthenticated)
-                .and_then(|user| hub.attach(admission, user, client, started));
-            match attached {
-                Ok(session) => (link, session),
-                Err(reason) => {
-                    // Boxed for the same reason as the close in `serve`.
-                    Box::pin(connection::refuse(link, reason, &hub)).await;
-                    return;
-                }
+async fn run(handover: Box<Handover>) {
+    let (link, session) = {
+        let Handover {
+            on_upgrade,
+            config,
+            hub,
+            admission,
+            user,
+            client,
+            started,
+        } = *handover;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(err) => {
+                tracing::debug!(%err, "WebSocket upgrade failed");
+                return;
             }
         };
-        let span = tracing::debug_span!("conn", id = session.conn_id(), user = %session.user(), transport = "websocket");
-        connection::serve(link, session).instrument(span).await;
-    }
+        let io = Counted::new(TokioIo::new(upgraded));
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        let limits = hub.limits();
+        let link = WsLink {
+            socket,
+            timeouts: Timeouts {
+                write: limits.write_timeout,
+                idle: limits.idle_timeout,
+                keep_alive: limits.keep_alive_interval,
+            },
+            last_heard: Instant::now(),
+            watch: MessageWatch::default(),
+            reported: 0,
+        };
+        // The token was checked before the upgrade; attaching checks
+        // that nothing revoked it since.
+        let attached = user
+            .ok_or(CloseReason::Unauthenticated)
+            .and_then(|user| hub.attach(admission, user, client, started));
+        match attached {
+            Ok(session) => (link, session),
+            Err(reason) => {
+                // Boxed for the same reason as the close in `serve`.
+                Box::pin(connection::refuse(link, reason, &hub)).await;
+                return;
+            }
+        }
+    };
+    let span = tracing::debug_span!("conn", id = session.conn_id(), user = %session.user(), transport = "websocket");
+    connection::serve(link, session).instrument(span).await;
 }
 
 /// Checks the upgrade request (RFC 6455 §4.2.1) and computes
