@@ -1022,7 +1022,14 @@ async function turnRelayScenario(t) {
   await bob.evaluate(() => peer.say("relayed hello from bob"));
   await alice.evaluate(() => peer.heard("relayed hello from bob"));
   for (const [page, label] of [[alice, "alice"], [bob, "bob"]]) {
-    const route = await page.evaluate(() => peer.route());
+    // Data already flows; Chromium may still report the selected pair's
+    // check as in progress for a moment, so read its stats until it settles.
+    let route = await page.evaluate(() => peer.route());
+    const settleUntil = Date.now() + 5_000;
+    while (route?.state === "in-progress" && Date.now() < settleUntil) {
+      await sleep(100);
+      route = await page.evaluate(() => peer.route());
+    }
     assertEqual([route?.state, route?.local, route?.remote], ["succeeded", "relay", "relay"], `${label}'s selected candidate pair`);
     const ice = await page.evaluate(() => peer.log.ice);
     assert(ice.candidates.length > 0 && ice.candidates.every((type) => type === "relay"), `${label} gathered relay candidates only: ${ice.candidates}`);
