@@ -13,22 +13,6 @@ use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
 
-/// Generous rates: these tests are about the cluster, not the limits.
-const RATES: &[&str] = &[
-    "--connect-rate",
-    "100000",
-    "--connect-burst",
-    "100000",
-    "--register-rate",
-    "100000",
-    "--register-burst",
-    "100000",
-    "--envelope-rate",
-    "100000",
-    "--envelope-burst",
-    "100000",
-];
-
 struct Cluster {
     redis: RedisServer,
     nodes: Vec<GatewayProcess>,
@@ -47,7 +31,7 @@ impl Cluster {
         for n in 0..count {
             let id = format!("node-{n}");
             let mut args = vec!["--redis", &url, "--node-id", &id];
-            args.extend_from_slice(RATES);
+            args.extend_from_slice(TEST_RATES);
             args.extend_from_slice(extra);
             nodes.push(GatewayProcess::start(&args, "signal_gateway=info").await);
         }

@@ -15,9 +15,7 @@ use super::within;
 
 /// Generous rates so ordinary tests never trip the abuse limits; tests of
 /// the limits pass their own values (later flags win).
-const TEST_DEFAULTS: &[&str] = &[
-    "--listen",
-    "127.0.0.1:0",
+pub const TEST_RATES: &[&str] = &[
     "--connect-rate",
     "100000",
     "--connect-burst",
@@ -61,7 +59,11 @@ impl TestGateway {
 
     pub async fn start_with(args: &[&str]) -> Self {
         let certs = tempfile::tempdir().expect("temp dir");
-        let mut argv: Vec<String> = TEST_DEFAULTS.iter().map(|s| s.to_string()).collect();
+        let mut argv: Vec<String> = ["--listen", "127.0.0.1:0"]
+            .iter()
+            .chain(TEST_RATES)
+            .map(|s| s.to_string())
+            .collect();
         argv.extend(["--cert-dir".to_string(), certs.path().display().to_string()]);
         let data = certs.path().join("data");
         argv.extend(["--data-dir".to_string(), data.display().to_string()]);
