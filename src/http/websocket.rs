@@ -171,9 +171,12 @@ struct Handover {
 /// block: what an async fn takes keeps its room in the task for the
 /// connection's whole life, while locals that end before the connection
 /// loop starts share their room with it (the task then stays in a smaller
-/// allocator size class: about 0.5 KiB less per idle connection).
+/// allocator size class: about 0.5 KiB less per idle connection). The box
+/// is moved into the block too, so that its allocation is freed there and
+/// not when the connection ends (another 224 bytes per idle connection).
 async fn run(handover: Box<Handover>) {
     let (link, session) = {
+        let handover = handover;
         let Handover {
             on_upgrade,
             config,
