@@ -402,14 +402,7 @@ async fn attack() {
         let peak = peak.clone();
         tokio::spawn(async move {
             while Instant::now() < until {
-                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    })
-                    .unwrap_or(0);
+                let rss = common::rss_kib_of(pid).unwrap_or(0);
                 peak.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }

@@ -204,6 +204,27 @@ impl Writer {
     }
 }
 
+/// Runs a connect in a task of its own: the harness panics on a connect
+/// that hangs (a killed node's UDP port answers nothing), and in a task of
+/// its own that is a failed connect (`None`), as is an error.
+async fn connect_in_task<T, E>(
+    transport: &str,
+    connect: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> Option<T>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::spawn(connect).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(err)) => {
+            eprintln!("{transport} connect failed: {err}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Opens a connection and starts its reader; the reader ends when the
 /// gateway closes the connection and yields the announced close reason.
 async fn open(
@@ -218,22 +239,13 @@ async fn open(
     Option<wtransport::Connection>,
 )> {
     let query = format!("?token={token}");
-    // The harness panics on a connect that hangs (a killed node's UDP port
-    // answers nothing): in a task of its own, that is a failed connect.
+    let addrs = addrs.clone();
     match kind {
         Kind::WebSocket => {
-            let connect = {
-                let addrs = addrs.clone();
-                tokio::spawn(async move { common::ws_connect(&addrs, &query, &[]).await })
-            };
-            let ws = match connect.await {
-                Ok(Ok(ws)) => ws,
-                Ok(Err(err)) => {
-                    eprintln!("ws connect failed: {err}");
-                    return None;
-                }
-                Err(_) => return None,
-            };
+            let ws = connect_in_task("ws", async move {
+                common::ws_connect(&addrs, &query, &[]).await
+            })
+            .await?;
             let (sink, mut stream) = ws.split();
             let reader = tokio::spawn(async move {
                 let mut reason = None;
@@ -249,18 +261,10 @@ async fn open(
             Some((Writer::Ws(sink), reader, None))
         }
         Kind::WebTransport => {
-            let connect = {
-                let addrs = addrs.clone();
-                tokio::spawn(async move { common::wt_connect(&addrs, &query, &[]).await })
-            };
-            let client = match connect.await {
-                Ok(Ok(client)) => client,
-                Ok(Err(err)) => {
-                    eprintln!("wt connect failed: {err}");
-                    return None;
-                }
-                Err(_) => return None,
-            };
+            let client = connect_in_task("wt", async move {
+                common::wt_connect(&addrs, &query, &[]).await
+            })
+            .await?;
             let mut recv = client.recv;
             let reader = tokio::spawn(async move {
                 let mut reason = None;
@@ -473,17 +477,6 @@ impl Fleet {
     }
 }
 
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long-running: run with scripts/soak"]
 async fn soak() {
@@ -548,7 +541,7 @@ async fn soak() {
                 for (process, addrs) in &up {
                     let pid = fleet.processes[*process].child.id().unwrap_or(0);
                     let peak = peak_rss.entry(*process).or_default();
-                    *peak = (*peak).max(rss_of(pid));
+                    *peak = (*peak).max(common::rss_kib_of(pid).unwrap_or(0));
                     connections += get_json_at(addrs, "/v1/stats").await["connections"]
                         .as_u64()
                         .unwrap_or(0);

@@ -123,14 +123,7 @@ impl GatewayProcess {
 
     /// Resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
+        rss_kib_of(self.child.id().expect("running")).expect("VmRSS in /proc/PID/status")
     }
 
     /// Registers `name` over HTTP and returns its token.
@@ -165,4 +158,14 @@ pub async fn failed_start(args: &[&str]) -> (Option<i32>, String) {
     let log = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
     (output.status.code(), log)
+}
+
+/// Resident memory of process `pid` in KiB, from /proc; `None` once it is
+/// gone (samplers that run while processes come and go).
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
