@@ -32,6 +32,13 @@ struct Measured {
     stat: PathBuf,
 }
 
+impl Measured {
+    /// Its CPU time so far (all its threads), in clock ticks.
+    fn ticks(&self) -> anyhow::Result<u64> {
+        process_ticks(&std::fs::read_to_string(&self.stat)?)
+    }
+}
+
 /// One reading of every counter, in clock ticks.
 #[derive(Debug, Clone)]
 pub struct CpuSample {
@@ -115,9 +122,7 @@ impl CpuMeter {
             udp_ports,
         };
         for p in &meter.processes {
-            std::fs::read_to_string(&p.stat)
-                .map_err(anyhow::Error::from)
-                .and_then(|stat| process_ticks(&stat))
+            p.ticks()
                 .with_context(|| format!("reading the CPU time of {} (pid {})", p.name, p.pid))?;
         }
         Ok(meter)
@@ -129,7 +134,7 @@ impl CpuMeter {
         let server = self
             .processes
             .iter()
-            .map(|p| process_ticks(&std::fs::read_to_string(&p.stat)?))
+            .map(Measured::ticks)
             .collect::<anyhow::Result<Vec<u64>>>()?;
         Ok(CpuSample {
             at: Instant::now(),
