@@ -90,12 +90,17 @@ async function within(ms, what, promise) {
   }
 }
 
+/** Polls `check` until it returns a truthy value, which it returns. `what`
+ * names the wait; a function is called at the timeout, so the error can say
+ * what was last seen. */
 async function until(what, check, timeout = STEP, every = 50) {
   const deadline = Date.now() + timeout;
   for (;;) {
     const value = await check();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms: ${what}`);
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms: ${typeof what === "function" ? what() : what}`);
+    }
     await sleep(every);
   }
 }
@@ -751,15 +756,12 @@ const scenarios = [
       }
       // Let a few attempts fail against the stopped gateway. A QUIC attempt
       // can take a while to give up, so wait for them rather than for a time.
-      const triesWhileDown = async () => Promise.all([alice, bob].map((p) =>
-        p.evaluate(() => peer.log.events.filter((e) => e.type === "reconnecting").length)));
-      const downUntil = Date.now() + 15_000;
-      let down = await triesWhileDown();
-      while (Math.min(...down) < 2 && Date.now() < downUntil) {
-        await sleep(100);
-        down = await triesWhileDown();
-      }
-      assert(Math.min(...down) >= 2, `both clients retried while the gateway was down: attempts ${down}`);
+      let down = [0, 0];
+      await until(() => `both clients retried twice while the gateway was down: attempts ${down}`, async () => {
+        down = await Promise.all([alice, bob].map((p) =>
+          p.evaluate(() => peer.log.events.filter((e) => e.type === "reconnecting").length)));
+        return Math.min(...down) >= 2;
+      }, 15_000, 100);
       // Restarted on the same data directory: the identities are still there.
       gateway = await Gateway.start("restart", { port: gateway.port, certDir, args: ["--shutdown-timeout", "3s"] });
       const [openA, openB] = await Promise.all([
@@ -1026,12 +1028,11 @@ async function turnRelayScenario(t) {
   for (const [page, label] of [[alice, "alice"], [bob, "bob"]]) {
     // Data already flows; Chromium may still report the selected pair's
     // check as in progress for a moment, so read its stats until it settles.
-    let route = await page.evaluate(() => peer.route());
-    const settleUntil = Date.now() + 5_000;
-    while (route?.state === "in-progress" && Date.now() < settleUntil) {
-      await sleep(100);
+    let route = null;
+    await until(() => `${label}'s selected candidate pair settles: ${JSON.stringify(route)}`, async () => {
       route = await page.evaluate(() => peer.route());
-    }
+      return route?.state !== "in-progress";
+    }, 5_000, 100);
     assertEqual([route?.state, route?.local, route?.remote], ["succeeded", "relay", "relay"], `${label}'s selected candidate pair`);
     const ice = await page.evaluate(() => peer.log.ice);
     assert(ice.candidates.length > 0 && ice.candidates.every((type) => type === "relay"), `${label} gathered relay candidates only: ${ice.candidates}`);
