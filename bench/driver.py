@@ -82,6 +82,8 @@ VARIANTS = {"embedded": "embedded store", "jwt-hs256": "JWT HS256", "jwt-es256":
 CLUSTER_VARIANTS = {"cluster": "cluster mode, same node (1 node + Redis)",
                     "cross": "cross-node (2 nodes + Redis)"}
 CLUSTER_UNITS = [f"{system}+{variant}" for variant in CLUSTER_VARIANTS for system in ("ws", "wt")]
+# How many gateway nodes each cluster variant runs (named a, b, ...).
+CLUSTER_NODES = {"cluster": 1, "cross": 2}
 # Redis as the README tells operators to run it: the append-only file,
 # synced on every write (as tests/common/redis.rs does). Relaying touches
 # it only through PUBLISH, which is not written to the file; route claims,
@@ -303,7 +305,7 @@ def start_cluster(system, variant, pinned, log_base, data_dir):
         procs.append(redis)
         url = f"redis://127.0.0.1:{redis_port}"
         ports = []
-        for node in ("a", "b") if variant == "cross" else ("a",):
+        for node in "ab"[:CLUSTER_NODES[variant]]:
             log_path = f"{log_base}-gateway-{node}.log"
             # Identities live in Redis on a node: this --store replaces
             # GATEWAY_FLAGS' memory (a flag given again overrides the first).
@@ -573,7 +575,7 @@ def aggregate(runs):
             "transport": "webtransport" if system == "wt" else "websocket",
             "tls": system in ("wss", "wt"),
             # Gateway nodes of a cluster on Redis (0: a single gateway, or a peer).
-            "cluster_nodes": {"cluster": 1, "cross": 2}.get(variant, 0),
+            "cluster_nodes": CLUSTER_NODES.get(variant, 0),
             "n": len(g["figs"]),
             "failed_runs": g["failed"],
             "noisy_runs": sum(1 for r in g["raw"] if r.get("noisy")),
@@ -1190,7 +1192,7 @@ def main():
         "gateway_flags": GATEWAY_FLAGS,
         "variants": {v: {"label": VARIANTS[v], "gateway_flags": variant_options(v, "<fresh dir>")[0],
                          "bench_args": variant_options(v, "")[1]} for v in VARIANTS},
-        "cluster_variants": {v: {"label": CLUSTER_VARIANTS[v], "nodes": {"cluster": 1, "cross": 2}[v],
+        "cluster_variants": {v: {"label": CLUSTER_VARIANTS[v], "nodes": CLUSTER_NODES[v],
                                  "node_flags": ["--redis", "redis://127.0.0.1:<port>", "--node-id", "<a|b>",
                                                 "--advertise-host", "127.0.0.1", "--store", "redis"],
                                  "redis_flags": REDIS_FLAGS, "redis": sh("redis-server", "--version")}
