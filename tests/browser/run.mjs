@@ -223,6 +223,45 @@ async function udpFree(port) {
   }
 }
 
+/** Starts of coturn before giving up, and how long each may take to answer STUN (well under a second when idle). */
+const COTURN_START_ATTEMPTS = 3;
+const COTURN_START_MS = 5_000;
+
+/** Whether nothing listens on TCP `port` of 127.0.0.1. */
+async function tcpFree(port) {
+  const server = net.createServer();
+  server.on("error", () => {});
+  try {
+    server.listen(port, "127.0.0.1");
+    await Promise.race([once(server, "listening"), once(server, "error").then(([error]) => { throw error; })]);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await new Promise((done) => server.close(() => done()));
+  }
+}
+
+/**
+ * The first of `count` consecutive ports of 127.0.0.1 that `isFree` finds
+ * free, below the kernel's ephemeral range: the kernel never hands those to
+ * a socket bound to port 0 or to an outgoing connection, so a port found
+ * free stays free until the server started on it binds it (in the range,
+ * another client took it in between, and coturn retries its bind forever).
+ */
+async function freePortBlock(count, isFree) {
+  let lowestEphemeral = 32_768;
+  try {
+    lowestEphemeral = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || lowestEphemeral;
+  } catch { /* not Linux: keep the usual bound */ }
+  for (let tries = 0; tries < 100; tries += 1) {
+    const first = 10_000 + Math.floor(Math.random() * (lowestEphemeral - 10_000 - count));
+    const ports = Array.from({ length: count }, (_, i) => first + i);
+    if ((await Promise.all(ports.map(isFree))).every(Boolean)) return first;
+  }
+  throw new Error(`no ${count} free ports in a row on 127.0.0.1 below ${lowestEphemeral}`);
+}
+
 /** Whether a STUN server answers a Binding request (RFC 5389) on `port`. */
 async function stunAnswers(port) {
   const socket = dgram.createSocket("udp4");
@@ -250,41 +289,47 @@ async function stunAnswers(port) {
  * log goes to artifacts/coturn-<label>.log.
  */
 class Coturn {
+  /**
+   * Starts coturn and returns once it answers STUN. A start that does not
+   * answer within COTURN_START_MS (another process took the chosen port
+   * first, and coturn retries its bind forever) is killed and tried again
+   * on other ports.
+   */
   static async start(label, secret) {
-    let port = 0;
-    while (!port) {
-      const probe = dgram.createSocket("udp4");
-      probe.bind(0, "127.0.0.1");
-      await once(probe, "listening");
-      port = probe.address().port;
-      probe.close();
+    const failures = [];
+    for (let attempt = 1; attempt <= COTURN_START_ATTEMPTS; attempt += 1) {
+      const logName = attempt === 1 ? `coturn-${label}.log` : `coturn-${label}-${attempt}.log`;
+      const coturn = await Coturn.spawn(join(ARTIFACTS, logName), secret);
+      const early = coturn.exited.then(([code]) => { throw new Error(`coturn exited early (${code})`); });
+      early.catch(() => {});
+      try {
+        await Promise.race([until("coturn answers STUN", () => stunAnswers(coturn.port), COTURN_START_MS, 100), early]);
+        return coturn;
+      } catch (error) {
+        failures.push(`attempt ${attempt}, port ${coturn.port}: ${error.message}; see artifacts/${logName}`);
+        await coturn.stop();
+      }
     }
-    let minPort = 0;
-    for (let tries = 0; !minPort && tries < 100; tries += 1) {
-      const first = 40_000 + Math.floor(Math.random() * 20_000);
-      const ports = Array.from({ length: RELAY_PORTS }, (_, i) => first + i);
-      if ((await Promise.all(ports.map(udpFree))).every(Boolean) && !ports.includes(port)) minPort = first;
-    }
-    assert(minPort, `no ${RELAY_PORTS} free UDP ports in a row`);
+    throw new Error(`coturn did not answer STUN in ${COTURN_START_ATTEMPTS} starts:\n${failures.join("\n")}`);
+  }
+
+  static async spawn(logFile, secret) {
+    const port = await freePortBlock(1 + RELAY_PORTS, udpFree);
     const dir = mkdtempSync(join(tmpdir(), "signal-gateway-coturn-"));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const config = [
       "listening-ip=127.0.0.1", "relay-ip=127.0.0.1", `listening-port=${port}`,
-      `min-port=${minPort}`, `max-port=${minPort + RELAY_PORTS - 1}`,
+      `min-port=${port + 1}`, `max-port=${port + RELAY_PORTS}`,
       "use-auth-secret", `static-auth-secret=${secret}`, "realm=signal-gateway.test",
       "fingerprint", "no-tcp", "no-tls", "no-dtls", "no-tcp-relay", "allow-loopback-peers", "no-cli",
-      "no-software-attribute", "simple-log", `log-file=${join(ARTIFACTS, `coturn-${label}.log`)}`,
+      "no-software-attribute", "simple-log", `log-file=${logFile}`,
       `pidfile=${join(dir, "turnserver.pid")}`, `userdb=${join(dir, "turndb")}`,
     ];
     const conf = join(dir, "turnserver.conf");
     writeFileSync(conf, config.join("\n") + "\n");
     const child = spawn(TURNSERVER, ["-c", conf], { stdio: "ignore" });
     children.add(child);
-    const exited = once(child, "exit");
-    const early = exited.then(([code]) => { throw new Error(`coturn exited early (${code}); see artifacts/coturn-${label}.log`); });
-    early.catch(() => {});
-    await Promise.race([until("coturn answers STUN", () => stunAnswers(port), STEP, 100), early]);
-    return new Coturn(child, port, exited);
+    return new Coturn(child, port, once(child, "exit"));
   }
 
   constructor(child, port, exited) {
@@ -388,15 +433,6 @@ function replaceOnce(text, from, to) {
   return text.replace(from, () => to);
 }
 
-async function freePort() {
-  const server = net.createServer();
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const { port } = server.address();
-  await new Promise((done) => server.close(done));
-  return port;
-}
-
 class Nginx {
   /**
    * nginx in the foreground as one process (so killing its PID ends it), on
@@ -407,7 +443,7 @@ class Nginx {
   static async start(label, locations) {
     const dir = mkdtempSync(join(tmpdir(), "signal-gateway-nginx-"));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const port = await freePort();
+    const port = await freePortBlock(1, tcpFree);
     const conf = [
       "# Written by tests/browser/run.mjs.",
       // As root, nginx would serve as `nobody`, who may not read the pages.

@@ -4,15 +4,23 @@
 //! loopback trial needs besides: loopback peers allowed, no TLS, a narrow
 //! relay port range, no CLI. Killed on drop.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::within;
+use super::ports::{Protocol, free_port_block};
 
 /// Relay ports coturn may allocate: two per client is all a test needs.
 const RELAY_PORTS: u16 = 16;
+
+/// Starts before giving up: one fails if another test takes the chosen port
+/// first (coturn then retries its bind forever, so it must be killed).
+const START_ATTEMPTS: u32 = 3;
+
+/// How long one start may take to answer STUN (it takes well under a
+/// second on an idle machine).
+const START_WITHIN: Duration = Duration::from_secs(5);
 
 pub struct Coturn {
     pub port: u16,
@@ -34,27 +42,6 @@ fn turnserver() -> PathBuf {
     );
 }
 
-/// A UDP port nobody uses on 127.0.0.1 right now.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// The first of `RELAY_PORTS` consecutive free UDP ports.
-fn free_relay_range() -> u16 {
-    for _ in 0..100 {
-        let first = rand::random_range(40_000..60_000);
-        let all_free =
-            (first..first + RELAY_PORTS).all(|port| UdpSocket::bind(("127.0.0.1", port)).is_ok());
-        if all_free {
-            return first;
-        }
-    }
-    panic!("no range of {RELAY_PORTS} free UDP ports on 127.0.0.1");
-}
-
 /// A STUN Binding request (RFC 5389 §6): its answer says coturn listens.
 fn binding_request() -> [u8; 20] {
     let mut request = [0u8; 20];
@@ -66,12 +53,31 @@ fn binding_request() -> [u8; 20] {
 
 impl Coturn {
     /// Starts coturn with `secret` as its `static-auth-secret`; returns once
-    /// it answers STUN.
+    /// it answers STUN. A start that does not answer in time is killed and
+    /// tried again on other ports.
     pub async fn start(secret: &str) -> Self {
-        let binary = turnserver();
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let mut coturn = Self::spawn(secret);
+            match coturn.wait_ready().await {
+                Ok(()) => return coturn,
+                Err(why) => failures.push(format!(
+                    "attempt {attempt}, port {}: {why}; its log:\n{}",
+                    coturn.port,
+                    coturn.log()
+                )),
+            }
+        }
+        panic!(
+            "coturn did not answer STUN in {START_ATTEMPTS} starts:\n{}",
+            failures.join("\n")
+        );
+    }
+
+    fn spawn(secret: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_udp_port();
-        let min_port = free_relay_range();
+        // coturn listens on the first port and relays on the rest.
+        let port = free_port_block(Protocol::Udp, 1 + RELAY_PORTS);
         let config = format!(
             "listening-ip=127.0.0.1\n\
              relay-ip=127.0.0.1\n\
@@ -82,6 +88,7 @@ impl Coturn {
              static-auth-secret={secret}\n\
              realm=signal-gateway.test\n\
              fingerprint\n\
+             no-tcp\n\
              no-tls\n\
              no-dtls\n\
              no-tcp-relay\n\
@@ -92,14 +99,15 @@ impl Coturn {
              log-file={log}\n\
              pidfile={pid}\n\
              userdb={db}\n",
-            max_port = min_port + RELAY_PORTS - 1,
+            min_port = port + 1,
+            max_port = port + RELAY_PORTS,
             log = dir.path().join("turnserver.log").display(),
             pid = dir.path().join("turnserver.pid").display(),
             db = dir.path().join("turndb").display(),
         );
         let conf = dir.path().join("turnserver.conf");
         std::fs::write(&conf, config).unwrap();
-        let child = tokio::process::Command::new(binary)
+        let child = tokio::process::Command::new(turnserver())
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -108,31 +116,32 @@ impl Coturn {
             .kill_on_drop(true)
             .spawn()
             .expect("turnserver starts");
-        let coturn = Self { port, dir, child };
-        coturn.wait_ready().await;
-        coturn
+        Self { port, dir, child }
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until coturn answers a STUN Binding request, or says why not.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        within("coturn answers STUN", async {
-            let mut answer = [0u8; 512];
-            loop {
-                socket.send_to(&binding_request(), server).await.unwrap();
-                let reply =
-                    tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut answer))
-                        .await;
-                // 0x0101: Binding success response.
-                if let Ok(Ok((n, _))) = reply
-                    && n >= 20
-                    && answer[..2] == [0x01, 0x01]
-                {
-                    return;
-                }
+        let deadline = Instant::now() + START_WITHIN;
+        let mut answer = [0u8; 512];
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("turnserver exited ({status})"));
             }
-        })
-        .await;
+            socket.send_to(&binding_request(), server).await.unwrap();
+            let reply =
+                tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut answer))
+                    .await;
+            // 0x0101: Binding success response.
+            if let Ok(Ok((n, _))) = reply
+                && n >= 20
+                && answer[..2] == [0x01, 0x01]
+            {
+                return Ok(());
+            }
+        }
+        Err(format!("no STUN answer within {START_WITHIN:?}"))
     }
 
     /// What coturn logged so far.

@@ -15,6 +15,7 @@ use serde_json::Value;
 pub mod clients;
 pub mod coturn;
 pub mod gateway;
+pub mod ports;
 pub mod process;
 pub mod raw_h3;
 pub mod redis;

@@ -1,12 +1,15 @@
 //! A real `redis-server` (Debian's package; `scripts/test` installs it) on
-//! a free loopback port, with its data in a temporary directory and the
-//! append-only file synced on every write, as the README tells operators to
-//! run it. Killed by PID on drop, even when the test fails.
+//! a free loopback port below the ephemeral range (see `ports`), with its
+//! data in a temporary directory and the append-only file synced on every
+//! write, as the README tells operators to run it. Killed by PID on drop,
+//! even when the test fails.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::ports::{Protocol, free_port_block};
 
 /// A running Redis.
 pub struct RedisServer {
@@ -15,19 +18,12 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
-
 impl RedisServer {
     /// Starts Redis on a free port; waits until it answers.
     pub fn start() -> Self {
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port: free_port_block(Protocol::Tcp, 1),
             dir: tempfile::tempdir().unwrap(),
         };
         server.spawn();
@@ -67,6 +63,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("redis-server on port {} exited ({status})", self.port);
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer in 10 s"
