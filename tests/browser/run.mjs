@@ -225,7 +225,7 @@ async function udpFree(port) {
 
 /** Starts of coturn before giving up, and how long each may take to answer STUN (well under a second when idle). */
 const COTURN_START_ATTEMPTS = 3;
-const COTURN_START_MS = 5_000;
+const COTURN_START_MS = 8_000;
 
 /** Whether nothing listens on TCP `port` of 127.0.0.1. */
 async function tcpFree(port) {

@@ -20,7 +20,7 @@ const START_ATTEMPTS: u32 = 3;
 
 /// How long one start may take to answer STUN (it takes well under a
 /// second on an idle machine).
-const START_WITHIN: Duration = Duration::from_secs(5);
+const START_WITHIN: Duration = Duration::from_secs(8);
 
 pub struct Coturn {
     pub port: u16,
