@@ -246,8 +246,9 @@ async function tcpFree(port) {
  * The first of `count` consecutive ports of 127.0.0.1 that `isFree` finds
  * free, below the kernel's ephemeral range: the kernel never hands those to
  * a socket bound to port 0 or to an outgoing connection, so a port found
- * free stays free until the server started on it binds it (in the range,
- * another client took it in between, and coturn retries its bind forever).
+ * free stays free until the server started on it binds it (one in the
+ * range can be taken in between by another client, and coturn then retries
+ * its bind forever).
  */
 async function freePortBlock(count, isFree) {
   let lowestEphemeral = 32_768;

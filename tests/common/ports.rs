@@ -2,8 +2,9 @@
 //! the kernel's ephemeral range: the kernel never hands those to a socket
 //! bound to port 0 or to an outgoing connection, so a port found free stays
 //! free until the server binds it, and stays its own while the server
-//! restarts. Ports in the ephemeral range were taken in between by the
-//! other tests' clients (coturn then retries its bind forever).
+//! restarts. A port in the ephemeral range can be taken between the check
+//! and the bind by another test's client (and coturn then retries its bind
+//! forever).
 
 use std::net::{TcpListener, UdpSocket};
 use std::ops::Range;
