@@ -29,7 +29,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
 fn table(markdown: &str, header: &str) -> Vec<Vec<String>> {
     let start = markdown
         .find(header)
-        .unwrap_or_else(|| panic!("no table {header:?} in the README"));
+        .unwrap_or_else(|| panic!("no table {header:?} in docs/protocol.md"));
     markdown[start..]
         .lines()
         .skip(2)
@@ -98,7 +98,7 @@ fn client_js_knows_every_error_type() {
 
 #[test]
 fn the_readme_tables_match_the_wire_table() {
-    let readme = read("README.md");
+    let readme = read("docs/protocol.md");
     let closes = table(&readme, "| Code | Reason | When | Reconnect |");
     for reason in CloseReason::ALL {
         let row = closes
