@@ -602,7 +602,7 @@ export class SignalClient extends EventTarget {
     /** @type {CertInfo | null} */
     let cert = null;
     if (kind === "websocket") {
-      link = new WebSocketLink(websocketUrl(this.#baseUrl, this.#token));
+      link = new WebSocketLink(websocketUrl(this.#baseUrl, this.#token), await webSocketClass());
     } else {
       if (!SignalClient.webTransportSupported) throw noWebTransport();
       cert = await withTimeout(certInfo(this.#baseUrl), timeout, () =>
@@ -916,12 +916,15 @@ class Link {
 
 /** Envelopes as WebSocket text frames. */
 class WebSocketLink extends Link {
-  /** @param {string} url */
-  constructor(url) {
+  /**
+   * @param {string} url
+   * @param {typeof WebSocket} WebSocketClass the platform's, or the `ws` package's
+   */
+  constructor(url, WebSocketClass) {
     super("websocket", url);
     let ws;
     try {
-      ws = new WebSocket(url);
+      ws = new WebSocketClass(url);
     } catch (err) {
       this.ws = null;
       this.end(lost(`cannot open a WebSocket to ${redact(url)}: ${errorMessage(err)}`));
@@ -1181,6 +1184,25 @@ function webtransportUrl(baseUrl, cert, token) {
 }
 
 // ---- small helpers ----
+
+/**
+ * The WebSocket class: the platform's (browsers, Node 22+), or on Node 20
+ * the `ws` package's, which the npm package lists as an optional dependency.
+ * @returns {Promise<typeof WebSocket>}
+ */
+async function webSocketClass() {
+  if (typeof globalThis.WebSocket === "function") return globalThis.WebSocket;
+  // A name, not a literal: bundlers for browsers and the browser type check leave it alone.
+  const name = "ws";
+  try {
+    const ws = await import(name);
+    return ws.WebSocket ?? ws.default;
+  } catch (err) {
+    throw new SignalError("UNREACHABLE", "this runtime has no WebSocket: on Node 20, install the `ws` package", {
+      cause: err,
+    });
+  }
+}
 
 /**
  * @param {Partial<ConnectOptions>} options
