@@ -355,6 +355,12 @@ impl OriginPolicy {
             .contains(&origin.trim_end_matches('/').to_ascii_lowercase())
     }
 
+    /// Whether `*` was given: every origin may use the gateway, without
+    /// credentials.
+    pub fn allows_any(&self) -> bool {
+        self.any
+    }
+
     /// A policy allowing the gateway's own origin plus `allowed` (`*` = all).
     pub fn new(allowed: &[String]) -> Self {
         Self {

@@ -17,7 +17,7 @@ use crate::auth::ForwardedHeader;
 use crate::core::limits::{self, Limits};
 use crate::core::token::AuthMode;
 use crate::http::UnknownUserStatus;
-use crate::jwt::{Claims, KeySource};
+use crate::jwt::{Claims, JwksRedirects, JwksSettings, KeySource};
 use crate::store::StoreKind;
 use crate::turn::{self, IceProvider, UrlKind};
 
@@ -348,6 +348,25 @@ pub struct IdentityArgs {
     #[arg(long, env = "SIGNAL_JWKS_REFRESH_MIN", default_value = "30s", value_parser = nonzero_duration)]
     pub jwks_refresh_min: Duration,
 
+    /// A whole key-set fetch (connect, answer, body) must end within this;
+    /// a token naming an unknown `kid` waits no longer for it.
+    #[arg(long, env = "SIGNAL_JWKS_TIMEOUT", default_value = "3s", value_parser = nonzero_duration)]
+    pub jwks_timeout: Duration,
+
+    /// Largest key set read, in bytes; a longer one is cut off there.
+    #[arg(long, env = "SIGNAL_JWKS_MAX_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_max_bytes: u64,
+
+    /// Which redirects a key-set fetch follows: `none`, or `same-origin`
+    /// (up to 3, never to another scheme, host or port).
+    #[arg(
+        long,
+        env = "SIGNAL_JWKS_REDIRECTS",
+        value_enum,
+        default_value = "none"
+    )]
+    pub jwks_redirects: JwksRedirects,
+
     /// Required `iss` of JWTs.
     #[arg(long, env = "SIGNAL_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -383,10 +402,13 @@ impl IdentityArgs {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::JwksUrl(url.clone()));
             }
-            return Ok(Some(KeySource::Jwks {
+            return Ok(Some(KeySource::Jwks(JwksSettings {
                 url: url.clone(),
                 refresh_min: self.jwks_refresh_min,
-            }));
+                timeout: self.jwks_timeout,
+                max_bytes: usize::try_from(self.jwks_max_bytes).unwrap_or(usize::MAX),
+                redirects: self.jwks_redirects,
+            })));
         }
         Ok(None)
     }

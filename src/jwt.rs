@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
@@ -21,10 +23,10 @@ use tokio::time::Instant;
 
 use crate::core::token::{TOKEN_LEEWAY, TokenError, TokenVerifier, Verified, VerifyFuture};
 
-/// How long one JWKS request may take.
-const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest key set accepted, in bytes.
-const JWKS_MAX_BYTES: usize = 1 << 20;
+/// The latest expiry taken from a token, 9999-12-31T23:59:59Z: a later
+/// `exp` (up to 2^64-1) is as good as never and is taken as this, so no
+/// time arithmetic on it can overflow.
+const LATEST_EXP: u64 = 253_402_300_799;
 
 /// Where the keys come from.
 #[derive(Debug, Clone)]
@@ -33,14 +35,40 @@ pub enum KeySource {
     Secret(Vec<u8>),
     /// A PEM public key file (RSA, EC P-256/P-384, Ed25519).
     PublicKey(PathBuf),
-    /// A JSON Web Key Set at this URL.
-    Jwks {
-        /// The URL.
-        url: String,
-        /// Refetched at most this often when a token names an unknown key.
-        refresh_min: Duration,
-    },
+    /// A JSON Web Key Set fetched over HTTP.
+    Jwks(JwksSettings),
 }
+
+/// Where a JSON Web Key Set is fetched from, and the bounds on fetching it.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// The URL.
+    pub url: String,
+    /// Fetched again at most this often when a token names an unknown key,
+    /// counting failed attempts.
+    pub refresh_min: Duration,
+    /// A whole fetch (connect, headers, body) ends within this; a token
+    /// waiting for a fetch waits no longer.
+    pub timeout: Duration,
+    /// Largest key set read, in bytes; reading stops there.
+    pub max_bytes: usize,
+    /// Which redirects a fetch follows.
+    pub redirects: JwksRedirects,
+}
+
+/// Which redirects a key-set fetch follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum JwksRedirects {
+    /// None: a redirect is a failed fetch.
+    #[default]
+    None,
+    /// Up to 3, each to the configured URL's own origin (scheme, host and
+    /// port): a path moved on the same server, never another host.
+    SameOrigin,
+}
+
+/// Most redirects `--jwks-redirects same-origin` follows in one fetch.
+const MAX_REDIRECTS: usize = 3;
 
 /// What a token must say besides being signed.
 #[derive(Debug, Clone)]
@@ -87,24 +115,184 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// A fetched key set: keys by `kid`, and when it was fetched.
+/// A fetch in flight, shared by every token waiting for it.
+type Fetch = Shared<BoxFuture<'static, Result<(), String>>>;
+
+/// When the key set was last fetched, and the fetch under way.
 #[derive(Debug, Default)]
-struct KeySet {
-    keys: HashMap<String, Key>,
-    fetched: Option<Instant>,
+struct Fetches {
+    /// When the last fetch started, whether it succeeded or not: failed
+    /// attempts count toward `refresh_min` too, or a key-set host answering
+    /// errors would be asked again for every token naming an unknown key.
+    last_attempt: Option<Instant>,
+    /// At most one fetch runs; tokens needing it share its result.
+    in_flight: Option<Fetch>,
+}
+
+/// A key set fetched over HTTP: keys by `kid`.
+#[derive(Debug)]
+struct Jwks {
+    settings: JwksSettings,
+    client: reqwest::Client,
+    keys: RwLock<Arc<HashMap<String, Key>>>,
+    fetches: Mutex<Fetches>,
+}
+
+impl Jwks {
+    fn new(settings: JwksSettings) -> Result<Self, SetupError> {
+        let origin = reqwest::Url::parse(&settings.url)
+            .map_err(|err| SetupError::Client(format!("{}: {err}", settings.url)))?
+            .origin();
+        let redirects = match settings.redirects {
+            JwksRedirects::None => reqwest::redirect::Policy::none(),
+            JwksRedirects::SameOrigin => reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > MAX_REDIRECTS || attempt.url().origin() != origin {
+                    attempt.stop()
+                } else {
+                    attempt.follow()
+                }
+            }),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .redirect(redirects)
+            .build()
+            .map_err(|err| SetupError::Client(err.to_string()))?;
+        Ok(Self {
+            settings,
+            client,
+            keys: RwLock::default(),
+            fetches: Mutex::default(),
+        })
+    }
+
+    fn current(&self) -> Arc<HashMap<String, Key>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The key a token names: `kid`, or without one the only key.
+    fn pick(&self, kid: Option<&str>) -> Option<Key> {
+        let keys = self.current();
+        match kid {
+            Some(kid) => keys.get(kid).cloned(),
+            // Without a `kid`, only a set of one key is unambiguous.
+            None if keys.len() == 1 => keys.values().next().cloned(),
+            None => None,
+        }
+    }
+
+    fn lock_fetches(&self) -> std::sync::MutexGuard<'_, Fetches> {
+        // Every update is a single assignment.
+        self.fetches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fetch to wait for: the one in flight, or a new one unless the
+    /// last attempt began less than `refresh_min` ago (then `None`: the
+    /// token is answered at once with the keys there are).
+    fn refetch(self: &Arc<Self>) -> Option<Fetch> {
+        let mut fetches = self.lock_fetches();
+        if let Some(fetch) = &fetches.in_flight {
+            return Some(fetch.clone());
+        }
+        if fetches
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < self.settings.refresh_min)
+        {
+            return None;
+        }
+        fetches.last_attempt = Some(Instant::now());
+        // A task of its own: a token that stops waiting (its connection
+        // went away) does not cancel the fetch the others share.
+        let jwks = self.clone();
+        let task = tokio::spawn(async move {
+            let url = &jwks.settings.url;
+            let result = match tokio::time::timeout(jwks.settings.timeout, jwks.fetch()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "{url} did not answer within {} ms (--jwks-timeout)",
+                    jwks.settings.timeout.as_millis()
+                )),
+            };
+            match &result {
+                Ok(count) => tracing::info!(%url, keys = count, "JWKS fetched"),
+                Err(err) => tracing::warn!(%err, "JWKS fetch failed; the last good keys stay"),
+            }
+            jwks.lock_fetches().in_flight = None;
+            result.map(|_| ())
+        });
+        let fetch = async move { task.await.unwrap_or_else(|err| Err(err.to_string())) }
+            .boxed()
+            .shared();
+        fetches.in_flight = Some(fetch.clone());
+        Some(fetch)
+    }
+
+    /// Fetches the key set and replaces the cached one; returns its size.
+    /// On failure the last good keys stay. Reads at most `max_bytes`: a
+    /// larger declared length is refused before the body, a longer body
+    /// as soon as it passes the limit.
+    async fn fetch(&self) -> Result<usize, String> {
+        let url = &self.settings.url;
+        let max = self.settings.max_bytes;
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|err| format!("fetching {url}: {err}"))?;
+        if response.status().is_redirection() {
+            return Err(format!(
+                "{url} answered {} (a redirect); key-set fetches follow {} (--jwks-redirects)",
+                response.status(),
+                match self.settings.redirects {
+                    JwksRedirects::None => "no redirects",
+                    JwksRedirects::SameOrigin => "redirects only within the URL's own origin",
+                }
+            ));
+        }
+        if !response.status().is_success() {
+            return Err(format!("{url} answered {}", response.status()));
+        }
+        if let Some(declared) = response.content_length()
+            && declared > max as u64
+        {
+            return Err(format!(
+                "{url} declares {declared} bytes, more than --jwks-max-bytes ({max})"
+            ));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| format!("reading {url}: {err}"))?
+        {
+            if body.len() + chunk.len() > max {
+                return Err(format!(
+                    "{url} sent more than --jwks-max-bytes ({max}); the rest was not read"
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let jwks: JwkSet =
+            serde_json::from_slice(&body).map_err(|err| format!("{url} is not a JWKS: {err}"))?;
+        let keys: HashMap<String, Key> = jwks
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                Some((kid, jwk_key(jwk)?))
+            })
+            .collect();
+        let count = keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(count)
+    }
 }
 
 #[derive(Debug)]
 enum Keys {
     One(Key),
-    Set {
-        url: String,
-        refresh_min: Duration,
-        client: reqwest::Client,
-        set: RwLock<Arc<KeySet>>,
-        /// One fetch at a time.
-        fetching: tokio::sync::Mutex<()>,
-    },
+    Set(Arc<Jwks>),
 }
 
 /// Verifies JWTs with the configured keys and claims.
@@ -131,106 +319,44 @@ impl JwtVerifier {
                 })?;
                 Keys::One(pem_key(&pem).ok_or(SetupError::Key(path))?)
             }
-            KeySource::Jwks { url, refresh_min } => {
-                let client = reqwest::Client::builder()
-                    .timeout(JWKS_FETCH_TIMEOUT)
-                    .build()
-                    .map_err(|err| SetupError::Client(err.to_string()))?;
-                Keys::Set {
-                    url,
-                    refresh_min,
-                    client,
-                    set: RwLock::default(),
-                    fetching: tokio::sync::Mutex::new(()),
-                }
-            }
+            KeySource::Jwks(settings) => Keys::Set(Arc::new(Jwks::new(settings)?)),
         };
-        let verifier = Self { keys, claims };
-        if let Keys::Set { url, .. } = &verifier.keys {
-            match verifier.fetch().await {
-                Ok(count) => tracing::info!(%url, keys = count, "JWKS fetched"),
-                Err(err) => {
-                    tracing::warn!(%url, %err, "JWKS unavailable at start; will fetch when a token arrives")
-                }
-            }
+        if let Keys::Set(jwks) = &keys
+            && let Some(fetch) = jwks.refetch()
+            && fetch.await.is_err()
+        {
+            tracing::warn!(url = %jwks.settings.url, "JWKS unavailable at start; will fetch when a token arrives");
         }
-        Ok(verifier)
+        Ok(Self { keys, claims })
     }
 
-    /// Fetches the key set and replaces the cached one; returns its size.
-    /// On failure the last good keys stay.
-    async fn fetch(&self) -> Result<usize, String> {
-        let Keys::Set {
-            url, client, set, ..
-        } = &self.keys
-        else {
-            return Ok(0);
-        };
-        let response = client
-            .get(url)
-            .send()
-            .await
-            .map_err(|err| format!("fetching {url}: {err}"))?;
-        if !response.status().is_success() {
-            return Err(format!("{url} answered {}", response.status()));
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| format!("reading {url}: {err}"))?;
-        if body.len() > JWKS_MAX_BYTES {
-            return Err(format!("{url} sent more than {JWKS_MAX_BYTES} bytes"));
-        }
-        let jwks: JwkSet =
-            serde_json::from_slice(&body).map_err(|err| format!("{url} is not a JWKS: {err}"))?;
-        let keys: HashMap<String, Key> = jwks
-            .keys
-            .iter()
-            .filter_map(|jwk| {
-                let kid = jwk.common.key_id.clone()?;
-                Some((kid, jwk_key(jwk)?))
-            })
-            .collect();
-        let count = keys.len();
-        *set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeySet {
-            keys,
-            fetched: Some(Instant::now()),
-        });
-        Ok(count)
-    }
-
-    /// The key a token names: the one key, or `kid` in the key set, fetched
-    /// again (at most once per `--jwks-refresh-min`) when it is not there.
+    /// The key a token names: the one key, or `kid` in the key set. An
+    /// unknown `kid` waits for the key set to be fetched again (the fetch in
+    /// flight, or a new one at most once per `--jwks-refresh-min`), at most
+    /// `--jwks-timeout`; a known one never waits.
     async fn key(&self, kid: Option<&str>) -> Result<Key, TokenError> {
-        let (refresh_min, set, fetching) = match &self.keys {
+        let jwks = match &self.keys {
             Keys::One(key) => return Ok(key.clone()),
-            Keys::Set {
-                refresh_min,
-                set,
-                fetching,
-                ..
-            } => (refresh_min, set, fetching),
+            Keys::Set(jwks) => jwks,
         };
-        let current = || set.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let pick = |keys: &KeySet| match kid {
-            Some(kid) => keys.keys.get(kid).cloned(),
-            // Without a `kid`, only a set of one key is unambiguous.
-            None if keys.keys.len() == 1 => keys.keys.values().next().cloned(),
-            None => None,
-        };
-        if let Some(key) = pick(&current()) {
+        if let Some(key) = jwks.pick(kid) {
             return Ok(key);
         }
-        let _one_at_a_time = fetching.lock().await;
-        let cached = current();
-        let stale = cached.fetched.is_none_or(|at| at.elapsed() >= *refresh_min);
-        if stale && let Err(err) = self.fetch().await {
-            tracing::warn!(%err, "JWKS refetch failed; the last good keys stay");
-            if cached.keys.is_empty() {
-                return Err(TokenError::NoKeys(err));
-            }
+        let fetched = match jwks.refetch() {
+            Some(fetch) => fetch.await,
+            None => Ok(()),
+        };
+        if let Some(key) = jwks.pick(kid) {
+            return Ok(key);
         }
-        pick(&current()).ok_or_else(|| TokenError::UnknownKey(kid.unwrap_or_default().to_owned()))
+        match fetched {
+            Err(err) if jwks.current().is_empty() => Err(TokenError::NoKeys(err)),
+            _ if jwks.current().is_empty() => Err(TokenError::NoKeys(format!(
+                "the key set at {} holds no usable key, and is fetched again at most once per --jwks-refresh-min",
+                jwks.settings.url
+            ))),
+            _ => Err(TokenError::UnknownKey(kid.unwrap_or_default().to_owned())),
+        }
     }
 
     async fn check(&self, token: &str) -> Result<Verified, TokenError> {
@@ -282,7 +408,7 @@ impl JwtVerifier {
             .ok_or(TokenError::NoExpiry)?;
         Ok(Verified {
             username,
-            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
+            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp.min(LATEST_EXP)),
         })
     }
 }

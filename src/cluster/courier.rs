@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::{self, Header};
-use super::{RedisCluster, Report, bounded, keys};
+use super::{Generation, RedisCluster, Report, bounded, keys};
 use crate::core::Hub;
 use crate::core::cluster::{Fate, NodeId, NodeInfo, Outgoing};
-use crate::core::store::unix_ms;
+use crate::core::store::{new_token, unix_ms};
 
 /// Most envelopes (or reports) taken from a queue for one batch.
 const BATCH: usize = 512;
@@ -137,7 +137,9 @@ impl Courier {
         self.renew().await;
         if self.cluster.health.resync.swap(false, Ordering::AcqRel) {
             self.routes.clear();
-            self.reclaim().await;
+            if self.reclaim().await {
+                self.cluster.health.away.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -165,14 +167,57 @@ impl Courier {
             .cmd("PUBLISH")
             .arg(keys::inbox(&node))
             .arg(ping.as_ref())
-            .ignore();
+            .ignore()
+            .cmd("HGET")
+            .arg(keys::GENERATION)
+            .arg("id");
         let mut redis = self.cluster.redis.clone();
-        let result = bounded(pipe.query_async::<()>(&mut redis)).await;
+        let result = bounded(pipe.query_async::<(Option<String>,)>(&mut redis)).await;
         self.cluster.health.command_result(&result);
-        if result.is_err() {
+        let Ok((generation,)) = result else {
             return;
-        }
+        };
+        self.check_generation(generation).await;
         self.look_at_nodes().await;
+    }
+
+    /// Compares the generation of the shared state in Redis with the one
+    /// this node relies on. If that one is gone, Redis lost every identity
+    /// and route (it restarted empty): every local user is closed before
+    /// this node takes part in a new generation, so no name can be claimed
+    /// again while its old connection is open here.
+    async fn check_generation(&mut self, found: Option<String>) {
+        let health = &self.cluster.health;
+        let known = health.generation();
+        match (&known, &found) {
+            (Some(known), Some(found)) if known.id == *found => return,
+            (Some(_), _) => {
+                let closed = self.hub.shared_state_lost();
+                self.routes.clear();
+                tracing::error!(
+                    closed,
+                    "the cluster's shared state is gone (Redis restarted empty?): every user of this node was closed as KICKED, as when every identity is deleted"
+                );
+            }
+            (None, _) => {}
+        }
+        let mut redis = self.cluster.redis.clone();
+        let adopted = bounded(
+            keys::ADOPT_GENERATION
+                .key(keys::GENERATION)
+                .arg(new_token())
+                .arg(unix_ms(std::time::SystemTime::now()))
+                .invoke_async::<(String, u64)>(&mut redis),
+        )
+        .await;
+        self.cluster.health.command_result(&adopted);
+        match adopted {
+            Ok((id, at_ms)) => {
+                tracing::info!(generation = %id, "the cluster's shared state");
+                health.set_generation(Generation { id, at_ms });
+            }
+            Err(err) => tracing::warn!(%err, "cannot read the cluster's shared state; will retry"),
+        }
     }
 
     /// Reads which nodes hold a lease.
@@ -186,12 +231,17 @@ impl Courier {
 
     /// Claims every local user again with the epoch it has: a user claimed
     /// elsewhere meanwhile is closed here; a route that still names an
-    /// older connection elsewhere is fenced there.
-    async fn reclaim(&mut self) {
+    /// older connection elsewhere is fenced there. False when that could
+    /// not be done (it is tried again).
+    async fn reclaim(&mut self) -> bool {
         let claims = self.hub.claims();
         if claims.is_empty() {
-            return;
+            return true;
         }
+        let Some(generation) = self.cluster.health.generation() else {
+            self.cluster.health.resync.store(true, Ordering::Release);
+            return false;
+        };
         let node = self.cluster.node.clone();
         let since = unix_ms(std::time::SystemTime::now()) / 1000;
         let mut lost = 0;
@@ -201,12 +251,14 @@ impl Courier {
                 keys::RECLAIM
                     .key(keys::route(&claim.user))
                     .key(keys::epoch(&claim.user))
+                    .key(keys::GENERATION)
                     .arg(node.as_ref())
                     .arg(claim.conn)
                     .arg(claim.epoch)
                     .arg(claim.transport.as_str())
                     .arg(since)
                     .arg(keys::EPOCH_KEEP_MS)
+                    .arg(&generation.id)
                     .invoke_async::<(u8, String, u64)>(&mut redis),
             )
             .await;
@@ -223,11 +275,12 @@ impl Courier {
                 Err(err) => {
                     tracing::warn!(%err, "claiming local users again failed; will retry");
                     self.cluster.health.resync.store(true, Ordering::Release);
-                    return;
+                    return false;
                 }
             }
         }
         tracing::info!(lost, "claimed every local user again");
+        true
     }
 
     async fn release_lease(&self) {

@@ -50,6 +50,38 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A node's self-ping must come back within this, or its subscription is
 /// considered dead.
 const PING_WITHIN: Duration = Duration::from_secs(3);
+/// How often the clock watcher looks at the time.
+const CLOCK_TICK: Duration = Duration::from_millis(100);
+/// A gap this long between two looks means the node was not running (it
+/// was stopped, or starved): two lease renewals missed, time enough for a
+/// user to have reconnected elsewhere. Its claims are checked again before
+/// it delivers to its own users.
+const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+/// A generation of the shared state is claimed in only once it is this
+/// old: longer than a running node takes to notice the one it knew is gone
+/// (it looks every second) and close its users, so nobody can claim a
+/// name while its old connection is still open somewhere.
+const GENERATION_SETTLE: Duration = Duration::from_secs(3);
+
+/// The origin of the clock watcher's times.
+static CLOCK_BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn clock_ms() -> u64 {
+    u64::try_from(CLOCK_BASE.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The cluster's shared state as this node found it in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Generation {
+    /// Random, written by the node that found none.
+    id: String,
+    /// When it was written, in Unix milliseconds.
+    at_ms: u64,
+}
 
 /// Why a node cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +114,13 @@ struct Health {
     resync: AtomicBool,
     /// Reports dropped because their queue was full.
     dropped_reports: AtomicU64,
+    /// The generation of the shared state this node relies on.
+    generation: Mutex<Option<Generation>>,
+    /// The node was paused: its own users are not delivered to until its
+    /// claims on them are checked again.
+    away: AtomicBool,
+    /// When the clock watcher last looked ([`clock_ms`]).
+    tick_ms: AtomicU64,
 }
 
 impl Health {
@@ -118,8 +157,68 @@ impl Health {
         } else if !self.ping_fresh() {
             Some("the inbox subscription delivers nothing (no self-ping within 3 s)")
         } else {
-            None
+            match self.generation() {
+                None => Some("the cluster's shared state has not been read yet"),
+                Some(generation) if !settled(&generation) => Some(
+                    "the cluster's shared state is new: claims wait 3 s, until every node has noticed",
+                ),
+                Some(_) => None,
+            }
         }
+    }
+
+    fn generation(&self) -> Option<Generation> {
+        self.generation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_generation(&self, generation: Generation) {
+        *self
+            .generation
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(generation);
+    }
+
+    /// Whether this node's claims on its users are known to hold: it has
+    /// not been paused since it last checked them. Read on the hot path:
+    /// the tick first, so that a fresh tick also shows the `away` the
+    /// watcher set before it (see [`watch_clock`]).
+    fn current(&self) -> bool {
+        let tick = self.tick_ms.load(Ordering::Acquire);
+        clock_ms().saturating_sub(tick) < millis(PAUSE_LIMIT) && !self.away.load(Ordering::Acquire)
+    }
+}
+
+fn settled(generation: &Generation) -> bool {
+    unix_ms(SystemTime::now()).saturating_sub(generation.at_ms) >= millis(GENERATION_SETTLE)
+}
+
+/// Looks at the clock every [`CLOCK_TICK`] until `stop`; after a gap of
+/// [`PAUSE_LIMIT`] the node was not running, and has the courier check its
+/// claims again before it delivers to its own users.
+async fn watch_clock(cluster: Arc<RedisCluster>, stop: CancellationToken) {
+    let health = &cluster.health;
+    let mut last = Instant::now();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CLOCK_TICK) => {}
+        }
+        let gap = last.elapsed();
+        if gap >= PAUSE_LIMIT {
+            tracing::warn!(
+                paused_ms = millis(gap),
+                "this node was not running; checking its claims before delivering to its users"
+            );
+            // Before the tick: see `Health::current`.
+            health.away.store(true, Ordering::Release);
+            health.resync.store(true, Ordering::Release);
+            cluster.resynced.notify_one();
+        }
+        health.tick_ms.store(clock_ms(), Ordering::Release);
+        last = Instant::now();
     }
 }
 
@@ -178,12 +277,14 @@ impl Node {
         let client = redis::Client::open(url).map_err(|err| SetupError::Url(err.to_string()))?;
         let (outgoing_tx, outgoing) = mpsc::channel(OUTGOING_QUEUE);
         let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
+        let health = Health::default();
+        health.tick_ms.store(clock_ms(), Ordering::Release);
         let cluster = Arc::new(RedisCluster {
             node: node.into(),
             redis: manager(&client)?,
             outgoing: outgoing_tx,
             reports: reports_tx,
-            health: Arc::default(),
+            health: Arc::new(health),
             resynced: Notify::new(),
         });
         Ok(Self {
@@ -215,6 +316,7 @@ impl Node {
             connections: 0,
         };
         let inbox = inbox::run(self.client, self.cluster.clone(), hub.clone(), stop.clone());
+        let clock = watch_clock(self.cluster.clone(), stop.clone());
         let courier = courier::run(
             self.cluster.clone(),
             hub,
@@ -223,7 +325,7 @@ impl Node {
             self.reports,
             stop,
         );
-        tokio::join!(inbox, courier);
+        tokio::join!(inbox, courier, clock);
         tracing::debug!("cluster tasks stopped");
     }
 }
@@ -342,20 +444,35 @@ impl Cluster for RedisCluster {
         transport: Transport,
     ) -> ClusterFuture<'a, Epoch> {
         Box::pin(async move {
+            let generation = self.health.generation().ok_or_else(|| {
+                unavailable("this node has not read the cluster's shared state yet".into())
+            })?;
             let mut redis = self.redis.clone();
-            let since = unix_ms(SystemTime::now()) / 1000;
+            let now = unix_ms(SystemTime::now());
             let result = bounded(
                 keys::CLAIM
                     .key(keys::route(user))
                     .key(keys::epoch(user))
+                    .key(keys::GENERATION)
                     .arg(self.node.as_ref())
                     .arg(connection_id)
                     .arg(transport.as_str())
-                    .arg(since)
+                    .arg(now / 1000)
                     .arg(keys::EPOCH_KEEP_MS)
+                    .arg(&generation.id)
+                    .arg(millis(GENERATION_SETTLE))
+                    .arg(now)
                     .invoke_async::<(Epoch, String, Epoch)>(&mut redis),
             )
             .await;
+            // Refused for the state's generation: Redis answers; the
+            // courier looks at the generation at once.
+            if let Err(err) = &result
+                && (err.contains("GENERATION") || err.contains("SETTLING"))
+            {
+                self.resynced.notify_one();
+                return Err(unavailable(err.clone()));
+            }
             self.health.command_result(&result);
             let (epoch, previous_node, previous_epoch) = result.map_err(unavailable)?;
             if previous_node != self.node.as_ref() {
@@ -439,6 +556,10 @@ impl Cluster for RedisCluster {
 
     fn nodes(&self) -> ClusterFuture<'_, Vec<NodeInfo>> {
         Box::pin(async move { self.live_nodes().await.map_err(unavailable) })
+    }
+
+    fn current(&self) -> bool {
+        self.health.current()
     }
 
     fn readiness(&self) -> Result<(), String> {

@@ -188,6 +188,10 @@ pub fn serve<L: Link>(mut link: L, session: Session) -> impl Future<Output = ()>
                     (Some(due), Some(timer)) => timer.as_mut().reset(Instant::now() + due),
                     _ => token_timer = None,
                 },
+                // A refresh may bring the expiry closer: arm the timer anew.
+                () = session.token_renewed() => {
+                    token_timer = session.check_token().map(|due| Box::pin(tokio::time::sleep(due)));
+                },
             }
         };
         let (code, reason) = ended_by.map_or((1000, "CLIENT"), |r| (r.code(), r.reason()));

@@ -153,6 +153,11 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     /// Every live node.
     fn nodes(&self) -> ClusterFuture<'_, Vec<NodeInfo>>;
 
+    /// Whether this node's claims on its own users are known to hold: false
+    /// after the node was paused, until it has checked them again (another
+    /// node may hold a user meanwhile). Asked before every local delivery.
+    fn current(&self) -> bool;
+
     /// `Ok` while envelopes can flow between nodes; else why not.
     fn readiness(&self) -> Result<(), String>;
 }

@@ -117,8 +117,9 @@ pub enum AuthError {
     /// A JWT was refused.
     #[error(transparent)]
     Token(#[from] TokenError),
-    /// Identities cannot be read right now.
-    #[error(transparent)]
+    /// Identities cannot be read right now. The detail (a file path, a
+    /// Redis address) is logged, never shown to the client.
+    #[error("identities are unavailable right now; try again later")]
     Store(#[from] StoreError),
 }
 
@@ -491,7 +492,9 @@ impl Hub {
             return Err(RegisterError::Closed);
         }
         validate_username(name)?;
-        Ok(self.store.register(name, presented, ip_key(peer)).await?)
+        let name = self.mode.registered_name(name);
+        validate_username(&name)?;
+        Ok(self.store.register(&name, presented, ip_key(peer)).await?)
     }
 
     /// The user `token` belongs to — a registered identity's token or an
@@ -507,6 +510,9 @@ impl Hub {
         };
         self.stats
             .authentication(method, auth_outcome(&authenticated));
+        if let Err(AuthError::Store(err)) = &authenticated {
+            tracing::warn!(%err, "a token could not be checked");
+        }
         authenticated
     }
 
@@ -525,6 +531,7 @@ impl Hub {
                 .await
                 .and_then(|verified| {
                     validate_username(&verified.username)?;
+                    self.mode.jwt_may_name(&verified.username)?;
                     Ok(verified)
                 })
                 .inspect_err(|err| tracing::info!(reason = %err, "JWT refused"))?;
@@ -541,6 +548,7 @@ impl Hub {
             .store
             .authenticate(token)
             .await?
+            .filter(|name| self.mode.registered_may_be(name))
             .ok_or(AuthError::Unknown)?;
         Ok(Authenticated {
             user,
@@ -574,9 +582,10 @@ impl Hub {
             .await
             .inspect_err(|err| tracing::info!(reason = %err, "refresh JWT refused"))?;
         if verified.username != user {
-            return Err(AuthError::Token(TokenError::UsernameClaim(format!(
-                "a refreshed token must name the same user ({user})"
-            ))));
+            return Err(AuthError::Token(TokenError::OtherUser {
+                expected: user.to_owned(),
+                named: verified.username,
+            }));
         }
         Ok(verified.expires_at)
     }

@@ -181,6 +181,19 @@ impl Hub {
             }),
             accepted_at: Some(Instant::now()),
         };
+        if self.cluster().is_some_and(|cluster| !cluster.current()) {
+            self.stats.remote_in_failed.inc();
+            if let Some(cluster) = self.cluster() {
+                cluster.settle(
+                    from,
+                    id,
+                    Fate::Unavailable(
+                        "the target's node is checking which users it holds after a pause".into(),
+                    ),
+                );
+            }
+            return;
+        }
         let fate = match self.registry.deliver(target, item) {
             Delivery::Queued => return,
             Delivery::NotFound(_) => Fate::NotHere,
@@ -213,6 +226,15 @@ impl Hub {
             Broadcast::KickAll => self.registry.kick_all(),
             Broadcast::RevokeAll => self.registry.revoke_all(),
         }
+    }
+
+    /// The cluster's shared state is gone (Redis restarted empty): no
+    /// identity or route this node's users hold exists any more, and anyone
+    /// could register their names. Closes every local connection as the
+    /// deletion of every identity does (`KICKED`; those on their way in are
+    /// refused); returns how many were live.
+    pub fn shared_state_lost(&self) -> usize {
+        self.registry.revoke_all()
     }
 
     /// Every live connection's claim (to claim again after the cluster's
@@ -268,6 +290,9 @@ mod tests {
         }
         fn nodes(&self) -> ClusterFuture<'_, Vec<NodeInfo>> {
             Box::pin(async { Err(ClusterError::Unavailable("test".into())) })
+        }
+        fn current(&self) -> bool {
+            true
         }
         fn readiness(&self) -> Result<(), String> {
             Ok(())

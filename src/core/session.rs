@@ -37,6 +37,9 @@ struct TokenLife {
     set_ms: AtomicU64,
     /// The expiry the connection was last warned about.
     warned_ms: AtomicU64,
+    /// Told when a refresh set a new expiry: the connection's timer is
+    /// armed for the old one, which may be later.
+    renewed: tokio::sync::Notify,
 }
 
 impl TokenLife {
@@ -45,6 +48,7 @@ impl TokenLife {
             expires_ms: AtomicU64::new(0),
             set_ms: AtomicU64::new(0),
             warned_ms: AtomicU64::new(0),
+            renewed: tokio::sync::Notify::new(),
         };
         life.renew(expires_at);
         life
@@ -255,6 +259,18 @@ impl Session {
             &self.origin.user,
             inbound.payload,
         );
+        if self.hub.cluster().is_some_and(|cluster| !cluster.current()) {
+            self.reply_error(
+                ErrorType::ClusterUnavailable,
+                ErrorDetail {
+                    message: "this node was paused and is checking which users it still holds; retry in a moment".to_owned(),
+                    target: Some(&inbound.target),
+                    kind: Some(&inbound.kind),
+                    retry_after_ms: None,
+                },
+            );
+            return;
+        }
         let item = Queued {
             frame,
             origin: Some(Origin::Local(self.origin.clone())),
@@ -371,6 +387,7 @@ impl Session {
             let frame = match hub.refresh(&user, &token).await {
                 Ok(expires_at) => {
                     life.renew(expires_at);
+                    life.renewed.notify_one();
                     server_frame(TOKEN_REFRESHED_TYPE, &expiry(unix_ms(expires_at)))
                 }
                 Err(err) => {
@@ -412,6 +429,16 @@ impl Session {
             self.reply(server_frame(TOKEN_EXPIRING_TYPE, &expiry(expires)));
         }
         Some(Duration::from_millis(close_at - now))
+    }
+
+    /// Completes when a refresh has replaced the connection's JWT (then
+    /// [`Session::check_token`] says when to look next); never for a
+    /// connection without one.
+    pub async fn token_renewed(&self) {
+        match &self.token {
+            Some(life) => life.renewed.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Asks the writer to close this connection after what is queued, and

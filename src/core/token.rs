@@ -2,6 +2,7 @@
 //! the core and the verifier, which lives outside the core (it reads keys
 //! from files and fetches them over HTTP).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +36,42 @@ impl AuthMode {
     pub fn takes_jwts(self) -> bool {
         self != AuthMode::Register
     }
+
+    /// The name a registration for `requested` is stored under: in `Both`,
+    /// [`REGISTERED_PREFIX`] and the name (once), so that no registered
+    /// name can ever be a JWT's user; elsewhere the name as asked.
+    pub fn registered_name(self, requested: &str) -> Cow<'_, str> {
+        if self == AuthMode::Both && !requested.starts_with(REGISTERED_PREFIX) {
+            Cow::Owned(format!("{REGISTERED_PREFIX}{requested}"))
+        } else {
+            Cow::Borrowed(requested)
+        }
+    }
+
+    /// Whether `name` may be the user of a JWT here: in `Both`, never a
+    /// name of the registered namespace.
+    pub fn jwt_may_name(self, name: &str) -> Result<(), TokenError> {
+        if self == AuthMode::Both && name.starts_with(REGISTERED_PREFIX) {
+            return Err(TokenError::RegisteredName(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Whether a registered identity called `name` may authenticate here:
+    /// in `Both`, only one of the registered namespace (an identity
+    /// registered while the gateway ran `--auth register` could otherwise
+    /// be a JWT's user).
+    pub fn registered_may_be(self, name: &str) -> bool {
+        self != AuthMode::Both || name.starts_with(REGISTERED_PREFIX)
+    }
 }
+
+/// In `--auth both`, every registered name starts with this and no JWT may
+/// name a user that does: registered names and the application's users are
+/// two namespaces that can never collide, whatever is registered when,
+/// and with nothing to remember (a reservation list could be lost with
+/// the store, or be beaten to a name by a registration).
+pub const REGISTERED_PREFIX: char = '~';
 
 /// A token the verifier accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,12 +114,29 @@ pub enum TokenError {
     /// The username claim is missing or not a string.
     #[error("the token has no string claim {0:?} to take the username from")]
     UsernameClaim(String),
+    /// In `--auth both`, the username is one of the registered namespace.
+    #[error(
+        "the token's username {0:?} starts with \"~\", which marks names registered with POST /v1/register (--auth both)"
+    )]
+    RegisteredName(String),
+    /// A refreshed token names another user than the connection's.
+    #[error(
+        "a refreshed token must name the connection's user ({expected}); this one names {named:?}"
+    )]
+    OtherUser {
+        /// The connection's user.
+        expected: String,
+        /// The user the token names.
+        named: String,
+    },
     /// The username breaks the name rules.
     #[error("the token's username is not allowed: {0}")]
     Username(#[from] UsernameError),
-    /// The token names a key the key set does not have, even after
-    /// fetching it again.
-    #[error("no key {0:?} in the key set, even after fetching it again")]
+    /// The token names a key the key set does not have (it is fetched
+    /// again at most once per `--jwks-refresh-min`).
+    #[error(
+        "no key {0:?} in the key set (fetched again for an unknown key at most once per --jwks-refresh-min)"
+    )]
     UnknownKey(String),
     /// No key could be had (the key set was never fetched).
     #[error("no signing keys are available: {0}")]

@@ -62,19 +62,35 @@ impl From<Refusal> for ApiError {
 
 impl From<RegisterError> for ApiError {
     fn from(err: RegisterError) -> Self {
-        Self::new(err.http_error(), err.to_string())
+        match err {
+            RegisterError::Store(err) => err.into(),
+            err => Self::new(err.http_error(), err.to_string()),
+        }
     }
 }
 
+/// What a client reads when identities cannot be read or written: the
+/// detail (a file path, a Redis address) is for the log only.
+const STORE_UNAVAILABLE: &str = "identities are unavailable right now; try again later";
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        Self::new(err.http_error(), err.to_string())
+        match err {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "answered 503: identities are unavailable");
+                Self::new(HttpError::Unavailable, STORE_UNAVAILABLE)
+            }
+            err => Self::new(err.http_error(), err.to_string()),
+        }
     }
 }
 
 impl From<AdminError> for ApiError {
     fn from(err: AdminError) -> Self {
-        Self::new(err.http_error(), err.to_string())
+        match err {
+            AdminError::Store(err) => err.into(),
+            err => Self::new(err.http_error(), err.to_string()),
+        }
     }
 }
 
@@ -467,6 +483,15 @@ fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
     if !client.is_loopback() {
         return Err("admin routes answer only loopback clients");
     }
+    // A page elsewhere can make a browser send a GET with no `Origin`
+    // (`<img src>`), but browsers always say where it came from here, and
+    // only a browser sends this header: curl and scripts are unaffected.
+    if headers
+        .get(SEC_FETCH_SITE)
+        .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
+    {
+        return Err("admin routes answer no request a page of another site made (Sec-Fetch-Site)");
+    }
     // Every name the request carries for what it addressed must be local:
     // a proxy that passes `Host` through shows a rebinding page's name
     // there, and one that rewrites `Host` shows it in the forwarded host.
@@ -488,6 +513,10 @@ fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
         }
     }
 }
+
+/// `Sec-Fetch-Site` (Fetch Metadata): `same-origin`, `same-site`,
+/// `cross-site`, or `none` when the user typed the address.
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
 /// Unknown route.
 pub(crate) async fn not_found(method: Method, uri: Uri) -> ApiError {
