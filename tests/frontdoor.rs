@@ -755,3 +755,148 @@ async fn checking_a_token_does_not_keep_an_identity_alive() {
     }
     assert_eq!(last, 404, "GET /v1/user kept the identity alive");
 }
+
+/// Finding 5: without `--admin-token`, a page of another site cannot use
+/// the admin routes through a browser: a cross-site or same-site GET
+/// (`<img src>`, no `Origin`) is refused by its `Sec-Fetch-Site`; the
+/// gateway's own pages, typed addresses and tools (no such header) still
+/// work.
+#[tokio::test]
+async fn admin_routes_refuse_requests_other_sites_make() {
+    let gw = TestGateway::start().await;
+    let mut alice = gw.user("alice", Kind::WebSocket).await;
+    let admin = |path: &'static str, site: Option<&'static str>| {
+        let mut request = gw.http().get(gw.url(path));
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        async move { within(path, request.send()).await.unwrap().status() }
+    };
+    for site in ["cross-site", "same-site"] {
+        for path in ["/v1/kick-active-users", "/v1/users", "/v1/stats"] {
+            assert_eq!(admin(path, Some(site)).await, 403, "{site} GET {path}");
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), alice.recv())
+            .await
+            .is_err(),
+        "alice was not kicked"
+    );
+    assert_eq!(admin("/v1/users", Some("same-origin")).await, 200);
+    assert_eq!(admin("/v1/users", Some("none")).await, 200);
+    assert_eq!(admin("/v1/kick-active-users", None).await, 200);
+    assert_eq!(alice.closed().await.code, 4002, "a tool's kick works");
+}
+
+/// Finding 10: `--allow-origin '*'` answers `Access-Control-Allow-Origin:
+/// *` without credentials, never a foreign origin echoed with credentials;
+/// a listed origin still gets credentials.
+#[tokio::test]
+async fn any_origin_gets_no_credentials() {
+    let any = TestGateway::start_with(&["--allow-origin", "*"]).await;
+    let listed = TestGateway::start_with(&["--allow-origin", "https://app.example"]).await;
+    for (gw, origin, allow, credentials) in [
+        (&any, "https://evil.example", "*", None),
+        (
+            &listed,
+            "https://app.example",
+            "https://app.example",
+            Some("true"),
+        ),
+    ] {
+        let preflight = within(
+            "preflight",
+            gw.http()
+                .request(reqwest::Method::OPTIONS, gw.url("/v1/register"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type")
+                .send(),
+        )
+        .await
+        .unwrap();
+        let register = within(
+            "register",
+            gw.http()
+                .post(gw.url("/v1/register"))
+                .header("origin", origin)
+                .json(&serde_json::json!({ "username": format!("cora-{}", allow.len()) }))
+                .send(),
+        )
+        .await
+        .unwrap();
+        for response in [&preflight, &register] {
+            let headers = response.headers();
+            assert_eq!(
+                headers
+                    .get("access-control-allow-origin")
+                    .and_then(|v| v.to_str().ok()),
+                Some(allow),
+                "{origin}: {headers:?}"
+            );
+            assert_eq!(
+                headers
+                    .get("access-control-allow-credentials")
+                    .and_then(|v| v.to_str().ok()),
+                credentials,
+                "{origin}: {headers:?}"
+            );
+        }
+    }
+}
+
+/// Finding 12: a full disk answers registrations `503` with a generic
+/// message; the data file's path and the error are logged, not shown.
+/// The disk fills for the gateway alone: its file-size limit is set to
+/// the size its file has (`prlimit`), and SIGXFSZ is ignored, so a write
+/// past it fails as a full disk's does.
+#[tokio::test]
+async fn a_full_disk_shows_no_path_to_clients() {
+    let gw = GatewayProcess::start_under(
+        &["sh", "-c", "trap '' XFSZ; exec \"$0\" \"$@\""],
+        &[
+            "--register-rate",
+            "100000",
+            "--register-burst",
+            "100000",
+            "--max-identities-per-ip",
+            "100000",
+        ],
+        "signal_gateway=info",
+    )
+    .await;
+    let file = gw.certs.path().join("data").join("identities.redb");
+    let size = std::fs::metadata(&file).unwrap().len();
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", gw.child.id().unwrap()))
+        .arg(format!("--fsize={size}"))
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(limited.success());
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut refused = None;
+    for n in 0..20_000 {
+        let response = within(
+            "register",
+            http.post(format!("http://{}/v1/register", gw.http))
+                .json(&serde_json::json!({ "username": format!("filler-{n}-{}", "x".repeat(40)) }))
+                .send(),
+        )
+        .await
+        .unwrap();
+        if response.status() != 200 {
+            refused = Some((response.status().as_u16(), response.text().await.unwrap()));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("the file outgrew its limit");
+    assert_eq!(status, 503, "{body}");
+    let path = file.display().to_string();
+    assert!(
+        !body.contains(&path) && !body.contains("identities.redb") && !body.contains("large"),
+        "{body}"
+    );
+    assert!(body.contains("unavailable"), "{body}");
+    assert!(gw.log_text().contains("identities.redb"), "the log has it");
+}
