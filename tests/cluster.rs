@@ -658,3 +658,150 @@ async fn each_node_advertises_its_own_webtransport_address() {
         format!("127.0.0.1:{port}")
     );
 }
+
+/// Sends `signal` to a node's process (`STOP`, `CONT`).
+fn signal(node: &GatewayProcess, signal: &str) {
+    let pid = node.child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// Resumes a stopped node however the test ends.
+struct Resume<'a>(&'a GatewayProcess);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// Finding 6: Redis comes back empty. Every node notices that the shared
+/// state it relied on is gone and closes its users as `KICKED` (as when
+/// every identity is deleted) before anyone can claim their names again:
+/// a user's connection is never taken over, only closed.
+#[tokio::test]
+async fn redis_restarted_empty_closes_every_user_before_a_name_can_be_taken() {
+    let mut cluster = Cluster::start(2).await;
+    let alice_token = cluster.register(0, "alice").await;
+    let bob_token = cluster.register(0, "bob").await;
+    let mut alice = cluster.connect(0, Kind::WebSocket, &alice_token).await;
+    let mut bob = cluster.connect(1, Kind::WebTransport, &bob_token).await;
+    cluster.wait_connected(&["alice", "bob"]).await;
+
+    cluster.redis.restart_empty();
+    let node1 = cluster.nodes[1].addrs.clone();
+    let http = cluster.http.clone();
+    // Someone takes alice's name as soon as the cluster lets them.
+    let attacker = tokio::spawn(async move {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        let mut token = None;
+        while Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if token.is_none() {
+                let Ok(response) = http
+                    .post(format!("http://{}/v1/register", node1.http))
+                    .json(&json!({ "username": "alice" }))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                token = body["token"].as_str().map(str::to_owned);
+            }
+            let Some(token) = &token else {
+                continue;
+            };
+            let Ok(ws) = ws_connect(&node1, &format!("?token={token}"), &[]).await else {
+                continue;
+            };
+            if let Ok(welcome) = Client::Ws(ws).recv_or_close().await
+                && welcome["type"] == "WELCOME"
+            {
+                return Some(Instant::now());
+            }
+        }
+        None
+    });
+    let alice_closed = alice.closed().await;
+    let alice_closed_at = Instant::now();
+    assert_eq!(
+        (alice_closed.code, alice_closed.reason.as_str()),
+        (4002, "KICKED"),
+        "alice is closed, not replaced"
+    );
+    assert_eq!(bob.closed().await.code, 4002, "bob too, on the other node");
+    let taken_at = attacker.await.unwrap().unwrap_or_else(|| {
+        panic!(
+            "the name never became free again; node 1's log:\n{}",
+            cluster.nodes[1].log_text()
+        )
+    });
+    assert!(
+        taken_at > alice_closed_at,
+        "the name was taken while alice was still connected"
+    );
+    cluster.all_ready().await;
+    for node in 0..2 {
+        let log = cluster.nodes[node].log_text();
+        assert!(log.contains("shared state is gone"), "node {node}: {log}");
+    }
+}
+
+/// Finding 7: carol is on node 0 with dave; node 0 stops for 5 s (longer
+/// than its lease), carol reconnects on node 1. When node 0 resumes,
+/// nothing dave sends carol reaches her old connection: node 0 checks its
+/// claims before it delivers to its own users, answering meanwhile, and
+/// carol's new connection gets what dave sends next.
+#[tokio::test]
+async fn a_paused_node_delivers_nothing_to_a_connection_it_no_longer_owns() {
+    let cluster = Cluster::start(2).await;
+    let carol_token = cluster.register(0, "carol").await;
+    let dave_token = cluster.register(0, "dave").await;
+    let mut old_carol = cluster.connect(0, Kind::WebSocket, &carol_token).await;
+    let mut dave = cluster.connect(0, Kind::WebSocket, &dave_token).await;
+    cluster.wait_connected(&["carol", "dave"]).await;
+
+    signal(&cluster.nodes[0], "STOP");
+    let resume = Resume(&cluster.nodes[0]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut new_carol = cluster.connect(1, Kind::WebTransport, &carol_token).await;
+    dave.send("carol", "offer", json!("while paused")).await;
+    drop(resume);
+    for n in 0..10 {
+        dave.send("carol", "offer", json!(n)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut seen = Vec::new();
+    let closed = within("the old connection ends", async {
+        loop {
+            match old_carol.recv_or_close().await {
+                Ok(envelope) => seen.push(envelope),
+                Err(closed) => return closed,
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.iter().all(|envelope| envelope["type"] != "offer"),
+        "the old connection got {seen:?}"
+    );
+    assert_eq!(closed.code, 4001, "replaced: {closed:?}");
+    // dave is told about what could not be delivered, and reaches the new
+    // connection once node 0 has caught up.
+    within("dave reaches the new carol", async {
+        loop {
+            dave.send("carol", "offer", json!("after")).await;
+            if let Ok(got) =
+                tokio::time::timeout(Duration::from_millis(300), new_carol.recv()).await
+                && got["payload"] == "after"
+            {
+                return;
+            }
+        }
+    })
+    .await;
+}

@@ -104,6 +104,21 @@ impl RedisServer {
         self.kill();
         self.spawn();
     }
+
+    /// Starts it again on the same port with no data at all, as a Redis
+    /// without persistence (or with its files lost) comes back.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
+        }
+        self.spawn();
+    }
 }
 
 impl Drop for RedisServer {
