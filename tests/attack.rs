@@ -17,9 +17,21 @@
 //! users (WebSocket ↔ WebTransport) trade envelopes and measure the round
 //! trip, and newcomers connect over both transports.
 //!
+//! A second gateway takes both registered names and JWTs from a key set a
+//! server in the test publishes, rotating in a new key every few seconds
+//! (published ahead of use, as identity providers do). Against it:
+//! registrations of the JWT users' names, each connected at once; tokens
+//! naming unknown keys, as fast as they go (each would refetch the key set
+//! without the refetch limit); and GETs of the admin routes marked as a
+//! page of another site's (`Sec-Fetch-Site: cross-site`, what an `<img>`
+//! sends). Meanwhile pairs of JWT users (WebSocket ↔ WebTransport) trade
+//! envelopes and reconnect with tokens signed by the newest key.
+//!
 //! It fails if a legitimate connection fails, if the legitimate round trip
-//! p99 passes 250 ms, or if the gateway's memory grows past the documented
-//! bounds (README, "Limits and protections").
+//! p99 passes 250 ms, if the gateway's memory grows past the documented
+//! bounds (docs/security.md, "Limits and protections"), if a JWT user is
+//! taken over or kicked, if the key set is fetched more often than
+//! `--jwks-refresh-min` allows, or if a cross-site admin request is obeyed.
 
 mod common;
 
@@ -392,6 +404,7 @@ async fn attack() {
             t.clone(),
         )));
     }
+    let jwt_front = tokio::spawn(jwt_front_door(seconds, hostile));
     let pairs: Vec<_> = (0..10)
         .map(|i| tokio::spawn(pair(addrs.clone(), i, until, tally.clone())))
         .collect();
@@ -479,6 +492,25 @@ async fn attack() {
     );
     assert_eq!(tally.get("huge frames not cut off"), 0);
     assert_eq!(tally.get("huge frames passed 64 MiB"), 0);
+    let jwt = jwt_front.await.expect("the JWT front door run failed");
+    assert_eq!(jwt.tally.get("JWT users failed"), 0, "a JWT user failed");
+    assert_eq!(
+        jwt.tally.get("registered names equal to a JWT user's"),
+        0,
+        "a registration took a JWT user's name"
+    );
+    assert_eq!(
+        jwt.tally.get("cross-site admin requests obeyed"),
+        0,
+        "a cross-site admin request was obeyed"
+    );
+    assert!(
+        jwt.fetches <= jwt.fetches_allowed,
+        "{} key-set fetches, at most {} allowed",
+        jwt.fetches,
+        jwt.fetches_allowed
+    );
+    assert!(percentile(&jwt.rtts, 99.0) < 250_000, "JWT users' p99 round trip");
     assert!(percentile(&rtts, 99.0) < 250_000, "users' p99 round trip");
     let grown_mib = peak.saturating_sub(baseline) / 1024;
     assert!(
@@ -525,5 +557,317 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// What the JWT gateway's run saw.
+struct JwtRun {
+    tally: Arc<Tally>,
+    rtts: Vec<u64>,
+    fetches: u64,
+    fetches_allowed: u64,
+}
+
+/// The key the application signs with now, and the key set it publishes.
+struct Issuer {
+    signing: Mutex<(String, jsonwebtoken::EncodingKey)>,
+    published: Mutex<jsonwebtoken::jwk::JwkSet>,
+}
+
+impl Issuer {
+    fn key() -> (String, jsonwebtoken::EncodingKey, jsonwebtoken::jwk::Jwk) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+        let kid = format!("k{:016x}", rand::random::<u64>());
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        jwk.common.key_id = Some(kid.clone());
+        (kid, key, jwk)
+    }
+
+    /// A token for `user`, valid for a minute, signed with the current key.
+    fn token(&self, user: &str) -> String {
+        let (kid, key) = &*self.signing.lock().unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.clone());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 60;
+        jsonwebtoken::encode(&header, &json!({ "sub": user, "exp": exp }), key).unwrap()
+    }
+}
+
+/// How often the attacked gateway may refetch the key set.
+const REFRESH_MIN_SECS: u64 = 1;
+/// A new key is published this often, and signed with from half-way on.
+const ROTATE_EVERY: Duration = Duration::from_secs(4);
+
+/// The JWT gateway and its attackers, for `seconds`.
+async fn jwt_front_door(seconds: u64, hostile: u64) -> JwtRun {
+    let (kid, key, jwk) = Issuer::key();
+    let issuer = Arc::new(Issuer {
+        signing: Mutex::new((kid, key)),
+        published: Mutex::new(jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }),
+    });
+    let fetches = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get({
+            let (issuer, fetches) = (issuer.clone(), fetches.clone());
+            move || {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                let keys = issuer.published.lock().unwrap().clone();
+                async move { axum::Json(keys) }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let refresh = format!("{REFRESH_MIN_SECS}s");
+    let gw = GatewayProcess::start(
+        &[
+            "--jwks-url",
+            &url,
+            "--jwks-refresh-min",
+            &refresh,
+            "--connect-rate",
+            "100000",
+            "--connect-burst",
+            "100000",
+            "--register-rate",
+            "100000",
+            "--register-burst",
+            "100000",
+            "--max-identities-per-ip",
+            "100000",
+        ],
+        "signal_gateway=info",
+    )
+    .await;
+    let addrs = gw.addrs.clone();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let fetches_before = fetches.load(Ordering::Relaxed);
+    let tally = Arc::new(Tally::default());
+
+    let rotation = tokio::spawn({
+        let issuer = issuer.clone();
+        async move {
+            while Instant::now() < until {
+                tokio::time::sleep(ROTATE_EVERY / 2).await;
+                let (kid, key, jwk) = Issuer::key();
+                {
+                    let mut published = issuer.published.lock().unwrap();
+                    let newest = published.keys.pop();
+                    published.keys = newest.into_iter().chain([jwk]).collect();
+                }
+                // Published ahead of use: past the gateway's refetch limit.
+                tokio::time::sleep(ROTATE_EVERY / 2).await;
+                *issuer.signing.lock().unwrap() = (kid, key);
+            }
+        }
+    });
+    let mut attackers = Vec::new();
+    for i in 0..hostile {
+        attackers.push(tokio::spawn(unknown_kids(
+            addrs.clone(),
+            600 + i,
+            until,
+            tally.clone(),
+        )));
+        attackers.push(tokio::spawn(cross_site_admin(
+            addrs.clone(),
+            until,
+            tally.clone(),
+        )));
+    }
+    attackers.push(tokio::spawn(name_takeovers(
+        addrs.clone(),
+        until,
+        tally.clone(),
+    )));
+    let pairs: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(jwt_pair(
+                addrs.clone(),
+                issuer.clone(),
+                i,
+                until,
+                tally.clone(),
+            ))
+        })
+        .collect();
+    let mut rtts = Vec::new();
+    for pair in pairs {
+        rtts.extend(pair.await.expect("a JWT pair failed"));
+    }
+    let fetches = fetches.load(Ordering::Relaxed) - fetches_before;
+    let elapsed = started.elapsed().as_secs();
+    for attacker in attackers {
+        attacker.abort();
+    }
+    rotation.abort();
+    server.abort();
+    rtts.sort_unstable();
+    println!("\nJWT front door: {elapsed} s, a new key every {ROTATE_EVERY:?}\n");
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| JWT users' round trip p50 / p99 (WS → WT → WS) | {} / {} µs ({} round trips) |",
+        percentile(&rtts, 50.0),
+        percentile(&rtts, 99.0),
+        rtts.len()
+    );
+    println!(
+        "| key-set fetches | {fetches} in {elapsed} s (--jwks-refresh-min {REFRESH_MIN_SECS}s) |"
+    );
+    for (name, count) in tally.0.lock().unwrap().iter() {
+        println!("| {name} | {count} |");
+    }
+    JwtRun {
+        tally,
+        rtts,
+        fetches,
+        fetches_allowed: elapsed / REFRESH_MIN_SECS + 2,
+    }
+}
+
+/// JWT users `jwt-ws-i` and `jwt-wt-i` trading envelopes, reconnecting
+/// every few seconds with tokens signed by the issuer's current key;
+/// returns the round trips in microseconds.
+async fn jwt_pair(
+    gw: Addrs,
+    issuer: Arc<Issuer>,
+    i: u64,
+    until: Instant,
+    tally: Arc<Tally>,
+) -> Vec<u64> {
+    let a = format!("jwt-ws-{i}");
+    let b = format!("jwt-wt-{i}");
+    let mut rtts = Vec::new();
+    while Instant::now() < until {
+        let session = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut alice = Client::connect(&gw, Kind::WebSocket, &issuer.token(&a)).await;
+            let mut bob = Client::connect(&gw, Kind::WebTransport, &issuer.token(&b)).await;
+            if alice.recv().await["type"] != "WELCOME" || bob.recv().await["type"] != "WELCOME" {
+                return false;
+            }
+            let reconnect_at = Instant::now() + ROTATE_EVERY;
+            while Instant::now() < until.min(reconnect_at) {
+                let sent = Instant::now();
+                alice.send(&b, "ping", json!(rtts.len())).await;
+                let got = bob.recv().await;
+                if got["type"] != "ping" || got["originator"] != a.as_str() {
+                    return false;
+                }
+                bob.send(&a, "pong", got["payload"].clone()).await;
+                if alice.recv().await["type"] != "pong" {
+                    return false;
+                }
+                rtts.push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        })
+        .await;
+        if session != Ok(true) {
+            tally.add("JWT users failed");
+        }
+    }
+    rtts
+}
+
+/// Tokens naming keys nobody has (their signatures are garbage), each of
+/// which would refetch the key set without the refetch limit.
+async fn unknown_kids(gw: Addrs, i: u64, until: Instant, tally: Arc<Tally>) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(hostile_address(i).ip())
+        .build()
+        .unwrap();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let token = format!(
+            "{}.{}.{}",
+            b64.encode(format!(r#"{{"alg":"ES256","kid":"forged-{i}-{n}"}}"#)),
+            b64.encode(r#"{"sub":"jwt-ws-0","exp":99999999999}"#),
+            b64.encode([7u8; 64])
+        );
+        match http
+            .get(format!("http://{}/v1/user", gw.http))
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            Ok(response) if response.status() == 200 => tally.add("forged tokens taken"),
+            Ok(_) => tally.add("forged tokens refused"),
+            Err(_) => tally.add("forged token requests failed"),
+        }
+    }
+}
+
+/// GETs of the admin routes as a page of another site makes them (no
+/// `Origin`, `Sec-Fetch-Site: cross-site`), from loopback.
+async fn cross_site_admin(gw: Addrs, until: Instant, tally: Arc<Tally>) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    while Instant::now() < until {
+        for path in ["/v1/kick-active-users", "/v1/users"] {
+            let obeyed = http
+                .get(format!("http://{}{path}", gw.http))
+                .header("sec-fetch-site", "cross-site")
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            tally.add(if obeyed {
+                "cross-site admin requests obeyed"
+            } else {
+                "cross-site admin requests refused"
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Registrations of the JWT users' names, each connected at once.
+async fn name_takeovers(gw: Addrs, until: Instant, tally: Arc<Tally>) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut tokens = std::collections::HashMap::new();
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let name = format!("jwt-{}-{}", if n % 2 == 0 { "ws" } else { "wt" }, n % 4);
+        let Ok(response) = http
+            .post(format!("http://{}/v1/register", gw.http))
+            .json(&json!({ "username": name }))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if body["username"] == name.as_str() {
+            tally.add("registered names equal to a JWT user's");
+        }
+        if let Some(token) = body["token"].as_str() {
+            tokens.insert(name.clone(), token.to_owned());
+        }
+        // Connected again and again with the name's token, as a taker would.
+        if let Some(token) = tokens.get(&name)
+            && let Ok(ws) = ws_connect(&gw, &format!("?token={token}"), &[]).await
+        {
+            let mut impostor = Client::Ws(ws);
+            let _ = tokio::time::timeout(Duration::from_millis(200), impostor.recv()).await;
+            tally.add("registered look-alikes connected");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
