@@ -510,7 +510,10 @@ async fn attack() {
         jwt.fetches,
         jwt.fetches_allowed
     );
-    assert!(percentile(&jwt.rtts, 99.0) < 250_000, "JWT users' p99 round trip");
+    assert!(
+        percentile(&jwt.rtts, 99.0) < 250_000,
+        "JWT users' p99 round trip"
+    );
     assert!(percentile(&rtts, 99.0) < 250_000, "users' p99 round trip");
     let grown_mib = peak.saturating_sub(baseline) / 1024;
     assert!(
@@ -844,7 +847,11 @@ async fn name_takeovers(gw: Addrs, until: Instant, tally: Arc<Tally>) {
     let mut n = 0u64;
     while Instant::now() < until {
         n += 1;
-        let name = format!("jwt-{}-{}", if n % 2 == 0 { "ws" } else { "wt" }, n % 4);
+        let name = format!(
+            "jwt-{}-{}",
+            if n.is_multiple_of(2) { "ws" } else { "wt" },
+            n % 4
+        );
         let Ok(response) = http
             .post(format!("http://{}/v1/register", gw.http))
             .json(&json!({ "username": name }))

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::raw_h3::h3_request;
-use common::{
-    Client, GatewayProcess, Kind, TestGateway, failed_start, within, ws_connect,
-};
+use common::{Client, GatewayProcess, Kind, TestGateway, failed_start, within, ws_connect};
 use futures::StreamExt;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -328,8 +326,7 @@ impl JwksServer {
                                     &PADDING,
                                 ))
                             });
-                            let mut response =
-                                axum::body::Body::from_stream(body).into_response();
+                            let mut response = axum::body::Body::from_stream(body).into_response();
                             if declared {
                                 response.headers_mut().insert(
                                     http::header::CONTENT_LENGTH,
@@ -724,7 +721,10 @@ async fn a_huge_key_set_is_cut_off_at_the_limit() {
         streamed_mib < 64,
         "{streamed_mib} MiB of the key set were taken"
     );
-    assert!(gw.log_text().contains("more than --jwks-max-bytes (1048576)"));
+    assert!(
+        gw.log_text()
+            .contains("more than --jwks-max-bytes (1048576)")
+    );
     // Declared: refused before the body.
     server.answer(Serve::Huge {
         bytes: HUGE,
@@ -755,13 +755,9 @@ async fn key_set_redirects_to_another_host_are_not_followed() {
     let elsewhere = JwksServer::start(keys.clone()).await;
     let redirecting = JwksServer::start_serving(Serve::Redirect(elsewhere.url.clone())).await;
     for policy in ["none", "same-origin"] {
-        let gw = TestGateway::start_with(&[
-            "--jwks-url",
-            &redirecting.url,
-            "--jwks-redirects",
-            policy,
-        ])
-        .await;
+        let gw =
+            TestGateway::start_with(&["--jwks-url", &redirecting.url, "--jwks-redirects", policy])
+                .await;
         assert_eq!(user_status(&gw, &es256(&k1, "k1", "kim")).await.0, 404);
     }
     assert_eq!(elsewhere.hits(), 0, "the other host was never asked");
@@ -770,13 +766,9 @@ async fn key_set_redirects_to_another_host_are_not_followed() {
     moving.answer(Serve::Redirect(format!("{}/moved", moving.base)));
     let none = TestGateway::start_with(&["--jwks-url", &moving.url]).await;
     assert_eq!(user_status(&none, &es256(&k1, "k1", "kim")).await.0, 404);
-    let same = TestGateway::start_with(&[
-        "--jwks-url",
-        &moving.url,
-        "--jwks-redirects",
-        "same-origin",
-    ])
-    .await;
+    let same =
+        TestGateway::start_with(&["--jwks-url", &moving.url, "--jwks-redirects", "same-origin"])
+            .await;
     assert_eq!(user_status(&same, &es256(&k1, "k1", "kim")).await.0, 200);
 }
 
@@ -820,7 +812,6 @@ async fn a_refresh_to_a_shorter_token_is_enforced_on_time(kind: Kind) {
         "closed {took:?} after the refresh"
     );
 }
-
 
 /// Finding 1: under `--auth both`, a registration can never take a JWT
 /// user's name: registered names live in their own namespace (`~name`),
