@@ -157,3 +157,27 @@ pub trait TokenVerifier: Send + Sync + fmt::Debug {
 pub fn is_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_both_registered_names_and_jwt_users_are_apart() {
+        let both = AuthMode::Both;
+        assert_eq!(both.registered_name("dave"), "~dave");
+        assert_eq!(both.registered_name("~dave"), "~dave", "prefixed once");
+        assert!(both.jwt_may_name("dave").is_ok());
+        assert_eq!(
+            both.jwt_may_name("~dave"),
+            Err(TokenError::RegisteredName("~dave".into()))
+        );
+        assert!(both.registered_may_be("~dave"));
+        assert!(!both.registered_may_be("dave"), "registered under --auth register");
+        for other in [AuthMode::Register, AuthMode::Jwt] {
+            assert_eq!(other.registered_name("dave"), "dave");
+            assert!(other.jwt_may_name("~dave").is_ok());
+            assert!(other.registered_may_be("dave"));
+        }
+    }
+}
