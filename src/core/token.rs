@@ -173,7 +173,10 @@ mod tests {
             Err(TokenError::RegisteredName("~dave".into()))
         );
         assert!(both.registered_may_be("~dave"));
-        assert!(!both.registered_may_be("dave"), "registered under --auth register");
+        assert!(
+            !both.registered_may_be("dave"),
+            "registered under --auth register"
+        );
         for other in [AuthMode::Register, AuthMode::Jwt] {
             assert_eq!(other.registered_name("dave"), "dave");
             assert!(other.jwt_may_name("~dave").is_ok());
