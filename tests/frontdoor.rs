@@ -763,7 +763,7 @@ async fn checking_a_token_does_not_keep_an_identity_alive() {
 /// work.
 #[tokio::test]
 async fn admin_routes_refuse_requests_other_sites_make() {
-    let gw = TestGateway::start().await;
+    let gw = TestGateway::start_with(&["--allow-origin", "https://dashboard.example"]).await;
     let mut alice = gw.user("alice", Kind::WebSocket).await;
     let admin = |path: &'static str, site: Option<&'static str>| {
         let mut request = gw.http().get(gw.url(path));
@@ -772,6 +772,18 @@ async fn admin_routes_refuse_requests_other_sites_make() {
         }
         async move { within(path, request.send()).await.unwrap().status() }
     };
+    // A listed origin's own fetch names it, and is let through.
+    let listed = within(
+        "listed origin",
+        gw.http()
+            .get(gw.url("/v1/users"))
+            .header("sec-fetch-site", "cross-site")
+            .header("origin", "https://dashboard.example")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.status(), 200);
     for site in ["cross-site", "same-site"] {
         for path in ["/v1/kick-active-users", "/v1/users", "/v1/stats"] {
             assert_eq!(admin(path, Some(site)).await, 403, "{site} GET {path}");

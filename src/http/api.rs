@@ -485,12 +485,16 @@ fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
     }
     // A page elsewhere can make a browser send a GET with no `Origin`
     // (`<img src>`), but browsers always say where it came from here, and
-    // only a browser sends this header: curl and scripts are unaffected.
-    if headers
+    // only a browser sends this header: curl and scripts are unaffected. A
+    // page of an origin listed in `--allow-origin` names itself in `Origin`.
+    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid"));
+    let from_elsewhere = headers
         .get(SEC_FETCH_SITE)
-        .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
-    {
-        return Err("admin routes answer no request a page of another site made (Sec-Fetch-Site)");
+        .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"));
+    if from_elsewhere && !origin.is_some_and(|origin| ctx.origins.lists(origin)) {
+        return Err(
+            "admin routes answer no request a page of another site made (Sec-Fetch-Site), unless its Origin is listed in --allow-origin",
+        );
     }
     // Every name the request carries for what it addressed must be local:
     // a proxy that passes `Host` through shows a rebinding page's name
@@ -502,7 +506,7 @@ fn local_admin(ctx: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
     if !(host.is_some_and(local) && client.forwarded_host.as_deref().is_none_or(local)) {
         return Err("admin routes answer only requests to a loopback name or a --public-host");
     }
-    match headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("invalid")) {
+    match origin {
         None => Ok(()),
         Some(origin) if ctx.origins.lists(origin) => Ok(()),
         Some(_) if ctx.judge_origin(Some(&client), headers) == auth::OriginVerdict::SameOrigin => {
