@@ -852,7 +852,12 @@ async fn a_registered_name_never_takes_over_a_jwt_user() {
     )
     .await
     .unwrap();
-    assert_eq!(common::status_field(again).await, "TAKEN");
+    let taken: Value = again.json().await.unwrap();
+    assert_eq!(taken["status"], "TAKEN");
+    assert_eq!(
+        taken["message"], "username \"~dave\" is already registered",
+        "{taken}"
+    );
     // And no JWT may name a user of the registered namespace.
     let path = format!("/v1/connect?token={}", hs256(&claims("~dave", 300)));
     let (status, body) = h3_request(&gw, http::Method::CONNECT, &path, &[], true).await;

@@ -497,6 +497,12 @@ impl Hub {
         Ok(self.store.register(&name, presented, ip_key(peer)).await?)
     }
 
+    /// The name a registration for `requested` is stored under (see
+    /// [`AuthMode::registered_name`]).
+    pub fn registered_name<'a>(&self, requested: &'a str) -> std::borrow::Cow<'a, str> {
+        self.mode.registered_name(requested)
+    }
+
     /// The user `token` belongs to — a registered identity's token or an
     /// application's JWT — with what had been revoked at this moment;
     /// [`Hub::attach`] refuses it if anything was revoked since. A refused

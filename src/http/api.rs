@@ -257,7 +257,10 @@ pub(crate) async fn register(
         Registration::Taken => {
             let body = json!({
                 "status": "TAKEN",
-                "message": format!("username \"{}\" is already registered", request.username),
+                "message": format!(
+                    "username \"{}\" is already registered",
+                    ctx.hub.registered_name(&request.username)
+                ),
             });
             return Ok(Json(body).into_response());
         }
