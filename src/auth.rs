@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 use percent_encoding::percent_decode_str;
@@ -320,11 +322,32 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
-/// Which origins may use the gateway from a browser.
+/// Which origins may use the gateway from a browser. Clones share one
+/// allow-list, which [`OriginPolicy::replace`] changes for all of them (a
+/// reload of --allow-origin).
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
+    list: Arc<ArcSwap<AllowList>>,
+}
+
+/// The origins allowed besides the gateway's own.
+#[derive(Debug, Default)]
+struct AllowList {
     allowed: Vec<String>,
     any: bool,
+}
+
+impl AllowList {
+    fn new(allowed: &[String]) -> Self {
+        Self {
+            any: allowed.iter().any(|o| o == "*"),
+            allowed: allowed
+                .iter()
+                .filter(|o| *o != "*")
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        }
+    }
 }
 
 /// The verdict on a request's `Origin`.
@@ -351,7 +374,9 @@ impl OriginPolicy {
     /// Whether `origin` is named on the allow-list (not merely allowed by
     /// `*`): what admin routes ask of a browser's origin.
     pub fn lists(&self, origin: &str) -> bool {
-        self.allowed
+        self.list
+            .load()
+            .allowed
             .contains(&origin.trim_end_matches('/').to_ascii_lowercase())
     }
 
@@ -364,13 +389,13 @@ impl OriginPolicy {
     /// A policy allowing the gateway's own origin plus `allowed` (`*` = all).
     pub fn new(allowed: &[String]) -> Self {
         Self {
-            any: allowed.iter().any(|o| o == "*"),
-            allowed: allowed
-                .iter()
-                .filter(|o| *o != "*")
-                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-                .collect(),
+            list: Arc::new(ArcSwap::from_pointee(AllowList::new(allowed))),
         }
+    }
+
+    /// Allows `allowed` from now on, in this policy and all its clones.
+    pub fn replace(&self, allowed: &[String]) {
+        self.list.store(Arc::new(AllowList::new(allowed)));
     }
 
     /// Judges `origin` for a request addressed to `authority` (the `Host`
@@ -395,7 +420,8 @@ impl OriginPolicy {
                 return OriginVerdict::SameOrigin;
             }
         }
-        if self.any || self.allowed.contains(&origin) {
+        let list = self.list.load();
+        if list.any || list.allowed.contains(&origin) {
             OriginVerdict::Allowed
         } else {
             OriginVerdict::Refused

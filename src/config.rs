@@ -1,8 +1,12 @@
-//! Command line and environment configuration.
+//! Command line, environment and configuration file.
 //!
-//! Every flag has an environment variable `SIGNAL_<FLAG>`; `--help` text
-//! comes from the doc comments below. Limits refuse zero: no setting means
-//! "unbounded".
+//! Every flag has an environment variable `SIGNAL_<FLAG>` and a key in the
+//! configuration file ([`file`]): its long name, in the section its
+//! `--help` heading names. `--help` text comes from the doc comments below.
+//! Limits refuse zero: no setting means "unbounded".
+
+pub mod check;
+pub mod file;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +34,10 @@ pub struct Cli {
     /// What to do; without a subcommand the gateway runs.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// TOML configuration file: every flag has a key there (see
+    /// `default-config`). Flags and environment variables override it.
+    #[arg(long = "config", id = "config", env = "SIGNAL_CONFIG", global = true)]
+    pub config_file: Option<PathBuf>,
     /// How the gateway runs.
     #[command(flatten)]
     pub config: Config,
@@ -41,10 +49,22 @@ pub enum Command {
     /// Write a new development certificate (ECDSA P-256, valid 14 days) and
     /// key into the certificate directory, and print its SHA-256.
     Cert,
+    /// Check the configuration (flags, environment, file) without serving:
+    /// files readable, certificate and key matching, secrets long enough,
+    /// URLs well-formed. Prints each problem; exits 1 if there is any.
+    CheckConfig,
+    /// Print the effective configuration as TOML, with where each value
+    /// came from; secrets are redacted.
+    PrintConfig,
+    /// Print a configuration file with every key, commented out at its
+    /// default (what deploy/config.toml is).
+    DefaultConfig,
 }
 
-/// Everything the gateway needs to run.
+/// Everything the gateway needs to run. The `--help` headings name the
+/// configuration file's sections.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Listen")]
 pub struct Config {
     /// TCP address for HTTP and WebSocket. `localhost:PORT` binds both
     /// 127.0.0.1 and ::1; the default listens on every interface, IPv4 and
@@ -65,25 +85,42 @@ pub struct Config {
     /// PEM certificate chain for production (any key type and validity).
     /// Without it the gateway uses a development certificate from
     /// --cert-dir, generated on first start.
-    #[arg(long, env = "SIGNAL_CERT", requires = "key")]
+    #[arg(long, env = "SIGNAL_CERT", requires = "key", help_heading = "TLS")]
     pub cert: Option<PathBuf>,
 
     /// PEM private key matching --cert.
-    #[arg(long, env = "SIGNAL_KEY", requires = "cert")]
+    #[arg(long, env = "SIGNAL_KEY", requires = "cert", help_heading = "TLS")]
     pub key: Option<PathBuf>,
 
     /// Directory of the development certificate (cert.pem, key.pem).
-    #[arg(long, env = "SIGNAL_CERT_DIR", default_value = "certs", global = true)]
+    #[arg(
+        long,
+        env = "SIGNAL_CERT_DIR",
+        default_value = "certs",
+        global = true,
+        help_heading = "TLS"
+    )]
     pub cert_dir: PathBuf,
 
     /// Extra subject alternative names for the development certificate
     /// (DNS names or IP addresses), besides localhost, 127.0.0.1 and ::1.
-    #[arg(long = "san", env = "SIGNAL_SAN", value_delimiter = ',', global = true)]
+    #[arg(
+        long = "san",
+        env = "SIGNAL_SAN",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "TLS"
+    )]
     pub sans: Vec<String>,
 
     /// Bearer token required by the admin routes. Without it, admin routes
     /// answer only to clients on the loopback interface.
-    #[arg(long, env = "SIGNAL_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SIGNAL_ADMIN_TOKEN",
+        hide_env_values = true,
+        help_heading = "HTTP"
+    )]
     pub admin_token: Option<String>,
 
     /// Origins allowed besides the gateway's own (repeatable, or
@@ -91,7 +128,8 @@ pub struct Config {
     #[arg(
         long = "allow-origin",
         env = "SIGNAL_ALLOW_ORIGIN",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "HTTP"
     )]
     pub allow_origins: Vec<String>,
 
@@ -101,7 +139,8 @@ pub struct Config {
     #[arg(
         long = "trusted-proxy",
         env = "SIGNAL_TRUSTED_PROXY",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "HTTP"
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 
@@ -111,7 +150,8 @@ pub struct Config {
         long,
         env = "SIGNAL_FORWARDED_HEADER",
         value_enum,
-        default_value = "x-forwarded-for"
+        default_value = "x-forwarded-for",
+        help_heading = "HTTP"
     )]
     pub forwarded_header: ForwardedHeader,
 
@@ -123,7 +163,8 @@ pub struct Config {
         long,
         env = "SIGNAL_UNKNOWN_USER_STATUS",
         value_enum,
-        default_value = "404"
+        default_value = "404",
+        help_heading = "HTTP"
     )]
     pub unknown_user_status: UnknownUserStatus,
 
@@ -134,7 +175,8 @@ pub struct Config {
     #[arg(
         long = "public-host",
         env = "SIGNAL_PUBLIC_HOST",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "HTTP"
     )]
     pub public_hosts: Vec<String>,
 
@@ -269,7 +311,7 @@ impl LogFormat {
 
 /// What an operator's tooling talks to.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Operations")]
+#[command(next_help_heading = "Metrics")]
 pub struct OperationArgs {
     /// Also serve /metrics, /healthz and /readyz on this TCP address, without
     /// authentication (a scrape and probe port, kept off the public one). On
@@ -279,15 +321,39 @@ pub struct OperationArgs {
     pub metrics_listen: Option<SocketAddr>,
 
     /// Log format on stderr [default: text on a terminal, json otherwise]
-    #[arg(long, env = "SIGNAL_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "SIGNAL_LOG_FORMAT", value_enum, help_heading = "Log")]
     pub log_format: Option<LogFormat>,
+
+    /// Which events are logged: a level (`info`, `debug`) or per-module
+    /// directives (`signal_gateway=debug,quinn=warn`), as in `RUST_LOG`
+    /// [default: RUST_LOG, else signal_gateway=info]
+    #[arg(long, env = "SIGNAL_LOG_LEVEL", help_heading = "Log")]
+    pub log_level: Option<String>,
 
     /// On SIGTERM or Ctrl-C, how long /readyz answers 503 while everything
     /// still works, before clients are told to go: give it the load
     /// balancer's probe interval times its failure threshold, so no new
     /// client is sent here once the drain starts.
-    #[arg(long, env = "SIGNAL_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    #[arg(long, env = "SIGNAL_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration, help_heading = "Shutdown")]
     pub shutdown_delay: Duration,
+}
+
+/// What is logged when neither --log-level nor `RUST_LOG` says.
+pub const DEFAULT_LOG_FILTER: &str = "signal_gateway=info";
+
+impl OperationArgs {
+    /// The log filter: --log-level, else `RUST_LOG` (when it parses), else
+    /// [`DEFAULT_LOG_FILTER`].
+    pub fn log_filter(&self) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+        let Some(directives) = &self.log_level else {
+            return Ok(tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)));
+        };
+        tracing_subscriber::EnvFilter::try_new(directives).map_err(|err| ConfigError::LogLevel {
+            directives: directives.clone(),
+            reason: err.to_string(),
+        })
+    }
 }
 
 /// Which identities the gateway takes.
@@ -303,7 +369,7 @@ pub enum AuthArg {
 
 /// Where identities come from, as flags.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Identities")]
+#[command(next_help_heading = "Identity")]
 pub struct IdentityArgs {
     /// Where registered identities live: `embedded`, a database file in
     /// --data-dir that survives restarts; `memory`, forgotten on restart; or
@@ -326,26 +392,37 @@ pub struct IdentityArgs {
         long,
         env = "SIGNAL_JWT_SECRET",
         hide_env_values = true,
-        group = "jwt_key"
+        group = "jwt_key",
+        help_heading = "JWT"
     )]
     pub jwt_secret: Option<String>,
 
     /// File holding the shared secret of HS256/384/512 JWTs (trailing
     /// newline ignored).
-    #[arg(long, env = "SIGNAL_JWT_SECRET_FILE", group = "jwt_key")]
+    #[arg(
+        long,
+        env = "SIGNAL_JWT_SECRET_FILE",
+        group = "jwt_key",
+        help_heading = "JWT"
+    )]
     pub jwt_secret_file: Option<PathBuf>,
 
     /// PEM public key of RS/PS 256/384/512, ES256/384 or EdDSA JWTs.
-    #[arg(long, env = "SIGNAL_JWT_PUBLIC_KEY", group = "jwt_key")]
+    #[arg(
+        long,
+        env = "SIGNAL_JWT_PUBLIC_KEY",
+        group = "jwt_key",
+        help_heading = "JWT"
+    )]
     pub jwt_public_key: Option<PathBuf>,
 
     /// URL of a JSON Web Key Set; keys are picked by the token's `kid`.
-    #[arg(long, env = "SIGNAL_JWKS_URL", group = "jwt_key")]
+    #[arg(long, env = "SIGNAL_JWKS_URL", group = "jwt_key", help_heading = "JWT")]
     pub jwks_url: Option<String>,
 
     /// A token naming an unknown `kid` refetches the key set, at most this
     /// often.
-    #[arg(long, env = "SIGNAL_JWKS_REFRESH_MIN", default_value = "30s", value_parser = nonzero_duration)]
+    #[arg(long, env = "SIGNAL_JWKS_REFRESH_MIN", default_value = "30s", value_parser = nonzero_duration, help_heading = "JWT")]
     pub jwks_refresh_min: Duration,
 
     /// A whole key-set fetch (connect, answer, body) must end within this;
@@ -368,15 +445,20 @@ pub struct IdentityArgs {
     pub jwks_redirects: JwksRedirects,
 
     /// Required `iss` of JWTs.
-    #[arg(long, env = "SIGNAL_JWT_ISSUER")]
+    #[arg(long, env = "SIGNAL_JWT_ISSUER", help_heading = "JWT")]
     pub jwt_issuer: Option<String>,
 
     /// Required `aud` of JWTs (one of the token's audiences).
-    #[arg(long, env = "SIGNAL_JWT_AUDIENCE")]
+    #[arg(long, env = "SIGNAL_JWT_AUDIENCE", help_heading = "JWT")]
     pub jwt_audience: Option<String>,
 
     /// The JWT claim the username comes from.
-    #[arg(long, env = "SIGNAL_JWT_USERNAME_CLAIM", default_value = "sub")]
+    #[arg(
+        long,
+        env = "SIGNAL_JWT_USERNAME_CLAIM",
+        default_value = "sub",
+        help_heading = "JWT"
+    )]
     pub jwt_username_claim: String,
 }
 
@@ -450,7 +532,7 @@ fn secret_source(secret: Vec<u8>, flag: &'static str) -> Result<KeySource, Confi
 
 /// The ICE servers handed to clients, as flags.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "ICE servers and TURN")]
+#[command(next_help_heading = "TURN")]
 pub struct IceArgs {
     /// STUN server URL handed to clients, `stun:host[:port]` (repeatable, or
     /// comma-separated).
@@ -662,13 +744,13 @@ pub struct LimitArgs {
     pub max_body_bytes: usize,
 
     /// On SIGTERM or Ctrl-C, how long to let clients drain before exiting.
-    #[arg(long, env = "SIGNAL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
+    #[arg(long, env = "SIGNAL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = nonzero_duration, help_heading = "Shutdown")]
     pub shutdown_timeout: Duration,
 
     /// In a cluster, how long a node waits to hear whether another node
     /// wrote an envelope it sent there before answering its sender
     /// UNCONFIRMED; longer than --write-timeout.
-    #[arg(long, env = "SIGNAL_DELIVERY_TIMEOUT", default_value = "10s", value_parser = nonzero_duration)]
+    #[arg(long, env = "SIGNAL_DELIVERY_TIMEOUT", default_value = "10s", value_parser = nonzero_duration, help_heading = "Cluster")]
     pub delivery_timeout: Duration,
 }
 
@@ -761,6 +843,14 @@ pub enum ConfigError {
     /// `--auth` does not fit the JWT settings.
     #[error("{0}")]
     AuthMismatch(&'static str),
+    /// --log-level does not parse.
+    #[error("--log-level {directives:?}: {reason}")]
+    LogLevel {
+        /// What was given.
+        directives: String,
+        /// Why it does not parse.
+        reason: String,
+    },
     /// The pre-session budget cannot fit one request.
     #[error(
         "--pre-session-bytes ({budget}) must be at least --max-header-bytes + --max-body-bytes ({needed}), or one request could not be made"
@@ -789,27 +879,43 @@ impl Config {
 
     /// Checks rules that span several settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule spanning several settings that this configuration
+    /// breaks (what `check-config` lists; [`Config::validate`] stops at
+    /// the first).
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         if self.limits.keep_alive_interval >= self.limits.idle_timeout {
-            return Err(ConfigError::KeepAliveTooLong {
+            problems.push(ConfigError::KeepAliveTooLong {
                 keep_alive: self.limits.keep_alive_interval,
                 idle: self.limits.idle_timeout,
             });
         }
-        for origin in &self.allow_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
-                return Err(ConfigError::BadOrigin(origin.clone()));
-            }
-        }
-        self.ice.check()?;
-        self.cluster.check()?;
+        problems.extend(
+            self.allow_origins
+                .iter()
+                .filter(|origin| {
+                    *origin != "*"
+                        && !(origin.starts_with("http://") || origin.starts_with("https://"))
+                })
+                .map(|origin| ConfigError::BadOrigin(origin.clone())),
+        );
+        problems.extend(self.ice.check().err());
+        problems.extend(self.cluster.check().err());
+        problems.extend(self.operations.log_filter().err());
         match (self.identity.store, &self.cluster.redis) {
             (Some(StoreKind::Redis), None) => {
-                return Err(ConfigError::Cluster(
+                problems.push(ConfigError::Cluster(
                     "--store redis needs --redis".to_owned(),
                 ));
             }
             (Some(kind @ (StoreKind::Memory | StoreKind::Embedded)), Some(_)) => {
-                return Err(ConfigError::Cluster(format!(
+                problems.push(ConfigError::Cluster(format!(
                     "--store {} cannot be shared: a cluster keeps identities in Redis (leave --store out)",
                     if kind == StoreKind::Memory {
                         "memory"
@@ -821,7 +927,7 @@ impl Config {
             _ => {}
         }
         if self.limits.delivery_timeout <= self.limits.write_timeout {
-            return Err(ConfigError::Cluster(format!(
+            problems.push(ConfigError::Cluster(format!(
                 "--delivery-timeout ({:?}) must be longer than --write-timeout ({:?}): a node reports an envelope undelivered only after a write stalls that long",
                 self.limits.delivery_timeout, self.limits.write_timeout
             )));
@@ -831,12 +937,12 @@ impl Config {
             .max_header_bytes
             .saturating_add(limits.max_body_bytes);
         if limits.pre_session_bytes < needed {
-            return Err(ConfigError::PreSessionTooSmall {
+            problems.push(ConfigError::PreSessionTooSmall {
                 budget: limits.pre_session_bytes,
                 needed,
             });
         }
-        Ok(())
+        problems
     }
 
     /// The WebTransport address: --wt-listen, or the --listen address.

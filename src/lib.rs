@@ -27,7 +27,8 @@
 //!   courier and the inbox).
 //! - [`auth`]: tokens, cookies and origins, shared by both transports.
 //! - [`tls`]: development and production certificates (rustls + rcgen).
-//! - [`config`]: command line and environment.
+//! - [`config`]: command line, environment and configuration file.
+//! - [`reload`]: what SIGHUP changes under a running gateway.
 //! - [`server`]: binds everything and runs it until shutdown.
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod core;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tls;

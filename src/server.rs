@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +18,7 @@ use crate::core::token::TokenVerifier;
 use crate::core::{Hub, Identities, Limits};
 use crate::http::{self, CertInfo, HttpContext, Operations, TcpLimits, WebSocketSettings};
 use crate::jwt::{JwtVerifier, SetupError};
+use crate::reload::{LiveIce, LiveVerifier, Reloader};
 use crate::store::{self, OpenError};
 use crate::tls::{self, TlsError};
 use crate::webtransport::{self, EndpointError, WebTransportContext};
@@ -58,12 +60,13 @@ pub enum GatewayError {
     Cluster(#[from] crate::cluster::SetupError),
 }
 
-/// The identity store, the JWT verifier and which of them are taken.
+/// The identity store, the JWT verifier and which of them are taken; the
+/// verifier also as the handle a reload replaces its keys through.
 async fn identities(
     config: &Config,
     limits: &Limits,
     node: Option<&Node>,
-) -> Result<Identities, GatewayError> {
+) -> Result<(Identities, Option<Arc<LiveVerifier>>), GatewayError> {
     let settings = &config.identity;
     let keys = settings.key_source()?;
     let mode = settings.mode(keys.is_some())?;
@@ -74,18 +77,21 @@ async fn identities(
         node.map(Node::redis),
     )
     .await?;
-    let verifier = match keys {
-        Some(keys) => {
-            let verifier = JwtVerifier::new(keys, settings.claims()).await?;
-            Some(Arc::new(verifier) as Arc<dyn TokenVerifier>)
-        }
+    let live = match keys {
+        Some(keys) => Some(Arc::new(LiveVerifier::new(
+            JwtVerifier::new(keys, settings.claims()).await?,
+        ))),
         None => None,
     };
-    Ok(Identities {
-        store,
-        verifier,
-        mode,
-    })
+    let verifier = live.clone().map(|live| live as Arc<dyn TokenVerifier>);
+    Ok((
+        Identities {
+            store,
+            verifier,
+            mode,
+        },
+        live,
+    ))
 }
 
 /// A gateway with its sockets bound, ready to run.
@@ -105,6 +111,7 @@ pub struct Gateway {
     node: Option<(Node, String)>,
     shutdown_delay: Duration,
     shutdown_timeout: Duration,
+    reloader: Reloader,
 }
 
 impl Gateway {
@@ -114,24 +121,16 @@ impl Gateway {
         config.validate()?;
         // quinn and rustls must agree on one process-wide crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let identity = match (&config.cert, &config.key) {
-            (Some(cert), Some(key)) => tls::load_pem(cert, key)?,
-            _ => {
-                let (identity, generated) =
-                    tls::load_or_generate_dev(&config.cert_dir, &config.sans)?;
-                if generated {
-                    tracing::info!(dir = %config.cert_dir.display(), "generated a development certificate");
-                }
-                identity
-            }
-        };
+        let identity = tls::load(&config)?;
         let limits = config.limits.core();
         let node = match &config.cluster.redis {
             Some(url) => Some(Node::new(url, &config.cluster.node_id())?),
             None => None,
         };
-        let identities = identities(&config, &limits, node.as_ref()).await?;
-        let hub = Hub::new(limits, identities, Arc::new(config.ice.provider()?));
+        let (identities, verifier) = identities(&config, &limits, node.as_ref()).await?;
+        let mode = identities.mode;
+        let ice = Arc::new(LiveIce::new(config.ice.provider()?));
+        let hub = Hub::new(limits, identities, ice.clone());
         if let Some(node) = &node {
             hub.join(node.cluster());
         }
@@ -174,20 +173,29 @@ impl Gateway {
             }
             None => None,
         };
-        let router = http::router(Arc::new(HttpContext {
+        let context = Arc::new(HttpContext {
             hub: hub.clone(),
             origins: origins.clone(),
-            admin_token: config.admin_token.clone(),
+            admin_token: ArcSwapOption::from_pointee(config.admin_token.clone()),
             proxies: ProxyPolicy::new(&config.trusted_proxies, config.forwarded_header),
             public_hosts: config.public_hosts.clone(),
             secure: config.tls,
-            cert: cert.clone(),
+            cert: ArcSwap::from_pointee(cert.clone()),
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.handshake_timeout,
             websocket: WebSocketSettings::default(),
             unknown_user_status: config.unknown_user_status,
             operations,
-        }));
+        });
+        let router = http::router(context.clone());
+        let reloader = Reloader::new(
+            identity.live(),
+            context,
+            origins.clone(),
+            ice,
+            verifier,
+            mode,
+        );
         let tls = if config.tls {
             Some(Arc::new(identity.server_config(&[b"http/1.1"])?))
         } else {
@@ -216,7 +224,14 @@ impl Gateway {
             node: node.map(|node| (node, advertised)),
             shutdown_delay: config.operations.shutdown_delay,
             shutdown_timeout: config.limits.shutdown_timeout,
+            reloader,
         })
+    }
+
+    /// Applies a new configuration's live settings while this gateway runs
+    /// (what SIGHUP does).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// The bound TCP (HTTP/WebSocket) addresses.

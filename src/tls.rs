@@ -5,6 +5,8 @@
 //! most 14 days. The development certificate follows those rules and is
 //! regenerated on start when it is missing, malformed or within a day of
 //! expiry. A production certificate from `--cert`/`--key` is used as given.
+//! Either is served through a [`LiveCert`], which a reload replaces under
+//! running listeners.
 
 use std::fs;
 use std::io::{BufReader, Write};
@@ -13,9 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 
@@ -53,6 +58,14 @@ pub enum TlsError {
     /// rustls refused the certificate or key.
     #[error("TLS configuration refused the certificate: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The private key is not the certificate's.
+    #[error("{}: this private key does not match the certificate {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -73,21 +86,33 @@ pub struct Identity {
     pub sha256: [u8; 32],
     /// Whether this is the self-signed development certificate.
     pub development: bool,
+    /// What every configuration made from this identity serves.
+    live: Arc<LiveCert>,
 }
 
 impl Identity {
+    /// Pairs a chain with its key; fails when rustls cannot use the key or
+    /// the key is not the leaf's.
     fn new(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         development: bool,
-    ) -> Self {
+    ) -> Result<Self, rustls::Error> {
         let sha256 = chain.first().map_or([0; 32], |leaf| sha256(leaf));
-        Self {
+        let certified = CertifiedKey::from_der(chain.clone(), key.clone_key(), &crypto_provider())?;
+        Ok(Self {
             chain,
             key,
             sha256,
             development,
-        }
+            live: Arc::new(LiveCert(ArcSwap::from_pointee(certified))),
+        })
+    }
+
+    /// The certificate the server configurations of this identity present:
+    /// replace it there to serve another certificate to new connections.
+    pub fn live(&self) -> Arc<LiveCert> {
+        self.live.clone()
     }
 
     /// The fingerprint as lowercase hex.
@@ -100,20 +125,44 @@ impl Identity {
         STANDARD.encode(self.sha256)
     }
 
-    /// rustls server configuration offering the given ALPN protocols.
+    /// rustls server configuration offering the given ALPN protocols,
+    /// presenting this identity's [`LiveCert`].
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-        let mut provider = rustls::crypto::ring::default_provider();
-        provider
-            .cipher_suites
-            .retain(|suite| !AES_256_SUITES.contains(&suite.suite()));
-        let provider = Arc::new(provider);
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+            .with_cert_resolver(self.live.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
+}
+
+/// The certificate and key TLS and QUIC handshakes present, replaceable
+/// while serving: each handshake asks for it, so a reload reaches every
+/// new connection and leaves established ones as they are.
+#[derive(Debug)]
+pub struct LiveCert(ArcSwap<CertifiedKey>);
+
+impl LiveCert {
+    /// Serves `identity`'s certificate from now on.
+    pub fn replace(&self, identity: &Identity) {
+        self.0.store(identity.live.0.load_full());
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// ring, without the AES-256 suites.
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|suite| !AES_256_SUITES.contains(&suite.suite()));
+    provider
 }
 
 /// Suites not offered. rustls clients list AES-256-GCM first, and the
@@ -165,7 +214,7 @@ pub fn generate_dev(dir: &Path, extra_sans: &[String]) -> Result<Identity, TlsEr
     write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
     write_file(&cert_path, cert.pem().as_bytes(), false)?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    Ok(Identity::new(vec![cert.der().clone()], key_der, true))
+    Ok(Identity::new(vec![cert.der().clone()], key_der, true)?)
 }
 
 /// Writes via a temporary file and rename, so a concurrent start never
@@ -294,6 +343,19 @@ fn dev_cert_is_usable(der: &[u8], extra_sans: &[String], now: SystemTime) -> boo
         && extra_sans.iter().all(|s| covers(s))
 }
 
+/// The certificate `config` names: `--cert`/`--key`, or the development
+/// certificate in `--cert-dir` (made anew when missing or due for renewal).
+pub fn load(config: &crate::config::Config) -> Result<Identity, TlsError> {
+    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+        return load_pem(cert, key);
+    }
+    let (identity, generated) = load_or_generate_dev(&config.cert_dir, &config.sans)?;
+    if generated {
+        tracing::info!(dir = %config.cert_dir.display(), "generated a development certificate");
+    }
+    Ok(identity)
+}
+
 /// Loads a PEM certificate chain and private key.
 pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
     let cert_file = fs::File::open(cert_path).map_err(io_error(cert_path))?;
@@ -307,7 +369,13 @@ pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError>
     let key = rustls_pemfile::private_key(&mut BufReader::new(key_file))
         .map_err(io_error(key_path))?
         .ok_or_else(|| TlsError::NoKey(key_path.to_owned()))?;
-    Ok(Identity::new(chain, key, false))
+    Identity::new(chain, key, false).map_err(|err| match err {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        },
+        other => TlsError::Rustls(other),
+    })
 }
 
 #[cfg(test)]

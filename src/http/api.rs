@@ -403,7 +403,7 @@ pub(crate) async fn stats(State(ctx): State<AppState>) -> Json<Report> {
 
 /// `GET /v1/cert-hash`: what a page passes to `serverCertificateHashes`.
 pub(crate) async fn cert_hash(State(ctx): State<AppState>) -> Response {
-    let cert = &ctx.cert;
+    let cert = ctx.cert.load();
     (
         [(CACHE_CONTROL, "no-store")],
         Json(json!({
@@ -462,7 +462,7 @@ pub(crate) async fn admin_guard(
     next: Next,
 ) -> Response {
     let headers = request.headers();
-    match &ctx.admin_token {
+    match ctx.admin_token.load().as_deref() {
         Some(expected) if !auth::admin_token_matches(expected, auth::bearer(headers)) => {
             return unauthorized("admin routes need the admin bearer token");
         }

@@ -11,6 +11,7 @@ mod websocket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
@@ -76,8 +77,8 @@ pub struct HttpContext {
     pub hub: Arc<Hub>,
     /// Which browser origins may act.
     pub origins: OriginPolicy,
-    /// Bearer token for admin routes, if configured.
-    pub admin_token: Option<String>,
+    /// Bearer token for admin routes, if configured (a reload replaces it).
+    pub admin_token: ArcSwapOption<String>,
     /// Reverse proxies whose forwarding headers are believed.
     pub proxies: ProxyPolicy,
     /// Names the gateway is reached under besides loopback ones
@@ -85,8 +86,8 @@ pub struct HttpContext {
     pub public_hosts: Vec<String>,
     /// Whether the TCP listener speaks TLS (cookies get `Secure`).
     pub secure: bool,
-    /// The certificate WebTransport serves.
-    pub cert: CertInfo,
+    /// The certificate WebTransport serves (a reload replaces it).
+    pub cert: ArcSwap<CertInfo>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Time allowed for a request body to arrive.
@@ -164,7 +165,7 @@ pub fn router(ctx: AppState) -> Router {
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(cors_layer(&ctx));
     if ctx.secure {
-        let alt_svc = format!("h3=\":{}\"; ma=86400", ctx.cert.webtransport_port);
+        let alt_svc = format!("h3=\":{}\"; ma=86400", ctx.cert.load().webtransport_port);
         if let Ok(value) = HeaderValue::from_str(&alt_svc) {
             app = app.layer(SetResponseHeaderLayer::overriding(
                 axum::http::HeaderName::from_static("alt-svc"),
@@ -230,17 +231,17 @@ mod tests {
         router(Arc::new(HttpContext {
             hub: hub.clone(),
             origins: OriginPolicy::default(),
-            admin_token: admin_token.map(str::to_owned),
+            admin_token: ArcSwapOption::from_pointee(admin_token.map(str::to_owned)),
             proxies: ProxyPolicy::default(),
             public_hosts: Vec::new(),
             secure,
-            cert: CertInfo {
+            cert: ArcSwap::from_pointee(CertInfo {
                 sha256_base64: String::new(),
                 sha256_hex: String::new(),
                 development: true,
                 webtransport_port: 8000,
                 webtransport_host: None,
-            },
+            }),
             max_body_bytes: 1024,
             body_timeout: std::time::Duration::from_secs(1),
             websocket: WebSocketSettings::default(),
