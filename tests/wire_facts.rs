@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use signal_gateway::core::wire::{CloseReason, ErrorType, HttpError};
+use signal_gateway::core::wire::{CloseReason, ErrorType, HttpError, PROTOCOL_VERSION};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
@@ -136,4 +136,20 @@ fn the_readme_tables_match_the_wire_table() {
             error.code()
         );
     }
+}
+
+#[test]
+fn the_docs_name_the_protocol_version_welcome_carries() {
+    let protocol = read("docs/protocol.md");
+    assert!(
+        protocol.contains(&format!(
+            "\"payload\": {{\"protocol\": {PROTOCOL_VERSION}, "
+        )),
+        "docs/protocol.md: the WELCOME example starts its payload with \"protocol\": {PROTOCOL_VERSION}"
+    );
+    let policy = read("docs/compatibility.md");
+    assert!(
+        policy.contains(&format!("(today `{PROTOCOL_VERSION}`)")),
+        "docs/compatibility.md names today's protocol version {PROTOCOL_VERSION}"
+    );
 }

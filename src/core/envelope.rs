@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ice::IceConfig;
-use super::wire::{CLOSE_TYPE, CloseReason, ErrorType, WELCOME_TYPE};
+use super::wire::{CLOSE_TYPE, CloseReason, ErrorType, PROTOCOL_VERSION, WELCOME_TYPE};
 
 /// Longest `target` accepted, in bytes (a 64-character name fits even in
 /// 4-byte UTF-8).
@@ -233,9 +233,21 @@ pub struct Welcome<'a> {
     pub ice: &'a IceConfig,
 }
 
-/// The first envelope on every connection.
+/// The first envelope on every connection, led by the protocol version.
 pub fn welcome_frame(welcome: &Welcome<'_>) -> Bytes {
-    server_frame(WELCOME_TYPE, welcome)
+    #[derive(Serialize)]
+    struct Versioned<'a> {
+        protocol: u32,
+        #[serde(flatten)]
+        welcome: &'a Welcome<'a>,
+    }
+    server_frame(
+        WELCOME_TYPE,
+        &Versioned {
+            protocol: PROTOCOL_VERSION,
+            welcome,
+        },
+    )
 }
 
 #[derive(Serialize)]

@@ -580,6 +580,11 @@ mod tests {
         let items = alice.outbox.seal(CloseReason::InternalError);
         let v: Value = serde_json::from_slice(&items[0].frame).unwrap();
         assert_eq!(v["type"], "WELCOME");
+        assert_eq!(
+            v["payload"]["protocol"],
+            crate::core::wire::PROTOCOL_VERSION,
+            "the protocol version leads the payload"
+        );
         assert_eq!(v["payload"]["username"], "alice");
         assert_eq!(v["payload"]["transport"], "websocket");
         let ice = &v["payload"]["ice"];

@@ -322,6 +322,10 @@ impl PreSessionClose {
 /// attached it to the user and it can now receive envelopes.
 pub const WELCOME_TYPE: &str = "WELCOME";
 
+/// The protocol version `WELCOME` carries as `"protocol"`: it changes only
+/// when something a client may rely on changes (docs/compatibility.md).
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// `type` of the last envelope the gateway sends before it closes a
 /// connection; its payload repeats the close code and reason.
 pub const CLOSE_TYPE: &str = "CLOSE";
