@@ -25,11 +25,16 @@ struct Gateway {
 
 impl Gateway {
     async fn start(config: &Path) -> Self {
+        Self::start_with(config, &[]).await
+    }
+
+    async fn start_with(config: &Path, env: &[(&str, &Path)]) -> Self {
         use tokio::io::AsyncBufReadExt as _;
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signal-gateway"))
             .arg("--config")
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--log-format", "text"])
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())
@@ -62,15 +67,19 @@ impl Gateway {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Sends SIGHUP and waits for the log line that says how it went
-    /// (the `nth` such line since start).
-    async fn hangup(&self, nth: usize) -> String {
+    fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();
         let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Sends SIGHUP and waits for the log line that says how it went
+    /// (the `nth` such line since start).
+    async fn hangup(&self, nth: usize) -> String {
+        self.signal("HUP");
         within("the reload is logged", async {
             loop {
                 let outcomes: Vec<String> = self
@@ -469,4 +478,45 @@ async fn sighup_rotates_the_certificate_under_live_connections() {
     );
     assert_eq!(cert_hash(&gateway, &second).await, second.hex());
     still_talking(&mut dave, "dave", &mut carol, "carol").await;
+}
+
+/// What systemd (`Type=notify`) hears on `NOTIFY_SOCKET`: READY=1 once the
+/// gateway serves, RELOADING=1 then READY=1 around a reload, STOPPING=1
+/// when it drains.
+#[tokio::test]
+async fn systemd_is_told_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert-dir = \"{0}/certs\"\n[identity]\ndata-dir = \"{0}/data\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut gateway = Gateway::start_with(&config, &[("NOTIFY_SOCKET", &socket_path)]).await;
+    let mut buffer = vec![0u8; 4096];
+    let mut next = async || {
+        let n = within("a notification", socket.recv(&mut buffer))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    assert_eq!(next().await.trim(), "READY=1");
+    let ready = reqwest::get(format!("http://{}/readyz", gateway.http))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "ready when systemd is told so");
+    gateway.hangup(1).await;
+    assert_eq!(next().await.trim(), "RELOADING=1");
+    assert_eq!(next().await.trim(), "READY=1");
+    gateway.signal("TERM");
+    assert_eq!(next().await.trim(), "STOPPING=1");
+    let status = within("the gateway exits", gateway.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
