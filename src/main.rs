@@ -109,6 +109,10 @@ fn main() -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Taken before anything is announced: a SIGHUP from then on is a
+        // reload, never the default action (exit).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
         let gateway = match Gateway::bind(config).await {
             Ok(gateway) => gateway,
             Err(err) => anyhow::bail!(loaded.explain(&err.to_string())),
@@ -131,14 +135,14 @@ fn main() -> anyhow::Result<ExitCode> {
             "certificate (pin it with serverCertificateHashes; GET /v1/cert-hash)"
         );
         tokio::spawn(reload_on_hangup(
+            hangups,
             gateway.reloader(),
             log_level,
             args,
             loaded,
         ));
-        notify_systemd(&[sd_notify::NotifyState::Ready]);
         gateway
-            .run(async {
+            .run_reporting(|| notify_systemd(&[sd_notify::NotifyState::Ready]), async {
                 shutdown_signal().await;
                 notify_systemd(&[sd_notify::NotifyState::Stopping]);
             })
@@ -160,16 +164,12 @@ fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
 /// and file) and applies what can change live. A configuration that fails
 /// changes nothing; changes that need a restart are named.
 async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
     reloader: Reloader,
     log_level: LogLevel,
     args: Vec<OsString>,
     started: Loaded,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: no reloads");
-        return;
-    };
     let mut applied = started.clone();
     while hangups.recv().await.is_some() {
         notify_systemd(&[sd_notify::NotifyState::Reloading]);

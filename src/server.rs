@@ -273,6 +273,16 @@ impl Gateway {
     /// after its queued envelopes; the listeners keep answering probes until
     /// the clients are gone or the shutdown timeout has passed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        self.run_reporting(|| {}, shutdown).await
+    }
+
+    /// [`Gateway::run`], calling `ready` once it serves (`/readyz` answers
+    /// 200): where a service manager is told.
+    pub async fn run_reporting(
+        self,
+        ready: impl FnOnce(),
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         for listener in self.tcp {
@@ -305,6 +315,7 @@ impl Gateway {
             tasks.spawn(node.run(self.hub.clone(), webtransport, stop.clone()));
         }
         self.hub.serving();
+        ready();
 
         shutdown.await;
         self.hub.draining();

@@ -520,3 +520,132 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+fn hs256(secret: &str, user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// SIGHUP also replaces the JWT secret (read from its file again), the
+/// TURN servers and secret, and the log level.
+#[tokio::test]
+async fn sighup_replaces_jwt_keys_turn_servers_and_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("jwt-secret");
+    let (old_secret, new_secret) = ("o".repeat(32), "n".repeat(40));
+    std::fs::write(&secret_file, format!("{old_secret}\n")).unwrap();
+    let config = dir.path().join("gateway.toml");
+    let write_config = |turn_url: &str, turn_secret: &str, log_level: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[tls]\ncert-dir = \"{0}/certs\"\n[identity]\ndata-dir = \"{0}/data\"\n\
+                 [jwt]\njwt-secret-file = \"{1}\"\n\
+                 [turn]\nturn-url = [\"{turn_url}\"]\nturn-secret = \"{turn_secret}\"\n\
+                 [log]\nlog-level = \"{log_level}\"\n",
+                dir.path().display(),
+                secret_file.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config(
+        "turn:one.example:3478",
+        "first-turn-secret",
+        "signal_gateway=info",
+    );
+    let gateway = Gateway::start(&config).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let user_status = async |token: &str| {
+        http.get(format!("http://{}/v1/user", gateway.http))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let ice = async |token: &str| -> Value {
+        http.get(format!("http://{}/v1/ice-servers", gateway.http))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let old_token = hs256(&old_secret, "ada");
+    let new_token = hs256(&new_secret, "ada");
+    assert_eq!(user_status(&old_token).await, 200);
+    assert_eq!(user_status(&new_token).await, 404);
+    assert_eq!(register_plain(&http, gateway.http, "early").await, 200);
+    let before = ice(&old_token).await;
+    assert_eq!(
+        before["iceServers"][0]["urls"][0], "turn:one.example:3478",
+        "{before}"
+    );
+
+    std::fs::write(&secret_file, format!("{new_secret}\n")).unwrap();
+    write_config(
+        "turn:two.example:3478",
+        "second-turn-secret",
+        "signal_gateway=debug",
+    );
+    let outcome = gateway.hangup(1).await;
+    assert!(
+        outcome.contains("configuration reloaded"),
+        "{}",
+        gateway.log_text()
+    );
+    for key in ["[turn] turn-url", "[turn] turn-secret", "[log] log-level"] {
+        assert!(outcome.contains(key), "{key} in {outcome}");
+    }
+    assert_eq!(user_status(&old_token).await, 404, "the old secret is gone");
+    assert_eq!(user_status(&new_token).await, 200, "the new secret is read");
+    let after = ice(&new_token).await;
+    assert_eq!(
+        after["iceServers"][0]["urls"][0], "turn:two.example:3478",
+        "{after}"
+    );
+    assert_ne!(
+        after["iceServers"][0]["credential"], before["iceServers"][0]["credential"],
+        "credentials minted with the new secret"
+    );
+    // A registration is logged at debug: only once the level says so.
+    assert_eq!(register_plain(&http, gateway.http, "late").await, 200);
+    within("the debug event", async {
+        while !gateway
+            .log_text()
+            .lines()
+            .any(|l| l.contains(" DEBUG ") && l.contains("registered") && l.contains("late"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        !gateway.log_text().contains("early"),
+        "debug events are not logged before the reload:\n{}",
+        gateway.log_text()
+    );
+}
+
+async fn register_plain(http: &reqwest::Client, gateway: SocketAddr, name: &str) -> u16 {
+    http.post(format!("http://{gateway}/v1/register"))
+        .json(&json!({ "username": name }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
