@@ -714,6 +714,23 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_allow_list_holds_for_every_clone() {
+        let policy = OriginPolicy::new(&["https://one.example".into()]);
+        let clone = policy.clone();
+        let judge = |p: &OriginPolicy, origin| p.judge(Some(origin), Some("gw:8000"), false);
+        assert_eq!(judge(&clone, "https://one.example"), OriginVerdict::Allowed);
+        policy.replace(&["https://two.example".into()]);
+        assert_eq!(judge(&clone, "https://one.example"), OriginVerdict::Refused);
+        assert_eq!(judge(&clone, "https://two.example"), OriginVerdict::Allowed);
+        assert!(clone.lists("https://two.example"));
+        policy.replace(&["*".into()]);
+        assert_eq!(
+            judge(&clone, "https://three.example"),
+            OriginVerdict::Allowed
+        );
+    }
+
+    #[test]
     fn origin_verdicts() {
         let policy = OriginPolicy::new(&["https://app.example".into()]);
         assert_eq!(

@@ -445,6 +445,38 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_is_not_the_certificates_is_refused() {
+        let (a, b) = (temp_dir(), temp_dir());
+        generate_dev(&a, &[]).unwrap();
+        generate_dev(&b, &[]).unwrap();
+        let (cert, _) = dev_paths(&a);
+        let (_, other_key) = dev_paths(&b);
+        let err = load_pem(&cert, &other_key).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        fs::remove_dir_all(a).ok();
+        fs::remove_dir_all(b).ok();
+    }
+
+    #[test]
+    fn a_replaced_live_certificate_is_what_configurations_present() {
+        let (a, b) = (temp_dir(), temp_dir());
+        let first = generate_dev(&a, &[]).unwrap();
+        let second = generate_dev(&b, &[]).unwrap();
+        let live = first.live();
+        let presented = |live: &LiveCert| live.0.load().cert[0].to_vec();
+        assert_eq!(presented(&live), first.chain[0].to_vec());
+        live.replace(&second);
+        assert_eq!(presented(&live), second.chain[0].to_vec());
+        assert_eq!(
+            presented(&first.live()),
+            second.chain[0].to_vec(),
+            "one live certificate behind every configuration of the identity"
+        );
+        fs::remove_dir_all(a).ok();
+        fs::remove_dir_all(b).ok();
+    }
+
+    #[test]
     fn missing_production_files_name_the_path() {
         let err = load_pem(
             Path::new("/nonexistent/c.pem"),

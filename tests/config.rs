@@ -351,7 +351,7 @@ async fn check_config_lists_every_problem_and_exits_1() {
     assert_eq!(output.status.code(), Some(1), "{log}");
     for expected in [
         format!("does not match the certificate {}", cert_a.display()),
-        format!("[tls] key at line 3"),
+        "[tls] key at line 3".to_owned(),
         "--jwt-secret must be at least 32 bytes".to_owned(),
         "[jwt] jwt-secret at line 5".to_owned(),
         "--redis is not a usable Redis URL".to_owned(),
