@@ -36,7 +36,13 @@ pub struct Cli {
     pub command: Option<Command>,
     /// TOML configuration file: every flag has a key there (see
     /// `default-config`). Flags and environment variables override it.
-    #[arg(long = "config", id = "config", env = "SIGNAL_CONFIG", global = true)]
+    #[arg(
+        long = "config",
+        id = "config",
+        value_name = "FILE",
+        env = "SIGNAL_CONFIG",
+        global = true
+    )]
     pub config_file: Option<PathBuf>,
     /// How the gateway runs.
     #[command(flatten)]

@@ -603,7 +603,7 @@ pub fn default_config() -> String {
         for key in keys.iter().filter(|k| k.section == section) {
             out.push('\n');
             for line in wrap(&key.help, 78) {
-                let _ = writeln!(out, "# {line}");
+                let _ = writeln!(out, "#{}{line}", if line.is_empty() { "" } else { " " });
             }
             let mut names = format!("# --{}", key.name);
             if let Some(env) = &key.env {
@@ -668,4 +668,54 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_live_key_is_a_key() {
+        let names: Vec<String> = keys().into_iter().map(|k| k.name).collect();
+        for live in LIVE_KEYS {
+            assert!(names.iter().any(|n| n == live), "{live} is not a flag");
+        }
+    }
+
+    #[test]
+    fn lines_are_counted_from_one() {
+        let text = "[a]\nb = 1\n";
+        assert_eq!(line_of(text, 0), 1);
+        assert_eq!(line_of(text, 4), 2);
+        assert_eq!(line_of(text, 999), 3);
+    }
+
+    #[test]
+    fn help_is_wrapped_without_breaking_words() {
+        let lines = wrap("one two three four\n\nfive", 9);
+        assert_eq!(lines, ["one two", "three", "four", "", "five"]);
+    }
+
+    #[test]
+    fn values_are_written_as_toml_reads_them() {
+        let key = |switch, list| Key {
+            id: String::new(),
+            section: String::new(),
+            name: String::new(),
+            env: None,
+            secret: false,
+            switch,
+            list,
+            defaults: Vec::new(),
+            help: String::new(),
+        };
+        let strings = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        assert_eq!(toml_text(&key(true, false), &strings(&["true"])), "true");
+        assert_eq!(toml_text(&key(false, false), &strings(&["50000"])), "50000");
+        assert_eq!(toml_text(&key(false, false), &strings(&["10s"])), "\"10s\"");
+        assert_eq!(
+            toml_text(&key(false, true), &strings(&["a\"b", "c"])),
+            "[\"a\\\"b\", \"c\"]"
+        );
+    }
 }
