@@ -1,7 +1,8 @@
 //! SIGHUP reloads the configuration file under live connections: a real
 //! certificate rotation (TLS over TCP and QUIC), the admin token, the
-//! allowed origins; a reload that fails changes nothing; settings that
-//! need a restart are named in the log.
+//! allowed origins, the JWT secret and key set, TURN and the log level; a
+//! reload that fails changes nothing; settings that need a restart are
+//! named in the log; systemd hears READY, RELOADING and STOPPING.
 
 mod common;
 
@@ -648,4 +649,104 @@ async fn register_plain(http: &reqwest::Client, gateway: SocketAddr, name: &str)
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// A key set served by a real local HTTP server; the test changes it.
+async fn jwks_server(
+    keys: jsonwebtoken::jwk::JwkSet,
+) -> (
+    String,
+    Arc<Mutex<jsonwebtoken::jwk::JwkSet>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let keys = Arc::new(Mutex::new(keys));
+    let served = keys.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let keys = served.lock().unwrap().clone();
+            async move { axum::Json(keys) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, keys, task)
+}
+
+/// An ES256 signing key and its JWK named `kid`.
+fn es256(kid: &str) -> (jsonwebtoken::EncodingKey, jsonwebtoken::jwk::Jwk) {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    (key, jwk)
+}
+
+/// SIGHUP fetches the key set again, even when a token naming an unknown
+/// `kid` may not refetch it yet (`jwks-refresh-min`).
+#[tokio::test]
+async fn sighup_fetches_the_key_set_again() {
+    let (first_key, first_jwk) = es256("first");
+    let (second_key, second_jwk) = es256("second");
+    let (url, served, server) = jwks_server(jsonwebtoken::jwk::JwkSet {
+        keys: vec![first_jwk],
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert-dir = \"{0}/certs\"\n[identity]\ndata-dir = \"{0}/data\"\n\
+             [jwt]\njwks-url = \"{url}\"\njwks-refresh-min = \"1h\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let gateway = Gateway::start(&config).await;
+    let token = |key: &jsonwebtoken::EncodingKey, kid: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        jsonwebtoken::encode(&header, &json!({ "sub": "kim", "exp": exp }), key).unwrap()
+    };
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let user_status = async |token: &str| {
+        http.get(format!("http://{}/v1/user", gateway.http))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (first, second) = (token(&first_key, "first"), token(&second_key, "second"));
+    assert_eq!(user_status(&first).await, 200);
+    served.lock().unwrap().keys = vec![second_jwk];
+    assert_eq!(
+        user_status(&second).await,
+        404,
+        "an unknown kid does not refetch within jwks-refresh-min"
+    );
+    let outcome = gateway.hangup(1).await;
+    assert!(
+        outcome.contains("configuration reloaded"),
+        "{}",
+        gateway.log_text()
+    );
+    assert_eq!(
+        user_status(&second).await,
+        200,
+        "the reload fetched the new set"
+    );
+    assert_eq!(user_status(&first).await, 404, "the old key is gone");
+    server.abort();
 }
