@@ -383,7 +383,7 @@ impl OriginPolicy {
     /// Whether `*` was given: every origin may use the gateway, without
     /// credentials.
     pub fn allows_any(&self) -> bool {
-        self.any
+        self.list.load().any
     }
 
     /// A policy allowing the gateway's own origin plus `allowed` (`*` = all).

@@ -433,11 +433,11 @@ pub struct IdentityArgs {
 
     /// A whole key-set fetch (connect, answer, body) must end within this;
     /// a token naming an unknown `kid` waits no longer for it.
-    #[arg(long, env = "SIGNAL_JWKS_TIMEOUT", default_value = "3s", value_parser = nonzero_duration)]
+    #[arg(long, env = "SIGNAL_JWKS_TIMEOUT", default_value = "3s", value_parser = nonzero_duration, help_heading = "JWT")]
     pub jwks_timeout: Duration,
 
     /// Largest key set read, in bytes; a longer one is cut off there.
-    #[arg(long, env = "SIGNAL_JWKS_MAX_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "SIGNAL_JWKS_MAX_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..), help_heading = "JWT")]
     pub jwks_max_bytes: u64,
 
     /// Which redirects a key-set fetch follows: `none`, or `same-origin`
@@ -446,7 +446,8 @@ pub struct IdentityArgs {
         long,
         env = "SIGNAL_JWKS_REDIRECTS",
         value_enum,
-        default_value = "none"
+        default_value = "none",
+        help_heading = "JWT"
     )]
     pub jwks_redirects: JwksRedirects,
 

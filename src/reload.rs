@@ -154,7 +154,13 @@ impl Reloader {
             .http
             .admin_token
             .store(config.admin_token.clone().map(Arc::new));
-        parts.origins.replace(&config.allow_origins);
+        // CORS for `*` (no credentials) and for a list (credentials) are
+        // different layers, chosen at start.
+        if config.allow_origins.iter().any(|o| o == "*") == parts.origins.allows_any() {
+            parts.origins.replace(&config.allow_origins);
+        } else {
+            not_live.push("--allow-origin '*' turned on or off");
+        }
         parts.ice.0.store(Arc::new(ice));
         if let (Some(live), Some(verifier)) = (&parts.verifier, verifier) {
             live.0.store(Arc::new(verifier));

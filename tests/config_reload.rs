@@ -639,6 +639,26 @@ async fn sighup_replaces_jwt_keys_turn_servers_and_the_log_level() {
         "debug events are not logged before the reload:\n{}",
         gateway.log_text()
     );
+
+    // `*` (CORS without credentials) waits for a restart.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text + "[http]\nallow-origin = [\"*\"]\n").unwrap();
+    gateway.hangup(2).await;
+    assert!(
+        gateway
+            .log_text()
+            .contains("--allow-origin '*' turned on or off: takes effect on restart"),
+        "{}",
+        gateway.log_text()
+    );
+    let foreign = http
+        .post(format!("http://{}/v1/register", gateway.http))
+        .header("origin", "https://elsewhere.example")
+        .json(&json!({ "username": "foreigner" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403, "the allow-list did not become `*`");
 }
 
 async fn register_plain(http: &reqwest::Client, gateway: SocketAddr, name: &str) -> u16 {

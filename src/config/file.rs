@@ -25,7 +25,7 @@ const NOT_SETTINGS: [&str; 3] = ["help", "version", "config"];
 
 /// Settings a reload (SIGHUP) applies to the running gateway; every other
 /// change waits for a restart.
-pub const LIVE_KEYS: [&str; 20] = [
+pub const LIVE_KEYS: [&str; 23] = [
     "cert",
     "key",
     "cert-dir",
@@ -37,6 +37,9 @@ pub const LIVE_KEYS: [&str; 20] = [
     "jwt-public-key",
     "jwks-url",
     "jwks-refresh-min",
+    "jwks-timeout",
+    "jwks-max-bytes",
+    "jwks-redirects",
     "jwt-issuer",
     "jwt-audience",
     "jwt-username-claim",
