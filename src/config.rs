@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::ForwardedHeader;
+use crate::cluster::{Backend, SentinelSettings};
 use crate::core::limits::{self, Limits};
 use crate::core::token::AuthMode;
 use crate::http::UnknownUserStatus;
@@ -221,6 +222,62 @@ pub struct ClusterArgs {
     #[arg(long, env = "SIGNAL_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
 
+    /// Redis Sentinels to find the primary through, instead of --redis
+    /// (`host:port`, comma-separated): the node follows every failover they
+    /// announce (needs --redis-master)
+    #[arg(
+        long,
+        env = "SIGNAL_REDIS_SENTINEL",
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    pub redis_sentinel: Vec<String>,
+
+    /// The name the Sentinels monitor the primary under (`sentinel monitor
+    /// <name> ...`)
+    #[arg(long, env = "SIGNAL_REDIS_MASTER")]
+    pub redis_master: Option<String>,
+
+    /// The password of the Redis primary and replicas, with
+    /// --redis-sentinel (--redis takes it in the URL)
+    #[arg(
+        long,
+        env = "SIGNAL_REDIS_PASSWORD",
+        hide_env_values = true,
+        group = "redis_password_source"
+    )]
+    pub redis_password: Option<String>,
+
+    /// File holding that password (trailing newline ignored)
+    #[arg(
+        long,
+        env = "SIGNAL_REDIS_PASSWORD_FILE",
+        group = "redis_password_source"
+    )]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// The Sentinels' password (their `requirepass`)
+    #[arg(
+        long,
+        env = "SIGNAL_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true,
+        group = "sentinel_password_source"
+    )]
+    pub redis_sentinel_password: Option<String>,
+
+    /// File holding the Sentinels' password (trailing newline ignored)
+    #[arg(
+        long,
+        env = "SIGNAL_REDIS_SENTINEL_PASSWORD_FILE",
+        group = "sentinel_password_source"
+    )]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+
+    /// With --redis-sentinel, how long a registration waits for a replica
+    /// to confirm it (`WAIT 1`) before it is undone and answered 503
+    #[arg(long, env = "SIGNAL_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = nonzero_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// This node's name in the cluster: letters, digits, `.`, `_`, `-`, at
     /// most 64 [default: the host name and a random suffix]
     #[arg(long, env = "SIGNAL_NODE_ID")]
@@ -235,20 +292,43 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// Checks the flags; returns the Redis URL when the gateway is a node.
+    /// Whether the gateway is a cluster node (`--redis` or
+    /// `--redis-sentinel`).
+    pub fn is_node(&self) -> bool {
+        self.redis.is_some() || !self.redis_sentinel.is_empty()
+    }
+
+    /// Checks the flags.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let Some(url) = &self.redis else {
+        let cluster = |why: &str| Err(ConfigError::Cluster(why.to_owned()));
+        let sentinel_only = self.redis_master.is_some()
+            || self.redis_password.is_some()
+            || self.redis_password_file.is_some()
+            || self.redis_sentinel_password.is_some()
+            || self.redis_sentinel_password_file.is_some();
+        if self.redis_sentinel.is_empty() && sentinel_only {
+            return cluster(
+                "--redis-master and the Redis and Sentinel passwords go with --redis-sentinel",
+            );
+        }
+        if !self.redis_sentinel.is_empty() {
+            self.sentinels()?;
+            if self.redis_master.as_deref().is_none_or(str::is_empty) {
+                return cluster(
+                    "--redis-sentinel needs --redis-master: the name the Sentinels monitor the primary under",
+                );
+            }
+        } else if let Some(url) = &self.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return cluster("--redis must be a redis:// or rediss:// URL");
+            }
+            redis_url_parses(url).map_err(ConfigError::Cluster)?;
+        } else {
             if self.node_id.is_some() {
-                return Err(ConfigError::Cluster("--node-id needs --redis".to_owned()));
+                return cluster("--node-id needs --redis or --redis-sentinel");
             }
             return Ok(());
-        };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(ConfigError::Cluster(
-                "--redis must be a redis:// or rediss:// URL".to_owned(),
-            ));
         }
-        redis_url_parses(url).map_err(ConfigError::Cluster)?;
         if let Some(id) = &self.node_id {
             let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
             if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) {
@@ -265,6 +345,63 @@ impl ClusterArgs {
             )));
         }
         Ok(())
+    }
+
+    /// `--redis-sentinel` as `(host, port)` pairs.
+    fn sentinels(&self) -> Result<Vec<(String, u16)>, ConfigError> {
+        self.redis_sentinel
+            .iter()
+            .map(|entry| {
+                let parsed = entry.trim().rsplit_once(':').and_then(|(host, port)| {
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    (!host.is_empty()).then_some((host.to_owned(), port.parse::<u16>().ok()?))
+                });
+                parsed.filter(|(_, port)| *port != 0).ok_or_else(|| {
+                    ConfigError::Cluster(format!(
+                        "--redis-sentinel {entry:?}: give each Sentinel as host:port"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Where the node finds Redis (reading the password files), or `None`
+    /// when the gateway is no node.
+    pub fn backend(&self) -> Result<Option<Backend>, ConfigError> {
+        if let Some(url) = &self.redis {
+            return Ok(Some(Backend::Url(url.clone())));
+        }
+        if self.redis_sentinel.is_empty() {
+            return Ok(None);
+        }
+        let secret = |value: &Option<String>, file: &Option<PathBuf>, flag: &'static str| match (
+            value, file,
+        ) {
+            (Some(value), _) => Ok(Some(value.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|err| ConfigError::SecretFile {
+                    flag,
+                    path: path.clone(),
+                    reason: err.to_string(),
+                }),
+            (None, None) => Ok(None),
+        };
+        Ok(Some(Backend::Sentinel(SentinelSettings {
+            sentinels: self.sentinels()?,
+            master: self.redis_master.clone().unwrap_or_default(),
+            sentinel_password: secret(
+                &self.redis_sentinel_password,
+                &self.redis_sentinel_password_file,
+                "--redis-sentinel-password-file",
+            )?,
+            redis_password: secret(
+                &self.redis_password,
+                &self.redis_password_file,
+                "--redis-password-file",
+            )?,
+            wait_timeout: self.redis_wait_timeout,
+        })))
     }
 
     /// This node's name: --node-id, or the host name and a random suffix.
@@ -915,13 +1052,13 @@ impl Config {
         problems.extend(self.ice.check().err());
         problems.extend(self.cluster.check().err());
         problems.extend(self.operations.log_filter().err());
-        match (self.identity.store, &self.cluster.redis) {
-            (Some(StoreKind::Redis), None) => {
+        match (self.identity.store, self.cluster.is_node()) {
+            (Some(StoreKind::Redis), false) => {
                 problems.push(ConfigError::Cluster(
-                    "--store redis needs --redis".to_owned(),
+                    "--store redis needs --redis or --redis-sentinel".to_owned(),
                 ));
             }
-            (Some(kind @ (StoreKind::Memory | StoreKind::Embedded)), Some(_)) => {
+            (Some(kind @ (StoreKind::Memory | StoreKind::Embedded)), true) => {
                 problems.push(ConfigError::Cluster(format!(
                     "--store {} cannot be shared: a cluster keeps identities in Redis (leave --store out)",
                     if kind == StoreKind::Memory {

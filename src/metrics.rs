@@ -386,6 +386,34 @@ impl Collector for GatewayCollector {
             "signal_gateway_cluster_received_failed",
             "Cluster: of those, not written here (reported back to their node).",
             stats.remote_in_failed.get(),
+        )?;
+        let Some(primary) = hub.cluster().and_then(|cluster| cluster.primary()) else {
+            return Ok(());
+        };
+        metric(
+            e,
+            "signal_gateway_cluster_primary",
+            "Cluster: the Redis primary this node writes to (1, labelled with its address; empty while none is known).",
+            None,
+            MetricType::Gauge,
+            |mut m| {
+                ConstGauge::new(1)
+                    .encode(m.encode_family(&[("address", primary.address.as_str())])?)
+            },
+        )?;
+        counter(
+            e,
+            "signal_gateway_cluster_failovers",
+            "Cluster: switches to a new Redis primary seen since the node started.",
+            primary.failovers,
+        )?;
+        metric(
+            e,
+            "signal_gateway_cluster_not_ready",
+            "Cluster: time this node could not carry envelopes to other nodes (not ready).",
+            Some(Unit::Seconds),
+            MetricType::Counter,
+            |m| ConstCounter::new(primary.unavailable.as_secs_f64()).encode(m),
         )
     }
 }

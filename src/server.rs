@@ -123,8 +123,8 @@ impl Gateway {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let identity = tls::load(&config)?;
         let limits = config.limits.core();
-        let node = match &config.cluster.redis {
-            Some(url) => Some(Node::new(url, &config.cluster.node_id())?),
+        let node = match config.cluster.backend()? {
+            Some(backend) => Some(Node::new(backend, &config.cluster.node_id())?),
             None => None,
         };
         let (identities, verifier) = identities(&config, &limits, node.as_ref()).await?;

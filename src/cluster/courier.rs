@@ -118,6 +118,7 @@ impl Courier {
     /// again).
     async fn housekeeping(&mut self, resubscribed: bool) {
         self.hub.expire_remote();
+        self.cluster.count_unavailable();
         let dropped = self
             .cluster
             .health
@@ -136,9 +137,14 @@ impl Courier {
         self.last_lease = Some(Instant::now());
         self.renew().await;
         if self.cluster.health.resync.swap(false, Ordering::AcqRel) {
+            let wanted = self.cluster.health.reclaim_wanted.load(Ordering::Acquire);
             self.routes.clear();
             if self.reclaim().await {
                 self.cluster.health.away.store(false, Ordering::Release);
+                self.cluster
+                    .health
+                    .reclaimed
+                    .fetch_max(wanted, Ordering::AcqRel);
             }
         }
     }

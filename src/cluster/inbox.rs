@@ -20,17 +20,14 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Keeps the subscription up until `stop`.
-pub(super) async fn run(
-    client: redis::Client,
-    cluster: Arc<RedisCluster>,
-    hub: Arc<Hub>,
-    stop: CancellationToken,
-) {
+pub(super) async fn run(cluster: Arc<RedisCluster>, hub: Arc<Hub>, stop: CancellationToken) {
     let health = &cluster.health;
+    let mut switches = cluster.redis.switches();
     let mut backoff = MIN_BACKOFF;
     let mut failing = false;
     loop {
-        match subscribe(&client, &cluster.node).await {
+        switches.borrow_and_update();
+        match subscribe(cluster.redis.client(), &cluster.node).await {
             Ok(pubsub) => {
                 backoff = MIN_BACKOFF;
                 failing = false;
@@ -40,7 +37,7 @@ pub(super) async fn run(
                 health.resync.store(true, Ordering::Release);
                 cluster.resynced.notify_one();
                 tracing::info!(node = %cluster.node, "subscribed to the cluster's channels");
-                let why = listen(pubsub, &cluster, &hub, &stop).await;
+                let why = listen(pubsub, &cluster, &hub, &stop, &mut switches).await;
                 health.subscribed.store(false, Ordering::Release);
                 if stop.is_cancelled() {
                     return;
@@ -57,12 +54,17 @@ pub(super) async fn run(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
+            _ = switches.changed() => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-async fn subscribe(client: &redis::Client, node: &str) -> Result<redis::aio::PubSub, String> {
+async fn subscribe(
+    client: Option<redis::Client>,
+    node: &str,
+) -> Result<redis::aio::PubSub, String> {
+    let client = client.ok_or("no Redis primary known")?;
     let mut pubsub = bounded(client.get_async_pubsub()).await?;
     bounded(pubsub.subscribe(&[keys::inbox(node), keys::CONTROL.to_owned()])).await?;
     Ok(pubsub)
@@ -76,11 +78,13 @@ async fn listen(
     cluster: &RedisCluster,
     hub: &Hub,
     stop: &CancellationToken,
+    switches: &mut tokio::sync::watch::Receiver<u64>,
 ) -> &'static str {
     let mut messages = pubsub.into_on_message();
     loop {
         tokio::select! {
             () = stop.cancelled() => return "stopping",
+            _ = switches.changed() => return "the Redis primary changed",
             next = tokio::time::timeout(PING_WITHIN, messages.next()) => match next {
                 Err(_) => return "nothing arrived, not even this node's ping, within 3 s",
                 Ok(None) => return "the connection closed",

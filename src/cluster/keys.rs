@@ -94,20 +94,35 @@ return {generation[1], tonumber(generation[2])}
     )
 });
 
-/// Claims a user: the next epoch (above any route's), the route set to the
-/// claiming connection; returns `{epoch, previous node, previous epoch}`.
-/// KEYS: route, epoch, generation. ARGV: node, conn, transport, since,
-/// keep (ms), generation id, settle (ms), now (ms).
+/// The lowest epoch a claim gets under the Sentinels' `config_epoch`
+/// (which grows with every failover): every claim made after a failover
+/// outranks every claim made before it, even one the new primary never
+/// received.
+pub fn epoch_floor(config_epoch: u64) -> u64 {
+    (config_epoch << 32) + 1
+}
+
+/// Claims a user: the next epoch (above any route's and at least the
+/// failover's floor), the route set to the claiming connection; returns
+/// `{epoch, previous node, previous epoch}`. KEYS: route, epoch,
+/// generation. ARGV: node, conn, transport, since, keep (ms), generation
+/// id, settle (ms), now (ms), floor.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{}{}",
         generation_guard(6, true),
         r"
-local epoch = redis.call('INCR', KEYS[2])
+local counted = redis.call('INCR', KEYS[2])
+local epoch = counted
 local prev = redis.call('HMGET', KEYS[1], 'node', 'epoch')
 local prev_epoch = tonumber(prev[2] or '0')
 if prev_epoch >= epoch then
   epoch = prev_epoch + 1
+end
+if tonumber(ARGV[9]) > epoch then
+  epoch = tonumber(ARGV[9])
+end
+if epoch ~= counted then
   redis.call('SET', KEYS[2], epoch)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])

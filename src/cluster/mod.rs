@@ -15,6 +15,9 @@
 //! within 4 s (its lease lapsed), and a node whose subscription silently
 //! stopped delivering knows it within 3 s and reports itself not ready.
 //!
+//! The Redis written to is one server (`--redis`) or the primary Sentinel
+//! names, followed through failovers (see `sentinel`).
+//!
 //! Redis pub/sub delivers at most once; the core's books make that safe:
 //! every envelope sent is answered to its sender unless its node confirmed
 //! writing it (see [`crate::core::cluster`]).
@@ -23,18 +26,20 @@ mod courier;
 mod inbox;
 mod keys;
 mod messages;
+mod sentinel;
+
+pub use sentinel::{Backend, Primary, SentinelSettings};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::cluster::{
     Broadcast, Cluster, ClusterError, ClusterFuture, ClusterUser, Epoch, Fate, NodeId, NodeInfo,
-    Outgoing,
+    Outgoing, PrimaryFacts,
 };
 use crate::core::registry::Transport;
 use crate::core::{Hub, store::unix_ms};
@@ -114,6 +119,15 @@ struct Health {
     resync: AtomicBool,
     /// Reports dropped because their queue was full.
     dropped_reports: AtomicU64,
+    /// Switches of primary whose claims must be made again; the node is
+    /// not ready until `reclaimed` catches up.
+    reclaim_wanted: AtomicU64,
+    /// Switches whose claims were made again.
+    reclaimed: AtomicU64,
+    /// Time spent not ready, counted by the courier's tick.
+    unavailable_ms: AtomicU64,
+    /// When that was last counted.
+    last_count: Mutex<Option<Instant>>,
     /// The generation of the shared state this node relies on.
     generation: Mutex<Option<Generation>>,
     /// The node was paused: its own users are not delivered to until its
@@ -156,6 +170,10 @@ impl Health {
             Some("the inbox subscription is not established")
         } else if !self.ping_fresh() {
             Some("the inbox subscription delivers nothing (no self-ping within 3 s)")
+        } else if self.reclaimed.load(Ordering::Acquire)
+            < self.reclaim_wanted.load(Ordering::Acquire)
+        {
+            Some("claiming this node's users again on the new Redis primary")
         } else {
             match self.generation() {
                 None => Some("the cluster's shared state has not been read yet"),
@@ -226,7 +244,7 @@ async fn watch_clock(cluster: Arc<RedisCluster>, stop: CancellationToken) {
 #[derive(Debug)]
 pub struct RedisCluster {
     node: NodeId,
-    redis: ConnectionManager,
+    redis: Primary,
     outgoing: mpsc::Sender<Outgoing>,
     reports: mpsc::Sender<Report>,
     health: Arc<Health>,
@@ -239,7 +257,8 @@ pub struct RedisCluster {
 #[derive(Debug)]
 pub struct Node {
     cluster: Arc<RedisCluster>,
-    client: redis::Client,
+    /// Where to find the primary, when Sentinel names it.
+    sentinel: Option<SentinelSettings>,
     outgoing: mpsc::Receiver<Outgoing>,
     reports: mpsc::Receiver<Report>,
 }
@@ -256,32 +275,22 @@ async fn bounded<T>(
     }
 }
 
-/// A Redis connection that reconnects by itself, failing fast while Redis
-/// is away (every operation is also bounded by [`REDIS_TIMEOUT`]).
-fn manager(client: &redis::Client) -> Result<ConnectionManager, SetupError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(REDIS_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(100))
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|err| SetupError::Url(err.to_string()))
-}
-
 impl Node {
-    /// Sets up node `node` of the cluster on Redis at `url`; nothing is
+    /// Sets up node `node` of the cluster on Redis at `backend`; nothing is
     /// sent to Redis until it runs (a node may start before Redis does, and
     /// is not ready until Redis answers).
-    pub fn new(url: &str, node: &str) -> Result<Self, SetupError> {
-        let client = redis::Client::open(url).map_err(|err| SetupError::Url(err.to_string()))?;
+    pub fn new(backend: Backend, node: &str) -> Result<Self, SetupError> {
+        let (redis, sentinel) = match backend {
+            Backend::Url(url) => (Primary::fixed(&url)?, None),
+            Backend::Sentinel(settings) => (Primary::through_sentinel(&settings), Some(settings)),
+        };
         let (outgoing_tx, outgoing) = mpsc::channel(OUTGOING_QUEUE);
         let (reports_tx, reports) = mpsc::channel(REPORT_QUEUE);
         let health = Health::default();
         health.tick_ms.store(clock_ms(), Ordering::Release);
         let cluster = Arc::new(RedisCluster {
             node: node.into(),
-            redis: manager(&client)?,
+            redis,
             outgoing: outgoing_tx,
             reports: reports_tx,
             health: Arc::new(health),
@@ -289,7 +298,7 @@ impl Node {
         });
         Ok(Self {
             cluster,
-            client,
+            sentinel,
             outgoing,
             reports,
         })
@@ -300,8 +309,8 @@ impl Node {
         self.cluster.clone()
     }
 
-    /// A Redis connection for the identity store.
-    pub fn redis(&self) -> ConnectionManager {
+    /// The Redis primary, for the identity store.
+    pub fn redis(&self) -> Primary {
         self.cluster.redis.clone()
     }
 
@@ -315,7 +324,15 @@ impl Node {
             started_at: unix_ms(SystemTime::now()) / 1000,
             connections: 0,
         };
-        let inbox = inbox::run(self.client, self.cluster.clone(), hub.clone(), stop.clone());
+        let follow = {
+            let (cluster, settings, stop) = (self.cluster.clone(), self.sentinel, stop.clone());
+            async move {
+                if let Some(settings) = settings {
+                    sentinel::follow(cluster, settings, stop).await;
+                }
+            }
+        };
+        let inbox = inbox::run(self.cluster.clone(), hub.clone(), stop.clone());
         let clock = watch_clock(self.cluster.clone(), stop.clone());
         let courier = courier::run(
             self.cluster.clone(),
@@ -325,12 +342,39 @@ impl Node {
             self.reports,
             stop,
         );
-        tokio::join!(inbox, courier, clock);
+        tokio::join!(follow, inbox, courier, clock);
         tracing::debug!("cluster tasks stopped");
     }
 }
 
 impl RedisCluster {
+    /// Adds the time since the last call to the time unavailable, if the
+    /// node is not ready (called by the courier's tick).
+    fn count_unavailable(&self) {
+        let now = Instant::now();
+        let last = self
+            .health
+            .last_count
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(now);
+        if let Some(last) = last
+            && self.problem().is_some()
+        {
+            let elapsed = u64::try_from((now - last).as_millis()).unwrap_or(u64::MAX);
+            self.health
+                .unavailable_ms
+                .fetch_add(elapsed, Ordering::Relaxed);
+        }
+    }
+
+    /// Why envelopes cannot flow between nodes now, if they cannot.
+    fn problem(&self) -> Option<String> {
+        self.redis
+            .problem()
+            .or_else(|| self.health.problem().map(str::to_owned))
+    }
+
     fn report(&self, report: Report) {
         if self.reports.try_send(report).is_err() {
             self.health.dropped_reports.fetch_add(1, Ordering::Relaxed);
@@ -420,7 +464,7 @@ impl Cluster for RedisCluster {
     }
 
     fn forward(&self, outgoing: Outgoing) -> Result<(), Outgoing> {
-        if self.health.problem().is_some() {
+        if self.problem().is_some() {
             return Err(outgoing);
         }
         self.outgoing.try_send(outgoing).map_err(|err| match err {
@@ -462,6 +506,7 @@ impl Cluster for RedisCluster {
                     .arg(&generation.id)
                     .arg(millis(GENERATION_SETTLE))
                     .arg(now)
+                    .arg(keys::epoch_floor(self.redis.config_epoch()))
                     .invoke_async::<(Epoch, String, Epoch)>(&mut redis),
             )
             .await;
@@ -563,9 +608,17 @@ impl Cluster for RedisCluster {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        match self.health.problem() {
-            Some(problem) => Err(problem.to_owned()),
+        match self.problem() {
+            Some(problem) => Err(problem),
             None => Ok(()),
         }
+    }
+
+    fn primary(&self) -> Option<PrimaryFacts> {
+        Some(PrimaryFacts {
+            address: self.redis.address(),
+            failovers: self.redis.failovers(),
+            unavailable: Duration::from_millis(self.health.unavailable_ms.load(Ordering::Relaxed)),
+        })
     }
 }

@@ -64,6 +64,12 @@ pub fn problems(loaded: &Loaded) -> Vec<String> {
     {
         problems.push(loaded.explain(&err.to_string()));
     }
+    // The Redis and Sentinel password files are read as a node would.
+    if config.cluster.check().is_ok()
+        && let Err(err) = config.cluster.backend()
+    {
+        problems.push(loaded.explain(&err.to_string()));
+    }
     let data_dir = &config.identity.data_dir;
     if data_dir.exists() && !data_dir.is_dir() {
         problems.push(loaded.explain(&format!(

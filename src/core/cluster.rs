@@ -160,6 +160,22 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
 
     /// `Ok` while envelopes can flow between nodes; else why not.
     fn readiness(&self) -> Result<(), String>;
+
+    /// The shared store's primary and its failovers, for the metrics.
+    fn primary(&self) -> Option<PrimaryFacts> {
+        None
+    }
+}
+
+/// What a node knows of the primary it writes to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrimaryFacts {
+    /// `host:port`, empty while none is known.
+    pub address: String,
+    /// Switches of primary seen since the node started.
+    pub failovers: u64,
+    /// Time this node spent unable to carry envelopes to other nodes.
+    pub unavailable: Duration,
 }
 
 /// An envelope sent to another node, remembered until it is settled.

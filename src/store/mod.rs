@@ -32,7 +32,7 @@ pub async fn open(
     kind: Option<StoreKind>,
     data_dir: PathBuf,
     limits: &Limits,
-    redis: Option<::redis::aio::ConnectionManager>,
+    redis: Option<crate::cluster::Primary>,
 ) -> Result<Arc<dyn IdentityStore>, OpenError> {
     let caps = (limits.max_identities, limits.max_identities_per_ip);
     Ok(match (kind, redis) {

@@ -20,8 +20,9 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use subtle::ConstantTimeEq;
+
+use crate::cluster::Primary;
 
 use crate::core::store::{
     IdentityStore, Record, Registration, StoreError, StoreFuture, token_digest, unix_ms,
@@ -77,6 +78,21 @@ return name
     )
 });
 
+/// Undoes a registration no replica confirmed, unless the identity was
+/// replaced meanwhile. KEYS: identity, token, identities, by-ip. ARGV:
+/// name, digest.
+static UNREGISTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'digest') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+",
+    )
+});
+
 /// Marks names as seen now. ARGV: now, names...
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -120,7 +136,7 @@ return removed
 /// Identities in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
-    redis: ConnectionManager,
+    redis: Primary,
     max_identities: usize,
     max_per_address: usize,
     /// Names seen since the last flush.
@@ -147,7 +163,7 @@ async fn bounded<T>(
 impl RedisStore {
     /// Identities on `redis`, with the caps of `--max-identities` and
     /// `--max-identities-per-ip` (cluster-wide).
-    pub fn new(redis: ConnectionManager, max_identities: usize, max_per_address: usize) -> Self {
+    pub fn new(redis: Primary, max_identities: usize, max_per_address: usize) -> Self {
         Self {
             redis,
             max_identities,
@@ -198,6 +214,48 @@ impl RedisStore {
     }
 }
 
+/// Waits until a replica has the registration just made on `redis`
+/// (`WAIT 1`), at most `wait`; unconfirmed, the registration is undone and
+/// refused, so a failover cannot lose an identity its owner was told about.
+async fn confirm(
+    redis: &mut Primary,
+    wait: Duration,
+    keys: &[String; 4],
+    name: &str,
+    digest: &str,
+) -> Result<(), StoreError> {
+    let mut command = redis::cmd("WAIT");
+    command
+        .arg(1)
+        .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+    let waiting = command.query_async::<u64>(redis);
+    let replicas = match tokio::time::timeout(wait + Duration::from_secs(2), waiting).await {
+        Ok(answer) => answer.map_err(unavailable)?,
+        Err(_) => 0,
+    };
+    if replicas >= 1 {
+        return Ok(());
+    }
+    let undone = bounded(
+        UNREGISTER
+            .key(&keys[0])
+            .key(&keys[1])
+            .key(&keys[2])
+            .key(&keys[3])
+            .arg(name)
+            .arg(digest)
+            .invoke_async::<u8>(redis),
+    )
+    .await;
+    if let Err(err) = undone {
+        tracing::warn!(%err, "could not undo a registration no replica confirmed");
+    }
+    Err(unavailable(format!(
+        "no replica confirmed the registration within {} ms; nothing was registered",
+        wait.as_millis()
+    )))
+}
+
 impl IdentityStore for RedisStore {
     fn register<'a>(
         &'a self,
@@ -209,13 +267,24 @@ impl IdentityStore for RedisStore {
             let (record, token) = Record::fresh(name, address);
             let digest = hex(&record.digest);
             let by = record.registered_by.to_string();
-            let mut redis = self.redis.clone();
+            let wait = self.redis.replica_wait();
+            // WAIT covers the writes of the connection it is sent on.
+            let mut redis = match wait {
+                Some(_) => self.redis.for_registrations(),
+                None => self.redis.clone(),
+            };
+            let keys = [
+                identity_key(name),
+                token_key(&digest),
+                IDENTITIES.to_owned(),
+                by_ip_key(&by),
+            ];
             let answer: Vec<String> = bounded(
                 REGISTER
-                    .key(identity_key(name))
-                    .key(token_key(&digest))
-                    .key(IDENTITIES)
-                    .key(by_ip_key(&by))
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .key(&keys[2])
+                    .key(&keys[3])
                     .arg(name)
                     .arg(&digest)
                     .arg(&by)
@@ -227,6 +296,9 @@ impl IdentityStore for RedisStore {
             .await?;
             match answer.first().map(String::as_str) {
                 Some("created") => {
+                    if let Some(wait) = wait {
+                        confirm(&mut redis, wait, &keys, name, &digest).await?;
+                    }
                     self.count.fetch_add(1, Ordering::Relaxed);
                     Ok(Registration::Created {
                         username: record.name,
