@@ -9,6 +9,10 @@
 //! the default, runs one gateway; 2 or more run that many nodes on one real
 //! redis-server, clients spread over them, and one node SIGKILLed a third of
 //! the way through and started again on its port a few seconds later).
+//! `SOAK_FAILOVER=1` with a cluster puts the nodes on a Redis primary, a
+//! replica and three Sentinels instead, and SIGKILLs the primary half way
+//! through (Sentinel promotes the replica; the old primary is started
+//! again and demoted): the same checks hold across the failover.
 //!
 //! In a cluster the killed process's counters die with it, so the checks
 //! are made per process that lived to the end (the restarted one included),
@@ -32,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{RedisServer, SentinelGroup};
 use common::{Addrs, GatewayProcess, Kind, get_json_at, register_at};
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -398,6 +402,11 @@ async fn user(
 /// Every gateway process of the run, and the Redis of a cluster.
 struct Fleet {
     redis: Option<RedisServer>,
+    /// Instead of `redis`: a primary, a replica and three Sentinels.
+    sentinel: Option<SentinelGroup>,
+    /// When the primary was killed and how long until every node served
+    /// again after Sentinel named the new one (s).
+    failover: Option<(f64, f64)>,
     /// Every process started, in order: a restarted node is a new entry.
     processes: Vec<GatewayProcess>,
     /// Resident memory of each process a moment after it started (KiB).
@@ -424,6 +433,10 @@ impl Fleet {
         if let Some(redis) = &self.redis {
             args.extend(["--redis".into(), redis.url(), "--node-id".into()]);
             args.push(format!("node-{node}"));
+        }
+        if let Some(group) = &self.sentinel {
+            args.extend(group.flags());
+            args.extend(["--node-id".into(), format!("node-{node}")]);
         }
         if port != 0 {
             args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
@@ -477,6 +490,45 @@ impl Fleet {
     }
 }
 
+/// SIGKILLs the Redis primary; waits until Sentinel names the replica and
+/// every live node is ready again (at most 5 s later); starts the old
+/// primary again, as it was, for Sentinel to demote.
+async fn fail_over(fleet: &mut Fleet, live: &Live, started: Instant) {
+    let group = fleet.sentinel.as_mut().expect("a Sentinel group");
+    let old = group.primary().expect("the Sentinels agree on a primary");
+    group.servers[old].kill();
+    let at = started.elapsed().as_secs_f64();
+    println!("{at:.0} s: SIGKILLed the Redis primary");
+    let named = group.wait_primary(1 - old, Duration::from_secs(30)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let up: Vec<(usize, Addrs)> = live.read().unwrap().iter().flatten().cloned().collect();
+    for (_, addrs) in &up {
+        let ready = format!("http://{}/readyz", addrs.http);
+        common::within("the node is ready after the failover", async {
+            while !http
+                .get(&ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    let serving = named.elapsed().as_secs_f64();
+    println!(
+        "{:.0} s: Sentinel named the replica; every node ready {serving:.2} s later",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        serving < 5.0,
+        "serving again {serving:.2} s after the switch"
+    );
+    group.servers[old].restart();
+    fleet.failover = Some((at, serving));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long-running: run with scripts/soak"]
 async fn soak() {
@@ -485,8 +537,15 @@ async fn soak() {
     let kick_every = env_u64("SOAK_KICK_EVERY", 30);
     let cluster = env_u64("SOAK_CLUSTER", 0) as usize;
     let nodes = cluster.max(1);
+    let failover = cluster > 0 && env_u64("SOAK_FAILOVER", 0) > 0;
+    let sentinel = failover.then(SentinelGroup::start);
+    if let Some(group) = &sentinel {
+        group.wait_settled().await;
+    }
     let mut fleet = Fleet {
-        redis: (cluster > 0).then(RedisServer::start),
+        redis: (cluster > 0 && !failover).then(RedisServer::start),
+        sentinel,
+        failover: None,
         processes: Vec::new(),
         baselines: Vec::new(),
         killed: None,
@@ -502,6 +561,9 @@ async fn soak() {
     // In a cluster, a third of the way through: SIGKILL node 1, start it
     // again 3 s later.
     let kill_at = (nodes > 1 && seconds >= 20).then(|| started + Duration::from_secs(seconds / 3));
+    // With Sentinel, half way through: SIGKILL the Redis primary.
+    let failover_at =
+        (failover && seconds >= 30).then(|| started + Duration::from_secs(seconds / 2));
     let ledger = Arc::new(Ledger::new());
 
     let mut users = Vec::new();
@@ -533,6 +595,7 @@ async fn soak() {
             let mut peak_rss: HashMap<usize, u64> = HashMap::new();
             let mut peak_connections = 0u64;
             let mut kill_at = kill_at;
+            let mut failover_at = failover_at;
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let up: Vec<(usize, Addrs)> =
@@ -577,6 +640,10 @@ async fn soak() {
                         addrs.http
                     );
                     live.write().unwrap()[1] = Some((restarted, addrs));
+                }
+                if failover_at.is_some_and(|at| Instant::now() >= at) {
+                    failover_at = None;
+                    fail_over(&mut fleet, &live, started).await;
                 }
             }
             (fleet, kicks, peak_rss, peak_connections)
@@ -696,6 +763,12 @@ async fn soak() {
             format!("{} / {}", clients.div_ceil(2), clients / 2),
         ),
     ];
+    if let Some((at, serving)) = fleet.failover {
+        rows.push((
+            "cluster: Redis primary SIGKILLed at / every node serving again after Sentinel named the new one",
+            format!("{at:.0} s / {serving:.2} s"),
+        ));
+    }
     if cluster > 0 {
         rows.push((
             "cluster: nodes on one Redis / node SIGKILLed and restarted",
