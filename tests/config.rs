@@ -225,7 +225,7 @@ async fn secrets_are_redacted() {
     let file = write(
         dir.path(),
         "gateway.toml",
-        "[http]\nadmin-token = \"admin-secret-in-file\"\n[cluster]\nredis = \"redis://:redis-password@127.0.0.1:6379\"\n",
+        "[http]\nadmin-token = \"admin-secret-in-file\"\n[cluster]\nredis = \"redis://:secret-in-the-redis-url@127.0.0.1:6379\"\n",
     );
     let output = run(
         &["print-config", "--config", &file],
@@ -239,7 +239,7 @@ async fn secrets_are_redacted() {
     let printed = String::from_utf8(output.stdout).unwrap();
     for secret in [
         "admin-secret-in-file",
-        "redis-password",
+        "secret-in-the-redis-url",
         "jwt-secret-in-the-environment",
     ] {
         assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
