@@ -308,7 +308,7 @@ function installLocate() {
   const descendants = (root) => [...root.querySelectorAll("*")];
   const labelOf = (el) => el.getAttribute("aria-label")
     ?? (el.labels?.length ? [...el.labels].map((l) => l.textContent).join(" ") : null);
-  const nameOf = (el) => labelOf(el) ?? el.value ?? el.textContent;
+  const nameOf = (el) => labelOf(el) || (el.tagName === "INPUT" ? el.value : "") || el.textContent;
   const ROLES = {
     button: 'button, input[type="submit"], input[type="button"], [role="button"]',
     radio: 'input[type="radio"], [role="radio"]',

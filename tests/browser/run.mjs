@@ -44,7 +44,7 @@ const STEP = 10_000;
 /** ...every scenario by this... */
 const SCENARIO_TIMEOUT = 40_000;
 /** ...and the whole suite by this: a hung run is killed, never left behind. */
-const SUITE_TIMEOUT = 240_000;
+const SUITE_TIMEOUT = 300_000;
 
 /** Generous rates: the suite registers and connects many users from one IP. */
 const TEST_LIMITS = [
