@@ -249,13 +249,20 @@ class Locator {
     (await this.element()).dispose();
   }
 
+  /**
+   * Real input, in the page's tab brought to the front first, as a person
+   * would: in a background tab, Firefox throttles frames and an input
+   * action waits for them (a click took up to 15 s).
+   */
   async click() {
     const el = await this.element();
+    await this.page.page.bringToFront();
     await el.click();
   }
 
   async check() {
     const el = await this.element();
+    await this.page.page.bringToFront();
     if (!(await el.evaluate((e) => e.checked))) await el.click();
   }
 
@@ -276,6 +283,7 @@ class Locator {
 
   async press(key) {
     const el = await this.element();
+    await this.page.page.bringToFront();
     await el.focus();
     await el.press(key);
   }
