@@ -65,10 +65,7 @@ class FirefoxBrowser {
 
   /** A page in a context of its own, as Playwright's browser.newPage. */
   async newPage({ viewport } = {}) {
-    const context = await this.newContext({ viewport });
-    const page = await context.newPage();
-    page.closeOwnContext = () => context.close();
-    return page;
+    return (await this.newContext({ viewport })).newPage();
   }
 
   close() {
@@ -94,8 +91,9 @@ class FirefoxContext {
   }
 
   /**
-   * Playwright grants browser permissions per context; Firefox's clipboard
-   * is opened by FIREFOX_PREFS instead, and media needs no grant there.
+   * Playwright grants browser permissions per context; FIREFOX_PREFS opens
+   * the clipboard, camera and microphone to every site instead (WebDriver
+   * BiDi cannot grant camera or microphone in Firefox).
    */
   async grantPermissions() {}
 
