@@ -587,7 +587,8 @@ async function dataChannelScenario(t, a, b) {
 
 /**
  * Which browsers a scenario runs in (`browsers`; Chromium alone when not
- * said): each of BOTH in turn, or BOTH_AT_ONCE, once, with a page in each.
+ * said): each of BOTH in turn (`t.browser`), or BOTH_AT_ONCE, once, with
+ * both started (`t.browsers`) for a page in each.
  * The others run in Chromium only: what they test is the gateway and
  * client.js (reconnects, JWTs, nginx, TURN), not the browser, and a second
  * run would add a minute to the suite.
@@ -1450,15 +1451,16 @@ async function main() {
   const staticOrigin = `http://127.0.0.1:${server.address().port}`;
   const gateway = await Gateway.start("main", { args: ["--allow-origin", staticOrigin] });
   console.log(`gateway ${GATEWAY_BIN} on port ${gateway.port} (WebTransport UDP ${gateway.wtPort})`);
-  // One run per scenario and browser; "[firefox]" names the Firefox run.
-  const runs = scenarios.flatMap((scenario) => (scenario.browsers ?? ["chromium"]).map((kind) => ({
+  // One run per scenario and entry of its `browsers`; "[firefox]" names
+  // the Firefox run. Only the browsers the selected runs use are started.
+  const runs = scenarios.flatMap((scenario) => (scenario.browsers ?? ["chromium"]).map((entry) => ({
     ...scenario,
-    name: kind === "firefox" ? `${scenario.name} [firefox]` : scenario.name,
-    kind: kind === "firefox" ? "firefox" : "chromium",
+    name: entry === "firefox" ? `${scenario.name} [firefox]` : scenario.name,
+    kinds: entry.split("+"),
   })));
   const selected = runs.filter((run) => !ONLY.length || ONLY.some((o) => run.name.includes(o)));
   const browsers = {};
-  const needed = new Set(selected.flatMap((run) => run.browsers?.[0] === BOTH_AT_ONCE[0] ? BOTH : [run.kind]));
+  const needed = new Set(selected.flatMap((run) => run.kinds));
   for (const [kind, bin] of [["chromium", CHROMIUM], ["firefox", FIREFOX]]) {
     if (!needed.has(kind)) continue;
     browsers[kind] = await Browser.launch(kind);
@@ -1469,7 +1471,7 @@ async function main() {
   let failed = 0;
   const skipped = runs.length - selected.length;
   for (const scenario of selected) {
-    const t = { gateway, browser: browsers[scenario.kind], browsers, staticOrigin, pages: [], cleanups: [] };
+    const t = { gateway, browser: browsers[scenario.kinds[0]], browsers, staticOrigin, pages: [], cleanups: [] };
     const begun = Date.now();
     try {
       const note = await within(SCENARIO_TIMEOUT, scenario.name, scenario.run(t));
