@@ -1,12 +1,16 @@
 //! What is specific to WebTransport: the two transports reaching each other,
 //! the checks before a session is accepted, plain HTTP/3, both loopbacks,
-//! the certificate browsers pin, and datagrams nobody reads.
+//! the certificate browsers pin, datagrams nobody reads, and the HTTP/3
+//! SETTINGS of every WebTransport draft a browser ships.
 
 mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::raw_h3::h3_request;
+use common::raw_h3::{
+    frame, h3_request, open_control_with, qpack_fields, quic_connect, response_status,
+    server_settings, varint,
+};
 use common::{Client, GatewayProcess, Kind, TestGateway, within, wt_connect, wt_endpoint};
 use serde_json::{Value, json};
 use signal_gateway::tls::{CertificateFacts, MAX_HASH_PINNED_VALIDITY};
@@ -286,4 +290,147 @@ async fn unread_datagrams_cannot_pin_memory() {
         grown < 4096,
         "RSS grew {grown} KiB for ~10 MB of unread datagrams"
     );
+}
+
+/// What the gateway's SETTINGS must say, by draft: Chromium and Firefox
+/// read draft-02's pair, Safari 26.4+ needs draft-13/14's
+/// `SETTINGS_WT_MAX_SESSIONS` of at least 1, draft-15 replaced it with
+/// `SETTINGS_WT_ENABLED`. With one session per connection, WebTransport
+/// flow control is off (draft-14 §5.1), so its initial limits say 1.
+const WEBTRANSPORT_SETTINGS: [(u64, u64, &str); 10] = [
+    (0x08, 1, "ENABLE_CONNECT_PROTOCOL (RFC 9220)"),
+    (0x33, 1, "H3_DATAGRAM (RFC 9297)"),
+    (0x2b60_3742, 1, "ENABLE_WEBTRANSPORT (draft-02)"),
+    (0x2b60_3743, 1, "WEBTRANSPORT_MAX_SESSIONS (draft-02)"),
+    (0xc671_706a, 1, "WEBTRANSPORT_MAX_SESSIONS (draft-07)"),
+    (0x14e9_cd29, 1, "WT_MAX_SESSIONS (draft-13/14)"),
+    (0x2c7c_f000, 1, "WT_ENABLED (draft-15)"),
+    (0x2b64, 1, "WT_INITIAL_MAX_STREAMS_UNI (draft-13/14)"),
+    (0x2b65, 1, "WT_INITIAL_MAX_STREAMS_BIDI (draft-13/14)"),
+    (0x2b61, 1, "WT_INITIAL_MAX_DATA (draft-13/14)"),
+];
+
+#[tokio::test]
+async fn settings_carry_every_webtransport_dialect() {
+    let gw = TestGateway::start().await;
+    let conn = quic_connect(
+        &gw,
+        "127.0.0.1:0".parse().unwrap(),
+        quinn::TransportConfig::default(),
+    )
+    .await;
+    let _control = open_control_with(&conn, &[(0x33, 1)]).await;
+    let settings = server_settings(&conn).await;
+    let value = |id: u64| {
+        let found: Vec<u64> = settings
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(found.len() <= 1, "{id:#x} sent {} times", found.len());
+        found.first().copied()
+    };
+    for (id, expected, name) in WEBTRANSPORT_SETTINGS {
+        assert_eq!(
+            value(id),
+            Some(expected),
+            "{name} ({id:#x}) in {settings:x?}"
+        );
+    }
+    assert!(
+        value(0x06).is_some_and(|v| v > 0),
+        "SETTINGS_MAX_FIELD_SECTION_SIZE in {settings:x?}"
+    );
+}
+
+/// Opens a session the way a client of one WebTransport draft does: its
+/// SETTINGS carry only that draft's codepoint, its CONNECT `:protocol
+/// webtransport` with Chromium's draft-02 header or without it. Returns the
+/// CONNECT's status and, on 200, the first line of the session's stream.
+async fn connect_in_dialect(
+    gw: &TestGateway,
+    setting: u64,
+    draft02_header: bool,
+    token: &str,
+) -> (u16, String) {
+    let conn = quic_connect(
+        gw,
+        "127.0.0.1:0".parse().unwrap(),
+        quinn::TransportConfig::default(),
+    )
+    .await;
+    let _control = open_control_with(&conn, &[(0x08, 1), (0x33, 1), (setting, 1)]).await;
+    let (mut send, mut recv) = within("open CONNECT stream", conn.open_bi()).await.unwrap();
+    let path = format!("/v1/connect?token={token}");
+    let mut fields = vec![
+        (":method", "CONNECT"),
+        (":protocol", "webtransport"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path.as_str()),
+    ];
+    if draft02_header {
+        fields.push(("sec-webtransport-http3-draft02", "1"));
+    }
+    send.write_all(&frame(0x01, &qpack_fields(&fields)))
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let status = loop {
+        if let Some(status) = response_status(&head) {
+            break status;
+        }
+        match within("CONNECT response", recv.read_chunk(4096, true)).await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk.bytes),
+            other => panic!("{setting:#x}: no response to the CONNECT: {other:?}"),
+        }
+    };
+    if status != 200 {
+        return (status, String::new());
+    }
+    // A WebTransport stream of the session (0x41, session id): the gateway
+    // greets on it.
+    let (mut wt_send, mut wt_recv) = within("open session stream", conn.open_bi()).await.unwrap();
+    let mut header = varint(0x41);
+    header.extend(varint(u64::from(send.id())));
+    wt_send.write_all(&header).await.unwrap();
+    let mut line = Vec::new();
+    while !line.contains(&b'\n') {
+        match within("first line", wt_recv.read_chunk(4096, true)).await {
+            Ok(Some(chunk)) => line.extend_from_slice(&chunk.bytes),
+            other => panic!("{setting:#x}: session stream ended: {other:?}"),
+        }
+    }
+    (status, String::from_utf8_lossy(&line).into_owned())
+}
+
+#[tokio::test]
+async fn sessions_open_in_every_webtransport_dialect() {
+    let gw = TestGateway::start().await;
+    for (dialect, setting, draft02_header) in [
+        ("draft-02 (Chromium, Firefox)", 0x2b60_3742, true),
+        ("draft-02 without its header", 0x2b60_3742, false),
+        ("draft-07", 0xc671_706a, false),
+        ("draft-13/14 (Safari 26.4+)", 0x14e9_cd29, false),
+        (
+            "draft-14 settings with the draft-02 header",
+            0x14e9_cd29,
+            true,
+        ),
+        ("draft-15", 0x2c7c_f000, false),
+    ] {
+        let name = format!("dialect-{setting:x}-{draft02_header}");
+        let token = gw.register(&name).await;
+        let (status, line) = connect_in_dialect(&gw, setting, draft02_header, &token).await;
+        assert_eq!(status, 200, "{dialect}");
+        let welcome: Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(
+            (
+                welcome["type"].as_str(),
+                welcome["payload"]["username"].as_str()
+            ),
+            (Some("WELCOME"), Some(name.as_str())),
+            "{dialect}"
+        );
+    }
 }

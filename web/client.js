@@ -32,6 +32,12 @@
  *
  * Cookies are never used: every request carries the token explicitly, so two
  * tabs (or two clients in one page) can be two different users.
+ *
+ * Browsers (docs/client.md, "Browsers", says what was verified and how):
+ * tested by scripts/browser-test in headless Chromium 156 and Firefox ESR
+ * 153, over WebTransport and WebSocket, calling each other; Safari 26.4+ is
+ * reasoned, not run (the gateway sends the WebTransport SETTINGS it needs),
+ * and a browser without `WebTransport` gets WebSocket from "auto".
  */
 
 /** The transports, in the order `"auto"` tries them. */

@@ -1,10 +1,15 @@
 // Browser tests of signal-gateway: headless Debian Chromium, driven by
-// playwright-core, against the real gateway binary.
+// playwright-core, and headless Debian Firefox ESR, driven by puppeteer-core
+// over WebDriver BiDi (firefox.mjs gives it the same page API), against the
+// real gateway binary. A scenario is written once; those marked for both
+// browsers run in each ("[firefox]" after the name), and a few put a
+// Firefox page and a Chromium page on the two ends of one call.
 //
 //   node tests/browser/run.mjs        (scripts/browser-test installs and builds first)
 //
 // Env: SIGNAL_GATEWAY_BIN (default target/debug/signal-gateway), CHROMIUM_BIN
-// (default /usr/bin/chromium), NGINX_BIN (default /usr/sbin/nginx),
+// (default /usr/bin/chromium), FIREFOX_BIN (default /usr/bin/firefox-esr),
+// NGINX_BIN (default /usr/sbin/nginx),
 // TURNSERVER_BIN (default /usr/bin/turnserver, coturn),
 // BROWSER_TEST_ONLY=part,part (run the scenarios
 // whose names contain one of these), UPDATE_SCREENSHOT=1 (also copy the demo
@@ -23,6 +28,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { benchResultProblems } from "./bench-result.mjs";
 import { CHROMIUM, launchChromium } from "./chromium.mjs";
+import { FIREFOX, launchFirefox } from "./firefox.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "../..");
@@ -38,7 +44,7 @@ const STEP = 10_000;
 /** ...every scenario by this... */
 const SCENARIO_TIMEOUT = 40_000;
 /** ...and the whole suite by this: a hung run is killed, never left behind. */
-const SUITE_TIMEOUT = 240_000;
+const SUITE_TIMEOUT = 300_000;
 
 /** Generous rates: the suite registers and connects many users from one IP. */
 const TEST_LIMITS = [
@@ -349,13 +355,15 @@ class Coturn {
 // ---- pages ----
 
 class Browser {
-  static async launch() {
-    return new Browser(await launchChromium());
+  /** `kind`: "chromium" or "firefox". */
+  static async launch(kind) {
+    return new Browser(kind, kind === "firefox" ? await launchFirefox() : await launchChromium());
   }
 
-  constructor(browser) {
+  constructor(kind, browser) {
+    this.kind = kind;
     this.browser = browser;
-    this.consoleLog = createWriteStream(join(ARTIFACTS, "console.log"));
+    this.consoleLog = createWriteStream(join(ARTIFACTS, kind === "chromium" ? "console.log" : `console-${kind}.log`));
   }
 
   /**
@@ -540,8 +548,10 @@ async function legacyPage(t, label, origin) {
  * exchange a message each way.
  */
 async function dataChannelScenario(t, a, b) {
-  const alice = await t.browser.peer(`${a.name}-alice`, t.gateway.origin(a.host));
-  const bob = await t.browser.peer(`${b.name}-bob`, t.gateway.origin(b.host));
+  const browserA = t.browsers[a.browser] ?? t.browser;
+  const browserB = t.browsers[b.browser] ?? t.browser;
+  const alice = await browserA.peer(`${browserA.kind}-alice`, t.gateway.origin(a.host));
+  const bob = await browserB.peer(`${browserB.kind}-bob`, t.gateway.origin(b.host));
   t.pages.push(alice, bob);
   const aliceName = uniqueName("alice");
   const bobName = uniqueName("bob");
@@ -572,8 +582,19 @@ async function dataChannelScenario(t, a, b) {
     const errors = await page.evaluate(() => peer.log.errors);
     assertEqual(errors, [], "signalling errors in the page");
   }
-  return `${a.host}:${joinedA.transport} <-> ${b.host}:${joinedB.transport}, ICE ${rtcA.ice}`;
+  return `${browserA.kind} ${a.host}:${joinedA.transport} <-> ${browserB.kind} ${b.host}:${joinedB.transport}, ICE ${rtcA.ice}`;
 }
+
+/**
+ * Which browsers a scenario runs in (`browsers`; Chromium alone when not
+ * said): each of BOTH in turn (`t.browser`), or BOTH_AT_ONCE, once, with
+ * both started (`t.browsers`) for a page in each.
+ * The others run in Chromium only: what they test is the gateway and
+ * client.js (reconnects, JWTs, nginx, TURN), not the browser, and a second
+ * run would add a minute to the suite.
+ */
+const BOTH = ["chromium", "firefox"];
+const BOTH_AT_ONCE = ["chromium+firefox"];
 
 const scenarios = [
   {
@@ -596,12 +617,35 @@ const scenarios = [
   },
   {
     name: "auto<->auto picks webtransport",
+    browsers: BOTH,
     run: (t) => dataChannelScenario(t,
       { host: "localhost", transport: "auto", expect: "webtransport" },
       { host: "127.0.0.1", transport: "auto", expect: "webtransport" }),
   },
   {
+    name: "firefox webtransport<->chromium webtransport",
+    browsers: BOTH_AT_ONCE,
+    run: (t) => dataChannelScenario(t,
+      { browser: "firefox", host: "localhost", transport: "webtransport", expect: "webtransport" },
+      { browser: "chromium", host: "127.0.0.1", transport: "webtransport", expect: "webtransport" }),
+  },
+  {
+    name: "firefox websocket<->chromium webtransport",
+    browsers: BOTH_AT_ONCE,
+    run: (t) => dataChannelScenario(t,
+      { browser: "firefox", host: "127.0.0.1", transport: "websocket", expect: "websocket" },
+      { browser: "chromium", host: "localhost", transport: "webtransport", expect: "webtransport" }),
+  },
+  {
+    name: "firefox webtransport<->chromium websocket",
+    browsers: BOTH_AT_ONCE,
+    run: (t) => dataChannelScenario(t,
+      { browser: "firefox", host: "127.0.0.1", transport: "webtransport", expect: "webtransport" },
+      { browser: "chromium", host: "localhost", transport: "websocket", expect: "websocket" }),
+  },
+  {
     name: "webtransport framing: lines and characters split across reads, several lines per read",
+    browsers: BOTH,
     async run(t) {
       // Page b's stream reads hand client.js at most 5 bytes at a time, so
       // every line and most characters arrive cut in pieces; page a reads
@@ -652,6 +696,7 @@ const scenarios = [
   },
   {
     name: "explicit webtransport never falls back; auto does",
+    browsers: BOTH,
     async run(t) {
       // A UDP port that swallows everything: the WebTransport handshake
       // never completes. The page is told this port by /v1/cert-hash.
@@ -900,6 +945,7 @@ const scenarios = [
   },
   {
     name: "bench page: well-formed results for both transports",
+    browsers: BOTH,
     run: benchScenario,
   },
   {
@@ -987,6 +1033,7 @@ const scenarios = [
   },
   {
     name: "demo app: call, chat, no console errors, screenshot",
+    browsers: BOTH,
     run: demoScenario,
   },
   {
@@ -1170,12 +1217,15 @@ async function demoScenario(t) {
     }, null, { timeout: STEP });
   }
   await sleep(300); // let the video paint a frame
-  await alice.screenshot({ path: join(ARTIFACTS, "demo.png") });
-  await bob.screenshot({ path: join(ARTIFACTS, "demo-bob.png") });
-  // docs/demo.png is committed for the README: refresh it on request (or
-  // when missing), so that a test run leaves the work tree clean.
+  const shot = t.browser.kind === "chromium" ? "demo" : `demo-${t.browser.kind}`;
+  await alice.screenshot({ path: join(ARTIFACTS, `${shot}.png`) });
+  await bob.screenshot({ path: join(ARTIFACTS, `${shot}-bob.png`) });
+  // docs/demo.png (Chromium's) is committed for the README: refresh it on
+  // request (or when missing), so that a test run leaves the work tree clean.
   const docsShot = join(ROOT, "docs/demo.png");
-  if (process.env.UPDATE_SCREENSHOT === "1" || !existsSync(docsShot)) copyFileSync(join(ARTIFACTS, "demo.png"), docsShot);
+  if (t.browser.kind === "chromium" && (process.env.UPDATE_SCREENSHOT === "1" || !existsSync(docsShot))) {
+    copyFileSync(join(ARTIFACTS, "demo.png"), docsShot);
+  }
 
   // Hang up: both sides go back to the list.
   await alice.getByRole("button", { name: "Hang up" }).click();
@@ -1185,7 +1235,7 @@ async function demoScenario(t) {
     assertEqual(page.problems, [], `console errors on ${label}'s demo page`);
   }
   return "Alice (auto: WebTransport) and Bob (WebSocket) in two tabs, Carol on 127.0.0.1; "
-    + "screenshot: tests/browser/artifacts/demo.png";
+    + `screenshot: tests/browser/artifacts/${shot}.png`;
 }
 
 /**
@@ -1400,19 +1450,28 @@ async function main() {
   const server = await staticServer();
   const staticOrigin = `http://127.0.0.1:${server.address().port}`;
   const gateway = await Gateway.start("main", { args: ["--allow-origin", staticOrigin] });
-  const browser = await Browser.launch();
   console.log(`gateway ${GATEWAY_BIN} on port ${gateway.port} (WebTransport UDP ${gateway.wtPort})`);
-  console.log(`browser ${CHROMIUM} ${browser.browser.version()}`);
+  // One run per scenario and entry of its `browsers`; "[firefox]" names
+  // the Firefox run. Only the browsers the selected runs use are started.
+  const runs = scenarios.flatMap((scenario) => (scenario.browsers ?? ["chromium"]).map((entry) => ({
+    ...scenario,
+    name: entry === "firefox" ? `${scenario.name} [firefox]` : scenario.name,
+    kinds: entry.split("+"),
+  })));
+  const selected = runs.filter((run) => !ONLY.length || ONLY.some((o) => run.name.includes(o)));
+  const browsers = {};
+  const needed = new Set(selected.flatMap((run) => run.kinds));
+  for (const [kind, bin] of [["chromium", CHROMIUM], ["firefox", FIREFOX]]) {
+    if (!needed.has(kind)) continue;
+    browsers[kind] = await Browser.launch(kind);
+    console.log(`browser ${bin} ${browsers[kind].browser.version()}`);
+  }
 
   let passed = 0;
   let failed = 0;
-  let skipped = 0;
-  for (const scenario of scenarios) {
-    if (ONLY.length && !ONLY.some((o) => scenario.name.includes(o))) {
-      skipped += 1;
-      continue;
-    }
-    const t = { gateway, browser, staticOrigin, pages: [], cleanups: [] };
+  const skipped = runs.length - selected.length;
+  for (const scenario of selected) {
+    const t = { gateway, browser: browsers[scenario.kinds[0]], browsers, staticOrigin, pages: [], cleanups: [] };
     const begun = Date.now();
     try {
       const note = await within(SCENARIO_TIMEOUT, scenario.name, scenario.run(t));
@@ -1433,7 +1492,7 @@ async function main() {
     for (const cleanup of t.cleanups.reverse()) await Promise.resolve().then(cleanup).catch(() => {});
   }
 
-  await browser.close();
+  for (const browser of Object.values(browsers)) await browser.close();
   const code = await gateway.stop();
   server.close();
   for (const cleanup of cleanups) cleanup();

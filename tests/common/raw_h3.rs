@@ -206,6 +206,64 @@ pub async fn open_control(conn: &quinn::Connection) -> quinn::SendStream {
     control
 }
 
+/// Opens the client's control stream with a SETTINGS frame of
+/// `(identifier, value)` pairs, as a browser of some WebTransport draft
+/// sends them.
+pub async fn open_control_with(
+    conn: &quinn::Connection,
+    settings: &[(u64, u64)],
+) -> quinn::SendStream {
+    let mut control = within("open uni", conn.open_uni()).await.unwrap();
+    let payload: Vec<u8> = settings
+        .iter()
+        .flat_map(|(id, value)| [varint(*id), varint(*value)].concat())
+        .collect();
+    let mut head = vec![0x00];
+    head.extend(frame(0x04, &payload));
+    control.write_all(&head).await.unwrap();
+    control
+}
+
+/// The server's SETTINGS as `(identifier, value)` pairs in the order sent,
+/// read off its control stream (the unidirectional stream of type 0x00;
+/// others, such as GREASE streams, are skipped) with this module's own
+/// decoder, not h3's.
+pub async fn server_settings(conn: &quinn::Connection) -> Vec<(u64, u64)> {
+    loop {
+        let mut recv = within("a server unidirectional stream", conn.accept_uni())
+            .await
+            .expect("the server opens its control stream");
+        let mut bytes = Vec::new();
+        loop {
+            if let Some((kind, taken)) = read_varint(&bytes) {
+                if kind != 0x00 {
+                    break;
+                }
+                if let Some((0x04, payload)) = frames(&bytes[taken..]).first() {
+                    return setting_pairs(payload);
+                }
+            }
+            let chunk = within("the server's control stream", recv.read_chunk(4096, true))
+                .await
+                .expect("control stream readable")
+                .expect("control stream stays open");
+            bytes.extend_from_slice(&chunk.bytes);
+        }
+    }
+}
+
+/// A SETTINGS frame's payload as `(identifier, value)` pairs.
+fn setting_pairs(mut payload: &[u8]) -> Vec<(u64, u64)> {
+    let mut pairs = Vec::new();
+    while !payload.is_empty() {
+        let (id, a) = read_varint(payload).expect("setting identifier");
+        let (value, b) = read_varint(&payload[a..]).expect("setting value");
+        pairs.push((id, value));
+        payload = &payload[a + b..];
+    }
+    pairs
+}
+
 /// Writes `head`, then junk, in 16 KiB chunks until the stream fails, `cap`
 /// bytes are written, or `time` has passed; returns the bytes written.
 pub async fn flood(
