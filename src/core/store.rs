@@ -12,7 +12,7 @@
 //! keeps nothing across restarts, and the index the persistent stores keep
 //! in front of their files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -214,6 +214,57 @@ pub enum Decision {
     Taken,
 }
 
+impl Decision {
+    /// The answer to a registration that writes nothing (the name exists);
+    /// `None` for [`Decision::Create`], whose answer carries a new token.
+    pub fn settled(self, presented: Option<&str>) -> Option<Registration> {
+        match self {
+            Decision::Create => None,
+            Decision::Taken => Some(Registration::Taken),
+            Decision::Reclaim(username) => Some(Registration::Reclaimed {
+                username,
+                token: presented.unwrap_or_default().to_owned(),
+            }),
+        }
+    }
+}
+
+/// Changes a batch has decided but not yet applied to the index: what a
+/// persistent store's writer commits in one transaction, then applies with
+/// [`MemoryStore::apply`]. Decisions count them as if applied, so a batch
+/// is as strict as one change at a time: a name asked for twice is created
+/// once, and the caps count what the batch adds and removes.
+#[derive(Debug, Default)]
+pub struct Pending {
+    created: HashMap<Arc<str>, Record>,
+    removed: HashSet<Arc<str>>,
+    /// Identities the batch adds and removes per registering address.
+    held: HashMap<IpAddr, (usize, usize)>,
+}
+
+impl Pending {
+    /// Adds a new identity, which [`MemoryStore::decide_pending`] said to create.
+    pub fn create(&mut self, record: Record) {
+        self.held.entry(record.registered_by).or_default().0 += 1;
+        self.created.insert(record.name.clone(), record);
+    }
+
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.removed.is_empty()
+    }
+
+    /// The identities the batch creates.
+    pub fn created(&self) -> impl Iterator<Item = &Record> {
+        self.created.values()
+    }
+
+    /// The names the batch removes.
+    pub fn removed(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.removed.iter()
+    }
+}
+
 /// The identities in memory: the whole store with `--store memory`, and the
 /// index a persistent store keeps in front of its file (every lookup is
 /// answered from memory; only changes go to the file).
@@ -249,16 +300,6 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// What registering `name` would do, with the caps checked.
-    pub fn decide(
-        &self,
-        name: &str,
-        presented: Option<&str>,
-        address: IpAddr,
-    ) -> Result<Decision, StoreError> {
-        self.decide_in(&self.read(), name, presented, address)
-    }
-
     fn decide_in(
         &self,
         inner: &Inner,
@@ -266,22 +307,96 @@ impl MemoryStore {
         presented: Option<&str>,
         address: IpAddr,
     ) -> Result<Decision, StoreError> {
-        if let Some((username, identity)) = inner.by_name.get_key_value(name) {
-            let owns = presented
-                .is_some_and(|token| bool::from(token_digest(token).ct_eq(&identity.digest)));
-            return Ok(if owns {
-                Decision::Reclaim(username.clone())
-            } else {
-                Decision::Taken
-            });
+        if let Some(decision) = existing(inner, name, presented) {
+            return Ok(decision);
         }
-        if inner.by_name.len() >= self.max_identities {
+        let held = inner.by_ip.get(&address).copied().unwrap_or(0);
+        self.room(inner.by_name.len(), held)
+    }
+
+    /// Whether one more identity fits, with `total` held and `held` by its
+    /// registering address.
+    fn room(&self, total: usize, held: usize) -> Result<Decision, StoreError> {
+        if total >= self.max_identities {
             return Err(StoreError::Full(self.max_identities));
         }
-        if inner.by_ip.get(&address).copied().unwrap_or(0) >= self.max_per_address {
+        if held >= self.max_per_address {
             return Err(StoreError::AddressFull(self.max_per_address));
         }
         Ok(Decision::Create)
+    }
+
+    /// What registering `name` decides if the name is registered (taken,
+    /// or its owner's again), answered from memory alone; `None` if it is
+    /// free, which only a store's writer may decide on.
+    pub fn decide_existing(&self, name: &str, presented: Option<&str>) -> Option<Decision> {
+        existing(&self.read(), name, presented)
+    }
+
+    /// What registering `name` would do once the changes `pending` has
+    /// decided are applied, with the caps checked.
+    pub fn decide_pending(
+        &self,
+        pending: &Pending,
+        name: &str,
+        presented: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Decision, StoreError> {
+        // Created in this batch: nobody holds its token yet.
+        if pending.created.contains_key(name) {
+            return Ok(Decision::Taken);
+        }
+        let inner = self.read();
+        if !pending.removed.contains(name)
+            && let Some(decision) = existing(&inner, name, presented)
+        {
+            return Ok(decision);
+        }
+        let (added, dropped) = pending
+            .held
+            .values()
+            .fold((0, 0), |(a, d), (x, y)| (a + x, d + y));
+        let total = (inner.by_name.len() + added).saturating_sub(dropped);
+        let (added, dropped) = pending.held.get(&address).copied().unwrap_or_default();
+        let held =
+            (inner.by_ip.get(&address).copied().unwrap_or(0) + added).saturating_sub(dropped);
+        self.room(total, held)
+    }
+
+    /// Adds the removal of `name` to `pending` if the index holds it with
+    /// `digest` (a name removed and registered again since it was chosen
+    /// is another identity, and stays); returns whether it does.
+    pub fn remove_pending(
+        &self,
+        pending: &mut Pending,
+        name: &Arc<str>,
+        digest: &TokenDigest,
+    ) -> bool {
+        if pending.created.contains_key(name) || pending.removed.contains(name) {
+            return false;
+        }
+        let inner = self.read();
+        let Some(identity) = inner.by_name.get(name) else {
+            return false;
+        };
+        if identity.digest != *digest {
+            return false;
+        }
+        pending.held.entry(identity.registered_by).or_default().1 += 1;
+        pending.removed.insert(name.clone());
+        true
+    }
+
+    /// Applies what a batch changed, once it is committed: its removals,
+    /// then its new identities, under one lock.
+    pub fn apply(&self, pending: Pending) {
+        let mut inner = self.write();
+        for name in &pending.removed {
+            inner.remove(name);
+        }
+        for record in pending.created.into_values() {
+            inner.insert(record);
+        }
     }
 
     /// Adds (or replaces) an identity.
@@ -368,23 +483,28 @@ impl MemoryStore {
         address: IpAddr,
     ) -> Result<Registration, StoreError> {
         let mut inner = self.write();
-        match self.decide_in(&inner, name, presented, address)? {
-            Decision::Taken => Ok(Registration::Taken),
-            Decision::Reclaim(username) => Ok(Registration::Reclaimed {
-                username,
-                token: presented.unwrap_or_default().to_owned(),
-            }),
-            Decision::Create => {
-                let record = Record::fresh(name, address);
-                let registration = Registration::Created {
-                    username: record.0.name.clone(),
-                    token: record.1,
-                };
-                inner.insert(record.0);
-                Ok(registration)
-            }
+        let decision = self.decide_in(&inner, name, presented, address)?;
+        if let Some(settled) = decision.settled(presented) {
+            return Ok(settled);
         }
+        let (record, token) = Record::fresh(name, address);
+        let username = record.name.clone();
+        inner.insert(record);
+        Ok(Registration::Created { username, token })
     }
+}
+
+/// The decision for `name` if it is registered: its owner's again when
+/// `presented` is its token, else taken.
+fn existing(inner: &Inner, name: &str, presented: Option<&str>) -> Option<Decision> {
+    let (username, identity) = inner.by_name.get_key_value(name)?;
+    let owns =
+        presented.is_some_and(|token| bool::from(token_digest(token).ct_eq(&identity.digest)));
+    Some(if owns {
+        Decision::Reclaim(username.clone())
+    } else {
+        Decision::Taken
+    })
 }
 
 impl Record {
@@ -583,6 +703,101 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(expire(&store, Duration::ZERO, |name| name != "a").len(), 1);
         store.register_now("d", None, HOME).unwrap();
+    }
+
+    fn decide_and_create(
+        store: &MemoryStore,
+        pending: &mut Pending,
+        name: &str,
+        address: IpAddr,
+    ) -> Result<Decision, StoreError> {
+        let decision = store.decide_pending(pending, name, None, address)?;
+        if decision == Decision::Create {
+            pending.create(Record::fresh(name, address).0);
+        }
+        Ok(decision)
+    }
+
+    #[test]
+    fn a_batch_creates_a_name_asked_for_twice_once() {
+        let store = MemoryStore::new(10, 10);
+        let mut pending = Pending::default();
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "twin", HOME),
+            Ok(Decision::Create)
+        );
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "twin", HOME),
+            Ok(Decision::Taken)
+        );
+        assert_eq!(
+            store.lookup("twin"),
+            None,
+            "nothing is applied before the commit"
+        );
+        store.apply(pending);
+        assert_eq!(store.sorted_names(), vec![Arc::<str>::from("twin")]);
+        assert_eq!(store.decide_existing("twin", None), Some(Decision::Taken));
+    }
+
+    #[test]
+    fn the_caps_count_what_a_batch_adds_and_removes() {
+        let away = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let store = MemoryStore::new(4, 2);
+        let (_, token) = created(store.register_now("old", None, HOME).unwrap());
+        let mut pending = Pending::default();
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "a", HOME),
+            Ok(Decision::Create)
+        );
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "b", HOME),
+            Err(StoreError::AddressFull(2)),
+            "one held and one in the batch"
+        );
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "c", away),
+            Ok(Decision::Create)
+        );
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "d", away),
+            Ok(Decision::Create)
+        );
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "e", away),
+            Err(StoreError::Full(4))
+        );
+        // Removing "old" in the same batch makes room, at its address and in all.
+        let digest = token_digest(&token);
+        assert!(store.remove_pending(&mut pending, &Arc::from("old"), &digest));
+        assert!(
+            !store.remove_pending(&mut pending, &Arc::from("old"), &digest),
+            "once"
+        );
+        assert_eq!(
+            decide_and_create(&store, &mut pending, "old", HOME),
+            Ok(Decision::Create)
+        );
+        assert!(
+            !store.remove_pending(&mut pending, &Arc::from("old"), &digest),
+            "the new \"old\" is another identity"
+        );
+        store.apply(pending);
+        assert_eq!(store.len(), 4);
+        assert_eq!(store.lookup(&token), None);
+        assert_eq!(
+            store.decide_existing("old", Some(&token)),
+            Some(Decision::Taken)
+        );
+    }
+
+    #[test]
+    fn a_stale_removal_leaves_the_identity_registered_since() {
+        let store = MemoryStore::new(10, 10);
+        store.register_now("name", None, HOME).unwrap();
+        let mut pending = Pending::default();
+        assert!(!store.remove_pending(&mut pending, &Arc::from("name"), &[0; 32]));
+        assert!(pending.is_empty());
     }
 
     #[test]

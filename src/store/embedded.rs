@@ -6,14 +6,20 @@
 //! `synchronous=FULL` to give the same promise.
 //!
 //! Every lookup is answered from an in-memory index loaded at start
-//! ([`MemoryStore`]); only changes touch the file, each in a blocking task
-//! so the async runtime's workers never wait on the disk. A registration is
-//! answered only after its commit has reached the disk, so an identity
-//! whose `SUCCESS` a client saw survives a crash (even SIGKILL) right after.
-//! Last-seen times are written in batches by [`IdentityStore::flush`]
-//! (every sweep, at most a minute apart, and at shutdown): a crash can lose
-//! the last minute of them, which makes those identities look up to a
-//! minute older than they are — harmless against a time-to-live of hours.
+//! ([`MemoryStore`]); only changes touch the file. They go through one
+//! writer task fed by a bounded queue, which commits them in batches (group
+//! commit): the registrations and deletes that arrived while one commit was
+//! on its way to the disk are decided together, written in the next
+//! transaction and made durable by its one fsync. Each is answered only
+//! after the commit that holds it has reached the disk, so an identity
+//! whose `SUCCESS` a client saw survives a crash (even SIGKILL) right
+//! after. Commits run on the blocking pool, so the async runtime's workers
+//! never wait on the disk. Last-seen times are written in batches by
+//! [`IdentityStore::flush`] (every sweep, at most a minute apart, and at
+//! shutdown), in transactions of their own that give way to registrations:
+//! a crash can lose the last minute of them, which makes those identities
+//! look up to a minute older than they are — harmless against a
+//! time-to-live of hours.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr};
@@ -24,8 +30,10 @@ use std::time::{Duration, SystemTime};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::core::Limits;
+use tokio::sync::{mpsc, oneshot};
+
 use crate::core::store::{
-    Decision, IdentityStore, MemoryStore, Record, Registration, StoreError, StoreFuture,
+    IdentityStore, MemoryStore, Pending, Record, Registration, StoreError, StoreFuture,
     TokenDigest, unix_ms,
 };
 
@@ -36,6 +44,18 @@ const FORMAT_VERSION: u64 = 1;
 /// Pages redb may cache; the index in memory answers every lookup, so the
 /// cache only serves writes.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Requests waiting for the writer. When it is full a registration waits
+/// for room (the disk sets the pace) rather than the queue growing without
+/// bound.
+const QUEUE: usize = 4096;
+/// Most requests one transaction decides: every one of them waits for its
+/// commit, so a batch is kept to what a commit writes in a millisecond or
+/// two.
+const MAX_BATCH: usize = 1024;
+/// Last-seen times written per transaction. The writer takes registrations
+/// and deletes first and writes these only when none waits, so a sweep's
+/// thousands of them hold a registration up by one such transaction at most.
+const LAST_SEEN_CHUNK: usize = 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identities");
@@ -88,20 +108,83 @@ pub enum OpenError {
 /// Registered identities in a redb file, with the whole set in memory.
 #[derive(Debug)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
-    path: PathBuf,
-    index: MemoryStore,
-    /// One change at a time: decided against the index, committed to the
-    /// file, then applied to the index.
-    writer: tokio::sync::Mutex<()>,
+    index: Arc<MemoryStore>,
     /// Names whose last-seen time changed since the last flush.
-    dirty: Mutex<HashSet<Arc<str>>>,
+    dirty: Arc<Mutex<HashSet<Arc<str>>>>,
+    /// The writer's queue.
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Where a request's answer goes.
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+enum Job {
+    /// A change that joins the next batch.
+    Change(Change),
+    /// Forget every identity: a batch of its own.
+    Clear(Reply<usize>),
+    /// Write the last-seen times changed so far.
+    LastSeen(Reply<()>),
+}
+
+/// A change decided and written in a batch with others.
+#[derive(Debug)]
+enum Change {
+    /// Register a name that was free when it was asked for.
+    Register {
+        name: Arc<str>,
+        presented: Option<String>,
+        address: IpAddr,
+        reply: Reply<Registration>,
+    },
+    /// Remove identities, each if it still has the digest it was chosen with.
+    Remove {
+        victims: Vec<(Arc<str>, TokenDigest)>,
+        reply: Reply<Vec<Arc<str>>>,
+    },
+}
+
+/// What the writer commits next.
+#[derive(Debug)]
+enum Batch {
+    Changes(Vec<Change>),
+    Clear(Reply<usize>),
+}
+
+/// A change's answer, sent once its batch is committed.
+#[derive(Debug)]
+enum Answer {
+    Register(Reply<Registration>, Result<Registration, StoreError>),
+    Remove(Reply<Vec<Arc<str>>>, Vec<Arc<str>>),
+}
+
+impl Answer {
+    fn send(self) {
+        // A caller that went away (its client hung up) needs no answer.
+        match self {
+            Answer::Register(reply, outcome) => drop(reply.send(outcome)),
+            Answer::Remove(reply, removed) => drop(reply.send(Ok(removed))),
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            Answer::Register(reply, _) => drop(reply.send(Err(err))),
+            Answer::Remove(reply, _) => drop(reply.send(Err(err))),
+        }
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) `identities.redb` in `data_dir` and loads it.
+    /// Opens (or creates) `identities.redb` in `data_dir`, loads it, and
+    /// starts its writer task.
     pub async fn open(data_dir: PathBuf, limits: &Limits) -> Result<Self, OpenError> {
-        let index = MemoryStore::new(limits.max_identities, limits.max_identities_per_ip);
+        let index = Arc::new(MemoryStore::new(
+            limits.max_identities,
+            limits.max_identities_per_ip,
+        ));
         let (db, path, records) = tokio::task::spawn_blocking(move || open_file(&data_dir))
             .await
             .map_err(|err| OpenError::Unreadable {
@@ -112,47 +195,265 @@ impl EmbeddedStore {
             index.insert(record);
         }
         tracing::info!(path = %path.display(), identities = index.len(), "identity store open");
-        Ok(Self {
+        let dirty = Arc::new(Mutex::default());
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = Writer {
             db: Arc::new(db),
             path,
-            index,
-            writer: tokio::sync::Mutex::new(()),
-            dirty: Mutex::default(),
-        })
+            index: index.clone(),
+            dirty: Arc::clone(&dirty),
+            last_seen: Vec::new(),
+            flushes: Vec::new(),
+            held_over: None,
+        };
+        tokio::spawn(writer.run(queue));
+        Ok(Self { index, dirty, jobs })
     }
 
-    /// Runs `change` in one write transaction on a blocking thread.
-    async fn commit(
-        &self,
-        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error> + Send + 'static,
-    ) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write()?;
-            change(&txn)?;
-            txn.commit()?;
-            Ok::<(), redb::Error>(())
+    /// Hands `job` to the writer and waits for its answer.
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(job(reply)).await.map_err(|_| stopped())?;
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the identity writer has stopped".into())
+}
+
+/// The one task that changes the file, and the index after it.
+struct Writer {
+    db: Arc<Database>,
+    path: PathBuf,
+    index: Arc<MemoryStore>,
+    dirty: Arc<Mutex<HashSet<Arc<str>>>>,
+    /// Names whose last-seen times are still to be written.
+    last_seen: Vec<Arc<str>>,
+    /// Flushes waiting for `last_seen` to be written.
+    flushes: Vec<Reply<()>>,
+    /// A request that could not join the batch before it: the next starts
+    /// with it.
+    held_over: Option<Job>,
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        loop {
+            let first = match self.held_over.take() {
+                Some(job) => job,
+                None if self.last_seen.is_empty() && self.flushes.is_empty() => {
+                    match queue.recv().await {
+                        Some(job) => job,
+                        None => return,
+                    }
+                }
+                // Last-seen times are written only when no change waits.
+                None => match queue.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.write_last_seen().await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                },
+            };
+            // Let the requests this runtime has already read reach the queue
+            // before the batch closes: the task runs again after the runtime
+            // has polled its sockets.
+            tokio::task::yield_now().await;
+            match self.gather(first, &mut queue) {
+                Some(Batch::Changes(changes)) => self.commit(changes).await,
+                Some(Batch::Clear(reply)) => self.clear(reply).await,
+                None => {}
+            }
+        }
+    }
+
+    /// `first` and whatever else waits in the queue, up to a batch.
+    fn gather(&mut self, first: Job, queue: &mut mpsc::Receiver<Job>) -> Option<Batch> {
+        let mut changes = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::Change(change) => changes.push(change),
+                Job::LastSeen(reply) => {
+                    let dirty = std::mem::take(&mut *lock(&self.dirty));
+                    self.last_seen.extend(dirty);
+                    self.flushes.push(reply);
+                }
+                Job::Clear(reply) if changes.is_empty() => return Some(Batch::Clear(reply)),
+                clear @ Job::Clear(_) => {
+                    self.held_over = Some(clear);
+                    break;
+                }
+            }
+            if changes.len() >= MAX_BATCH {
+                break;
+            }
+            next = queue.try_recv().ok();
+        }
+        (!changes.is_empty()).then_some(Batch::Changes(changes))
+    }
+
+    /// Decides `changes` in order against the index and each other, writes
+    /// them in one transaction, commits it (one fsync), applies them to the
+    /// index and answers each; if the commit fails, every one of them is
+    /// answered that the store is unavailable.
+    async fn commit(&self, changes: Vec<Change>) {
+        let (db, index) = (self.db.clone(), self.index.clone());
+        let batch = tokio::task::spawn_blocking(move || {
+            let (pending, answers) = decide(&index, changes);
+            let written = if pending.is_empty() {
+                Ok(())
+            } else {
+                write(&db, |txn| {
+                    let mut table = txn.open_table(IDENTITIES)?;
+                    for name in pending.removed() {
+                        table.remove(&**name)?;
+                    }
+                    for record in pending.created() {
+                        table.insert(&*record.name, encode(record).as_slice())?;
+                    }
+                    Ok(())
+                })
+            };
+            if written.is_ok() {
+                index.apply(pending);
+            }
+            tracing::debug!(changes = answers.len(), "identities committed");
+            (written, answers)
         })
         .await;
-        let failure = match written {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(err)) => err.to_string(),
-            Err(err) => err.to_string(),
-        };
-        tracing::error!(path = %self.path.display(), error = %failure, "writing identities failed");
-        Err(StoreError::Unavailable(format!(
-            "writing {}: {failure}",
-            self.path.display()
-        )))
+        match batch {
+            Ok((Ok(()), answers)) => answers.into_iter().for_each(Answer::send),
+            Ok((Err(err), answers)) => {
+                let err = self.failed(err);
+                answers.into_iter().for_each(|a| a.fail(err.clone()));
+            }
+            // The answers went with the task; their callers see the writer
+            // gone.
+            Err(err) => drop(self.failed(err)),
+        }
     }
 
-    fn take_dirty(&self) -> Vec<Arc<str>> {
-        let mut dirty = self
-            .dirty
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        dirty.drain().collect()
+    async fn clear(&self, reply: Reply<usize>) {
+        let (db, index) = (self.db.clone(), self.index.clone());
+        let cleared = tokio::task::spawn_blocking(move || {
+            write(&db, |txn| {
+                txn.delete_table(IDENTITIES)?;
+                txn.open_table(IDENTITIES)?;
+                Ok(())
+            })
+            .map(|()| index.forget_all())
+        })
+        .await;
+        let outcome = match cleared {
+            Ok(Ok(count)) => Ok(count),
+            Ok(Err(err)) => Err(self.failed(err)),
+            Err(err) => Err(self.failed(err)),
+        };
+        let _ = reply.send(outcome);
     }
+
+    /// Writes the next chunk of last-seen times; answers the flushes once
+    /// all are written. Records are read now, from the index this task
+    /// alone changes: a name removed since it was touched has none, and is
+    /// not written back.
+    async fn write_last_seen(&mut self) {
+        let rest = self.last_seen.len().saturating_sub(LAST_SEEN_CHUNK);
+        let names = self.last_seen.split_off(rest);
+        let records: Vec<Record> = names
+            .iter()
+            .filter_map(|name| self.index.record(name))
+            .collect();
+        if !records.is_empty() {
+            let db = self.db.clone();
+            let written =
+                tokio::task::spawn_blocking(move || write(&db, |txn| write_records(txn, &records)))
+                    .await;
+            let failure = match written {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(self.failed(err)),
+                Err(err) => Some(self.failed(err)),
+            };
+            if let Some(err) = failure {
+                // Tried again at the next flush.
+                lock(&self.dirty).extend(names.into_iter().chain(self.last_seen.drain(..)));
+                for reply in self.flushes.drain(..) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                return;
+            }
+        }
+        if self.last_seen.is_empty() {
+            for reply in self.flushes.drain(..) {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn failed(&self, failure: impl std::fmt::Display) -> StoreError {
+        tracing::error!(path = %self.path.display(), error = %failure, "writing identities failed");
+        StoreError::Unavailable(format!("writing {}: {failure}", self.path.display()))
+    }
+}
+
+/// Decides each change in order, against the index and the changes decided
+/// before it in the batch.
+fn decide(index: &MemoryStore, changes: Vec<Change>) -> (Pending, Vec<Answer>) {
+    let mut pending = Pending::default();
+    let answers = changes
+        .into_iter()
+        .map(|change| match change {
+            Change::Register {
+                name,
+                presented,
+                address,
+                reply,
+            } => {
+                let presented = presented.as_deref();
+                let outcome = index
+                    .decide_pending(&pending, &name, presented, address)
+                    .map(|decision| {
+                        decision.settled(presented).unwrap_or_else(|| {
+                            let (record, token) = Record::fresh(&name, address);
+                            let username = record.name.clone();
+                            pending.create(record);
+                            Registration::Created { username, token }
+                        })
+                    });
+                Answer::Register(reply, outcome)
+            }
+            Change::Remove { victims, reply } => {
+                let removed = victims
+                    .into_iter()
+                    .filter(|(name, digest)| index.remove_pending(&mut pending, name, digest))
+                    .map(|(name, _)| name)
+                    .collect();
+                Answer::Remove(reply, removed)
+            }
+        })
+        .collect();
+    (pending, answers)
+}
+
+/// Runs `change` in one write transaction and commits it.
+fn write(
+    db: &Database,
+    change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    change(&txn)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn lock(dirty: &Mutex<HashSet<Arc<str>>>) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+    // A set of names, changed by code that cannot panic midway.
+    dirty
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Opens the file, checks its format and reads every record. An existing
@@ -304,23 +605,24 @@ impl IdentityStore for EmbeddedStore {
         address: IpAddr,
     ) -> StoreFuture<'a, Registration> {
         Box::pin(async move {
-            let _writing = self.writer.lock().await;
-            match self.index.decide(name, presented, address)? {
-                Decision::Taken => Ok(Registration::Taken),
-                Decision::Reclaim(username) => Ok(Registration::Reclaimed {
-                    username,
-                    token: presented.unwrap_or_default().to_owned(),
-                }),
-                Decision::Create => {
-                    let (record, token) = Record::fresh(name, address);
-                    let written = record.clone();
-                    self.commit(move |txn| write_records(txn, &[written]))
-                        .await?;
-                    let username = record.name.clone();
-                    self.index.insert(record);
-                    Ok(Registration::Created { username, token })
-                }
+            // A registered name is answered from the index at once, taken or
+            // its owner's again: nothing to write, nothing to wait for.
+            if let Some(settled) = self
+                .index
+                .decide_existing(name, presented)
+                .and_then(|decision| decision.settled(presented))
+            {
+                return Ok(settled);
             }
+            self.ask(|reply| {
+                Job::Change(Change::Register {
+                    name: Arc::from(name),
+                    presented: presented.map(str::to_owned),
+                    address,
+                    reply,
+                })
+            })
+            .await
         })
     }
 
@@ -330,10 +632,7 @@ impl IdentityStore for EmbeddedStore {
 
     fn touch(&self, name: &str) {
         if self.index.set_seen(name, unix_ms(SystemTime::now())) {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(Arc::from(name));
+            lock(&self.dirty).insert(Arc::from(name));
         }
     }
 
@@ -343,38 +642,28 @@ impl IdentityStore for EmbeddedStore {
         in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
     ) -> StoreFuture<'a, Vec<Arc<str>>> {
         Box::pin(async move {
-            let _writing = self.writer.lock().await;
             let cutoff = unix_ms(SystemTime::now())
                 .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-            let expired = self.index.unseen_since(cutoff, in_use);
-            if expired.is_empty() {
-                return Ok(expired);
+            let victims: Vec<(Arc<str>, TokenDigest)> = self
+                .index
+                .unseen_since(cutoff, in_use)
+                .iter()
+                .filter_map(|name| self.index.record(name))
+                .map(|record| (record.name, record.digest))
+                .collect();
+            if victims.is_empty() {
+                return Ok(Vec::new());
             }
-            let names = expired.clone();
-            self.commit(move |txn| {
-                let mut table = txn.open_table(IDENTITIES)?;
-                for name in &names {
-                    table.remove(&**name)?;
-                }
-                Ok(())
-            })
-            .await?;
-            self.index.remove(&expired);
-            Ok(expired)
+            self.ask(|reply| Job::Change(Change::Remove { victims, reply }))
+                .await
         })
     }
 
     fn clear(&self) -> StoreFuture<'_, usize> {
         Box::pin(async move {
-            let _writing = self.writer.lock().await;
-            self.commit(|txn| {
-                txn.delete_table(IDENTITIES)?;
-                txn.open_table(IDENTITIES)?;
-                Ok(())
-            })
-            .await?;
-            self.take_dirty();
-            Ok(self.index.forget_all())
+            let count = self.ask(Job::Clear).await?;
+            lock(&self.dirty).clear();
+            Ok(count)
         })
     }
 
@@ -387,26 +676,140 @@ impl IdentityStore for EmbeddedStore {
     }
 
     fn flush(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            let _writing = self.writer.lock().await;
-            // Names removed since they were touched have no record left.
-            let records: Vec<Record> = self
-                .take_dirty()
-                .iter()
-                .filter_map(|name| self.index.record(name))
-                .collect();
-            if records.is_empty() {
-                return Ok(());
-            }
-            self.commit(move |txn| write_records(txn, &records)).await
-        })
+        Box::pin(self.ask(Job::LastSeen))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
     use std::net::Ipv4Addr;
+
+    const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    async fn store_in(dir: &Path, max_identities: usize, max_per_address: usize) -> EmbeddedStore {
+        let limits = Limits {
+            max_identities,
+            max_identities_per_ip: max_per_address,
+            ..Limits::default()
+        };
+        EmbeddedStore::open(dir.to_owned(), &limits).await.unwrap()
+    }
+
+    /// Registers every `(name, address)` at once; the outcomes in order.
+    async fn register_all(
+        store: &EmbeddedStore,
+        requests: &[(String, IpAddr)],
+    ) -> Vec<Result<Registration, StoreError>> {
+        futures::future::join_all(
+            requests
+                .iter()
+                .map(|(name, address)| store.register(name, None, *address)),
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_for_one_name_create_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), 1000, 1000).await;
+        let requests: Vec<(String, IpAddr)> =
+            (0..64).map(|i| (format!("name-{}", i % 8), HOME)).collect();
+        let outcomes = register_all(&store, &requests).await;
+        let mut winners = HashSet::new();
+        for outcome in &outcomes {
+            match outcome {
+                Ok(Registration::Created { username, token }) => {
+                    assert!(winners.insert(username.clone()), "{username} created twice");
+                    assert_eq!(store.index.lookup(token).as_ref(), Some(username));
+                }
+                Ok(Registration::Taken) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 8);
+        assert_eq!(store.count(), 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_caps_hold_across_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), 12, 5).await;
+        let requests: Vec<(String, IpAddr)> = (0..64u8)
+            .map(|i| (format!("n{i}"), IpAddr::V4(Ipv4Addr::new(192, 0, 2, i % 4))))
+            .collect();
+        let outcomes = register_all(&store, &requests).await;
+        let created = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Registration::Created { .. })))
+            .count();
+        assert_eq!(created, 12, "{outcomes:?}");
+        assert!(outcomes.iter().all(|o| matches!(
+            o,
+            Ok(Registration::Created { .. })
+                | Err(StoreError::Full(12) | StoreError::AddressFull(5))
+        )));
+        for address in 0..4 {
+            let held = requests
+                .iter()
+                .zip(&outcomes)
+                .filter(|((_, from), o)| {
+                    *from == IpAddr::V4(Ipv4Addr::new(192, 0, 2, address))
+                        && matches!(o, Ok(Registration::Created { .. }))
+                })
+                .count();
+            assert!(held <= 5, "{held} from one address");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expiry_removes_and_frees_the_names_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), 100, 100).await;
+        let requests: Vec<(String, IpAddr)> = (0..10).map(|i| (format!("e{i}"), HOME)).collect();
+        register_all(&store, &requests).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let expired = store
+            .expire(Duration::ZERO, &|name: &str| name == "e0")
+            .await
+            .unwrap();
+        assert_eq!(expired.len(), 9);
+        store.touch("e0");
+        store.flush().await.unwrap();
+        assert_eq!(store.names().await.unwrap(), vec![Arc::<str>::from("e0")]);
+        let outcomes = register_all(&store, &requests).await;
+        assert!(matches!(outcomes[0], Ok(Registration::Taken)));
+        assert!(
+            outcomes[1..]
+                .iter()
+                .all(|o| matches!(o, Ok(Registration::Created { .. })))
+        );
+        assert_eq!(store.clear().await.unwrap(), 10);
+        assert_eq!(store.count(), 0);
+        // What the file holds, read by a fresh handle once the writer has let go.
+        drop(store);
+        let records = within_a_second(|| {
+            let db = Database::builder()
+                .open_read_only(dir.path().join(FILE_NAME))
+                .ok()?;
+            let table = db.begin_read().ok()?.open_table(IDENTITIES).ok()?;
+            Some(table.len().ok()?)
+        })
+        .await;
+        assert_eq!(records, 0);
+    }
+
+    /// Polls `probe` until it gives a value.
+    async fn within_a_second<T>(probe: impl Fn() -> Option<T>) -> T {
+        for _ in 0..100 {
+            if let Some(value) = probe() {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no answer within a second");
+    }
 
     #[test]
     fn records_round_trip() {
