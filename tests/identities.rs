@@ -87,6 +87,213 @@ async fn an_identity_answered_success_survives_sigkill_right_after() {
     }
 }
 
+/// What one registration request's client saw.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Seen {
+    /// `SUCCESS`, with the token.
+    Success(String),
+    /// Any other answer: the HTTP status and the body's `status`.
+    Refused(u16, String),
+    /// No answer: the gateway was killed with the request in flight.
+    Nothing,
+}
+
+/// 64 clients register as fast as they can, each on its own keep-alive
+/// connection, from four loopback addresses (32, 16, 8 and 8 clients) that
+/// may hold 100 identities each; every fourth name is also asked for by the
+/// client's partner. Once the busiest address is full and 250 names are
+/// registered, the gateway is SIGKILLed with requests in flight. After the
+/// restart, every name answered `SUCCESS` authenticates with its token, and
+/// nothing else is kept: a name is registered only if a request for it was
+/// answered `SUCCESS` or not answered at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_64_concurrent_registrations_keeps_exactly_what_was_answered_success() {
+    use std::collections::{HashMap, HashSet};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CLIENTS: usize = 64;
+    const PER_ADDRESS: usize = 100;
+    const KILL_AFTER: usize = 250;
+    let address_of = |client: usize| {
+        let last = match client {
+            0..32 => 2,
+            32..48 => 3,
+            48..56 => 4,
+            _ => 5,
+        };
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    };
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let cap = PER_ADDRESS.to_string();
+    let args = [
+        "--data-dir",
+        dir.as_str(),
+        "--max-identities-per-ip",
+        cap.as_str(),
+        "--register-rate",
+        "1000000",
+        "--register-burst",
+        "1000000",
+    ];
+    let mut gw =
+        GatewayProcess::start(&args, "signal_gateway=info,signal_gateway::store=debug").await;
+    let url = format!("http://{}/v1/register", gw.http);
+    let successes = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (url, successes, refusals) = (url.clone(), successes.clone(), refusals.clone());
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .local_address(address_of(client))
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for n in 0..20_000 {
+                    let name = if n % 4 == 3 {
+                        format!("duel-{}-{}", client / 2, n / 4)
+                    } else {
+                        format!("c{client}-{n}")
+                    };
+                    let request = http
+                        .post(&url)
+                        .json(&serde_json::json!({ "username": name }));
+                    let answer = match request.send().await {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            match response.json::<Value>().await {
+                                Ok(body) if body["status"] == "SUCCESS" => {
+                                    successes.fetch_add(1, Ordering::Relaxed);
+                                    Seen::Success(body["token"].as_str().unwrap().to_owned())
+                                }
+                                Ok(body) => {
+                                    if status == 429 {
+                                        refusals.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    let text = body["status"].as_str().unwrap_or_default();
+                                    Seen::Refused(status, text.to_owned())
+                                }
+                                Err(_) => Seen::Nothing,
+                            }
+                        }
+                        Err(_) => Seen::Nothing,
+                    };
+                    let over = answer == Seen::Nothing;
+                    seen.push((name, answer));
+                    if over {
+                        break;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    within("250 registered and an address full", async {
+        while successes.load(Ordering::Relaxed) < KILL_AFTER
+            || refusals.load(Ordering::Relaxed) == 0
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    gw.child.start_kill().unwrap();
+    within("killed", gw.child.wait()).await.unwrap();
+    let mut attempts: HashMap<String, Vec<(usize, Seen)>> = HashMap::new();
+    for (client, task) in clients.into_iter().enumerate() {
+        for (name, seen) in within("a client ends", task).await.unwrap() {
+            attempts.entry(name).or_default().push((client, seen));
+        }
+    }
+    let all = || attempts.values().flatten().map(|(_, seen)| seen);
+    let count = |what: fn(&Seen) -> bool| all().filter(|seen| what(seen)).count();
+    let in_flight = count(|seen| *seen == Seen::Nothing);
+    let taken = count(|seen| matches!(seen, Seen::Refused(200, s) if s == "TAKEN"));
+    let full = count(|seen| matches!(seen, Seen::Refused(429, s) if s == "TOO_MANY_IDENTITIES"));
+    let answered_success = count(|seen| matches!(seen, Seen::Success(_)));
+    assert!(in_flight >= 1, "the kill found no request in flight");
+    assert!(
+        answered_success >= KILL_AFTER && full >= 1 && taken >= 1,
+        "{answered_success} {full} {taken}"
+    );
+    assert_eq!(
+        count(|seen| matches!(seen, Seen::Refused(..))),
+        taken + full,
+        "only TAKEN and TOO_MANY_IDENTITIES are expected: {:?}",
+        all()
+            .filter(|seen| matches!(seen, Seen::Refused(..)))
+            .collect::<HashSet<_>>()
+    );
+    // Registrations that arrived during a commit went into the next one
+    // together (the log is JSON lines when not on a terminal).
+    let largest_batch = gw
+        .log_text()
+        .lines()
+        .filter(|line| line.contains("identities committed"))
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["changes"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        largest_batch > 1,
+        "no commit held more than one registration"
+    );
+
+    let gw = GatewayProcess::start(&args, "signal_gateway=info").await;
+    let registered: HashSet<String> = common::get_json_at(&gw, "/v1/users").await["registered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap().to_owned())
+        .collect();
+    for (name, seen) in &attempts {
+        let won: Vec<&String> = seen
+            .iter()
+            .filter_map(|(_, seen)| match seen {
+                Seen::Success(token) => Some(token),
+                _ => None,
+            })
+            .collect();
+        assert!(won.len() <= 1, "{name} answered SUCCESS twice");
+        for token in won {
+            let (status, body) = whoami(&gw, token).await;
+            assert_eq!(
+                (status, body["username"].as_str()),
+                (200, Some(name.as_str())),
+                "{name}"
+            );
+        }
+        let may_exist = seen
+            .iter()
+            .any(|(_, seen)| matches!(seen, Seen::Success(_) | Seen::Nothing));
+        assert!(
+            may_exist || !registered.contains(name),
+            "{name} is registered, but every request for it was refused: {seen:?}"
+        );
+        let lost_a_duel = seen
+            .iter()
+            .any(|(_, seen)| matches!(seen, Seen::Refused(_, s) if s == "TAKEN"));
+        assert!(
+            !lost_a_duel || registered.contains(name),
+            "{name} was answered TAKEN, but nobody has it"
+        );
+    }
+    assert!(
+        registered.iter().all(|name| attempts.contains_key(name)),
+        "a name nobody asked for"
+    );
+    // The cap held for every address, batches and all.
+    let mut held: HashMap<IpAddr, usize> = HashMap::new();
+    for name in &registered {
+        let (client, _) = &attempts[name][0];
+        *held.entry(address_of(*client)).or_default() += 1;
+    }
+    assert!(held.values().all(|&n| n <= PER_ADDRESS), "{held:?}");
+}
+
 #[tokio::test]
 async fn identities_expire_by_the_wall_clock_across_a_restart() {
     let data = tempfile::tempdir().unwrap();
