@@ -800,6 +800,35 @@ mod tests {
         assert_eq!(records, 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registration_does_not_wait_behind_last_seen_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), 10_000, 10_000).await;
+        let requests: Vec<(String, IpAddr)> = (0..3 * LAST_SEEN_CHUNK)
+            .map(|i| (format!("s{i}"), HOME))
+            .collect();
+        register_all(&store, &requests).await;
+        for (name, _) in &requests {
+            store.touch(name);
+        }
+        // Three transactions of last-seen times, asked for first.
+        let order = Mutex::new(Vec::new());
+        let flushed = async {
+            store.flush().await.unwrap();
+            order.lock().unwrap().push("flush");
+        };
+        let registered = async {
+            let outcome = store.register("late", None, HOME).await;
+            assert!(
+                matches!(outcome, Ok(Registration::Created { .. })),
+                "{outcome:?}"
+            );
+            order.lock().unwrap().push("register");
+        };
+        tokio::join!(flushed, registered);
+        assert_eq!(*order.lock().unwrap(), ["register", "flush"]);
+    }
+
     /// Polls `probe` until it gives a value.
     async fn within_a_second<T>(probe: impl Fn() -> Option<T>) -> T {
         for _ in 0..100 {
