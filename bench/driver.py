@@ -20,6 +20,10 @@ mode on the local path). All their processes are pinned to core 0, like the
 single server, and their CPU is summed (gateway A + gateway B + Redis), with
 each one's share reported beside the total.
 
+When the register scenario runs, signal-bench-fsync first measures how
+long one fdatasync takes where the embedded store's data directories go:
+the floor under its commits, printed beside the registration figures.
+
 Outputs: bench-results/latest.json (machine, date, commit, one object per
 scenario x configuration x system (and variant) with medians and min-max, the raw runs,
 paired ratios and the targets), bench-results/latest.md (the tables, also
