@@ -296,7 +296,8 @@ async fn unread_datagrams_cannot_pin_memory() {
 /// read draft-02's pair, Safari 26.4+ needs draft-13/14's
 /// `SETTINGS_WT_MAX_SESSIONS` of at least 1, draft-15 replaced it with
 /// `SETTINGS_WT_ENABLED`. With one session per connection, WebTransport
-/// flow control is off (draft-14 §5.1), so its initial limits say 1.
+/// flow control is off (draft-14 §5.1); its initial limits allow one stream
+/// of each kind and as much data as QUIC allows, in case a browser applies them.
 const WEBTRANSPORT_SETTINGS: [(u64, u64, &str); 10] = [
     (0x08, 1, "ENABLE_CONNECT_PROTOCOL (RFC 9220)"),
     (0x33, 1, "H3_DATAGRAM (RFC 9297)"),
@@ -307,7 +308,7 @@ const WEBTRANSPORT_SETTINGS: [(u64, u64, &str); 10] = [
     (0x2c7c_f000, 1, "WT_ENABLED (draft-15)"),
     (0x2b64, 1, "WT_INITIAL_MAX_STREAMS_UNI (draft-13/14)"),
     (0x2b65, 1, "WT_INITIAL_MAX_STREAMS_BIDI (draft-13/14)"),
-    (0x2b61, 1, "WT_INITIAL_MAX_DATA (draft-13/14)"),
+    (0x2b61, (1 << 30) - 1, "WT_INITIAL_MAX_DATA (draft-13/14)"),
 ];
 
 #[tokio::test]

@@ -136,9 +136,10 @@ impl TryFrom<Config> for frame::Settings {
         )?;
 
         // signal-gateway patch: the same support in the later drafts'
-        // codepoints. The initial flow-control limits are 1: with at most
-        // one session, draft-14 turns WebTransport flow control off (§5.1),
-        // and a SETTINGS frame must fit WriteBuf's 64 bytes (stream.rs).
+        // codepoints. With at most one session, draft-14 turns WebTransport
+        // flow control off (§5.1); a browser that applied the initial limits
+        // anyway may still open its one stream of each kind and send as much
+        // as QUIC's own flow control allows (the largest 4-byte varint).
         if enable_webtransport {
             for (id, value) in [
                 (frame::SettingId::WT_MAX_SESSIONS_DRAFT07, max_webtransport_sessions),
@@ -146,7 +147,7 @@ impl TryFrom<Config> for frame::Settings {
                 (frame::SettingId::WT_ENABLED, 1),
                 (frame::SettingId::WT_INITIAL_MAX_STREAMS_UNI, 1),
                 (frame::SettingId::WT_INITIAL_MAX_STREAMS_BIDI, 1),
-                (frame::SettingId::WT_INITIAL_MAX_DATA, 1),
+                (frame::SettingId::WT_INITIAL_MAX_DATA, (1 << 30) - 1),
             ] {
                 settings.insert(id, value)?;
             }

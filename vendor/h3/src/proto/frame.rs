@@ -76,7 +76,9 @@ impl From<usize> for PayloadLen {
 }
 
 impl Frame<PayloadLen> {
-    pub const MAX_ENCODED_SIZE: usize = VarInt::MAX_SIZE * 7;
+    // signal-gateway patch: room for a SETTINGS frame with every
+    // WebTransport draft's settings (was `* 7`, 64 bytes with the stream type).
+    pub const MAX_ENCODED_SIZE: usize = VarInt::MAX_SIZE * 9;
 
     /// Decodes a Frame from the stream according to <https://www.rfc-editor.org/rfc/rfc9114#section-7.1>
     pub fn decode<T: Buf>(buf: &mut T) -> Result<Self, FrameError> {
