@@ -142,7 +142,7 @@ impl Gateway {
         let wt_listen = config
             .wt_listen
             .unwrap_or(config.listen.with_port(http_port));
-        let quic = bind_quic(wt_listen, webtransport::server_config(&identity, &hub)?)?;
+        let quic = bind_quic(wt_listen, webtransport::server_config(&identity, &hub)?).await?;
         let webtransport_port = quic
             .first()
             .and_then(|e| e.local_addr().ok())
@@ -362,67 +362,68 @@ fn ipv4_instead(addr: SocketAddr, err: &std::io::Error) -> Option<SocketAddr> {
         .then(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port()))
 }
 
-/// Binds every address of `listen`; port 0 is chosen by the first bind and
-/// reused for the others, so `localhost:0` gets one port on both loopbacks.
-async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> {
-    let mut listeners: Vec<TcpListener> = Vec::new();
+/// Binds every address of `listen` with `bind`; port 0 is chosen by the
+/// first bind and reused for the others, so `localhost:0` gets one port on
+/// both loopbacks. Only the first address must bind: a host without IPv6
+/// still serves `localhost` over IPv4. Fails with the address that did not
+/// bind.
+async fn bind_all<T, F>(
+    listen: ListenAddr,
+    what: &'static str,
+    mut bind: impl FnMut(SocketAddr) -> F,
+    local_addr: impl Fn(&T) -> std::io::Result<SocketAddr>,
+) -> Result<Vec<T>, (SocketAddr, std::io::Error)>
+where
+    F: Future<Output = std::io::Result<T>>,
+{
+    let mut bound_all: Vec<T> = Vec::new();
     for addr in listen.addrs() {
-        let addr = match listeners.first().and_then(|l| l.local_addr().ok()) {
+        let addr = match bound_all.first().and_then(|first| local_addr(first).ok()) {
             Some(first) if addr.port() == 0 => SocketAddr::new(addr.ip(), first.port()),
             _ => addr,
         };
-        let bound = match TcpListener::bind(addr).await {
+        let bound = match bind(addr).await {
             Err(err) => match ipv4_instead(addr, &err) {
                 Some(v4) => {
-                    tracing::warn!(%addr, %err, "IPv6 unavailable; listening on {v4} only");
-                    TcpListener::bind(v4).await
+                    tracing::warn!(%addr, %err, "IPv6 unavailable; {what} on {v4} only");
+                    bind(v4).await
                 }
                 None => Err(err),
             },
             bound => bound,
         };
         match bound {
-            Ok(listener) => listeners.push(listener),
-            // A host without IPv6 still serves `localhost` over IPv4.
-            Err(err) if !listeners.is_empty() => {
+            Ok(bound) => bound_all.push(bound),
+            Err(err) if !bound_all.is_empty() => {
                 tracing::warn!(%addr, %err, "not listening on this address")
             }
-            Err(source) => return Err(GatewayError::BindTcp { addr, source }),
+            Err(err) => return Err((addr, err)),
         }
     }
-    Ok(listeners)
+    Ok(bound_all)
 }
 
-/// [`bind_tcp`] for the QUIC endpoints.
-fn bind_quic(
+/// The TCP listeners (HTTP and WebSocket) of `listen`.
+async fn bind_tcp(listen: ListenAddr) -> Result<Vec<TcpListener>, GatewayError> {
+    bind_all(
+        listen,
+        "listening",
+        TcpListener::bind,
+        TcpListener::local_addr,
+    )
+    .await
+    .map_err(|(addr, source)| GatewayError::BindTcp { addr, source })
+}
+
+/// The QUIC endpoints (WebTransport) of `listen`.
+async fn bind_quic(
     listen: ListenAddr,
     config: quinn::ServerConfig,
 ) -> Result<Vec<quinn::Endpoint>, GatewayError> {
-    let mut endpoints: Vec<quinn::Endpoint> = Vec::new();
-    for addr in listen.addrs() {
-        let addr = match endpoints.first().and_then(|e| e.local_addr().ok()) {
-            Some(first) if addr.port() == 0 => SocketAddr::new(addr.ip(), first.port()),
-            _ => addr,
-        };
-        let bound = match webtransport::bind(addr, config.clone()) {
-            Err(err) => match ipv4_instead(addr, &err) {
-                Some(v4) => {
-                    tracing::warn!(%addr, %err, "IPv6 unavailable; WebTransport on {v4} only");
-                    webtransport::bind(v4, config.clone())
-                }
-                None => Err(err),
-            },
-            bound => bound,
-        };
-        match bound {
-            Ok(endpoint) => endpoints.push(endpoint),
-            Err(err) if !endpoints.is_empty() => {
-                tracing::warn!(%addr, %err, "not listening on this address")
-            }
-            Err(source) => return Err(EndpointError::Bind { addr, source }.into()),
-        }
-    }
-    Ok(endpoints)
+    let bind = |addr| std::future::ready(webtransport::bind(addr, config.clone()));
+    bind_all(listen, "WebTransport", bind, quinn::Endpoint::local_addr)
+        .await
+        .map_err(|(addr, source)| EndpointError::Bind { addr, source }.into())
 }
 
 async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {

@@ -83,11 +83,19 @@ fn over_budget() -> StreamErrorIncoming {
     }
 }
 
-/// An h3-quinn connection whose incoming streams are metered.
-pub struct MeteredConnection {
-    inner: h3_quinn::Connection,
+/// An h3-quinn connection, or its stream opener, whose incoming streams
+/// are metered.
+pub struct Metered<T> {
+    inner: T,
     meter: Meter,
 }
+
+/// An h3-quinn connection whose incoming streams are metered.
+pub type MeteredConnection = Metered<h3_quinn::Connection>;
+
+/// Opens streams on a metered connection (h3 opens its own unidirectional
+/// ones; what it receives on any of them is metered).
+pub type MeteredOpener = Metered<h3_quinn::OpenStreams>;
 
 impl MeteredConnection {
     /// Wraps `conn`, charging what h3 reads to `meter`.
@@ -237,38 +245,14 @@ impl quic::Connection<Bytes> for MeteredConnection {
     }
 }
 
-impl quic::OpenStreams<Bytes> for MeteredConnection {
-    type BidiStream = MeteredBidi;
-    type SendStream = h3_quinn::SendStream<Bytes>;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<Bytes>::poll_open_bidi(&mut self.inner, cx)
-            .map_ok(|stream| MeteredBidi::new(stream, self.meter.clone()))
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<Bytes>::poll_open_send(&mut self.inner, cx)
-    }
-
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<Bytes>::close(&mut self.inner, code, reason);
-    }
-}
-
-/// Opens streams on a metered connection (h3 opens its own unidirectional
-/// ones; what it receives on any of them is metered).
-pub struct MeteredOpener {
-    inner: h3_quinn::OpenStreams,
-    meter: Meter,
-}
-
-impl quic::OpenStreams<Bytes> for MeteredOpener {
+impl<T> quic::OpenStreams<Bytes> for Metered<T>
+where
+    T: quic::OpenStreams<
+            Bytes,
+            BidiStream = h3_quinn::BidiStream<Bytes>,
+            SendStream = h3_quinn::SendStream<Bytes>,
+        >,
+{
     type BidiStream = MeteredBidi;
     type SendStream = h3_quinn::SendStream<Bytes>;
 
