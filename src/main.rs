@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use signal_gateway::config::file::{self, LoadError, Loaded};
-use signal_gateway::config::{Command, LogFormat, check};
+use signal_gateway::config::{Command, check};
+use signal_gateway::http::LogFormat;
 use signal_gateway::reload::Reloader;
 use signal_gateway::server::Gateway;
 use signal_gateway::tls;
@@ -91,9 +92,9 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let config = loaded.config.clone();
     if let Some(Command::Cert) = loaded.command {
-        let identity = tls::generate_dev(&config.cert_dir, &config.sans)
+        let identity = tls::generate_dev(&config.tls.cert_dir, &config.tls.sans)
             .context("writing the development certificate")?;
-        let (cert, key) = tls::dev_paths(&config.cert_dir);
+        let (cert, key) = tls::dev_paths(&config.tls.cert_dir);
         println!("certificate: {}", cert.display());
         println!("key:         {}", key.display());
         println!("sha-256:     {}", identity.sha256_hex());

@@ -125,14 +125,14 @@ impl Reloader {
         let parts = &self.parts;
         let _one = parts.one_at_a_time.lock().await;
         config.validate()?;
-        let identity = tls::load(config)?;
+        let identity = tls::load(&config.tls)?;
         let ice = config.ice.provider()?;
-        let keys = config.identity.key_source()?;
+        let keys = config.identity.jwt.key_source()?;
         let mode = config.identity.mode(keys.is_some())?;
         let mut not_live = Vec::new();
         let verifier = match (&parts.verifier, keys) {
             (Some(_), Some(keys)) if mode == parts.mode => {
-                Some(JwtVerifier::new(keys, config.identity.claims()).await?)
+                Some(JwtVerifier::new(keys, config.identity.jwt.claims()).await?)
             }
             (None, None) if mode == parts.mode => None,
             _ => {
@@ -153,11 +153,11 @@ impl Reloader {
         parts
             .http
             .admin_token
-            .store(config.admin_token.clone().map(Arc::new));
+            .store(config.http.admin_token.clone().map(Arc::new));
         // CORS for `*` (no credentials) and for a list (credentials) are
         // different layers, chosen at start.
-        if config.allow_origins.iter().any(|o| o == "*") == parts.origins.allows_any() {
-            parts.origins.replace(&config.allow_origins);
+        if config.http.allow_origins.iter().any(|o| o == "*") == parts.origins.allows_any() {
+            parts.origins.replace(&config.http.allow_origins);
         } else {
             not_live.push("--allow-origin '*' turned on or off");
         }

@@ -343,15 +343,15 @@ fn dev_cert_is_usable(der: &[u8], extra_sans: &[String], now: SystemTime) -> boo
         && extra_sans.iter().all(|s| covers(s))
 }
 
-/// The certificate `config` names: `--cert`/`--key`, or the development
+/// The certificate `args` name: `--cert`/`--key`, or the development
 /// certificate in `--cert-dir` (made anew when missing or due for renewal).
-pub fn load(config: &crate::config::Config) -> Result<Identity, TlsError> {
-    if let (Some(cert), Some(key)) = (&config.cert, &config.key) {
+pub fn load(args: &TlsArgs) -> Result<Identity, TlsError> {
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         return load_pem(cert, key);
     }
-    let (identity, generated) = load_or_generate_dev(&config.cert_dir, &config.sans)?;
+    let (identity, generated) = load_or_generate_dev(&args.cert_dir, &args.sans)?;
     if generated {
-        tracing::info!(dir = %config.cert_dir.display(), "generated a development certificate");
+        tracing::info!(dir = %args.cert_dir.display(), "generated a development certificate");
     }
     Ok(identity)
 }
@@ -376,6 +376,42 @@ pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError>
         },
         other => TlsError::Rustls(other),
     })
+}
+
+/// The certificate, as flags.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// PEM certificate chain for production (any key type and validity).
+    /// Without it the gateway uses a development certificate from
+    /// --cert-dir, generated on first start.
+    #[arg(long, env = "SIGNAL_CERT", requires = "key", help_heading = "TLS")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key matching --cert.
+    #[arg(long, env = "SIGNAL_KEY", requires = "cert", help_heading = "TLS")]
+    pub key: Option<PathBuf>,
+
+    /// Directory of the development certificate (cert.pem, key.pem).
+    #[arg(
+        long,
+        env = "SIGNAL_CERT_DIR",
+        default_value = "certs",
+        global = true,
+        help_heading = "TLS"
+    )]
+    pub cert_dir: PathBuf,
+
+    /// Extra subject alternative names for the development certificate
+    /// (DNS names or IP addresses), besides localhost, 127.0.0.1 and ::1.
+    #[arg(
+        long = "san",
+        env = "SIGNAL_SAN",
+        value_delimiter = ',',
+        global = true,
+        help_heading = "TLS"
+    )]
+    pub sans: Vec<String>,
 }
 
 #[cfg(test)]

@@ -22,12 +22,14 @@
 //! every envelope sent is answered to its sender unless its node confirmed
 //! writing it (see [`crate::core::cluster`]).
 
+mod args;
 mod courier;
 mod inbox;
 mod keys;
 mod messages;
 mod sentinel;
 
+pub use args::ClusterArgs;
 pub use sentinel::{Backend, Primary, SentinelSettings};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

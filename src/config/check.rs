@@ -19,7 +19,7 @@ pub fn problems(loaded: &Loaded) -> Vec<String> {
             .iter()
             .map(|err| loaded.explain(&err.to_string())),
     );
-    match (&config.cert, &config.key) {
+    match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => match tls::load_pem(cert, key) {
             Ok(identity) => problems.extend(
                 certificate_dates(&identity, SystemTime::now())
@@ -28,14 +28,14 @@ pub fn problems(loaded: &Loaded) -> Vec<String> {
             Err(err) => problems.push(loaded.explain(&format!("--cert/--key: {err}"))),
         },
         _ => {
-            let (cert, _) = tls::dev_paths(&config.cert_dir);
-            if config.cert_dir.exists() && !config.cert_dir.is_dir() {
+            let (cert, _) = tls::dev_paths(&config.tls.cert_dir);
+            if config.tls.cert_dir.exists() && !config.tls.cert_dir.is_dir() {
                 problems.push(loaded.explain(&format!(
                     "--cert-dir {}: not a directory",
-                    config.cert_dir.display()
+                    config.tls.cert_dir.display()
                 )));
             } else if cert.exists()
-                && let Err(err) = tls::load_pem(&cert, &tls::dev_paths(&config.cert_dir).1)
+                && let Err(err) = tls::load_pem(&cert, &tls::dev_paths(&config.tls.cert_dir).1)
             {
                 problems.push(format!(
                     "the development certificate is unreadable and would be replaced on start: {err}"
@@ -43,7 +43,7 @@ pub fn problems(loaded: &Loaded) -> Vec<String> {
             }
         }
     }
-    match config.identity.key_source() {
+    match config.identity.jwt.key_source() {
         Ok(keys) => {
             if let Err(err) = config.identity.mode(keys.is_some()) {
                 problems.push(loaded.explain(&err.to_string()));
@@ -51,8 +51,10 @@ pub fn problems(loaded: &Loaded) -> Vec<String> {
             // A secret or public key is checked as the gateway would load
             // it; a key set is only fetched when serving.
             if let Some(keys @ (KeySource::Secret(_) | KeySource::PublicKey(_))) = keys
-                && let Err(err) =
-                    futures::executor::block_on(JwtVerifier::new(keys, config.identity.claims()))
+                && let Err(err) = futures::executor::block_on(JwtVerifier::new(
+                    keys,
+                    config.identity.jwt.claims(),
+                ))
             {
                 problems.push(loaded.explain(&format!("JWT key: {err} (--jwt-public-key)")));
             }

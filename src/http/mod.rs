@@ -2,6 +2,7 @@
 //! routes, the embedded web app, and the WebSocket transport.
 
 mod api;
+mod args;
 mod assets;
 mod ops;
 mod read_ahead;
@@ -26,7 +27,10 @@ use crate::core::Hub;
 use crate::core::wire::HttpError;
 
 pub(crate) use api::error_response;
-pub use ops::{Operations, router as operations_router};
+pub use args::HttpArgs;
+pub use ops::{
+    DEFAULT_LOG_FILTER, LogFormat, OperationArgs, Operations, router as operations_router,
+};
 pub use serve::{TcpLimits, serve_tcp};
 pub use websocket::WebSocketSettings;
 

@@ -1,7 +1,10 @@
 //! What an operator's tooling calls: `GET /metrics` (Prometheus), and the
-//! probes `GET /healthz` (alive) and `GET /readyz` (should get traffic).
+//! probes `GET /healthz` (alive) and `GET /readyz` (should get traffic);
+//! and the flags for them, the logs and the drain.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -9,8 +12,10 @@ use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use clap::Args;
 use serde_json::json;
 
+use crate::config::ConfigError;
 use crate::core::Hub;
 use crate::metrics::Metrics;
 
@@ -89,4 +94,71 @@ async fn readyz(State(ops): State<Operations>) -> Response {
         ),
     };
     (status, [(CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// How log events are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, fields at the top level, for log pipelines.
+    Json,
+}
+
+impl LogFormat {
+    /// The format asked for, or text on a terminal and JSON otherwise.
+    pub fn or_default(chosen: Option<LogFormat>, terminal: bool) -> LogFormat {
+        chosen.unwrap_or(if terminal {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        })
+    }
+}
+
+/// What an operator's tooling talks to.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Metrics")]
+pub struct OperationArgs {
+    /// Also serve /metrics, /healthz and /readyz on this TCP address, without
+    /// authentication (a scrape and probe port, kept off the public one). On
+    /// the main listener /metrics is always there, guarded like the admin
+    /// routes.
+    #[arg(long, env = "SIGNAL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log format on stderr [default: text on a terminal, json otherwise]
+    #[arg(long, env = "SIGNAL_LOG_FORMAT", value_enum, help_heading = "Log")]
+    pub log_format: Option<LogFormat>,
+
+    /// Which events are logged: a level (`info`, `debug`) or per-module
+    /// directives (`signal_gateway=debug,quinn=warn`), as in `RUST_LOG`
+    /// [default: RUST_LOG, else signal_gateway=info]
+    #[arg(long, env = "SIGNAL_LOG_LEVEL", help_heading = "Log")]
+    pub log_level: Option<String>,
+
+    /// On SIGTERM or Ctrl-C, how long /readyz answers 503 while everything
+    /// still works, before clients are told to go: give it the load
+    /// balancer's probe interval times its failure threshold, so no new
+    /// client is sent here once the drain starts.
+    #[arg(long, env = "SIGNAL_SHUTDOWN_DELAY", default_value = "0s", value_parser = crate::config::parse::duration, help_heading = "Shutdown")]
+    pub shutdown_delay: Duration,
+}
+
+/// What is logged when neither --log-level nor `RUST_LOG` says.
+pub const DEFAULT_LOG_FILTER: &str = "signal_gateway=info";
+
+impl OperationArgs {
+    /// The log filter: --log-level, else `RUST_LOG` (when it parses), else
+    /// [`DEFAULT_LOG_FILTER`].
+    pub fn log_filter(&self) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
+        let Some(directives) = &self.log_level else {
+            return Ok(tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)));
+        };
+        tracing_subscriber::EnvFilter::try_new(directives).map_err(|err| ConfigError::LogLevel {
+            directives: directives.clone(),
+            reason: err.to_string(),
+        })
+    }
 }

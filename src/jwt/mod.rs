@@ -8,6 +8,10 @@
 //! `exp` is required, `nbf` honoured, both with [`TOKEN_LEEWAY`]; `iss` and
 //! `aud` are checked when configured.
 
+mod args;
+
+pub use args::JwtArgs;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};

@@ -7,6 +7,10 @@
 //! the same secret and refuses the credential once the expiry has passed,
 //! so the gateway and coturn share nothing but the secret.
 
+mod args;
+
+pub use args::IceArgs;
+
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

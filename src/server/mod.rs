@@ -1,6 +1,10 @@
 //! Binds the listeners and runs the gateway until shutdown: the one entry
 //! point shared by `main` and the tests.
 
+mod listen;
+
+pub use listen::{ListenAddr, ListenArgs};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::cluster::Node;
-use crate::config::{Config, ConfigError, ListenAddr};
+use crate::config::{Config, ConfigError};
 use crate::core::token::TokenVerifier;
 use crate::core::{Hub, Identities, Limits};
 use crate::http::{self, CertInfo, HttpContext, Operations, TcpLimits, WebSocketSettings};
@@ -68,7 +72,7 @@ async fn identities(
     node: Option<&Node>,
 ) -> Result<(Identities, Option<Arc<LiveVerifier>>), GatewayError> {
     let settings = &config.identity;
-    let keys = settings.key_source()?;
+    let keys = settings.jwt.key_source()?;
     let mode = settings.mode(keys.is_some())?;
     let store = store::open(
         settings.store,
@@ -79,7 +83,7 @@ async fn identities(
     .await?;
     let live = match keys {
         Some(keys) => Some(Arc::new(LiveVerifier::new(
-            JwtVerifier::new(keys, settings.claims()).await?,
+            JwtVerifier::new(keys, settings.jwt.claims()).await?,
         ))),
         None => None,
     };
@@ -121,7 +125,7 @@ impl Gateway {
         config.validate()?;
         // quinn and rustls must agree on one process-wide crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let identity = tls::load(&config)?;
+        let identity = tls::load(&config.tls)?;
         let limits = config.limits.core();
         let node = match config.cluster.backend()? {
             Some(backend) => Some(Node::new(backend, &config.cluster.node_id())?),
@@ -134,14 +138,15 @@ impl Gateway {
         if let Some(node) = &node {
             hub.join(node.cluster());
         }
-        let tcp = bind_tcp(config.listen).await?;
+        let tcp = bind_tcp(config.listeners.listen).await?;
         let http_port = tcp
             .first()
             .and_then(|l| l.local_addr().ok())
             .map_or(0, |a| a.port());
         let wt_listen = config
+            .listeners
             .wt_listen
-            .unwrap_or(config.listen.with_port(http_port));
+            .unwrap_or(config.listeners.listen.with_port(http_port));
         let quic = bind_quic(wt_listen, webtransport::server_config(&identity, &hub)?).await?;
         let webtransport_port = quic
             .first()
@@ -162,7 +167,7 @@ impl Gateway {
                 .map_or_else(|_| String::new(), |addr| addr.to_string()),
             (None, None) => String::new(),
         };
-        let origins = OriginPolicy::new(&config.allow_origins);
+        let origins = OriginPolicy::new(&config.http.allow_origins);
         let operations = Operations::new(hub.clone());
         let metrics = match config.operations.metrics_listen {
             Some(addr) => {
@@ -176,15 +181,15 @@ impl Gateway {
         let context = Arc::new(HttpContext {
             hub: hub.clone(),
             origins: origins.clone(),
-            admin_token: ArcSwapOption::from_pointee(config.admin_token.clone()),
-            proxies: ProxyPolicy::new(&config.trusted_proxies, config.forwarded_header),
-            public_hosts: config.public_hosts.clone(),
-            secure: config.tls,
+            admin_token: ArcSwapOption::from_pointee(config.http.admin_token.clone()),
+            proxies: ProxyPolicy::new(&config.http.trusted_proxies, config.http.forwarded_header),
+            public_hosts: config.http.public_hosts.clone(),
+            secure: config.listeners.tls,
             cert: ArcSwap::from_pointee(cert.clone()),
             max_body_bytes: config.limits.max_body_bytes,
             body_timeout: config.limits.handshake_timeout,
             websocket: WebSocketSettings::default(),
-            unknown_user_status: config.unknown_user_status,
+            unknown_user_status: config.http.unknown_user_status,
             operations,
         });
         let router = http::router(context.clone());
@@ -196,7 +201,7 @@ impl Gateway {
             verifier,
             mode,
         );
-        let tls = if config.tls {
+        let tls = if config.listeners.tls {
             Some(Arc::new(identity.server_config(&[b"http/1.1"])?))
         } else {
             None
