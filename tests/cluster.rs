@@ -100,7 +100,7 @@ impl Cluster {
         let want: BTreeSet<String> = users.iter().map(|u| u.to_string()).collect();
         within("cluster-wide listing", async {
             loop {
-                let listed = self.get(0, "/v1/users").await;
+                let listed = self.nodes[0].addrs.users().await;
                 let got: BTreeSet<String> = listed["connected"]
                     .as_array()
                     .unwrap()
@@ -199,7 +199,7 @@ async fn identities_are_shared_by_every_node() {
     let mut client = cluster.connect(2, Kind::WebTransport, &token).await;
     client.send("grace", "self", json!(1)).await;
     assert_eq!(client.recv().await["type"], "self");
-    let names = cluster.get(1, "/v1/users").await;
+    let names = cluster.nodes[1].addrs.users().await;
     assert_eq!(names["registered"], json!(["grace"]));
 }
 
@@ -461,7 +461,7 @@ async fn drain(alice: &mut Client, answered: &mut BTreeSet<u64>, errors: &mut BT
 #[tokio::test]
 async fn admin_actions_from_one_node_reach_every_node() {
     let cluster = Cluster::start(3).await;
-    let nodes = cluster.get(1, "/v1/nodes").await;
+    let nodes = cluster.nodes[1].addrs.nodes().await;
     assert_eq!(nodes["cluster"], true);
     assert_eq!(nodes["node"], "node-1");
     let ids: Vec<&str> = nodes["nodes"]
@@ -484,7 +484,7 @@ async fn admin_actions_from_one_node_reach_every_node() {
         clients.push((cluster.connect(node, kind, &token).await, token));
     }
     cluster.wait_connected(&names).await;
-    let listed = cluster.get(2, "/v1/users").await;
+    let listed = cluster.nodes[2].addrs.users().await;
     let rows: Vec<(String, String, String)> = listed["connected"]
         .as_array()
         .unwrap()
@@ -507,15 +507,7 @@ async fn admin_actions_from_one_node_reach_every_node() {
     );
 
     // A kick asked of node 1 closes everyone, on every node.
-    let kicked: Value = cluster
-        .http
-        .post(cluster.url(1, "/v1/kick-active-users"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kicked = cluster.nodes[1].addrs.kick().await;
     assert_eq!(kicked["kicked"], 3);
     for (client, _) in &mut clients {
         let closed = client.closed().await;
@@ -524,15 +516,7 @@ async fn admin_actions_from_one_node_reach_every_node() {
     cluster.wait_connected(&[]).await;
 
     // Deleting identities on node 2 forgets them everywhere.
-    let deleted: Value = cluster
-        .http
-        .delete(cluster.url(2, "/v1/users"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deleted = cluster.nodes[2].addrs.delete_users().await;
     assert_eq!(deleted["deleted"], 3);
     for node in 0..3 {
         for (_, token) in &clients {
@@ -652,7 +636,7 @@ async fn each_node_advertises_its_own_webtransport_address() {
     let hash = cluster.get(0, "/v1/cert-hash").await;
     assert_eq!(hash["webtransport"]["host"], "127.0.0.1");
     let port = hash["webtransport"]["port"].as_u64().unwrap();
-    let nodes = cluster.get(0, "/v1/nodes").await;
+    let nodes = cluster.nodes[0].addrs.nodes().await;
     assert_eq!(
         nodes["nodes"][0]["webtransport"],
         format!("127.0.0.1:{port}")

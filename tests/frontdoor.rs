@@ -283,7 +283,7 @@ async fn a_webtransport_session_authorized_before_a_deletion_cannot_take_the_nam
     )
     .await
     .unwrap();
-    let deleted = delete_users(&gw).await;
+    let deleted = gw.delete_users().await;
     assert_eq!(deleted["deleted"], 1);
     let new_token = gw.register("zoe").await;
     let mut owner = Client::connect(&gw, Kind::WebSocket, &new_token).await;
@@ -305,25 +305,11 @@ async fn a_webtransport_session_authorized_before_a_deletion_cannot_take_the_nam
     assert_eq!(envelope["payload"]["reason"], "UNAUTHENTICATED");
     // The owner is untouched.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let users = gw.get_json("/v1/users").await;
+    let users = gw.users().await;
     assert_eq!(users["connected"][0]["username"], "zoe");
     assert_eq!(users["connected"][0]["transport"], "websocket");
     owner.send("zoe", "ping", Value::Null).await;
     assert_eq!(owner.recv().await["type"], "ping");
-}
-
-async fn delete_users(gw: &TestGateway) -> Value {
-    within("DELETE /v1/users", async {
-        gw.http()
-            .delete(gw.url("/v1/users"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    })
-    .await
 }
 
 /// Connects with a token while its identity is deleted, over and over: a
@@ -349,14 +335,14 @@ async fn deletion_races_connects(kind: Kind) {
             }
         });
         tokio::time::sleep(Duration::from_micros(300 * (round % 8))).await;
-        delete_users(&gw).await;
+        gw.delete_users().await;
         let code = within("racer", racer).await.unwrap();
         assert!(
             matches!(code, None | Some(4000 | 4002)),
             "round {round}: closed with {code:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let users = gw.get_json("/v1/users").await;
+        let users = gw.users().await;
         assert_eq!(
             users["connected"],
             serde_json::json!([]),
@@ -404,7 +390,7 @@ async fn admin_routes_refuse_a_dns_rebinding_page() {
         }
     }
     assert_eq!(
-        gw.get_json("/v1/users").await["registered"],
+        gw.users().await["registered"],
         serde_json::json!(["victim"])
     );
 }

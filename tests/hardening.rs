@@ -175,7 +175,7 @@ async fn unseen_identities_expire_and_connected_ones_stay() {
         .unwrap();
     assert_eq!(status_field(again).await, "SUCCESS", "the name is free");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let names = gw.get_json("/v1/users").await;
+    let names = gw.users().await;
     assert!(
         names["registered"]
             .as_array()

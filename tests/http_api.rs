@@ -511,20 +511,12 @@ async fn admin_routes_list_and_delete_users() {
     let gw = TestGateway::start().await;
     let mut alice = gw.user("alice", Kind::WebSocket).await;
     gw.register("bob").await;
-    let users = gw.get_json("/v1/users").await;
+    let users = gw.users().await;
     assert_eq!(users["registered"], json!(["alice", "bob"]));
     assert_eq!(users["connected"][0]["username"], "alice");
     assert_eq!(users["connected"][0]["transport"], "websocket");
 
-    let deleted: Value = gw
-        .http()
-        .delete(gw.url("/v1/users"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deleted = gw.delete_users().await;
     assert_eq!(deleted, json!({"deleted": 2, "kicked": 1}));
     assert_eq!(alice.closed().await.code, 4002);
     let (_, _, body) =

@@ -336,15 +336,7 @@ async fn deleting_identities_empties_the_file_too() {
     let data = tempfile::tempdir().unwrap();
     let gw = start_on(data.path(), &[]).await;
     let token = gw.register("gone").await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deleted: Value = client
-        .delete(format!("http://{}/v1/users", gw.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deleted = gw.delete_users().await;
     assert_eq!(deleted["deleted"], 1);
     stop(gw).await;
     let gw = start_on(data.path(), &[]).await;

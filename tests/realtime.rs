@@ -217,15 +217,7 @@ async fn kick_closes_everyone(kind: Kind) {
     let gw = TestGateway::start().await;
     let mut alice = gw.user("alice", kind).await;
     let mut bob = gw.user("bob", kind).await;
-    let response: Value = gw
-        .http()
-        .post(gw.url("/v1/kick-active-users"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let response = gw.kick().await;
     assert_eq!(response, json!({"kicked": 2}));
     for client in [&mut alice, &mut bob] {
         let closed = client.closed().await;

@@ -64,20 +64,6 @@ impl Nodes {
         }
     }
 
-    async fn get(&self, node: usize, path: &str) -> Value {
-        within(path, async {
-            self.http
-                .get(self.url(node, path))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
-        .await
-    }
-
     async fn connect(&self, node: usize, kind: Kind, token: &str) -> Client {
         let mut client = Client::connect(&self.nodes[node], kind, token).await;
         let welcome = client.recv().await;
@@ -90,7 +76,7 @@ impl Nodes {
         let want: BTreeSet<String> = users.iter().map(|u| u.to_string()).collect();
         within("cluster-wide listing", async {
             loop {
-                let listed = self.get(0, "/v1/users").await;
+                let listed = self.nodes[0].addrs.users().await;
                 let got: BTreeSet<String> = listed["connected"]
                     .as_array()
                     .into_iter()
@@ -377,7 +363,7 @@ async fn a_killed_primary_fails_over_under_traffic_and_is_not_written_to_when_ba
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for node in 0..3 {
-        let listed = nodes.get(node, "/v1/nodes").await;
+        let listed = nodes.nodes[node].addrs.nodes().await;
         let ids: Vec<&str> = listed["nodes"]
             .as_array()
             .unwrap()

@@ -40,6 +40,47 @@ pub struct Addrs {
     pub cert_der: Vec<u8>,
 }
 
+/// The admin routes, asked from loopback (no token needed), each under
+/// [`within`]: the JSON answer.
+impl Addrs {
+    /// `method path` as an admin would call it.
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> Value {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        within(&format!("{method} {path}"), async {
+            client
+                .request(method.clone(), format!("http://{}{path}", self.http))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+        .await
+    }
+
+    /// `POST /v1/kick-active-users`.
+    pub async fn kick(&self) -> Value {
+        self.admin(reqwest::Method::POST, "/v1/kick-active-users")
+            .await
+    }
+
+    /// `GET /v1/users`: who is registered and connected.
+    pub async fn users(&self) -> Value {
+        self.admin(reqwest::Method::GET, "/v1/users").await
+    }
+
+    /// `DELETE /v1/users`: forget every identity.
+    pub async fn delete_users(&self) -> Value {
+        self.admin(reqwest::Method::DELETE, "/v1/users").await
+    }
+
+    /// `GET /v1/nodes`: the live nodes of a cluster.
+    pub async fn nodes(&self) -> Value {
+        self.admin(reqwest::Method::GET, "/v1/nodes").await
+    }
+}
+
 /// A running gateway (dereferences to its [`Addrs`]).
 pub struct TestGateway {
     pub addrs: Addrs,
@@ -183,7 +224,7 @@ impl TestGateway {
     pub async fn wait_connected(&self, what: &str, check: impl Fn(&[Value]) -> bool) {
         within(what, async {
             loop {
-                let users = self.get_json("/v1/users").await;
+                let users = self.users().await;
                 if check(users["connected"].as_array().unwrap()) {
                     return;
                 }
