@@ -198,42 +198,9 @@ impl Collector for GatewayCollector {
                 .iter()
                 .map(|why| (why.reason(), stats.pre_session_closes(*why))),
         )?;
-        counter(
-            e,
-            "signal_gateway_quic_retries",
-            "QUIC handshakes answered with a Retry (address validation under pressure).",
-            stats.quic_retries.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_envelopes_received",
-            "Frames received from clients on attached connections.",
-            stats.frames_received.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_envelopes_forwarded",
-            "Envelopes accepted and queued for their target.",
-            stats.forwarded.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_envelopes_written",
-            "Forwarded envelopes written to the target's connection.",
-            stats.written.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_envelopes_to_gateway",
-            "Envelopes addressed to the gateway itself (REFRESH_TOKEN).",
-            stats.to_gateway.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_frames_after_close",
-            "Frames that arrived after the gateway had sent the connection its CLOSE (not accepted).",
-            stats.after_close.get(),
-        )?;
+        for (name, help, value) in stats.metric_counters() {
+            counter(e, name, help, value)?;
+        }
         labelled_counter(
             e,
             "signal_gateway_error_envelopes",
@@ -242,12 +209,6 @@ impl Collector for GatewayCollector {
             ErrorType::ALL
                 .iter()
                 .map(|error| (error.as_str(), stats.errors_sent(*error))),
-        )?;
-        counter(
-            e,
-            "signal_gateway_undelivered_unreported",
-            "Forwarded envelopes never written whose sender had already left.",
-            stats.undelivered_unreported.get(),
         )?;
         for (name, help, values) in [
             (
@@ -344,12 +305,6 @@ impl Collector for GatewayCollector {
             None,
             i64::from(hub.readiness().is_ok()),
         )?;
-        counter(
-            e,
-            "signal_gateway_cluster_sent",
-            "Cluster: envelopes accepted here and sent to the target's node.",
-            stats.sent_remote.get(),
-        )?;
         labelled_counter(
             e,
             "signal_gateway_cluster_settled",
@@ -368,24 +323,6 @@ impl Collector for GatewayCollector {
             "Cluster: envelopes sent to other nodes whose fate is not known yet.",
             None,
             i64::try_from(hub.in_flight()).unwrap_or(i64::MAX),
-        )?;
-        counter(
-            e,
-            "signal_gateway_cluster_unavailable",
-            "Cluster: envelopes for users not connected here refused at once because the other nodes could not be reached.",
-            stats.cluster_unavailable.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_cluster_received",
-            "Cluster: envelopes other nodes sent here for users connected here.",
-            stats.remote_in.get(),
-        )?;
-        counter(
-            e,
-            "signal_gateway_cluster_received_failed",
-            "Cluster: of those, not written here (reported back to their node).",
-            stats.remote_in_failed.get(),
         )?;
         let Some(primary) = hub.cluster().and_then(|cluster| cluster.primary()) else {
             return Ok(());

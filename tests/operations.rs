@@ -1,7 +1,8 @@
 //! What an operator relies on: `/metrics` parses with Prometheus's own
 //! checker and tells the same story as `/v1/stats` after a scripted
 //! session, `/readyz` turns 503 the moment a shutdown starts, and the JSON
-//! log has one line per connection close and never a token or payload.
+//! log has one line per connection close and never a token or payload;
+//! and every metric has its row in the operations guide.
 
 mod common;
 
@@ -162,6 +163,30 @@ fn promtool_check(exposition: &str) -> (bool, String) {
     let said = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.success(), said)
+}
+
+/// Every metric the gateway exposes has its row in docs/operations.md: a
+/// new counter is one row in `core/stats.rs`'s table and one in the guide.
+#[tokio::test]
+async fn every_metric_has_a_row_in_the_operations_guide() {
+    let gw = TestGateway::start().await;
+    let (text, _) = scrape(&gw.url("/metrics")).await;
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let mut seen = 0;
+    for declared in text.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let (name, kind) = declared.split_once(' ').unwrap();
+        let exposed = match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_owned(),
+        };
+        assert!(
+            guide.contains(&format!("`{exposed}`")),
+            "{exposed} ({kind}) has no row in docs/operations.md"
+        );
+        seen += 1;
+    }
+    assert!(seen > 20, "the exposition declares its metrics: {text}");
 }
 
 #[tokio::test]

@@ -136,118 +136,115 @@ const CLOSE_SLOTS: usize = CloseReason::ALL.len() + 1;
 /// Per transport: indexed by [`Transport::index`].
 type PerTransport<T> = [T; Transport::ALL.len()];
 
-/// The gateway's counters since start.
-#[derive(Debug)]
-pub struct Stats {
-    /// Connections attached to a user.
-    pub connections_opened: Counter,
-    /// Connections that have ended.
-    pub connections_closed: Counter,
-    /// Frames received from clients.
-    pub frames_received: Counter,
-    /// Frames that arrived after the gateway began closing the connection.
-    pub after_close: Counter,
-    /// Frames answered with `INVALID_MESSAGE`.
-    pub invalid: Counter,
-    /// Frames dropped by the rate limit.
-    pub rate_limited: Counter,
-    /// Envelopes answered with `TARGET_NOT_FOUND`.
-    pub target_not_found: Counter,
-    /// Envelopes answered with `TARGET_SLOW`.
-    pub target_slow: Counter,
-    /// Envelopes queued for their target.
-    pub forwarded: Counter,
-    /// Envelopes addressed to the gateway itself (`"target": ""`).
-    pub to_gateway: Counter,
-    /// Forwarded envelopes written to the target's connection.
-    pub written: Counter,
-    /// Forwarded envelopes never written, reported to the sender (`UNDELIVERED`).
-    pub undelivered_reported: Counter,
-    /// Forwarded envelopes never written whose sender had already left.
-    pub undelivered_unreported: Counter,
-    /// The gateway's own frames (error replies, WELCOME) discarded because
-    /// their connection closed before they could be written.
-    pub replies_dropped: Counter,
-    /// QUIC handshakes answered with a Retry, to make the client prove its
-    /// address before it gets any state.
-    pub quic_retries: Counter,
-    /// Cluster: envelopes accepted here and sent to another node.
-    pub sent_remote: Counter,
-    /// Cluster: of those, confirmed written by the target's node.
-    pub remote_written: Counter,
-    /// Cluster: of those, answered to the sender with an error (not found,
-    /// slow, undelivered, unavailable).
-    pub remote_failed: Counter,
-    /// Cluster: of those, answered `UNCONFIRMED` at their deadline.
-    pub remote_unconfirmed: Counter,
-    /// Cluster: fates heard after the envelope's deadline had passed.
-    pub remote_late: Counter,
-    /// Cluster: envelopes for a user not connected here, not sent because
-    /// the other nodes could not be reached (`CLUSTER_UNAVAILABLE` at once).
-    pub cluster_unavailable: Counter,
-    /// Cluster: envelopes other nodes sent here for users connected here.
-    pub remote_in: Counter,
-    /// Cluster: of those, not written here (reported back to their node).
-    pub remote_in_failed: Counter,
-    /// Time from an envelope's acceptance to its write on the target's
-    /// connection.
-    pub relay_latency: Histogram<{ LATENCY_BOUNDS.len() }>,
-    /// Envelopes written per flush.
-    pub batch_sizes: Histogram<{ BATCH_BOUNDS.len() }>,
-    setup: PerTransport<Histogram<{ SETUP_BOUNDS.len() }>>,
-    live: PerTransport<AtomicI64>,
-    opened: PerTransport<Counter>,
-    closed: PerTransport<[Counter; CLOSE_SLOTS]>,
-    bytes_in: PerTransport<Counter>,
-    bytes_out: PerTransport<Counter>,
-    pre_session_closes: [Counter; PreSessionClose::ALL.len()],
-    refused: [Counter; crate::core::Refusal::CAUSES.len()],
-    errors_sent: [Counter; ErrorType::ALL.len()],
-    registrations: [Counter; RegistrationOutcome::ALL.len()],
-    authentications: [[Counter; AuthOutcome::ALL.len()]; AuthMethod::ALL.len()],
+/// Declares [`Stats`] with its plain counters from one list: a row is a
+/// counter, and `=> name, help` exposes it on `/metrics` as a metric of its
+/// own (the others reach it through a labelled family or `/v1/stats`).
+macro_rules! stats {
+    ($( $(#[doc = $doc:literal])* $field:ident $(=> $metric:literal, $help:literal)?; )*) => {
+        /// The gateway's counters since start.
+        #[derive(Debug)]
+        pub struct Stats {
+            $( $(#[doc = $doc])* pub $field: Counter, )*
+            /// Time from an envelope's acceptance to its write on the target's
+            /// connection.
+            pub relay_latency: Histogram<{ LATENCY_BOUNDS.len() }>,
+            /// Envelopes written per flush.
+            pub batch_sizes: Histogram<{ BATCH_BOUNDS.len() }>,
+            setup: PerTransport<Histogram<{ SETUP_BOUNDS.len() }>>,
+            live: PerTransport<AtomicI64>,
+            opened: PerTransport<Counter>,
+            closed: PerTransport<[Counter; CLOSE_SLOTS]>,
+            bytes_in: PerTransport<Counter>,
+            bytes_out: PerTransport<Counter>,
+            pre_session_closes: [Counter; PreSessionClose::ALL.len()],
+            refused: [Counter; crate::core::Refusal::CAUSES.len()],
+            errors_sent: [Counter; ErrorType::ALL.len()],
+            registrations: [Counter; RegistrationOutcome::ALL.len()],
+            authentications: [[Counter; AuthOutcome::ALL.len()]; AuthMethod::ALL.len()],
+        }
+
+        impl Default for Stats {
+            fn default() -> Self {
+                Self {
+                    $( $field: Counter::default(), )*
+                    relay_latency: Histogram::new(&LATENCY_BOUNDS),
+                    batch_sizes: Histogram::new(&BATCH_BOUNDS),
+                    setup: [const { Histogram::new(&SETUP_BOUNDS) }; Transport::ALL.len()],
+                    live: Default::default(),
+                    opened: Default::default(),
+                    closed: Default::default(),
+                    bytes_in: Default::default(),
+                    bytes_out: Default::default(),
+                    pre_session_closes: Default::default(),
+                    refused: Default::default(),
+                    errors_sent: Default::default(),
+                    registrations: Default::default(),
+                    authentications: Default::default(),
+                }
+            }
+        }
+
+        impl Stats {
+            /// The counters exposed as metrics of their own:
+            /// `(name, help, value)`.
+            pub fn metric_counters(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> {
+                [$($( ($metric, $help, self.$field.get()), )?)*].into_iter()
+            }
+        }
+    };
 }
 
-impl Default for Stats {
-    fn default() -> Self {
-        Self {
-            connections_opened: Counter::default(),
-            connections_closed: Counter::default(),
-            frames_received: Counter::default(),
-            after_close: Counter::default(),
-            invalid: Counter::default(),
-            rate_limited: Counter::default(),
-            target_not_found: Counter::default(),
-            target_slow: Counter::default(),
-            forwarded: Counter::default(),
-            to_gateway: Counter::default(),
-            written: Counter::default(),
-            undelivered_reported: Counter::default(),
-            undelivered_unreported: Counter::default(),
-            replies_dropped: Counter::default(),
-            quic_retries: Counter::default(),
-            sent_remote: Counter::default(),
-            remote_written: Counter::default(),
-            remote_failed: Counter::default(),
-            remote_unconfirmed: Counter::default(),
-            remote_late: Counter::default(),
-            cluster_unavailable: Counter::default(),
-            remote_in: Counter::default(),
-            remote_in_failed: Counter::default(),
-            relay_latency: Histogram::new(&LATENCY_BOUNDS),
-            batch_sizes: Histogram::new(&BATCH_BOUNDS),
-            setup: [const { Histogram::new(&SETUP_BOUNDS) }; Transport::ALL.len()],
-            live: Default::default(),
-            opened: Default::default(),
-            closed: Default::default(),
-            bytes_in: Default::default(),
-            bytes_out: Default::default(),
-            pre_session_closes: Default::default(),
-            refused: Default::default(),
-            errors_sent: Default::default(),
-            registrations: Default::default(),
-            authentications: Default::default(),
-        }
-    }
+stats! {
+    /// Connections attached to a user.
+    connections_opened;
+    /// Connections that have ended.
+    connections_closed;
+    /// Frames received from clients.
+    frames_received => "signal_gateway_envelopes_received", "Frames received from clients on attached connections.";
+    /// Frames that arrived after the gateway began closing the connection.
+    after_close => "signal_gateway_frames_after_close", "Frames that arrived after the gateway had sent the connection its CLOSE (not accepted).";
+    /// Frames answered with `INVALID_MESSAGE`.
+    invalid;
+    /// Frames dropped by the rate limit.
+    rate_limited;
+    /// Envelopes answered with `TARGET_NOT_FOUND`.
+    target_not_found;
+    /// Envelopes answered with `TARGET_SLOW`.
+    target_slow;
+    /// Envelopes queued for their target.
+    forwarded => "signal_gateway_envelopes_forwarded", "Envelopes accepted and queued for their target.";
+    /// Envelopes addressed to the gateway itself (`"target": ""`).
+    to_gateway => "signal_gateway_envelopes_to_gateway", "Envelopes addressed to the gateway itself (REFRESH_TOKEN).";
+    /// Forwarded envelopes written to the target's connection.
+    written => "signal_gateway_envelopes_written", "Forwarded envelopes written to the target's connection.";
+    /// Forwarded envelopes never written, reported to the sender (`UNDELIVERED`).
+    undelivered_reported;
+    /// Forwarded envelopes never written whose sender had already left.
+    undelivered_unreported => "signal_gateway_undelivered_unreported", "Forwarded envelopes never written whose sender had already left.";
+    /// The gateway's own frames (error replies, WELCOME) discarded because
+    /// their connection closed before they could be written.
+    replies_dropped;
+    /// QUIC handshakes answered with a Retry, to make the client prove its
+    /// address before it gets any state.
+    quic_retries => "signal_gateway_quic_retries", "QUIC handshakes answered with a Retry (address validation under pressure).";
+    /// Cluster: envelopes accepted here and sent to another node.
+    sent_remote => "signal_gateway_cluster_sent", "Cluster: envelopes accepted here and sent to the target's node.";
+    /// Cluster: of those, confirmed written by the target's node.
+    remote_written;
+    /// Cluster: of those, answered to the sender with an error (not found,
+    /// slow, undelivered, unavailable).
+    remote_failed;
+    /// Cluster: of those, answered `UNCONFIRMED` at their deadline.
+    remote_unconfirmed;
+    /// Cluster: fates heard after the envelope's deadline had passed.
+    remote_late;
+    /// Cluster: envelopes for a user not connected here, not sent because
+    /// the other nodes could not be reached (`CLUSTER_UNAVAILABLE` at once).
+    cluster_unavailable => "signal_gateway_cluster_unavailable", "Cluster: envelopes for users not connected here refused at once because the other nodes could not be reached.";
+    /// Cluster: envelopes other nodes sent here for users connected here.
+    remote_in => "signal_gateway_cluster_received", "Cluster: envelopes other nodes sent here for users connected here.";
+    /// Cluster: of those, not written here (reported back to their node).
+    remote_in_failed => "signal_gateway_cluster_received_failed", "Cluster: of those, not written here (reported back to their node).";
 }
 
 fn position<T: PartialEq>(all: &[T], item: &T) -> usize {
