@@ -13,6 +13,7 @@ use signal_gateway::http::LogFormat;
 use signal_gateway::reload::Reloader;
 use signal_gateway::server::Gateway;
 use signal_gateway::tls;
+use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::reload::Handle;
 
@@ -112,8 +113,11 @@ fn main() -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // Taken before anything is announced: a SIGHUP from then on is a
         // reload, never the default action (exit).
-        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("listening for SIGHUP")?;
+        let hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        // Likewise SIGTERM and SIGINT: once /readyz answers, a stop signal
+        // drains the gateway, never kills it by the default action.
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
         let gateway = match Gateway::bind(config).await {
             Ok(gateway) => gateway,
             Err(err) => anyhow::bail!(loaded.explain(&err.to_string())),
@@ -144,7 +148,10 @@ fn main() -> anyhow::Result<ExitCode> {
         ));
         gateway
             .run_reporting(|| notify_systemd(&[sd_notify::NotifyState::Ready]), async {
-                shutdown_signal().await;
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
                 notify_systemd(&[sd_notify::NotifyState::Stopping]);
             })
             .await?;
@@ -254,25 +261,4 @@ fn init_logging(format: LogFormat, filter: EnvFilter) -> LogLevel {
         .with(logs.with_filter(no_frames))
         .init();
     handle
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
