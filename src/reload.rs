@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::OriginPolicy;
 use crate::config::{Config, ConfigError};
+use crate::core::stats::AuthMethod;
 use crate::core::token::{AuthMode, TokenVerifier, VerifyFuture};
 use crate::core::{IceConfig, IceServers};
 use crate::http::{CertInfo, HttpContext};
@@ -48,6 +49,14 @@ impl LiveVerifier {
 }
 
 impl TokenVerifier for LiveVerifier {
+    fn is_kind(&self, token: &str) -> bool {
+        self.0.load().is_kind(token)
+    }
+
+    fn method(&self) -> AuthMethod {
+        AuthMethod::Jwt
+    }
+
     fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a> {
         let current = self.0.load_full();
         Box::pin(async move { current.verify(token).await })

@@ -2,11 +2,13 @@
 //! registry of live connections, and routing between them. Nothing in here
 //! knows about axum, hyper, quinn or h3.
 
+pub mod admission;
 pub mod cluster;
 pub mod envelope;
 pub mod histogram;
 pub mod hub;
 pub mod ice;
+pub mod identity;
 pub mod limits;
 pub mod outbox;
 pub mod readiness;
@@ -21,11 +23,10 @@ pub mod token;
 pub mod username;
 pub mod wire;
 
-pub use hub::{
-    AdminError, Admission, AuthError, Authenticated, Claimed, Hub, Identities, PendingAdmission,
-    Refusal, RegisterError, Report, Users,
-};
+pub use admission::{Admission, PendingAdmission, Refusal};
+pub use hub::{AdminError, Authenticated, Claimed, Hub, Report, Users};
 pub use ice::{IceConfig, IceServer, IceServers};
+pub use identity::{AuthError, Identities, RegisterError};
 pub use limits::Limits;
 pub use readiness::NotReady;
 pub use registry::Transport;

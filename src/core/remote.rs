@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::cluster::{Broadcast, Cluster, Epoch, Fate, NodeId, Outgoing, Pending};
+use super::cluster::{Broadcast, Epoch, Fate, NodeId, Outgoing, Pending};
 use super::envelope::{ErrorDetail, Inbound, error_frame};
 use super::hub::Hub;
 use super::outbox::{LocalSender, Origin, PushError, Queued};
@@ -15,12 +15,6 @@ use super::registry::{Claim, Delivery};
 use super::wire::{CloseReason, ErrorType};
 
 impl Hub {
-    /// Joins a cluster: from now on, envelopes for users not connected
-    /// here go to `cluster`. Once only; a second call is ignored.
-    pub fn join(&self, cluster: Arc<dyn Cluster>) {
-        let _ = self.cluster.set(cluster);
-    }
-
     /// Sends an envelope for `target`, not connected here, to the cluster.
     /// False when the cluster cannot carry it now (answered by the caller).
     pub(super) fn forward_remote(&self, sender: &LocalSender, target: &str, frame: Bytes) -> bool {
@@ -28,7 +22,7 @@ impl Hub {
             return false;
         };
         let target: Arc<str> = target.into();
-        let id = self.in_flight.insert(Pending {
+        let id = self.in_flight_envelopes().insert(Pending {
             sender: sender.clone(),
             target: target.clone(),
             frame: frame.clone(),
@@ -41,11 +35,11 @@ impl Hub {
             fresh_route: false,
         };
         if cluster.forward(outgoing).is_err() {
-            self.in_flight.take(id);
-            self.stats.cluster_unavailable.inc();
+            self.in_flight_envelopes().take(id);
+            self.stats().cluster_unavailable.inc();
             return false;
         }
-        self.stats.sent_remote.inc();
+        self.stats().sent_remote.inc();
         true
     }
 
@@ -53,14 +47,14 @@ impl Hub {
     /// by the backend when it could not be sent). Answers the sender unless
     /// it was written; a target that moved is looked up again once.
     pub fn settled(&self, id: u64, fate: Fate) {
-        let Some((mut pending, deadline)) = self.in_flight.take(id) else {
+        let Some((mut pending, deadline)) = self.in_flight_envelopes().take(id) else {
             // Its deadline passed: the sender was told UNCONFIRMED.
-            self.stats.remote_late.inc();
+            self.stats().remote_late.inc();
             return;
         };
         let (error, message) = match fate {
             Fate::Written => {
-                self.stats.remote_written.inc();
+                self.stats().remote_written.inc();
                 return;
             }
             Fate::NotHere if !pending.retried => {
@@ -71,9 +65,9 @@ impl Hub {
                     frame: pending.frame.clone(),
                     fresh_route: true,
                 };
-                self.in_flight.restore(id, pending, deadline);
+                self.in_flight_envelopes().restore(id, pending, deadline);
                 let sent = self.cluster().is_some_and(|c| c.forward(outgoing).is_ok());
-                if !sent && let Some((pending, _)) = self.in_flight.take(id) {
+                if !sent && let Some((pending, _)) = self.in_flight_envelopes().take(id) {
                     self.answer_sender(
                         &pending,
                         ErrorType::ClusterUnavailable,
@@ -111,10 +105,10 @@ impl Hub {
     /// Answers every envelope sent to another node whose deadline has
     /// passed without word of its fate: `UNCONFIRMED`.
     pub fn expire_remote(&self) -> usize {
-        let expired = self.in_flight.expired(Instant::now());
-        let timeout = self.limits.delivery_timeout;
+        let expired = self.in_flight_envelopes().expired(Instant::now());
+        let timeout = self.limits().delivery_timeout;
         for pending in &expired {
-            self.stats.remote_unconfirmed.inc();
+            self.stats().remote_unconfirmed.inc();
             self.answer_sender(
                 pending,
                 ErrorType::Unconfirmed,
@@ -130,20 +124,20 @@ impl Hub {
 
     /// Envelopes sent to other nodes and not settled yet.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight_envelopes().len()
     }
 
     fn answer_sender(&self, pending: &Pending, error: ErrorType, message: String) {
         if error != ErrorType::Unconfirmed {
-            self.stats.remote_failed.inc();
+            self.stats().remote_failed.inc();
         }
         let Some(sender) = self
-            .registry
+            .registry()
             .outbox_of(&pending.sender.user, pending.sender.conn)
         else {
             // The sender left before its envelope's fate came back: the
             // answer is dropped, and counted, so the books still add up.
-            self.stats.replies_dropped.inc();
+            self.stats().replies_dropped.inc();
             return;
         };
         let kind = serde_json::from_slice::<Inbound<'_>>(&pending.frame)
@@ -159,11 +153,11 @@ impl Hub {
             },
         );
         match sender.push_reply(Queued::own(frame)) {
-            Ok(()) => self.stats.error_sent(error),
-            Err(PushError::Closing(_)) => self.stats.replies_dropped.inc(),
+            Ok(()) => self.stats().error_sent(error),
+            Err(PushError::Closing(_)) => self.stats().replies_dropped.inc(),
             Err(PushError::Full(_)) => {
                 sender.close(CloseReason::SlowConsumer);
-                self.registry
+                self.registry()
                     .remove_if(&pending.sender.user, pending.sender.conn);
             }
         }
@@ -172,7 +166,7 @@ impl Hub {
     /// Delivers an envelope another node accepted for `target`, numbered
     /// `id` there; tells that node at once if it cannot be queued here.
     pub fn deliver_remote(&self, from: &NodeId, id: u64, target: &str, frame: Bytes) {
-        self.stats.remote_in.inc();
+        self.stats().remote_in.inc();
         let item = Queued {
             frame,
             origin: Some(Origin::Remote {
@@ -182,7 +176,7 @@ impl Hub {
             accepted_at: Some(Instant::now()),
         };
         if self.cluster().is_some_and(|cluster| !cluster.current()) {
-            self.stats.remote_in_failed.inc();
+            self.stats().remote_in_failed.inc();
             if let Some(cluster) = self.cluster() {
                 cluster.settle(
                     from,
@@ -194,12 +188,12 @@ impl Hub {
             }
             return;
         }
-        let fate = match self.registry.deliver(target, item) {
+        let fate = match self.registry().deliver(target, item) {
             Delivery::Queued => return,
             Delivery::NotFound(_) => Fate::NotHere,
             Delivery::TargetSlow(_) => Fate::Slow,
         };
-        self.stats.remote_in_failed.inc();
+        self.stats().remote_in_failed.inc();
         if let Some(cluster) = self.cluster() {
             cluster.settle(from, id, fate);
         }
@@ -208,7 +202,7 @@ impl Hub {
     /// Tells another node that its envelope `id`, queued here, was never
     /// written.
     pub(super) fn report_remote_undelivered(&self, node: &NodeId, id: u64, why: &str) {
-        self.stats.remote_in_failed.inc();
+        self.stats().remote_in_failed.inc();
         if let Some(cluster) = self.cluster() {
             cluster.settle(node, id, Fate::Undelivered(why.to_owned()));
         }
@@ -217,14 +211,14 @@ impl Hub {
     /// A newer claim on `user` was made elsewhere, superseding `epoch`:
     /// closes the user's connection here if it is that one or older.
     pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
-        self.registry.fence(user, epoch)
+        self.registry().fence(user, epoch)
     }
 
     /// Carries out an admin action another node broadcast.
     pub fn apply(&self, command: Broadcast) -> usize {
         match command {
-            Broadcast::KickAll => self.registry.kick_all(),
-            Broadcast::RevokeAll => self.registry.revoke_all(),
+            Broadcast::KickAll => self.registry().kick_all(),
+            Broadcast::RevokeAll => self.registry().revoke_all(),
         }
     }
 
@@ -234,13 +228,13 @@ impl Hub {
     /// deletion of every identity does (`KICKED`; those on their way in are
     /// refused); returns how many were live.
     pub fn shared_state_lost(&self) -> usize {
-        self.registry.revoke_all()
+        self.registry().revoke_all()
     }
 
     /// Every live connection's claim (to claim again after the cluster's
     /// shared state was out of reach).
     pub fn claims(&self) -> Vec<Claim> {
-        self.registry.claims()
+        self.registry().claims()
     }
 }
 
@@ -250,7 +244,7 @@ mod tests {
 
     use super::*;
     use crate::core::Limits;
-    use crate::core::cluster::{ClusterError, ClusterFuture, ClusterUser, NodeInfo};
+    use crate::core::cluster::{Cluster, ClusterError, ClusterFuture, ClusterUser, NodeInfo};
     use crate::core::registry::Transport;
     use crate::core::testing::{connect, hub_with, take};
 

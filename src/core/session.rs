@@ -3,20 +3,23 @@
 //! to drain the connection's outbox.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 
+use super::admission::{Admission, quota, rate_clock, retry_after};
 use super::cluster::{Epoch, Fate};
 use super::envelope::{
     EnvelopeError, ErrorDetail, Inbound, error_frame, forward_frame, parse_inbound,
     parse_inbound_text, server_frame,
 };
-use super::hub::{Admission, Hub, quota, retry_after};
+use super::envelope::{Welcome, welcome_frame};
+use super::hub::{Claimed, Hub};
 use super::outbox::{ConnId, LocalSender, Origin, Outbox, PushError, Queued};
-use super::registry::{Delivery, Transport};
+use super::registry::{Delivery, Entry, Transport};
 use super::store::unix_ms;
 use super::token::TOKEN_LEEWAY;
 use super::wire::{
@@ -127,12 +130,72 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a connection the hub has just attached.
+    /// Attaches an admitted, claimed connection to its user. A previous
+    /// connection of the same user is closed as `REPLACED`. The session's
+    /// outbox starts with the `WELCOME` envelope, which carries ICE servers
+    /// minted for this connection. Refused, with the reason to close the
+    /// connection with, when the gateway is shutting down, the
+    /// authentication was revoked since (a kick, deleted identities), or a
+    /// newer claim on the user exists (`REPLACED`). `started` is when the
+    /// client's first request or packet arrived, for the set-up time
+    /// histogram.
+    pub fn attach(
+        hub: &Arc<Hub>,
+        admission: Admission,
+        claimed: Claimed,
+        peer: IpAddr,
+        started: Instant,
+    ) -> Result<Session, CloseReason> {
+        let (conn, epoch, transport) = claimed.connection();
+        let authenticated = claimed.authenticated();
+        let user = authenticated.user.clone();
+        let expires_at = authenticated.expires_at;
+        let grant = authenticated.grant();
+        let limits = hub.limits();
+        let outbox = Arc::new(Outbox::new(limits.queue_envelopes, limits.queue_bytes));
+        let welcome = welcome_frame(&Welcome {
+            username: &user,
+            transport: transport.as_str(),
+            connection_id: conn,
+            max_envelope_bytes: limits.max_envelope_bytes,
+            ice: &hub.ice_servers(&user),
+        });
+        // A fresh outbox is empty and open, so the push cannot fail.
+        let _ = outbox.push(Queued::own(welcome));
+        hub.registry().insert(
+            user.clone(),
+            Entry {
+                conn,
+                epoch,
+                transport,
+                outbox: outbox.clone(),
+                since: SystemTime::now(),
+                peer,
+            },
+            grant,
+        )?;
+        // From here the session gives the claim up when it ends.
+        claimed.attached();
+        hub.touch(&user);
+        hub.stats().attached(transport);
+        Ok(Session::new(
+            hub.clone(),
+            LocalSender { user, conn },
+            epoch,
+            transport,
+            outbox,
+            admission,
+            expires_at,
+            started,
+        ))
+    }
+
+    /// A session for a connection just attached.
     #[expect(
         clippy::too_many_arguments,
         reason = "everything a session is made of, from one caller"
     )]
-    pub(super) fn new(
+    fn new(
         hub: Arc<Hub>,
         origin: LocalSender,
         epoch: Epoch,
@@ -142,15 +205,15 @@ impl Session {
         expires_at: Option<SystemTime>,
         started: Instant,
     ) -> Self {
-        let envelope_quota = quota(hub.limits.envelope_rate, hub.limits.envelope_burst);
+        let envelope_quota = quota(hub.limits().envelope_rate, hub.limits().envelope_burst);
         Self {
             hub,
             origin,
             epoch,
             transport,
             outbox,
-            limiter: RateLimiter::direct_with_clock(envelope_quota, super::hub::clock().clone()),
-            strikes: RateLimiter::direct_with_clock(envelope_quota, super::hub::clock().clone()),
+            limiter: RateLimiter::direct_with_clock(envelope_quota, rate_clock().clone()),
+            strikes: RateLimiter::direct_with_clock(envelope_quota, rate_clock().clone()),
             token: expires_at.map(|at| Arc::new(TokenLife::new(at))),
             started,
             _admission: admission,
@@ -186,21 +249,21 @@ impl Session {
     /// queues it for the target, or queues an error envelope for the sender.
     pub fn handle_frame(&self, frame: &[u8]) {
         if self.admit_frame() {
-            self.route(parse_inbound(frame, self.hub.limits.max_json_depth));
+            self.route(parse_inbound(frame, self.hub.limits().max_json_depth));
         }
     }
 
     /// [`Session::handle_frame`] for text already known to be UTF-8.
     pub fn handle_text(&self, text: &str) {
         if self.admit_frame() {
-            self.route(parse_inbound_text(text, self.hub.limits.max_json_depth));
+            self.route(parse_inbound_text(text, self.hub.limits().max_json_depth));
         }
     }
 
     /// Counts a frame and applies the rate limit; false when the frame is
     /// not accepted (already answered, or the connection is closing).
     fn admit_frame(&self) -> bool {
-        let stats = &self.hub.stats;
+        let stats = self.hub.stats();
         stats.frames_received.inc();
         // Once the gateway has decided to close this connection (and said
         // so in the CLOSE envelope queued for it), frames still in flight
@@ -234,7 +297,7 @@ impl Session {
 
     /// Forwards a parsed envelope, or answers why it was not.
     fn route(&self, parsed: Result<Inbound<'_>, EnvelopeError>) {
-        let stats = &self.hub.stats;
+        let stats = self.hub.stats();
         let inbound = match parsed {
             Ok(inbound) => inbound,
             Err(err) => {
@@ -276,7 +339,7 @@ impl Session {
             origin: Some(Origin::Local(self.origin.clone())),
             accepted_at: Some(Instant::now()),
         };
-        match self.hub.registry.deliver(&inbound.target, item) {
+        match self.hub.registry().deliver(&inbound.target, item) {
             Delivery::Queued => stats.forwarded.inc(),
             // Not here: in a cluster, the target may be on another node.
             Delivery::NotFound(item) if self.hub.cluster().is_some() => {
@@ -329,7 +392,7 @@ impl Session {
     }
 
     fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
-        self.hub.stats.error_sent(error);
+        self.hub.stats().error_sent(error);
         self.reply(error_frame(error, &detail));
     }
 
@@ -345,7 +408,7 @@ impl Session {
     /// may have to be fetched), which answers `TOKEN_REFRESHED` or
     /// `TOKEN_REFUSED`.
     fn to_gateway(&self, inbound: &Inbound<'_>) {
-        self.hub.stats.to_gateway.inc();
+        self.hub.stats().to_gateway.inc();
         let refused = |message: &str| {
             self.reply_error(
                 ErrorType::TokenRefused,
@@ -391,7 +454,7 @@ impl Session {
                     server_frame(TOKEN_REFRESHED_TYPE, &expiry(unix_ms(expires_at)))
                 }
                 Err(err) => {
-                    hub.stats.error_sent(ErrorType::TokenRefused);
+                    hub.stats().error_sent(ErrorType::TokenRefused);
                     error_frame(
                         ErrorType::TokenRefused,
                         &ErrorDetail {
@@ -447,7 +510,7 @@ impl Session {
     pub fn close(&self, reason: CloseReason) {
         self.outbox.close(reason);
         self.hub
-            .registry
+            .registry()
             .remove_if(&self.origin.user, self.origin.conn);
     }
 
@@ -480,7 +543,7 @@ impl Session {
     /// Counts forwarded envelopes the transport has written, and how long
     /// each took from its acceptance.
     pub fn record_written(&self, batch: &VecDeque<Queued>) {
-        let stats = &self.hub.stats;
+        let stats = self.hub.stats();
         let now = Instant::now();
         let mut forwarded = 0;
         stats
@@ -517,7 +580,8 @@ impl Session {
     /// the socket; dropping the session does the same.
     pub fn leave(&self) {
         let hub = &self.hub;
-        hub.registry.remove_if(&self.origin.user, self.origin.conn);
+        hub.registry()
+            .remove_if(&self.origin.user, self.origin.conn);
         let why = match self.outbox.closing() {
             Some(reason) => format!("the target's connection closed ({})", reason.reason()),
             None => "the target disconnected".to_owned(),
@@ -543,8 +607,8 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.leave();
         self.hub.release(&self.origin.user, self.epoch);
-        self.hub.store.touch(&self.origin.user);
-        self.hub.stats.detached(self.transport);
+        self.hub.touch(&self.origin.user);
+        self.hub.stats().detached(self.transport);
     }
 }
 

@@ -6,8 +6,9 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::hub::{Authenticated, Hub, Identities};
+use super::hub::{Authenticated, Hub};
 use super::ice::{IceConfig, IceServer, IceServers};
+use super::identity::Identities;
 use super::limits::Limits;
 use super::registry::Transport;
 use super::session::Session;
@@ -51,8 +52,7 @@ pub(crate) fn connect(hub: &Arc<Hub>, user: &str) -> Session {
         hub.claim(Authenticated::for_tests(hub, user), Transport::WebSocket),
     )
     .unwrap();
-    hub.attach(admission, claimed, LOCAL, std::time::Instant::now())
-        .unwrap()
+    Session::attach(hub, admission, claimed, LOCAL, std::time::Instant::now()).unwrap()
 }
 
 fn json(items: &[super::outbox::Queued]) -> Vec<Value> {

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
+use super::stats::AuthMethod;
 use super::username::UsernameError;
 
 /// How far `exp` and `nbf` may be off: the clocks of the application that
@@ -146,16 +147,18 @@ pub enum TokenError {
 /// What verifying a token returns.
 pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Result<Verified, TokenError>> + Send + 'a>>;
 
-/// Checks JWTs: signature, algorithm, `exp`/`nbf`, issuer and audience.
+/// Checks tokens an application issues (a JWT's signature, algorithm,
+/// `exp`/`nbf`, issuer and audience). The core asks each verifier in turn
+/// whether a token is its kind; one that is none's is a gateway token.
 pub trait TokenVerifier: Send + Sync + fmt::Debug {
+    /// Whether `token` has this verifier's shape (cheap: no verification).
+    fn is_kind(&self, token: &str) -> bool;
+
+    /// The method its tokens are counted under in the metrics.
+    fn method(&self) -> AuthMethod;
+
     /// Verifies `token`.
     fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a>;
-}
-
-/// Whether a presented token is a JWT (three dot-separated parts) rather
-/// than a gateway token (base64url, no dots).
-pub fn is_jwt(token: &str) -> bool {
-    token.bytes().filter(|b| *b == b'.').count() == 2
 }
 
 #[cfg(test)]

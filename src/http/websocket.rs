@@ -225,7 +225,7 @@ async fn upgrade_and_attach(handover: Box<Handover>) -> Option<(WsLink, Session)
     // nothing revoked it since.
     let attached = user
         .ok_or(CloseReason::Unauthenticated)
-        .and_then(|user| hub.attach(admission, user, client, started));
+        .and_then(|user| Session::attach(&hub, admission, user, client, started));
     match attached {
         Ok(session) => Some((link, session)),
         Err(reason) => {

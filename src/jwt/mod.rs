@@ -25,6 +25,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::core::stats::AuthMethod;
 use crate::core::token::{TOKEN_LEEWAY, TokenError, TokenVerifier, Verified, VerifyFuture};
 
 /// The latest expiry taken from a token, 9999-12-31T23:59:59Z: a later
@@ -418,6 +419,15 @@ impl JwtVerifier {
 }
 
 impl TokenVerifier for JwtVerifier {
+    /// Three dot-separated parts; a gateway token is base64url, no dots.
+    fn is_kind(&self, token: &str) -> bool {
+        token.bytes().filter(|b| *b == b'.').count() == 2
+    }
+
+    fn method(&self) -> AuthMethod {
+        AuthMethod::Jwt
+    }
+
     fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a> {
         Box::pin(self.check(token))
     }

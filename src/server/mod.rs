@@ -87,11 +87,15 @@ async fn identities(
         ))),
         None => None,
     };
-    let verifier = live.clone().map(|live| live as Arc<dyn TokenVerifier>);
+    // Every kind of token the gateway takes besides its own, asked in order.
+    let verifiers = live
+        .iter()
+        .map(|live| live.clone() as Arc<dyn TokenVerifier>)
+        .collect();
     Ok((
         Identities {
             store,
-            verifier,
+            verifiers,
             mode,
         },
         live,

@@ -95,7 +95,7 @@ pub(super) fn run(
         };
         // The token was checked at the CONNECT; attaching checks that
         // nothing revoked it since.
-        let core = match hub.attach(admission, user, peer.ip(), started) {
+        let core = match Session::attach(&hub, admission, user, peer.ip(), started) {
             Ok(core) => core,
             Err(reason) => {
                 connection::refuse(link, reason, &hub).await;
