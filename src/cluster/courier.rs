@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::messages::{self, Header};
 use super::{Generation, RedisCluster, Report, bounded, keys};
 use crate::core::Hub;
-use crate::core::cluster::{Fate, NodeId, NodeInfo, Outgoing};
+use crate::core::cluster::{Fate, NodeInfo, Outgoing};
+use crate::core::ids::NodeId;
 use crate::core::store::{new_token, unix_ms};
 
 /// Most envelopes (or reports) taken from a queue for one batch.

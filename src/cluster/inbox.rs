@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::messages::{self, Header};
 use super::{PING_WITHIN, RedisCluster, bounded, keys};
 use crate::core::Hub;
-use crate::core::cluster::NodeId;
+use crate::core::ids::NodeId;
 
 /// First wait before subscribing again; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

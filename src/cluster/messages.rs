@@ -5,7 +5,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::core::cluster::{Broadcast, Epoch, Fate};
+use crate::core::cluster::{Broadcast, Fate};
+use crate::core::ids::Epoch;
 
 /// A message's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

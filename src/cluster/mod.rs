@@ -39,11 +39,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::Transport;
 use crate::core::cluster::{
-    Broadcast, Cluster, ClusterError, ClusterFuture, ClusterUser, Epoch, Fate, NodeId, NodeInfo,
-    Outgoing, PrimaryFacts,
+    Broadcast, Cluster, ClusterError, ClusterFuture, ClusterUser, Fate, NodeInfo, Outgoing,
+    PrimaryFacts,
 };
-use crate::core::registry::Transport;
+use crate::core::ids::{Epoch, NodeId};
 use crate::core::{Hub, store::unix_ms};
 use messages::Header;
 
@@ -582,10 +583,12 @@ impl Cluster for RedisCluster {
                 .zip(rows)
                 .filter_map(|(key, (node, conn, transport, since))| {
                     let node: NodeId = node?.into();
-                    let transport = match transport?.as_str() {
-                        "websocket" => Transport::WebSocket,
-                        "webtransport" => Transport::WebTransport,
-                        _ => return None,
+                    let transport = match transport?.parse::<Transport>() {
+                        Ok(transport) => transport,
+                        Err(err) => {
+                            tracing::warn!(%err, %key, "a route names no transport; not listed");
+                            return None;
+                        }
                     };
                     live.contains(&node).then(|| ClusterUser {
                         username: key.strip_prefix(keys::ROUTES).unwrap_or(key).into(),

@@ -24,14 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::ids::{Epoch, NodeId};
 use super::outbox::LocalSender;
-use super::registry::Transport;
-
-/// A claim's place in the order of a user's connections: higher is newer.
-pub type Epoch = u64;
-
-/// A node's name (`--node-id`).
-pub type NodeId = Arc<str>;
+use super::transport::Transport;
 
 /// An envelope accepted here for a user with no connection here.
 #[derive(Debug, Clone)]

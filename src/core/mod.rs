@@ -9,6 +9,7 @@ pub mod histogram;
 pub mod hub;
 pub mod ice;
 pub mod identity;
+pub mod ids;
 pub mod limits;
 pub mod outbox;
 pub mod readiness;
@@ -20,6 +21,7 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod token;
+pub mod transport;
 pub mod username;
 pub mod wire;
 
@@ -29,6 +31,6 @@ pub use ice::{IceConfig, IceServer, IceServers};
 pub use identity::{AuthError, Identities, RegisterError};
 pub use limits::Limits;
 pub use readiness::NotReady;
-pub use registry::Transport;
 pub use session::{AfterWrite, Session, WriteError, write_within};
+pub use transport::{Transport, UnknownTransport};
 pub use wire::{CloseReason, ErrorType};

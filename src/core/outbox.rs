@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::cluster::NodeId;
+use super::ids::NodeId;
 use super::wire::CloseReason;
 
 /// Identifies one live connection; never reused within a process.

@@ -13,42 +13,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::cluster::{Epoch, NodeId};
+use super::ids::{Epoch, NodeId};
 use super::outbox::{ConnId, Outbox, PushError, Queued};
+pub use super::transport::Transport;
 use super::wire::CloseReason;
-
-/// Which transport a connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// RFC 6455 WebSocket over HTTP/1.1 (axum).
-    WebSocket,
-    /// WebTransport over HTTP/3 (quinn + h3).
-    WebTransport,
-}
-
-impl Transport {
-    /// Every transport.
-    pub const ALL: [Transport; 2] = [Transport::WebSocket, Transport::WebTransport];
-
-    /// This transport's position in [`Transport::ALL`].
-    pub const fn index(self) -> usize {
-        match self {
-            Transport::WebSocket => 0,
-            Transport::WebTransport => 1,
-        }
-    }
-
-    /// The name used on the wire and in logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Transport::WebSocket => "websocket",
-            Transport::WebTransport => "webtransport",
-        }
-    }
-}
 
 /// A live connection as the registry knows it.
 #[derive(Debug, Clone)]

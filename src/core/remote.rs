@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::cluster::{Broadcast, Epoch, Fate, NodeId, Outgoing, Pending};
+use super::cluster::{Broadcast, Fate, Outgoing, Pending};
 use super::envelope::{ErrorDetail, Inbound, error_frame};
 use super::hub::Hub;
+use super::ids::{Epoch, NodeId};
 use super::outbox::{LocalSender, Origin, PushError, Queued};
 use super::registry::{Claim, Delivery};
 use super::wire::{CloseReason, ErrorType};
@@ -245,8 +246,8 @@ mod tests {
     use super::*;
     use crate::core::Limits;
     use crate::core::cluster::{Cluster, ClusterError, ClusterFuture, ClusterUser, NodeInfo};
-    use crate::core::registry::Transport;
     use crate::core::testing::{connect, hub_with, take};
+    use crate::core::transport::Transport;
 
     /// A cluster whose other nodes are this test: it records what the hub
     /// hands it.

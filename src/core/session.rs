@@ -11,17 +11,19 @@ use std::time::{Duration, Instant, SystemTime};
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 
 use super::admission::{Admission, quota, rate_clock, retry_after};
-use super::cluster::{Epoch, Fate};
+use super::cluster::Fate;
 use super::envelope::{
     EnvelopeError, ErrorDetail, Inbound, error_frame, forward_frame, parse_inbound,
     parse_inbound_text, server_frame,
 };
 use super::envelope::{Welcome, welcome_frame};
 use super::hub::{Claimed, Hub};
+use super::ids::Epoch;
 use super::outbox::{ConnId, LocalSender, Origin, Outbox, PushError, Queued};
-use super::registry::{Delivery, Entry, Transport};
+use super::registry::{Delivery, Entry};
 use super::store::unix_ms;
 use super::token::TOKEN_LEEWAY;
+use super::transport::Transport;
 use super::wire::{
     CloseReason, ErrorType, REFRESH_TOKEN_TYPE, TOKEN_EXPIRING_TYPE, TOKEN_REFRESHED_TYPE,
 };
@@ -615,8 +617,10 @@ impl Drop for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::AuthError;
     use crate::core::Limits;
-    use crate::core::testing::{connect, drain, hub_with, take};
+    use crate::core::store::Registration;
+    use crate::core::testing::{LOCAL, connect, drain, hub_with, take};
     use serde_json::Value;
     use std::num::NonZeroU32;
 
@@ -779,5 +783,26 @@ mod tests {
         let got = drain(&bob);
         let seq: Vec<i64> = got.iter().map(|v| v["payload"].as_i64().unwrap()).collect();
         assert_eq!(seq, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_token_checked_before_a_deletion_cannot_attach_after_it() {
+        let hub = hub_with(Limits::default());
+        let token = match futures::executor::block_on(hub.register("alice", None, LOCAL)).unwrap() {
+            Registration::Created { token, .. } => token,
+            other => panic!("{other:?}"),
+        };
+        let authenticated = futures::executor::block_on(hub.authenticate(&token)).unwrap();
+        futures::executor::block_on(hub.delete_identities()).unwrap();
+        let admission = hub.admit(LOCAL).unwrap();
+        let claimed =
+            futures::executor::block_on(hub.claim(authenticated, Transport::WebTransport)).unwrap();
+        let refused = Session::attach(&hub, admission, claimed, LOCAL, Instant::now()).unwrap_err();
+        assert_eq!(refused, CloseReason::Unauthenticated);
+        assert_eq!(
+            futures::executor::block_on(hub.authenticate(&token)).unwrap_err(),
+            AuthError::Unknown
+        );
+        assert!(!hub.is_connected("alice"));
     }
 }

@@ -10,8 +10,8 @@ use super::hub::{Authenticated, Hub};
 use super::ice::{IceConfig, IceServer, IceServers};
 use super::identity::Identities;
 use super::limits::Limits;
-use super::registry::Transport;
 use super::session::Session;
+use super::transport::Transport;
 use super::wire::CloseReason;
 
 /// The address test clients come from.
