@@ -7,17 +7,24 @@
 //! each other with identical envelopes.
 //!
 //! # Layout
-//! - [`core`]: envelopes, `UserStore`, `UserClientRegistry`, the hub (the
-//!   gateway's use cases behind methods), sessions (routing), limits, and
-//!   the wire table. No IO: it knows nothing of axum, hyper, quinn or h3.
+//! - [`core`]: envelopes, the `IdentityStore` trait, `UserClientRegistry`,
+//!   admission, identities, the hub (the services put together behind
+//!   methods), sessions (routing), limits, and the wire table. No IO: it
+//!   knows nothing of axum, hyper, quinn or h3.
+//!   - A new auth method is a [`core::token::TokenVerifier`] in its own file
+//!     (as [`jwt`] is) plus one line where `server.rs` builds the list of
+//!     verifiers; [`core::identity`] asks each whether a token is its kind.
+//!   - A new store backend is an [`core::store::IdentityStore`] in its own
+//!     file under [`store`] plus its `StoreKind` value and its arm in
+//!     `store::open`.
 //! - [`connection`]: the one connection loop every transport runs, generic
 //!   over a small [`connection::Link`] trait, and the line framer.
 //! - [`http`]: the REST API, admin routes, web app and the WebSocket
 //!   transport (axum).
 //! - [`webtransport`]: the WebTransport transport (quinn + h3 +
 //!   h3-webtransport).
-//! - [`store`]: where registered identities live (memory, or an embedded
-//!   database that survives restarts).
+//! - [`store`]: where registered identities live (memory, an embedded
+//!   database that survives restarts, or Redis shared by a cluster).
 //! - [`jwt`]: verifies the JWTs an application issues (secret, public key
 //!   or JWKS).
 //! - [`metrics`]: the Prometheus exposition of the core's counters.
