@@ -12,8 +12,9 @@
 //!   methods), sessions (routing), limits, and the wire table. No IO: it
 //!   knows nothing of axum, hyper, quinn or h3.
 //!   - A new auth method is a [`core::token::TokenVerifier`] in its own file
-//!     (as [`jwt`] is) plus one line where `server.rs` builds the list of
-//!     verifiers; [`core::identity`] asks each whether a token is its kind.
+//!     (as [`jwt`] is) plus one line where `src/server/mod.rs` builds the
+//!     list of verifiers; [`core::identity`] asks each whether a token is
+//!     its kind.
 //!   - A new store backend is an [`core::store::IdentityStore`] in its own
 //!     file under [`store`] plus its `StoreKind` value and its arm in
 //!     `store::open`.

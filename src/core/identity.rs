@@ -2,7 +2,7 @@
 //! Tokens are checked by the first [`TokenVerifier`] that says the token is
 //! its kind, and otherwise looked up among registered identities; a new
 //! kind of token is one verifier added where the list is built
-//! (`server.rs`).
+//! (`src/server/mod.rs`).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
