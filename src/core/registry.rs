@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::ids::{Epoch, NodeId};
 use super::outbox::{ConnId, Outbox, PushError, Queued};
-pub use super::transport::Transport;
+use super::transport::Transport;
 use super::wire::CloseReason;
 
 /// A live connection as the registry knows it.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use serde::Serialize;
 
 use super::histogram::{BATCH_BOUNDS, Histogram, LATENCY_BOUNDS, SETUP_BOUNDS};
-use super::registry::Transport;
+use super::transport::Transport;
 use super::wire::{CloseReason, ErrorType, PreSessionClose};
 
 /// A monotonically increasing counter.
