@@ -172,7 +172,8 @@ impl Reloader {
         }
         parts.ice.0.store(Arc::new(ice));
         if let (Some(live), Some(verifier)) = (&parts.verifier, verifier) {
-            live.0.store(Arc::new(verifier));
+            let clock = live.0.load().clock().clone();
+            live.0.store(Arc::new(verifier.with_clock(clock)));
         }
         Ok(Reloaded {
             sha256_hex: identity.sha256_hex(),

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use tokio::sync::Notify;
 
+use super::clock::{Clock, KeyedRateLimiter};
 use super::limits::{Limits, ip_key};
 use super::wire::HttpError;
 
@@ -81,29 +81,12 @@ pub(super) fn quota(rate: NonZeroU32, burst: NonZeroU32) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-/// The clock of every rate limiter. Made once: making one (governor's
-/// `RateLimiter::direct`, `DefaultClock::default()`) asks the CPU whether
-/// its TSC is usable with several `CPUID` instructions, and in a virtual
-/// machine each of those traps to the hypervisor. Per connection that was
-/// about a tenth of the server CPU of a WebTransport set-up (`perf`, issue 17).
-pub(super) fn rate_clock() -> &'static DefaultClock {
-    static CLOCK: std::sync::LazyLock<DefaultClock> =
-        std::sync::LazyLock::new(DefaultClock::default);
-    &CLOCK
-}
-
-/// How long a rate limiter asks to wait.
-pub(super) fn retry_after(
-    not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>,
-) -> Duration {
-    not_until.wait_time_from(rate_clock().now())
-}
-
 /// The caps and the connect rate, and the slots they hand out.
 #[derive(Debug)]
 pub struct Admissions {
     books: Arc<Books>,
-    connect_rate: DefaultKeyedRateLimiter<IpAddr>,
+    connect_rate: KeyedRateLimiter<IpAddr>,
+    clock: Clock,
     max_connections: usize,
     max_pending: usize,
     max_pending_per_ip: usize,
@@ -128,14 +111,15 @@ impl Books {
 }
 
 impl Admissions {
-    /// The caps and rates of `limits`.
-    pub fn new(limits: &Limits) -> Self {
+    /// The caps and rates of `limits`, the rates on `clock`.
+    pub fn new(limits: &Limits, clock: &Clock) -> Self {
         Self {
             books: Arc::default(),
-            connect_rate: RateLimiter::keyed(quota(
+            connect_rate: clock.keyed_rate(quota(
                 limits.connect_rate_per_ip,
                 limits.connect_burst_per_ip,
             )),
+            clock: clock.clone(),
             max_connections: limits.max_connections,
             max_pending: limits.max_pending_connections,
             max_pending_per_ip: limits.max_pending_per_ip,
@@ -152,7 +136,7 @@ impl Admissions {
     fn check_connect_rate(&self, peer: IpAddr) -> Result<(), Refusal> {
         self.connect_rate
             .check_key(&ip_key(peer))
-            .map_err(|not_until| Refusal::RateLimited(retry_after(&not_until)))
+            .map_err(|not_until| Refusal::RateLimited(self.clock.retry_after(&not_until)))
     }
 
     /// One of the `--max-connections` slots.
@@ -262,16 +246,20 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::clock::ManualClock;
     use std::net::Ipv4Addr;
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     #[test]
     fn the_connection_cap_is_enforced_and_released_on_drop() {
-        let admissions = Admissions::new(&Limits {
-            max_connections: 1,
-            ..Limits::default()
-        });
+        let admissions = Admissions::new(
+            &Limits {
+                max_connections: 1,
+                ..Limits::default()
+            },
+            &Clock::system(),
+        );
         let first = admissions.admit(LOCAL).unwrap();
         assert_eq!(admissions.admit(LOCAL).unwrap_err(), Refusal::AtCapacity(1));
         drop(first);
@@ -279,30 +267,44 @@ mod tests {
     }
 
     #[test]
-    fn per_ip_connection_rate_is_enforced() {
-        let admissions = Admissions::new(&Limits {
-            connect_rate_per_ip: NonZeroU32::new(1).unwrap(),
-            connect_burst_per_ip: NonZeroU32::new(2).unwrap(),
-            ..Limits::default()
-        });
+    fn per_ip_connection_rate_is_enforced_and_refills() {
+        let manual = ManualClock::new();
+        let admissions = Admissions::new(
+            &Limits {
+                connect_rate_per_ip: NonZeroU32::new(1).unwrap(),
+                connect_burst_per_ip: NonZeroU32::new(2).unwrap(),
+                ..Limits::default()
+            },
+            &manual.clock(),
+        );
         let _a = admissions.admit(LOCAL).unwrap();
         let _b = admissions.admit(LOCAL).unwrap();
-        assert!(matches!(
-            admissions.admit(LOCAL),
-            Err(Refusal::RateLimited(_))
-        ));
+        assert_eq!(
+            admissions.admit(LOCAL).unwrap_err(),
+            Refusal::RateLimited(Duration::from_secs(1))
+        );
         let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         assert!(admissions.admit(other).is_ok(), "limits are per address");
+        manual.advance(Duration::from_millis(400));
+        assert_eq!(
+            admissions.admit(LOCAL).unwrap_err(),
+            Refusal::RateLimited(Duration::from_millis(600))
+        );
+        manual.advance(Duration::from_millis(600));
+        assert!(admissions.admit(LOCAL).is_ok(), "one more a second");
     }
 
     #[test]
     fn pending_connections_have_caps_of_their_own() {
-        let admissions = Admissions::new(&Limits {
-            max_connections: 1,
-            max_pending_connections: 3,
-            max_pending_per_ip: 2,
-            ..Limits::default()
-        });
+        let admissions = Admissions::new(
+            &Limits {
+                max_connections: 1,
+                max_pending_connections: 3,
+                max_pending_per_ip: 2,
+                ..Limits::default()
+            },
+            &Clock::system(),
+        );
         let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         let a = admissions.admit_pending(LOCAL).unwrap();
         let _b = admissions.admit_pending(LOCAL).unwrap();

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::clock::Clock;
 use super::ids::{Epoch, NodeId};
 use super::outbox::LocalSender;
 use super::transport::Transport;
@@ -199,14 +200,16 @@ struct Book {
 pub struct InFlight {
     book: Mutex<Book>,
     timeout: Duration,
+    clock: Clock,
 }
 
 impl InFlight {
-    /// A book whose envelopes are given up after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// A book whose envelopes are given up after `timeout` of `clock`.
+    pub fn new(timeout: Duration, clock: Clock) -> Self {
         Self {
             book: Mutex::new(Book::default()),
             timeout,
+            clock,
         }
     }
 
@@ -219,7 +222,7 @@ impl InFlight {
 
     /// Remembers an envelope about to be sent; returns its id.
     pub fn insert(&self, pending: Pending) -> u64 {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.clock.now() + self.timeout;
         let mut book = self.lock();
         book.next_id += 1;
         let id = book.next_id;
@@ -270,6 +273,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::clock::ManualClock;
 
     fn pending(target: &str) -> Pending {
         Pending {
@@ -285,7 +289,7 @@ mod tests {
 
     #[test]
     fn settled_envelopes_leave_the_book_once() {
-        let book = InFlight::new(Duration::from_secs(60));
+        let book = InFlight::new(Duration::from_secs(60), Clock::system());
         let first = book.insert(pending("bob"));
         let second = book.insert(pending("carol"));
         assert_ne!(first, second);
@@ -297,13 +301,16 @@ mod tests {
 
     #[test]
     fn unsettled_envelopes_expire_in_order_and_settled_ones_never() {
-        let book = InFlight::new(Duration::from_millis(10));
+        let manual = ManualClock::new();
+        let clock = manual.clock();
+        let book = InFlight::new(Duration::from_millis(10), clock.clone());
         let first = book.insert(pending("bob"));
         book.insert(pending("carol"));
         book.take(first);
-        assert!(book.expired(Instant::now()).is_empty(), "not yet");
-        let later = Instant::now() + Duration::from_millis(20);
-        let expired = book.expired(later);
+        manual.advance(Duration::from_millis(9));
+        assert!(book.expired(clock.now()).is_empty(), "not yet");
+        manual.advance(Duration::from_millis(1));
+        let expired = book.expired(clock.now());
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].target.as_ref(), "carol");
         assert!(book.is_empty());
@@ -311,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_restored_envelope_keeps_its_deadline() {
-        let book = InFlight::new(Duration::from_millis(10));
+        let book = InFlight::new(Duration::from_millis(10), Clock::system());
         let id = book.insert(pending("bob"));
         let (mut taken, deadline) = book.take(id).unwrap();
         taken.retried = true;

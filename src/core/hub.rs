@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, Admissions, PendingAdmission, Refusal};
+use super::clock::Clock;
 use super::cluster::{Broadcast, Cluster, ClusterError, ClusterUser, InFlight, NodeInfo};
 use super::envelope::{ErrorDetail, Inbound, error_frame};
 use super::ice::{IceConfig, IceServers};
@@ -168,16 +169,28 @@ pub struct Hub {
     cluster: OnceLock<Arc<dyn Cluster>>,
     /// Envelopes sent to other nodes and not settled yet.
     in_flight: InFlight,
+    clock: Clock,
 }
 
 impl Hub {
     /// A hub with the given limits, taking identities from `identities`
-    /// and handing out the ICE servers of `ice`.
+    /// and handing out the ICE servers of `ice`, on the system's clock.
     pub fn new(limits: Limits, identities: Identities, ice: Arc<dyn IceServers>) -> Arc<Self> {
+        Self::with_clock(limits, identities, ice, Clock::system())
+    }
+
+    /// A hub as [`Hub::new`] makes it, reading time from `clock` (the
+    /// store in `identities` should read the same one).
+    pub fn with_clock(
+        limits: Limits,
+        identities: Identities,
+        ice: Arc<dyn IceServers>,
+        clock: Clock,
+    ) -> Arc<Self> {
         let stats = Arc::new(Stats::default());
         Arc::new(Self {
-            admissions: Admissions::new(&limits),
-            identities: IdentityService::new(identities, &limits, stats.clone()),
+            admissions: Admissions::new(&limits, &clock),
+            identities: IdentityService::new(identities, &limits, stats.clone(), &clock),
             ice,
             registry: UserClientRegistry::default(),
             stats,
@@ -185,9 +198,15 @@ impl Hub {
             stopping: CancellationToken::new(),
             phase: Phase::default(),
             cluster: OnceLock::new(),
-            in_flight: InFlight::new(limits.delivery_timeout),
+            in_flight: InFlight::new(limits.delivery_timeout, clock.clone()),
             limits,
+            clock,
         })
+    }
+
+    /// The clock the core reads time from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The limits in force.
@@ -303,7 +322,7 @@ impl Hub {
 
     /// The ICE servers `user` should use, with TURN credentials minted now.
     pub fn ice_servers(&self, user: &str) -> IceConfig {
-        self.ice.for_user(user, SystemTime::now())
+        self.ice.for_user(user, self.clock.wall())
     }
 
     /// Verifies a token presented to replace a connection's token; it must
@@ -505,7 +524,7 @@ impl Hub {
     /// last-seen times, and forgets idle per-IP rate state. Returns the
     /// number of identities expired.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        self.registry.prune_fences(FENCE_MEMORY);
+        self.registry.prune_fences(FENCE_MEMORY, self.clock.now());
         let in_use = |name: &str| self.registry.contains(name);
         let expired = self.identities.expire(&in_use).await?;
         self.admissions.forget_quiet();

@@ -9,9 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use governor::{DefaultKeyedRateLimiter, RateLimiter};
-
-use super::admission::{Refusal, quota, retry_after};
+use super::admission::{Refusal, quota};
+use super::clock::{Clock, KeyedRateLimiter};
 use super::limits::{Limits, ip_key};
 use super::stats::{AuthMethod, AuthOutcome, RegistrationOutcome, Stats};
 use super::store::{IdentityStore, MemoryStore, Registration, StoreError};
@@ -82,13 +81,13 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// Registered identities in memory only, no JWTs.
-    pub fn in_memory(limits: &Limits) -> Self {
+    /// Registered identities in memory only, dated by `clock`; no JWTs.
+    pub fn in_memory(limits: &Limits, clock: &Clock) -> Self {
         Self {
-            store: Arc::new(MemoryStore::new(
-                limits.max_identities,
-                limits.max_identities_per_ip,
-            )),
+            store: Arc::new(
+                MemoryStore::new(limits.max_identities, limits.max_identities_per_ip)
+                    .with_clock(clock.clone()),
+            ),
             verifiers: Vec::new(),
             mode: AuthMode::Register,
         }
@@ -105,25 +104,28 @@ pub struct IdentityService {
     store: Arc<dyn IdentityStore>,
     verifiers: Vec<Arc<dyn TokenVerifier>>,
     mode: AuthMode,
-    register_rate: DefaultKeyedRateLimiter<IpAddr>,
+    register_rate: KeyedRateLimiter<IpAddr>,
     identity_ttl: Duration,
     stats: Arc<Stats>,
+    clock: Clock,
 }
 
 impl IdentityService {
     /// The service over `identities`, with the registration rate and the
-    /// identity lifetime of `limits`, counting into `stats`.
-    pub fn new(identities: Identities, limits: &Limits, stats: Arc<Stats>) -> Self {
+    /// identity lifetime of `limits`, counting into `stats`; the rate runs
+    /// on `clock`.
+    pub fn new(identities: Identities, limits: &Limits, stats: Arc<Stats>, clock: &Clock) -> Self {
         Self {
             store: identities.store,
             verifiers: identities.verifiers,
             mode: identities.mode,
-            register_rate: RateLimiter::keyed(quota(
+            register_rate: clock.keyed_rate(quota(
                 limits.register_rate_per_ip,
                 limits.register_burst_per_ip,
             )),
             identity_ttl: limits.identity_ttl,
             stats,
+            clock: clock.clone(),
         }
     }
 
@@ -133,7 +135,7 @@ impl IdentityService {
             .check_key(&ip_key(peer))
             .map_err(|not_until| {
                 self.stats.registration(RegistrationOutcome::Refused);
-                Refusal::RateLimited(retry_after(&not_until))
+                Refusal::RateLimited(self.clock.retry_after(&not_until))
             })
     }
 

@@ -3,6 +3,7 @@
 //! knows about axum, hyper, quinn or h3.
 
 pub mod admission;
+pub mod clock;
 pub mod cluster;
 pub mod envelope;
 pub mod histogram;

@@ -190,10 +190,10 @@ impl UserClientRegistry {
     /// A newer claim on `user` exists elsewhere, superseding `epoch`:
     /// closes the user's connection here as `REPLACED` if its epoch is
     /// `epoch` or lower, and refuses such connections still on their way
-    /// in. Returns whether a live connection was closed.
-    pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
+    /// in. Returns whether a live connection was closed. `now` dates the
+    /// fence.
+    pub fn fence(&self, user: &str, epoch: Epoch, now: Instant) -> bool {
         let mut state = self.lock();
-        let now = Instant::now();
         match state.fences.get_mut(user) {
             Some(fence) => *fence = (fence.0.max(epoch), now),
             None => {
@@ -218,8 +218,7 @@ impl UserClientRegistry {
     /// Forgets fences older than `age`: by then every connection they could
     /// refuse has attached or given up (set-up is bounded by the handshake
     /// and stream-open timeouts).
-    pub fn prune_fences(&self, age: Duration) {
-        let now = Instant::now();
+    pub fn prune_fences(&self, age: Duration, now: Instant) {
         self.lock()
             .fences
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < age);
@@ -419,9 +418,10 @@ mod tests {
         registry
             .insert("alice".into(), live.clone(), grant)
             .unwrap();
-        assert!(!registry.fence("alice", 6), "an older epoch leaves it");
+        let now = Instant::now();
+        assert!(!registry.fence("alice", 6, now), "an older epoch leaves it");
         assert_eq!(live.outbox.closing(), None);
-        assert!(registry.fence("alice", 7));
+        assert!(registry.fence("alice", 7, now));
         assert_eq!(live.outbox.closing(), Some(CloseReason::Replaced));
         assert!(!registry.contains("alice"));
         // A connection that claimed epoch 7 but attaches after the fence.
@@ -432,8 +432,8 @@ mod tests {
             CloseReason::Replaced
         );
         registry.insert("alice".into(), entry(8, 8), grant).unwrap();
-        registry.prune_fences(Duration::ZERO);
-        assert!(!registry.fence("bob", 1), "nobody to close");
+        registry.prune_fences(Duration::from_secs(60), now + Duration::from_secs(60));
+        assert!(!registry.fence("bob", 1, now), "nobody to close");
     }
 
     #[test]

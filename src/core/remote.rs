@@ -3,7 +3,6 @@
 //! The cluster backend calls these when it hears from the other nodes.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -106,7 +105,7 @@ impl Hub {
     /// Answers every envelope sent to another node whose deadline has
     /// passed without word of its fate: `UNCONFIRMED`.
     pub fn expire_remote(&self) -> usize {
-        let expired = self.in_flight_envelopes().expired(Instant::now());
+        let expired = self.in_flight_envelopes().expired(self.clock().now());
         let timeout = self.limits().delivery_timeout;
         for pending in &expired {
             self.stats().remote_unconfirmed.inc();
@@ -174,7 +173,7 @@ impl Hub {
                 node: from.clone(),
                 id,
             }),
-            accepted_at: Some(Instant::now()),
+            accepted_at: Some(self.clock().now()),
         };
         if self.cluster().is_some_and(|cluster| !cluster.current()) {
             self.stats().remote_in_failed.inc();
@@ -212,7 +211,7 @@ impl Hub {
     /// A newer claim on `user` was made elsewhere, superseding `epoch`:
     /// closes the user's connection here if it is that one or older.
     pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
-        self.registry().fence(user, epoch)
+        self.registry().fence(user, epoch, self.clock().now())
     }
 
     /// Carries out an admin action another node broadcast.
@@ -245,9 +244,11 @@ mod tests {
 
     use super::*;
     use crate::core::Limits;
+    use crate::core::clock::{Clock, ManualClock};
     use crate::core::cluster::{Cluster, ClusterError, ClusterFuture, ClusterUser, NodeInfo};
-    use crate::core::testing::{connect, hub_with, take};
+    use crate::core::testing::{connect, hub_at, take};
     use crate::core::transport::Transport;
+    use std::time::Duration;
 
     /// A cluster whose other nodes are this test: it records what the hub
     /// hands it.
@@ -295,7 +296,11 @@ mod tests {
     }
 
     fn clustered(limits: Limits) -> (Arc<Hub>, Arc<Recorder>) {
-        let hub = hub_with(limits);
+        clustered_at(limits, Clock::system())
+    }
+
+    fn clustered_at(limits: Limits, clock: Clock) -> (Arc<Hub>, Arc<Recorder>) {
+        let hub = hub_at(limits, clock);
         let recorder = Arc::new(Recorder::default());
         hub.join(recorder.clone());
         (hub, recorder)
@@ -370,13 +375,19 @@ mod tests {
 
     #[test]
     fn an_unsettled_envelope_is_answered_unconfirmed_at_its_deadline() {
-        let (hub, _cluster) = clustered(Limits {
-            delivery_timeout: std::time::Duration::from_millis(1),
-            ..Limits::default()
-        });
+        let manual = ManualClock::new();
+        let (hub, _cluster) = clustered_at(
+            Limits {
+                delivery_timeout: Duration::from_secs(5),
+                ..Limits::default()
+            },
+            manual.clock(),
+        );
         let alice = connect(&hub, "alice");
         alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        manual.advance(Duration::from_millis(4999));
+        assert_eq!(hub.expire_remote(), 0, "not yet");
+        manual.advance(Duration::from_millis(1));
         assert_eq!(hub.expire_remote(), 1);
         let answers = take(&alice);
         assert_eq!(answers[0]["type"], "UNCONFIRMED");

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
-
-use super::admission::{Admission, quota, rate_clock, retry_after};
+use super::admission::{Admission, quota};
+use super::clock::DirectRateLimiter;
 use super::cluster::Fate;
 use super::envelope::{
     EnvelopeError, ErrorDetail, Inbound, error_frame, forward_frame, parse_inbound,
@@ -48,20 +47,20 @@ struct TokenLife {
 }
 
 impl TokenLife {
-    fn new(expires_at: SystemTime) -> Self {
+    fn new(expires_at: SystemTime, now_ms: u64) -> Self {
         let life = Self {
             expires_ms: AtomicU64::new(0),
             set_ms: AtomicU64::new(0),
             warned_ms: AtomicU64::new(0),
             renewed: tokio::sync::Notify::new(),
         };
-        life.renew(expires_at);
+        life.renew(expires_at, now_ms);
         life
     }
 
-    fn renew(&self, expires_at: SystemTime) {
-        self.set_ms
-            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+    /// Sets the expiry to `expires_at`, at `now_ms` (Unix milliseconds).
+    fn renew(&self, expires_at: SystemTime, now_ms: u64) {
+        self.set_ms.store(now_ms, Ordering::Relaxed);
         self.expires_ms
             .store(unix_ms(expires_at), Ordering::Relaxed);
     }
@@ -123,8 +122,8 @@ pub struct Session {
     epoch: Epoch,
     transport: Transport,
     outbox: Arc<Outbox>,
-    limiter: DefaultDirectRateLimiter,
-    strikes: DefaultDirectRateLimiter,
+    limiter: DirectRateLimiter,
+    strikes: DirectRateLimiter,
     token: Option<Arc<TokenLife>>,
     /// When the client's first request or packet arrived.
     started: Instant,
@@ -171,7 +170,7 @@ impl Session {
                 epoch,
                 transport,
                 outbox: outbox.clone(),
-                since: SystemTime::now(),
+                since: hub.clock().wall(),
                 peer,
             },
             grant,
@@ -208,15 +207,19 @@ impl Session {
         started: Instant,
     ) -> Self {
         let envelope_quota = quota(hub.limits().envelope_rate, hub.limits().envelope_burst);
+        let clock = hub.clock();
+        let limiter = clock.direct_rate(envelope_quota);
+        let strikes = clock.direct_rate(envelope_quota);
+        let token = expires_at.map(|at| Arc::new(TokenLife::new(at, clock.unix_ms())));
         Self {
             hub,
             origin,
             epoch,
             transport,
             outbox,
-            limiter: RateLimiter::direct_with_clock(envelope_quota, rate_clock().clone()),
-            strikes: RateLimiter::direct_with_clock(envelope_quota, rate_clock().clone()),
-            token: expires_at.map(|at| Arc::new(TokenLife::new(at))),
+            limiter,
+            strikes,
+            token,
             started,
             _admission: admission,
         }
@@ -280,7 +283,7 @@ impl Session {
                 self.close(CloseReason::RateLimited);
                 return false;
             }
-            let retry = retry_after(&not_until);
+            let retry = self.hub.clock().retry_after(&not_until);
             self.reply_error(
                 ErrorType::RateLimited,
                 ErrorDetail {
@@ -339,7 +342,7 @@ impl Session {
         let item = Queued {
             frame,
             origin: Some(Origin::Local(self.origin.clone())),
-            accepted_at: Some(Instant::now()),
+            accepted_at: Some(self.hub.clock().now()),
         };
         match self.hub.registry().deliver(&inbound.target, item) {
             Delivery::Queued => stats.forwarded.inc(),
@@ -451,9 +454,10 @@ impl Session {
         tokio::spawn(async move {
             let frame = match hub.refresh(&user, &token).await {
                 Ok(expires_at) => {
-                    life.renew(expires_at);
+                    let now_ms = hub.clock().unix_ms();
+                    life.renew(expires_at, now_ms);
                     life.renewed.notify_one();
-                    server_frame(TOKEN_REFRESHED_TYPE, &expiry(unix_ms(expires_at)))
+                    server_frame(TOKEN_REFRESHED_TYPE, &expiry(unix_ms(expires_at), now_ms))
                 }
                 Err(err) => {
                     hub.stats().error_sent(ErrorType::TokenRefused);
@@ -478,7 +482,7 @@ impl Session {
     /// to do (no JWT, or closed).
     pub fn check_token(&self) -> Option<Duration> {
         let life = self.token.as_ref()?;
-        let now = unix_ms(SystemTime::now());
+        let now = self.hub.clock().unix_ms();
         let expires = life.expires_ms.load(Ordering::Relaxed);
         let close_at = expires.saturating_add(duration_ms(TOKEN_LEEWAY));
         if now >= close_at {
@@ -491,7 +495,7 @@ impl Session {
             return Some(Duration::from_millis(warn_at - now));
         }
         if life.warned_ms.swap(expires, Ordering::Relaxed) != expires {
-            self.reply(server_frame(TOKEN_EXPIRING_TYPE, &expiry(expires)));
+            self.reply(server_frame(TOKEN_EXPIRING_TYPE, &expiry(expires, now)));
         }
         Some(Duration::from_millis(close_at - now))
     }
@@ -546,7 +550,7 @@ impl Session {
     /// each took from its acceptance.
     pub fn record_written(&self, batch: &VecDeque<Queued>) {
         let stats = self.hub.stats();
-        let now = Instant::now();
+        let now = self.hub.clock().now();
         let mut forwarded = 0;
         stats
             .relay_latency
@@ -597,11 +601,11 @@ fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The payload of `TOKEN_EXPIRING` and `TOKEN_REFRESHED`.
-fn expiry(expires_ms: u64) -> TokenExpiry {
+/// The payload of `TOKEN_EXPIRING` and `TOKEN_REFRESHED`, at `now_ms`.
+fn expiry(expires_ms: u64, now_ms: u64) -> TokenExpiry {
     TokenExpiry {
         expires_at: expires_ms / 1000,
-        expires_in_ms: expires_ms.saturating_sub(unix_ms(SystemTime::now())),
+        expires_in_ms: expires_ms.saturating_sub(now_ms),
     }
 }
 
@@ -619,8 +623,10 @@ mod tests {
     use super::*;
     use crate::core::AuthError;
     use crate::core::Limits;
+    use crate::core::clock::ManualClock;
+    use crate::core::hub::Authenticated;
     use crate::core::store::Registration;
-    use crate::core::testing::{LOCAL, connect, drain, hub_with, take};
+    use crate::core::testing::{LOCAL, connect, drain, hub_at, hub_with, take};
     use serde_json::Value;
     use std::num::NonZeroU32;
 
@@ -797,12 +803,45 @@ mod tests {
         let admission = hub.admit(LOCAL).unwrap();
         let claimed =
             futures::executor::block_on(hub.claim(authenticated, Transport::WebTransport)).unwrap();
-        let refused = Session::attach(&hub, admission, claimed, LOCAL, Instant::now()).unwrap_err();
+        let refused =
+            Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now()).unwrap_err();
         assert_eq!(refused, CloseReason::Unauthenticated);
         assert_eq!(
             futures::executor::block_on(hub.authenticate(&token)).unwrap_err(),
             AuthError::Unknown
         );
         assert!(!hub.is_connected("alice"));
+    }
+
+    #[test]
+    fn a_jwt_is_warned_about_then_closed_as_the_clock_passes_its_exp() {
+        let manual = ManualClock::new();
+        let hub = hub_at(Limits::default(), manual.clock());
+        let mut authenticated = Authenticated::for_tests(&hub, "alice");
+        authenticated.expires_at = Some(hub.clock().wall() + Duration::from_secs(600));
+        let admission = hub.admit(LOCAL).unwrap();
+        let claimed =
+            futures::executor::block_on(hub.claim(authenticated, Transport::WebSocket)).unwrap();
+        let alice = Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now()).unwrap();
+        assert_eq!(
+            alice.check_token(),
+            Some(Duration::from_secs(540)),
+            "look again a minute before exp"
+        );
+        assert!(take(&alice).is_empty());
+        manual.advance(Duration::from_secs(540));
+        assert_eq!(
+            alice.check_token(),
+            Some(Duration::from_secs(60) + TOKEN_LEEWAY)
+        );
+        let warned = take(&alice);
+        assert_eq!(warned[0]["type"], "TOKEN_EXPIRING");
+        assert_eq!(warned[0]["payload"]["expires_in_ms"], 60_000);
+        manual.advance(Duration::from_secs(60) + TOKEN_LEEWAY - Duration::from_millis(1));
+        assert_eq!(alice.check_token(), Some(Duration::from_millis(1)));
+        assert_eq!(alice.outbox().closing(), None);
+        manual.advance(Duration::from_millis(1));
+        assert_eq!(alice.check_token(), None);
+        assert_eq!(alice.outbox().closing(), Some(CloseReason::TokenExpired));
     }
 }

@@ -19,13 +19,15 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
+use super::clock::Clock;
+pub use super::clock::unix_ms;
 use super::wire::HttpError;
 
 /// SHA-256 of a token.
@@ -45,13 +47,6 @@ pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Milliseconds since the Unix epoch: identities are dated by the wall
-/// clock, so their ages survive a restart.
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One identity as a store keeps it.
@@ -273,6 +268,7 @@ pub struct MemoryStore {
     inner: RwLock<Inner>,
     max_identities: usize,
     max_per_address: usize,
+    clock: Clock,
 }
 
 impl MemoryStore {
@@ -283,7 +279,20 @@ impl MemoryStore {
             inner: RwLock::default(),
             max_identities,
             max_per_address,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same store dating identities by `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock identities are dated by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -487,7 +496,7 @@ impl MemoryStore {
         if let Some(settled) = decision.settled(presented) {
             return Ok(settled);
         }
-        let (record, token) = Record::fresh(name, address);
+        let (record, token) = Record::fresh(name, address, self.clock.unix_ms());
         let username = record.name.clone();
         inner.insert(record);
         Ok(Registration::Created { username, token })
@@ -508,14 +517,14 @@ fn existing(inner: &Inner, name: &str, presented: Option<&str>) -> Option<Decisi
 }
 
 impl Record {
-    /// A new identity for `name` registered from `address`, seen now, and
-    /// its token.
-    pub fn fresh(name: &str, address: IpAddr) -> (Record, String) {
+    /// A new identity for `name` registered from `address`, seen at
+    /// `seen_ms` (Unix milliseconds: now), and its token.
+    pub fn fresh(name: &str, address: IpAddr, seen_ms: u64) -> (Record, String) {
         let token = new_token();
         let record = Record {
             name: Arc::from(name),
             digest: token_digest(&token),
-            last_seen_ms: unix_ms(SystemTime::now()),
+            last_seen_ms: seen_ms,
             registered_by: address,
         };
         (record, token)
@@ -541,7 +550,7 @@ impl IdentityStore for MemoryStore {
     }
 
     fn touch(&self, name: &str) {
-        self.set_seen(name, unix_ms(SystemTime::now()));
+        self.set_seen(name, self.clock.unix_ms());
     }
 
     fn expire<'a>(
@@ -549,7 +558,9 @@ impl IdentityStore for MemoryStore {
         ttl: Duration,
         in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
     ) -> StoreFuture<'a, Vec<Arc<str>>> {
-        let cutoff = unix_ms(SystemTime::now())
+        let cutoff = self
+            .clock
+            .unix_ms()
             .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let expired = self.unseen_since(cutoff, in_use);
         self.remove(&expired);
@@ -576,6 +587,7 @@ impl IdentityStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::clock::ManualClock;
     use std::net::Ipv4Addr;
 
     const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -658,12 +670,23 @@ mod tests {
 
     #[test]
     fn expiry_frees_unseen_names_but_keeps_connected_ones() {
-        let store = MemoryStore::new(10, 1000);
+        let manual = ManualClock::new();
+        let store = MemoryStore::new(10, 1000).with_clock(manual.clock());
         let (_, old_token) = created(store.register_now("old", None, HOME).unwrap());
         store.register_now("online", None, HOME).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
+        manual.advance(Duration::from_secs(3600));
         store.register_now("fresh", None, HOME).unwrap();
-        let expired = expire(&store, Duration::from_millis(20), |name| name == "online");
+        assert!(
+            expire(
+                &store,
+                Duration::from_secs(3600) + Duration::from_millis(1),
+                |_| false
+            )
+            .is_empty(),
+            "not a millisecond past the lifetime"
+        );
+        manual.advance(Duration::from_millis(1));
+        let expired = expire(&store, Duration::from_secs(3600), |name| name == "online");
         assert_eq!(expired, vec![Arc::<str>::from("old")]);
         assert_eq!(store.lookup(&old_token), None);
         assert!(matches!(
@@ -684,7 +707,8 @@ mod tests {
 
     #[test]
     fn one_address_holds_a_bounded_number_of_identities() {
-        let store = MemoryStore::new(10, 2);
+        let manual = ManualClock::new();
+        let store = MemoryStore::new(10, 2).with_clock(manual.clock());
         let away = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         store.register_now("a", None, HOME).unwrap();
         let (_, b_token) = created(store.register_now("b", None, HOME).unwrap());
@@ -700,7 +724,7 @@ mod tests {
             "the owner reclaiming its name takes no new place"
         );
         store.register_now("c", None, away).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
+        manual.advance(Duration::from_millis(1));
         assert_eq!(expire(&store, Duration::ZERO, |name| name != "a").len(), 1);
         store.register_now("d", None, HOME).unwrap();
     }
@@ -713,7 +737,7 @@ mod tests {
     ) -> Result<Decision, StoreError> {
         let decision = store.decide_pending(pending, name, None, address)?;
         if decision == Decision::Create {
-            pending.create(Record::fresh(name, address).0);
+            pending.create(Record::fresh(name, address, store.clock().unix_ms()).0);
         }
         Ok(decision)
     }
@@ -802,13 +826,11 @@ mod tests {
 
     #[test]
     fn checking_a_token_does_not_refresh_the_identity() {
-        let store = MemoryStore::new(10, 10);
+        let manual = ManualClock::new();
+        let store = MemoryStore::new(10, 10).with_clock(manual.clock());
         let (_, token) = created(store.register_now("idle", None, HOME).unwrap());
-        std::thread::sleep(Duration::from_millis(30));
+        manual.advance(Duration::from_secs(30));
         assert!(store.lookup(&token).is_some());
-        assert_eq!(
-            expire(&store, Duration::from_millis(20), |_| false).len(),
-            1
-        );
+        assert_eq!(expire(&store, Duration::from_secs(20), |_| false).len(), 1);
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
+use super::clock::Clock;
 use super::hub::{Authenticated, Hub};
 use super::ice::{IceConfig, IceServer, IceServers};
 use super::identity::Identities;
@@ -19,8 +20,13 @@ pub(crate) const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A hub with `limits`, no identities and [`TestIce`].
 pub(crate) fn hub_with(limits: Limits) -> Arc<Hub> {
-    let identities = Identities::in_memory(&limits);
-    Hub::new(limits, identities, Arc::new(TestIce))
+    hub_at(limits, Clock::system())
+}
+
+/// A hub as [`hub_with`] makes it, reading time from `clock`.
+pub(crate) fn hub_at(limits: Limits, clock: Clock) -> Arc<Hub> {
+    let identities = Identities::in_memory(&limits, &clock);
+    Hub::with_clock(limits, identities, Arc::new(TestIce), clock)
 }
 
 /// One TURN server whose credentials name the user and the time, so a test
@@ -52,7 +58,7 @@ pub(crate) fn connect(hub: &Arc<Hub>, user: &str) -> Session {
         hub.claim(Authenticated::for_tests(hub, user), Transport::WebSocket),
     )
     .unwrap();
-    Session::attach(hub, admission, claimed, LOCAL, std::time::Instant::now()).unwrap()
+    Session::attach(hub, admission, claimed, LOCAL, hub.clock().now()).unwrap()
 }
 
 fn json(items: &[super::outbox::Queued]) -> Vec<Value> {

@@ -224,7 +224,10 @@ mod tests {
     fn app_with(admin_token: Option<&str>, secure: bool) -> Router {
         let hub = Hub::new(
             Limits::default(),
-            crate::core::Identities::in_memory(&Limits::default()),
+            crate::core::Identities::in_memory(
+                &Limits::default(),
+                &crate::core::clock::Clock::system(),
+            ),
             Arc::new(crate::turn::IceProvider::new(
                 Vec::new(),
                 Vec::new(),

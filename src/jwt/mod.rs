@@ -25,6 +25,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::core::clock::Clock;
 use crate::core::stats::AuthMethod;
 use crate::core::token::{TOKEN_LEEWAY, TokenError, TokenVerifier, Verified, VerifyFuture};
 
@@ -305,6 +306,8 @@ enum Keys {
 pub struct JwtVerifier {
     keys: Keys,
     claims: Claims,
+    /// What `exp` and `nbf` are checked against.
+    clock: Clock,
 }
 
 impl JwtVerifier {
@@ -332,7 +335,23 @@ impl JwtVerifier {
         {
             tracing::warn!(url = %jwks.settings.url, "JWKS unavailable at start; will fetch when a token arrives");
         }
-        Ok(Self { keys, claims })
+        Ok(Self {
+            keys,
+            claims,
+            clock: Clock::system(),
+        })
+    }
+
+    /// The clock lifetimes are checked against.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The same verifier checking lifetimes against `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The key a token names: the one key, or `kid` in the key set. An
@@ -373,9 +392,9 @@ impl JwtVerifier {
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.leeway = TOKEN_LEEWAY.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked below, against the clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp"]);
         match &self.claims.issuer {
             Some(issuer) => validation.set_issuer(&[issuer]),
@@ -411,10 +430,29 @@ impl JwtVerifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(TokenError::NoExpiry)?;
+        self.check_lifetime(exp, claims.get("nbf"))?;
         Ok(Verified {
             username,
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp.min(LATEST_EXP)),
         })
+    }
+}
+
+impl JwtVerifier {
+    /// Refuses a token past its `exp`, or before its `nbf`, by more than
+    /// [`TOKEN_LEEWAY`] (RFC 7519 §4.1.4, §4.1.5).
+    fn check_lifetime(&self, exp: u64, nbf: Option<&Value>) -> Result<(), TokenError> {
+        let now = self.clock.unix_ms() / 1000;
+        let leeway = TOKEN_LEEWAY.as_secs();
+        if exp < now.saturating_sub(leeway) {
+            return Err(TokenError::Expired);
+        }
+        match nbf.map(Value::as_u64) {
+            None => Ok(()),
+            Some(None) => Err(TokenError::Malformed("nbf is not a NumericDate".to_owned())),
+            Some(Some(nbf)) if nbf > now.saturating_add(leeway) => Err(TokenError::NotYetValid),
+            Some(Some(_)) => Ok(()),
+        }
     }
 }
 
@@ -482,4 +520,68 @@ fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
         KeyAlgorithm::EdDSA => Algorithm::EdDSA,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::ManualClock;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &[u8] = b"a secret of thirty-two bytes or more, for tests";
+
+    async fn verifier(manual: &ManualClock) -> JwtVerifier {
+        let claims = Claims {
+            issuer: None,
+            audience: None,
+            username: "sub".to_owned(),
+        };
+        JwtVerifier::new(KeySource::Secret(SECRET.to_vec()), claims)
+            .await
+            .unwrap()
+            .with_clock(manual.clock())
+    }
+
+    fn token(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::default(),
+            claims,
+            &EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn exp_and_nbf_are_checked_against_the_clock_with_the_leeway() {
+        let manual = ManualClock::new();
+        let verifier = verifier(&manual).await;
+        let now = manual.clock().unix_ms() / 1000;
+        let leeway = TOKEN_LEEWAY.as_secs();
+        let lasting =
+            token(&serde_json::json!({"sub": "alice", "nbf": now + 100, "exp": now + 600}));
+        manual.advance(Duration::from_secs(100 - leeway - 1));
+        assert_eq!(
+            verifier.check(&lasting).await.unwrap_err(),
+            TokenError::NotYetValid
+        );
+        manual.advance(Duration::from_secs(1));
+        let verified = verifier.check(&lasting).await.unwrap();
+        assert_eq!(verified.username, "alice");
+        assert_eq!(
+            verified.expires_at,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(now + 600)
+        );
+        manual.advance(Duration::from_secs(600 + 2 * leeway - 100));
+        assert!(verifier.check(&lasting).await.is_ok(), "within the leeway");
+        manual.advance(Duration::from_secs(1));
+        assert_eq!(
+            verifier.check(&lasting).await.unwrap_err(),
+            TokenError::Expired
+        );
+        let odd = token(&serde_json::json!({"sub": "alice", "nbf": "soon", "exp": now + 9_999}));
+        assert!(matches!(
+            verifier.check(&odd).await.unwrap_err(),
+            TokenError::Malformed(_)
+        ));
+    }
 }

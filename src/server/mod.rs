@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{OriginPolicy, ProxyPolicy};
 use crate::cluster::Node;
 use crate::config::{Config, ConfigError};
+use crate::core::clock::Clock;
 use crate::core::token::TokenVerifier;
 use crate::core::{Hub, Identities, Limits};
 use crate::http::{self, CertInfo, HttpContext, Operations, TcpLimits, WebSocketSettings};
@@ -70,6 +71,7 @@ async fn identities(
     config: &Config,
     limits: &Limits,
     node: Option<&Node>,
+    clock: &Clock,
 ) -> Result<(Identities, Option<Arc<LiveVerifier>>), GatewayError> {
     let settings = &config.identity;
     let keys = settings.jwt.key_source()?;
@@ -79,11 +81,14 @@ async fn identities(
         settings.data_dir.clone(),
         limits,
         node.map(Node::redis),
+        clock,
     )
     .await?;
     let live = match keys {
         Some(keys) => Some(Arc::new(LiveVerifier::new(
-            JwtVerifier::new(keys, settings.jwt.claims()).await?,
+            JwtVerifier::new(keys, settings.jwt.claims())
+                .await?
+                .with_clock(clock.clone()),
         ))),
         None => None,
     };
@@ -135,10 +140,11 @@ impl Gateway {
             Some(backend) => Some(Node::new(backend, &config.cluster.node_id())?),
             None => None,
         };
-        let (identities, verifier) = identities(&config, &limits, node.as_ref()).await?;
+        let clock = Clock::system();
+        let (identities, verifier) = identities(&config, &limits, node.as_ref(), &clock).await?;
         let mode = identities.mode;
         let ice = Arc::new(LiveIce::new(config.ice.provider()?));
-        let hub = Hub::new(limits, identities, ice.clone());
+        let hub = Hub::with_clock(limits, identities, ice.clone(), clock);
         if let Some(node) = &node {
             hub.join(node.cluster());
         }

@@ -25,16 +25,16 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::core::Limits;
+use crate::core::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::store::{
-    IdentityStore, MemoryStore, Pending, Record, Registration, StoreError, StoreFuture,
-    TokenDigest, unix_ms,
+    IdentityStore, MemoryStore, Pending, Record, Registration, StoreError, StoreFuture, TokenDigest,
 };
 
 /// The file in `--data-dir`.
@@ -179,12 +179,11 @@ impl Answer {
 
 impl EmbeddedStore {
     /// Opens (or creates) `identities.redb` in `data_dir`, loads it, and
-    /// starts its writer task.
-    pub async fn open(data_dir: PathBuf, limits: &Limits) -> Result<Self, OpenError> {
-        let index = Arc::new(MemoryStore::new(
-            limits.max_identities,
-            limits.max_identities_per_ip,
-        ));
+    /// starts its writer task; identities are dated by `clock`.
+    pub async fn open(data_dir: PathBuf, limits: &Limits, clock: Clock) -> Result<Self, OpenError> {
+        let index = Arc::new(
+            MemoryStore::new(limits.max_identities, limits.max_identities_per_ip).with_clock(clock),
+        );
         let (db, path, records) = tokio::task::spawn_blocking(move || open_file(&data_dir))
             .await
             .map_err(|err| OpenError::Unreadable {
@@ -417,7 +416,8 @@ fn decide(index: &MemoryStore, changes: Vec<Change>) -> (Pending, Vec<Answer>) {
                     .decide_pending(&pending, &name, presented, address)
                     .map(|decision| {
                         decision.settled(presented).unwrap_or_else(|| {
-                            let (record, token) = Record::fresh(&name, address);
+                            let (record, token) =
+                                Record::fresh(&name, address, index.clock().unix_ms());
                             let username = record.name.clone();
                             pending.create(record);
                             Registration::Created { username, token }
@@ -631,7 +631,7 @@ impl IdentityStore for EmbeddedStore {
     }
 
     fn touch(&self, name: &str) {
-        if self.index.set_seen(name, unix_ms(SystemTime::now())) {
+        if self.index.set_seen(name, self.index.clock().unix_ms()) {
             lock(&self.dirty).insert(Arc::from(name));
         }
     }
@@ -642,7 +642,10 @@ impl IdentityStore for EmbeddedStore {
         in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
     ) -> StoreFuture<'a, Vec<Arc<str>>> {
         Box::pin(async move {
-            let cutoff = unix_ms(SystemTime::now())
+            let cutoff = self
+                .index
+                .clock()
+                .unix_ms()
                 .saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
             let victims: Vec<(Arc<str>, TokenDigest)> = self
                 .index
@@ -683,18 +686,30 @@ impl IdentityStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::clock::ManualClock;
     use redb::ReadableTableMetadata;
     use std::net::Ipv4Addr;
 
     const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     async fn store_in(dir: &Path, max_identities: usize, max_per_address: usize) -> EmbeddedStore {
+        store_at(dir, max_identities, max_per_address, Clock::system()).await
+    }
+
+    async fn store_at(
+        dir: &Path,
+        max_identities: usize,
+        max_per_address: usize,
+        clock: Clock,
+    ) -> EmbeddedStore {
         let limits = Limits {
             max_identities,
             max_identities_per_ip: max_per_address,
             ..Limits::default()
         };
-        EmbeddedStore::open(dir.to_owned(), &limits).await.unwrap()
+        EmbeddedStore::open(dir.to_owned(), &limits, clock)
+            .await
+            .unwrap()
     }
 
     /// Registers every `(name, address)` at once; the outcomes in order.
@@ -766,12 +781,22 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expiry_removes_and_frees_the_names_in_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = store_in(dir.path(), 100, 100).await;
+        let manual = ManualClock::new();
+        let store = store_at(dir.path(), 100, 100, manual.clock()).await;
         let requests: Vec<(String, IpAddr)> = (0..10).map(|i| (format!("e{i}"), HOME)).collect();
         register_all(&store, &requests).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        manual.advance(Duration::from_secs(60));
+        assert!(
+            store
+                .expire(Duration::from_secs(60), &|_: &str| false)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a lifetime to the millisecond is not past it"
+        );
+        manual.advance(Duration::from_millis(1));
         let expired = store
-            .expire(Duration::ZERO, &|name: &str| name == "e0")
+            .expire(Duration::from_secs(60), &|name: &str| name == "e0")
             .await
             .unwrap();
         assert_eq!(expired.len(), 9);

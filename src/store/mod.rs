@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::core::Limits;
+use crate::core::clock::Clock;
 use crate::core::store::{IdentityStore, MemoryStore};
 
 pub use embedded::{EmbeddedStore, OpenError};
@@ -33,15 +34,19 @@ pub async fn open(
     data_dir: PathBuf,
     limits: &Limits,
     redis: Option<crate::cluster::Primary>,
+    clock: &Clock,
 ) -> Result<Arc<dyn IdentityStore>, OpenError> {
     let caps = (limits.max_identities, limits.max_identities_per_ip);
+    let clock = clock.clone();
     Ok(match (kind, redis) {
-        (Some(StoreKind::Memory), _) => Arc::new(MemoryStore::new(caps.0, caps.1)),
+        (Some(StoreKind::Memory), _) => {
+            Arc::new(MemoryStore::new(caps.0, caps.1).with_clock(clock))
+        }
         (Some(StoreKind::Redis) | None, Some(redis)) => {
-            Arc::new(RedisStore::new(redis, caps.0, caps.1))
+            Arc::new(RedisStore::new(redis, caps.0, caps.1).with_clock(clock))
         }
         (Some(StoreKind::Embedded | StoreKind::Redis) | None, _) => {
-            Arc::new(EmbeddedStore::open(data_dir, limits).await?)
+            Arc::new(EmbeddedStore::open(data_dir, limits, clock).await?)
         }
     })
 }

@@ -17,15 +17,15 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redis::Script;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::Primary;
-
+use crate::core::clock::Clock;
 use crate::core::store::{
-    IdentityStore, Record, Registration, StoreError, StoreFuture, token_digest, unix_ms,
+    IdentityStore, Record, Registration, StoreError, StoreFuture, token_digest,
 };
 
 const IDENTITIES: &str = "sg:identities";
@@ -143,6 +143,7 @@ pub struct RedisStore {
     seen: Mutex<HashSet<Arc<str>>>,
     /// The count at the last look (every node registers).
     count: AtomicUsize,
+    clock: Clock,
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -170,7 +171,15 @@ impl RedisStore {
             max_per_address,
             seen: Mutex::default(),
             count: AtomicUsize::new(0),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same store dating identities by `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn take_seen(&self) -> Vec<Arc<str>> {
@@ -264,7 +273,7 @@ impl IdentityStore for RedisStore {
         address: IpAddr,
     ) -> StoreFuture<'a, Registration> {
         Box::pin(async move {
-            let (record, token) = Record::fresh(name, address);
+            let (record, token) = Record::fresh(name, address, self.clock.unix_ms());
             let digest = hex(&record.digest);
             let by = record.registered_by.to_string();
             let wait = self.redis.replica_wait();
@@ -361,7 +370,7 @@ impl IdentityStore for RedisStore {
         _in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
     ) -> StoreFuture<'a, Vec<Arc<str>>> {
         Box::pin(async move {
-            let now = unix_ms(SystemTime::now());
+            let now = self.clock.unix_ms();
             let cutoff = now.saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
             let mut expired = Vec::new();
             let mut redis = self.redis.clone();
@@ -421,7 +430,7 @@ impl IdentityStore for RedisStore {
             let seen = self.take_seen();
             let mut redis = self.redis.clone();
             if !seen.is_empty() {
-                let mut touch = TOUCH.arg(unix_ms(SystemTime::now()));
+                let mut touch = TOUCH.arg(self.clock.unix_ms());
                 for name in &seen {
                     touch.arg(name.as_ref());
                 }
