@@ -18,6 +18,8 @@
 //!   - A new store backend is an [`core::store::IdentityStore`] in its own
 //!     file under [`store`] plus its `StoreKind` value and its arm in
 //!     `store::open`.
+//!   - Whatever reads the time (a lifetime, a rate, a deadline) reads the
+//!     [`core::clock::Clock`] it was given, so a test can advance it.
 //! - [`connection`]: the one connection loop every transport runs, generic
 //!   over a small [`connection::Link`] trait, and the line framer.
 //! - [`http`]: the REST API, admin routes, web app and the WebSocket
