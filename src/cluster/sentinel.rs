@@ -187,8 +187,9 @@ impl Primary {
         }
     }
 
-    /// The one Redis at `url`.
-    pub(super) fn fixed(url: &str) -> Result<Self, SetupError> {
+    /// The one Redis at `url` (public for the store contract tests, which
+    /// run the Redis store without a cluster).
+    pub fn fixed(url: &str) -> Result<Self, SetupError> {
         let client = redis::Client::open(url).map_err(|err| SetupError::Url(err.to_string()))?;
         let address = client.get_connection_info().addr().to_string();
         Ok(Self::new(

@@ -13,7 +13,7 @@
 //! says. Tokens are compared as digests, the one comparison with a known
 //! identity in constant time, as in the other stores.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -93,15 +93,17 @@ return 1
     )
 });
 
-/// Marks names as seen now. ARGV: now, names...
+/// Marks names as seen when they were, each unless a later time is kept
+/// already (another node saw it since). ARGV: name, Unix ms, name, ms...
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-for i = 2, #ARGV do
-  local by = redis.call('HGET', 'sg:identity:' .. ARGV[i], 'by')
-  if by then
-    redis.call('ZADD', 'sg:identities', ARGV[1], ARGV[i])
-    redis.call('ZADD', 'sg:by-ip:' .. by, ARGV[1], ARGV[i])
+for i = 1, #ARGV, 2 do
+  local name, seen = ARGV[i], tonumber(ARGV[i + 1])
+  local by = redis.call('HGET', 'sg:identity:' .. name, 'by')
+  if by and seen > tonumber(redis.call('ZSCORE', 'sg:identities', name) or 0) then
+    redis.call('ZADD', 'sg:identities', seen, name)
+    redis.call('ZADD', 'sg:by-ip:' .. by, seen, name)
   end
 end
 return 0
@@ -109,23 +111,27 @@ return 0
     )
 });
 
-/// Removes up to 500 identities unseen since the cutoff and not connected
-/// anywhere in the cluster (no route); returns their names. ARGV: cutoff.
+/// Removes the named identities that are still unseen since the cutoff and
+/// not connected anywhere in the cluster (no route; those are marked seen
+/// now); returns the names removed. ARGV: cutoff, now, names...
 static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local names = redis.call('ZRANGEBYSCORE', 'sg:identities', '-inf', ARGV[1], 'LIMIT', 0, 500)
 local removed = {}
-for _, name in ipairs(names) do
-  if redis.call('EXISTS', 'sg:route:' .. name) == 1 then
-    redis.call('ZADD', 'sg:identities', ARGV[2], name)
-  else
-    local identity = redis.call('HMGET', 'sg:identity:' .. name, 'digest', 'by')
-    if identity[1] then redis.call('DEL', 'sg:token:' .. identity[1]) end
-    if identity[2] then redis.call('ZREM', 'sg:by-ip:' .. identity[2], name) end
-    redis.call('DEL', 'sg:identity:' .. name)
-    redis.call('ZREM', 'sg:identities', name)
-    table.insert(removed, name)
+for i = 3, #ARGV do
+  local name = ARGV[i]
+  local seen = redis.call('ZSCORE', 'sg:identities', name)
+  if seen and tonumber(seen) < tonumber(ARGV[1]) then
+    if redis.call('EXISTS', 'sg:route:' .. name) == 1 then
+      redis.call('ZADD', 'sg:identities', ARGV[2], name)
+    else
+      local identity = redis.call('HMGET', 'sg:identity:' .. name, 'digest', 'by')
+      if identity[1] then redis.call('DEL', 'sg:token:' .. identity[1]) end
+      if identity[2] then redis.call('ZREM', 'sg:by-ip:' .. identity[2], name) end
+      redis.call('DEL', 'sg:identity:' .. name)
+      redis.call('ZREM', 'sg:identities', name)
+      table.insert(removed, name)
+    end
   end
 end
 return removed
@@ -133,14 +139,17 @@ return removed
     )
 });
 
+/// Names expiry looks at per round trip.
+const EXPIRE_BATCH: usize = 500;
+
 /// Identities in Redis.
 #[derive(Debug)]
 pub struct RedisStore {
     redis: Primary,
     max_identities: usize,
     max_per_address: usize,
-    /// Names seen since the last flush.
-    seen: Mutex<HashSet<Arc<str>>>,
+    /// Names seen since the last flush, and when (Unix ms).
+    seen: Mutex<HashMap<Arc<str>, u64>>,
     /// The count at the last look (every node registers).
     count: AtomicUsize,
     clock: Clock,
@@ -182,12 +191,42 @@ impl RedisStore {
         self
     }
 
-    fn take_seen(&self) -> Vec<Arc<str>> {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        // A map of names, changed by code that cannot panic midway.
         self.seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .drain()
-            .collect()
+    }
+
+    /// Writes the last-seen times noted since the last time.
+    async fn write_seen(&self) -> Result<(), StoreError> {
+        let seen: Vec<(Arc<str>, u64)> = self.seen().drain().collect();
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut touch = TOUCH.prepare_invoke();
+        for (name, at) in &seen {
+            touch.arg(name.as_ref()).arg(*at);
+        }
+        let mut redis = self.redis.clone();
+        let written = bounded(touch.invoke_async::<()>(&mut redis)).await;
+        if written.is_err() {
+            // Written at the next flush, unless seen again since.
+            let mut pending = self.seen();
+            for (name, at) in seen {
+                pending.entry(name).or_insert(at);
+            }
+        }
+        written
+    }
+
+    /// The number of identities, as Redis counts it now.
+    async fn recount(&self) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let count: usize =
+            bounded(redis::cmd("ZCARD").arg(IDENTITIES).query_async(&mut redis)).await?;
+        self.count.store(count, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Deletes every key under `pattern`; returns how many.
@@ -323,8 +362,9 @@ impl IdentityStore for RedisStore {
                                 .ct_eq(stored.as_bytes()),
                         )
                     });
+                    // As in the other stores, proving ownership is not
+                    // being seen: only connections refresh an identity.
                     if owns {
-                        self.touch(name);
                         Ok(Registration::Reclaimed {
                             username: name.into(),
                             token: presented.unwrap_or_default().to_owned(),
@@ -356,33 +396,54 @@ impl IdentityStore for RedisStore {
     }
 
     fn touch(&self, name: &str) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(name.into());
+        self.seen().insert(name.into(), self.clock.unix_ms());
     }
 
     /// Identities still connected anywhere in the cluster (a route in
-    /// Redis) are kept, whatever `in_use` says about this node alone.
+    /// Redis) are kept, as are those `in_use` says are connected here. The
+    /// last-seen times noted since the last flush are written first, so
+    /// that what was seen is judged by it.
     fn expire<'a>(
         &'a self,
         ttl: Duration,
-        _in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        in_use: &'a (dyn Fn(&str) -> bool + Send + Sync),
     ) -> StoreFuture<'a, Vec<Arc<str>>> {
         Box::pin(async move {
+            self.write_seen().await?;
             let now = self.clock.unix_ms();
             let cutoff = now.saturating_sub(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
             let mut expired = Vec::new();
             let mut redis = self.redis.clone();
+            // Names kept because they are in use stay in the range, ahead of
+            // the rest: the next round starts after them.
+            let mut kept = 0;
             loop {
-                let batch: Vec<String> =
-                    bounded(EXPIRE.arg(cutoff).arg(now).invoke_async(&mut redis)).await?;
-                let done = batch.len() < 500;
-                expired.extend(batch.into_iter().map(Arc::from));
-                if done {
-                    return Ok(expired);
+                let names: Vec<String> = bounded(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(IDENTITIES)
+                        .arg("-inf")
+                        .arg(format!("({cutoff}"))
+                        .arg("LIMIT")
+                        .arg(kept)
+                        .arg(EXPIRE_BATCH)
+                        .query_async(&mut redis),
+                )
+                .await?;
+                let (used, unused): (Vec<String>, Vec<String>) =
+                    names.iter().cloned().partition(|name| in_use(name));
+                kept += used.len();
+                if !unused.is_empty() {
+                    let mut expire = EXPIRE.arg(cutoff);
+                    expire.arg(now).arg(&unused);
+                    let removed: Vec<String> = bounded(expire.invoke_async(&mut redis)).await?;
+                    expired.extend(removed.into_iter().map(Arc::from));
+                }
+                if names.len() < EXPIRE_BATCH {
+                    break;
                 }
             }
+            self.recount().await?;
+            Ok(expired)
         })
     }
 
@@ -427,26 +488,8 @@ impl IdentityStore for RedisStore {
 
     fn flush(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let seen = self.take_seen();
-            let mut redis = self.redis.clone();
-            if !seen.is_empty() {
-                let mut touch = TOUCH.arg(self.clock.unix_ms());
-                for name in &seen {
-                    touch.arg(name.as_ref());
-                }
-                if let Err(err) = bounded(touch.invoke_async::<()>(&mut redis)).await {
-                    // Seen again at the next flush.
-                    self.seen
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .extend(seen);
-                    return Err(err);
-                }
-            }
-            let count: usize =
-                bounded(redis::cmd("ZCARD").arg(IDENTITIES).query_async(&mut redis)).await?;
-            self.count.store(count, Ordering::Relaxed);
-            Ok(())
+            self.write_seen().await?;
+            self.recount().await
         })
     }
 }
