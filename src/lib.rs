@@ -17,7 +17,7 @@
 //!     its kind.
 //!   - A new store backend is an [`core::store::IdentityStore`] in its own
 //!     file under [`store`] plus its `StoreKind` value and its arm in
-//!     `store::open`.
+//!     `store::open`, and one line in `tests/store_contract.rs`.
 //!   - Whatever reads the time (a lifetime, a rate, a deadline) reads the
 //!     [`core::clock::Clock`] it was given, so a test can advance it.
 //! - [`connection`]: the one connection loop every transport runs, generic
