@@ -25,52 +25,48 @@ fn away(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, n))
 }
 
-/// A store under test and what it lives in, dropped with it.
+/// A store under test.
 struct Store {
     store: Arc<dyn IdentityStore>,
-    _home: Home,
-}
-
-/// Where a backend keeps its identities for one test.
-enum Home {
-    Memory,
-    Directory(tempfile::TempDir),
-    Redis(RedisServer),
+    /// Where it keeps its identities (a directory, a Redis), dropped with it.
+    _home: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl Store {
     /// An empty store of `kind` holding at most `max` identities, `per_address`
     /// of them registered from one address.
     async fn open(kind: StoreKind, max: usize, per_address: usize) -> Self {
-        let (store, home): (Arc<dyn IdentityStore>, Home) = match kind {
-            StoreKind::Memory => (
-                Arc::new(signal_gateway::core::store::MemoryStore::new(
-                    max,
-                    per_address,
-                )),
-                Home::Memory,
-            ),
-            StoreKind::Embedded => {
-                let dir = tempfile::tempdir().unwrap();
-                let limits = Limits {
-                    max_identities: max,
-                    max_identities_per_ip: per_address,
-                    ..Limits::default()
-                };
-                let store = EmbeddedStore::open(dir.path().to_owned(), &limits, Clock::system())
-                    .await
-                    .unwrap();
-                (Arc::new(store), Home::Directory(dir))
-            }
-            StoreKind::Redis => {
-                let server = RedisServer::start();
-                let primary = Primary::fixed(&server.url()).unwrap();
-                (
-                    Arc::new(RedisStore::new(primary, max, per_address)),
-                    Home::Redis(server),
-                )
-            }
-        };
+        let (store, home): (Arc<dyn IdentityStore>, Box<dyn std::any::Any + Send + Sync>) =
+            match kind {
+                StoreKind::Memory => (
+                    Arc::new(signal_gateway::core::store::MemoryStore::new(
+                        max,
+                        per_address,
+                    )),
+                    Box::new(()),
+                ),
+                StoreKind::Embedded => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let limits = Limits {
+                        max_identities: max,
+                        max_identities_per_ip: per_address,
+                        ..Limits::default()
+                    };
+                    let store =
+                        EmbeddedStore::open(dir.path().to_owned(), &limits, Clock::system())
+                            .await
+                            .unwrap();
+                    (Arc::new(store), Box::new(dir))
+                }
+                StoreKind::Redis => {
+                    let server = RedisServer::start();
+                    let primary = Primary::fixed(&server.url()).unwrap();
+                    (
+                        Arc::new(RedisStore::new(primary, max, per_address)),
+                        Box::new(server),
+                    )
+                }
+            };
         Self { store, _home: home }
     }
 
