@@ -1,8 +1,10 @@
 //! One contract for every identity store: each behaviour is written once
 //! against the core's `IdentityStore` and run on every backend — memory,
 //! the embedded file (redb, in a temporary directory) and Redis (a real
-//! `redis-server`, started on a free port and killed by PID). A new backend
-//! is one line in `for_each_store!` and its arm in `Store::open`.
+//! `redis-server`, started on a free port and killed by PID). Every store
+//! reads a manual clock (Redis keeps the times it is given), so expiry is
+//! tested by advancing it, to the millisecond, never by sleeping. A new
+//! backend is one line in `for_each_store!` and its arm in `Store::open`.
 
 mod common;
 
@@ -14,11 +16,14 @@ use std::time::Duration;
 use common::redis::RedisServer;
 use signal_gateway::cluster::Primary;
 use signal_gateway::core::Limits;
-use signal_gateway::core::clock::Clock;
-use signal_gateway::core::store::{IdentityStore, Registration, StoreError};
+use signal_gateway::core::clock::ManualClock;
+use signal_gateway::core::store::{IdentityStore, MemoryStore, Registration, StoreError};
 use signal_gateway::store::{EmbeddedStore, RedisStore, StoreKind};
 
 const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// The expiry tests' time-to-live (the default `--identity-ttl`).
+const TTL: Duration = Duration::from_secs(24 * 60 * 60);
+const MS: Duration = Duration::from_millis(1);
 
 /// An address of the documentation range, `192.0.2.<n>`.
 fn away(n: u8) -> IpAddr {
@@ -28,6 +33,8 @@ fn away(n: u8) -> IpAddr {
 /// A store under test.
 struct Store {
     store: Arc<dyn IdentityStore>,
+    /// The time it reads.
+    clock: ManualClock,
     /// Where it keeps its identities (a directory, a Redis), dropped with it.
     _home: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -36,13 +43,11 @@ impl Store {
     /// An empty store of `kind` holding at most `max` identities, `per_address`
     /// of them registered from one address.
     async fn open(kind: StoreKind, max: usize, per_address: usize) -> Self {
+        let clock = ManualClock::new();
         let (store, home): (Arc<dyn IdentityStore>, Box<dyn std::any::Any + Send + Sync>) =
             match kind {
                 StoreKind::Memory => (
-                    Arc::new(signal_gateway::core::store::MemoryStore::new(
-                        max,
-                        per_address,
-                    )),
+                    Arc::new(MemoryStore::new(max, per_address).with_clock(clock.clock())),
                     Box::new(()),
                 ),
                 StoreKind::Embedded => {
@@ -52,27 +57,32 @@ impl Store {
                         max_identities_per_ip: per_address,
                         ..Limits::default()
                     };
-                    let store =
-                        EmbeddedStore::open(dir.path().to_owned(), &limits, Clock::system())
-                            .await
-                            .unwrap();
+                    let store = EmbeddedStore::open(dir.path().to_owned(), &limits, clock.clock())
+                        .await
+                        .unwrap();
                     (Arc::new(store), Box::new(dir))
                 }
                 StoreKind::Redis => {
                     let server = RedisServer::start();
                     let primary = Primary::fixed(&server.url()).unwrap();
                     (
-                        Arc::new(RedisStore::new(primary, max, per_address)),
+                        Arc::new(
+                            RedisStore::new(primary, max, per_address).with_clock(clock.clock()),
+                        ),
                         Box::new(server),
                     )
                 }
             };
-        Self { store, _home: home }
+        Self {
+            store,
+            clock,
+            _home: home,
+        }
     }
 
-    /// Lets `by` pass for the store's clock.
-    async fn pass(&self, by: Duration) {
-        tokio::time::sleep(by).await;
+    /// Lets `by` pass for the store.
+    fn pass(&self, by: Duration) {
+        self.clock.advance(by);
     }
 
     async fn register(&self, name: &str, presented: Option<&str>, address: IpAddr) -> Registration {
@@ -245,24 +255,28 @@ async fn the_owner_registers_its_name_again_with_its_token(kind: StoreKind) {
     );
 }
 
-/// What expiry removes: identities unseen for longer than the time-to-live,
-/// unless in use; neither checking a token nor the owner registering its
-/// name again counts as seeing it. An expired name is free, its token dead.
+/// What expiry removes: identities unseen for longer than the time-to-live
+/// (not one millisecond sooner), unless in use; neither checking a token nor
+/// the owner registering its name again counts as seeing it. An expired
+/// name is free, its token dead.
 async fn identities_unseen_for_longer_than_the_ttl_expire(kind: StoreKind) {
-    let ttl = Duration::from_millis(300);
     let store = Store::open(kind, 10, 10).await;
     let old = store.create("old", HOME).await;
     let reclaimed = store.create("reclaimed", HOME).await;
     store.create("online", HOME).await;
-    assert!(store.expire(ttl, &[]).await.is_empty(), "all fresh");
-    store.pass(ttl + Duration::from_millis(100)).await;
+    store.pass(TTL);
     assert!(store.whose(&old).await.is_some());
     store.register("reclaimed", Some(&reclaimed), HOME).await;
     store.create("fresh", HOME).await;
+    assert!(
+        store.expire(TTL, &[]).await.is_empty(),
+        "unseen for exactly the time-to-live: not longer"
+    );
+    store.pass(MS);
     assert_eq!(
-        store.expire(ttl, &["online"]).await,
+        store.expire(TTL, &["online"]).await,
         ["old", "reclaimed"],
-        "unseen for longer than {ttl:?}, not in use"
+        "unseen for longer than the time-to-live, not in use"
     );
     assert_eq!(store.whose(&old).await, None);
     assert_eq!(store.names().await, ["fresh", "online"]);
@@ -270,31 +284,29 @@ async fn identities_unseen_for_longer_than_the_ttl_expire(kind: StoreKind) {
     let again = store.create("old", HOME).await;
     assert_ne!(again, old);
     assert_eq!(store.whose(&again).await.as_deref(), Some("old"));
-    assert_eq!(store.expire(ttl, &[]).await, ["online"], "no longer in use");
+    assert_eq!(store.expire(TTL, &[]).await, ["online"], "no longer in use");
 }
 
+/// A touch dates an identity now, before any flush writes it; touching a
+/// name nobody holds creates nothing.
 async fn touch_keeps_an_identity_from_expiring(kind: StoreKind) {
-    let ttl = Duration::from_millis(300);
     let store = Store::open(kind, 10, 10).await;
     let kept = store.create("kept", HOME).await;
     store.create("left", HOME).await;
-    store.pass(ttl + Duration::from_millis(100)).await;
+    store.pass(TTL);
     store.store.touch("kept");
     store.store.touch("nobody");
-    assert_eq!(
-        store.expire(ttl, &[]).await,
-        ["left"],
-        "touched, even before a flush"
-    );
+    store.pass(MS);
+    assert_eq!(store.expire(TTL, &[]).await, ["left"]);
     within(store.store.flush()).await.unwrap();
-    assert_eq!(store.names().await, ["kept"], "touching creates nothing");
+    assert_eq!(store.names().await, ["kept"]);
     assert_eq!(store.whose(&kept).await.as_deref(), Some("kept"));
-    store.pass(ttl + Duration::from_millis(100)).await;
-    assert_eq!(
-        store.expire(ttl, &[]).await,
-        ["kept"],
-        "unseen since the touch"
-    );
+    // Unseen for exactly the time-to-live since the touch, then longer: a
+    // flush writes when it was seen, not when it is written.
+    store.pass(TTL - MS);
+    assert!(store.expire(TTL, &[]).await.is_empty());
+    store.pass(MS);
+    assert_eq!(store.expire(TTL, &[]).await, ["kept"]);
     assert_eq!(store.store.count(), 0);
 }
 
@@ -345,7 +357,7 @@ async fn the_identity_caps_hold(kind: StoreKind) {
     );
     assert_eq!(store.store.count(), 4);
     // Expiry makes room, at the address and in all.
-    store.pass(Duration::from_millis(5)).await;
+    store.pass(MS);
     assert_eq!(store.expire(Duration::ZERO, &["b", "c", "d"]).await, ["a"]);
     store.create("e", HOME).await;
     assert_eq!(store.refused("f", away(3)).await, StoreError::Full(4));
