@@ -42,6 +42,17 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|value| !value.is_empty())
 }
 
+/// Query parameter a reconnecting client names the highest `seq` it
+/// processed with (both transports), to have everything after it written
+/// again.
+pub const RESUME_PARAM: &str = "resume";
+
+/// The `resume=N` a connect request carries; anything but a number is no
+/// resume.
+pub fn resume_point(query: Option<&str>) -> Option<u64> {
+    query_param(query, RESUME_PARAM).and_then(|value| value.parse().ok())
+}
+
 /// The value of query parameter `name`, percent-decoded.
 pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
     query?

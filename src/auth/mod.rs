@@ -13,8 +13,8 @@ mod forwarded;
 mod origins;
 
 pub use credentials::{
-    TOKEN_COOKIE, TOKEN_PARAM, USERNAME_COOKIE, admin_token_matches, bearer, cookie, query_param,
-    session_token,
+    RESUME_PARAM, TOKEN_COOKIE, TOKEN_PARAM, USERNAME_COOKIE, admin_token_matches, bearer, cookie,
+    query_param, resume_point, session_token,
 };
 pub use forwarded::{
     Client, ForwardedHeader, ProxyPolicy, authority_is_one_of, is_loopback, is_loopback_authority,

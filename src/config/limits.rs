@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::parse::{nonzero_duration, nonzero_usize};
 use crate::core::limits::{self, Limits};
+use crate::core::resume;
 
 /// 16 KiB: ample for a browser's headers and cookies, small enough that a
 /// flood of huge headers costs little (h3 leaves it unbounded by default).
@@ -161,4 +162,25 @@ limit_args! {
     /// UNCONFIRMED; longer than --write-timeout.
     #[arg(long, env = "SIGNAL_DELIVERY_TIMEOUT", default_value = "10s", value_parser = nonzero_duration, help_heading = "Cluster")]
     delivery_timeout: Duration => delivery_timeout,
+
+    /// How long a user whose connection died without a clean close stays
+    /// away: envelopes for it are held, and written when it resumes; after
+    /// it their senders get EXPIRED.
+    #[arg(long, env = "SIGNAL_RESUME_WINDOW", default_value = "10s", value_parser = nonzero_duration, help_heading = "Resume")]
+    resume_window: Duration => resume_window,
+
+    /// Envelopes kept per user until the client acknowledges them (ACK),
+    /// so a reconnect can resume; the oldest is dropped first.
+    #[arg(long, env = "SIGNAL_RESUME_BUFFER", default_value_t = resume::DEFAULT_RESUME_BUFFER, value_parser = nonzero_usize, help_heading = "Resume")]
+    resume_buffer: usize => resume_buffer,
+
+    /// Bytes kept per user until the client acknowledges them; the oldest
+    /// envelope is dropped first.
+    #[arg(long, env = "SIGNAL_RESUME_BUFFER_BYTES", default_value_t = resume::DEFAULT_RESUME_BUFFER_BYTES, value_parser = nonzero_usize, help_heading = "Resume")]
+    resume_buffer_bytes: usize => resume_buffer_bytes,
+
+    /// Bytes all users' kept envelopes may take together; over it, new
+    /// holds for away users are refused with TARGET_NOT_FOUND.
+    #[arg(long, env = "SIGNAL_RESUME_MEMORY", default_value_t = resume::DEFAULT_RESUME_MEMORY, value_parser = nonzero_usize, help_heading = "Resume")]
+    resume_memory: usize => resume_memory,
 }

@@ -61,6 +61,9 @@ pub enum Fate {
     Undelivered(String),
     /// The cluster could not carry it (Redis unreachable).
     Unavailable(String),
+    /// Held for its target while the target was away, and the target did
+    /// not come back within `--resume-window`.
+    Expired(String),
 }
 
 /// Why a claim could not be made.

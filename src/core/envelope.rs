@@ -231,6 +231,14 @@ pub struct Welcome<'a> {
     /// credentials minted for this connection (what `GET /v1/ice-servers`
     /// answers), so a client needs no extra request.
     pub ice: &'a IceConfig,
+    /// The user's stream: the envelopes' `seq` numbers belong to it, and
+    /// a different one than before means the numbering started again.
+    pub session: &'a str,
+    /// Whether every envelope after the client's `resume=N` follows.
+    pub resumed: bool,
+    /// How many envelopes from before this connection follow, before
+    /// anything new.
+    pub replayed: usize,
 }
 
 /// The first envelope on every connection, led by the protocol version.

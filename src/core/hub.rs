@@ -21,13 +21,14 @@ use super::ice::{IceConfig, IceServers};
 use super::identity::{AuthError, Identities, IdentityService, RegisterError};
 use super::ids::Epoch;
 use super::limits::Limits;
-use super::outbox::{ConnId, Origin, PushError, Queued};
+use super::outbox::{ConnId, Origin, Queued};
 use super::readiness::{NotReady, Phase};
-use super::registry::{ConnectedUser, Grant, UserClientRegistry};
+use super::registry::{ConnectedUser, Delivery, Departed, Grant, Kind, UserClientRegistry};
+use super::resume::Gone;
 use super::stats::{Stats, StatsSnapshot};
 use super::store::{Registration, StoreError};
 use super::transport::Transport;
-use super::wire::{CloseReason, ErrorType, HttpError};
+use super::wire::{ErrorType, HttpError};
 
 /// How long a fence is remembered: longer than any connection takes from
 /// its claim to its attach (both set-up timeouts are far shorter).
@@ -148,6 +149,10 @@ pub struct Report {
     pub pending: usize,
     /// Registered identities.
     pub identities: usize,
+    /// Users away now (reconnecting, their envelopes held).
+    pub away: usize,
+    /// Bytes the users' streams keep for resumes (`--resume-memory`).
+    pub resume_bytes: usize,
     /// The counters.
     pub counters: StatsSnapshot,
 }
@@ -192,7 +197,7 @@ impl Hub {
             admissions: Admissions::new(&limits, &clock),
             identities: IdentityService::new(identities, &limits, stats.clone(), &clock),
             ice,
-            registry: UserClientRegistry::default(),
+            registry: UserClientRegistry::new(limits.resume(), stats.clone()),
             stats,
             next_conn: AtomicU64::new(1),
             stopping: CancellationToken::new(),
@@ -381,7 +386,7 @@ impl Hub {
             }
             None => 0,
         };
-        Ok(self.registry.kick_all() + elsewhere)
+        Ok(self.kick_here() + elsewhere)
     }
 
     /// Forgets every identity and kicks every connection; a connection
@@ -398,7 +403,7 @@ impl Hub {
             }
             None => 0,
         };
-        Ok((identities, self.registry.revoke_all() + elsewhere))
+        Ok((identities, self.revoke_here() + elsewhere))
     }
 
     /// Registered names and live connections.
@@ -453,6 +458,8 @@ impl Hub {
             admitted: self.admitted(),
             pending: self.pending(),
             identities: self.identities(),
+            away: self.away(),
+            resume_bytes: self.resume_bytes(),
             counters: self.stats.snapshot(),
         }
     }
@@ -536,6 +543,92 @@ impl Hub {
         self.identities.flush().await
     }
 
+    /// Closes this node's connections as `KICKED`; every user here is
+    /// gone. Returns how many connections were live.
+    pub(super) fn kick_here(&self) -> usize {
+        let (live, departed) = self.registry.kick_all();
+        departed.into_iter().for_each(|d| self.departed(d));
+        live
+    }
+
+    /// Closes this node's connections after every identity was deleted;
+    /// every user here is gone. Returns how many connections were live.
+    pub(super) fn revoke_here(&self) -> usize {
+        let (live, departed) = self.registry.revoke_all();
+        departed.into_iter().for_each(|d| self.departed(d));
+        live
+    }
+
+    /// Queues one of the gateway's own envelopes (an error, a notice) for
+    /// `user`, numbered in its stream like everything else it is written;
+    /// false (and counted) when it could not be.
+    pub(super) fn send_own(&self, user: &str, frame: bytes::Bytes) -> bool {
+        let sent = self.deliver_own(user, frame);
+        if !sent {
+            self.stats.replies_dropped.inc();
+        }
+        sent
+    }
+
+    /// [`Hub::send_own`] without counting a failure (the caller counts it
+    /// in its own books).
+    pub(super) fn deliver_own(&self, user: &str, frame: bytes::Bytes) -> bool {
+        matches!(
+            self.registry.deliver(user, Queued::own(frame), Kind::Own),
+            Delivery::Queued | Delivery::Held
+        )
+    }
+
+    /// Ends the streams of users away for longer than `--resume-window`
+    /// by `now`: what was held for them is answered `EXPIRED`. Returns
+    /// how many users were gone.
+    pub fn expire_away(&self, now: std::time::Instant) -> usize {
+        let departed = self.registry.expire_away(now);
+        let count = departed.len();
+        departed.into_iter().for_each(|d| self.departed(d));
+        count
+    }
+
+    /// Users away now (reconnecting, their envelopes held).
+    pub fn away(&self) -> usize {
+        self.registry.away()
+    }
+
+    /// Bytes the users' streams keep for resumes.
+    pub fn resume_bytes(&self) -> usize {
+        self.registry.kept_bytes()
+    }
+
+    /// Envelopes `user`'s stream keeps for a resume.
+    pub fn kept(&self, user: &str) -> usize {
+        self.registry.kept(user)
+    }
+
+    /// The one place a user is finally gone (a clean close, its window
+    /// expired, a kick, its identity deleted, a close for good): nothing is
+    /// held for it any more, and every envelope accepted for it and never
+    /// written is answered to its sender — `EXPIRED` when the window ran
+    /// out, else `UNDELIVERED`. Whatever else must forget a departed user
+    /// hooks in here.
+    pub(super) fn departed(&self, departed: Departed) {
+        let Departed {
+            user,
+            why,
+            unwritten,
+        } = departed;
+        tracing::debug!(%user, ?why, held = unwritten.len(), "user gone");
+        self.stats.gone.inc();
+        match why {
+            Gone::Expired => self.answer_unwritten(
+                unwritten,
+                &user,
+                ErrorType::Expired,
+                "the target did not come back within the resume window",
+            ),
+            _ => self.report_undelivered(unwritten, &user, "the target left"),
+        }
+    }
+
     /// Answers envelopes that were accepted for `target` but never written.
     pub(super) fn report_undelivered(
         &self,
@@ -543,6 +636,20 @@ impl Hub {
         target: &str,
         why: &str,
     ) {
+        self.answer_unwritten(items, target, ErrorType::Undelivered, why);
+    }
+
+    /// Answers envelopes accepted for `target` and never written with
+    /// `error` (`UNDELIVERED` or `EXPIRED`): a sender here in its own
+    /// stream, a sender on another node through its node.
+    fn answer_unwritten(
+        &self,
+        items: impl IntoIterator<Item = Queued>,
+        target: &str,
+        error: ErrorType,
+        why: &str,
+    ) {
+        let expired = error == ErrorType::Expired;
         for item in items {
             let origin = match item.origin {
                 None => {
@@ -550,7 +657,7 @@ impl Hub {
                     continue;
                 }
                 Some(Origin::Remote { node, id }) => {
-                    self.report_remote_undelivered(&node, id, why);
+                    self.report_remote_unwritten(&node, id, expired, why);
                     continue;
                 }
                 Some(Origin::Local(origin)) => origin,
@@ -558,30 +665,29 @@ impl Hub {
             let kind = serde_json::from_slice::<Inbound<'_>>(&item.frame)
                 .ok()
                 .map(|inbound| inbound.kind.into_owned());
-            let Some(sender) = self.registry.outbox_of(&origin.user, origin.conn) else {
-                self.stats.undelivered_unreported.inc();
-                continue;
+            let message = if expired {
+                format!("the envelope for \"{target}\" expired: {why}")
+            } else {
+                format!("the envelope for \"{target}\" was not delivered: {why}")
             };
             let frame = error_frame(
-                ErrorType::Undelivered,
+                error,
                 &ErrorDetail {
-                    message: format!("the envelope for \"{target}\" was not delivered: {why}"),
+                    message,
                     target: Some(target),
                     kind: kind.as_deref(),
                     retry_after_ms: None,
                 },
             );
-            match sender.push_reply(Queued::own(frame)) {
-                Ok(()) => {
-                    self.stats.undelivered_reported.inc();
-                    self.stats.error_sent(ErrorType::Undelivered);
-                }
-                Err(PushError::Closing(_)) => self.stats.undelivered_unreported.inc(),
-                Err(PushError::Full(_)) => {
-                    self.stats.undelivered_unreported.inc();
-                    sender.close(CloseReason::SlowConsumer);
-                    self.registry.remove_if(&origin.user, origin.conn);
-                }
+            let reported = self.deliver_own(&origin.user, frame);
+            match (reported, expired) {
+                (true, true) => self.stats.expired.inc(),
+                (true, false) => self.stats.undelivered_reported.inc(),
+                (false, true) => self.stats.expired_unreported.inc(),
+                (false, false) => self.stats.undelivered_unreported.inc(),
+            }
+            if reported {
+                self.stats.error_sent(error);
             }
         }
     }
@@ -591,6 +697,7 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::core::testing::{LOCAL, connect, hub_with};
+    use crate::core::wire::CloseReason;
 
     #[test]
     fn admission_enforces_the_connection_cap_and_releases_on_drop() {

@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use super::resume;
+
 /// Largest envelope, in bytes: 64 KiB, Centrifugo's default for WebSocket and
 /// WebTransport. An SDP offer with candidates is a few KiB.
 pub const DEFAULT_MAX_ENVELOPE_BYTES: usize = 64 * 1024;
@@ -144,6 +146,26 @@ pub struct Limits {
     pub pre_session_requests: usize,
     /// See [`DEFAULT_DELIVERY_TIMEOUT`].
     pub delivery_timeout: Duration,
+    /// See [`resume::DEFAULT_RESUME_WINDOW`].
+    pub resume_window: Duration,
+    /// See [`resume::DEFAULT_RESUME_BUFFER`].
+    pub resume_buffer: usize,
+    /// See [`resume::DEFAULT_RESUME_BUFFER_BYTES`].
+    pub resume_buffer_bytes: usize,
+    /// See [`resume::DEFAULT_RESUME_MEMORY`].
+    pub resume_memory: usize,
+}
+
+impl Limits {
+    /// The bounds of the users' streams.
+    pub fn resume(&self) -> resume::ResumeLimits {
+        resume::ResumeLimits {
+            buffer: self.resume_buffer,
+            buffer_bytes: self.resume_buffer_bytes,
+            window: self.resume_window,
+            memory: self.resume_memory,
+        }
+    }
 }
 
 const fn nz(n: u32) -> NonZeroU32 {
@@ -180,6 +202,10 @@ impl Default for Limits {
             pre_session_bytes: DEFAULT_PRE_SESSION_BYTES,
             pre_session_requests: DEFAULT_PRE_SESSION_REQUESTS,
             delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
+            resume_window: resume::DEFAULT_RESUME_WINDOW,
+            resume_buffer: resume::DEFAULT_RESUME_BUFFER,
+            resume_buffer_bytes: resume::DEFAULT_RESUME_BUFFER_BYTES,
+            resume_memory: resume::DEFAULT_RESUME_MEMORY,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod readiness;
 pub mod registry;
 mod remote;
+pub mod resume;
 pub mod session;
 pub mod stats;
 pub mod store;

@@ -51,6 +51,8 @@ pub struct Queued {
     pub origin: Option<Origin>,
     /// When a forwarded envelope was accepted (for the relay latency).
     pub accepted_at: Option<std::time::Instant>,
+    /// Its `seq` in the user's stream; 0 for frames outside it (`WELCOME`).
+    pub seq: u64,
 }
 
 impl Queued {
@@ -60,6 +62,7 @@ impl Queued {
             frame,
             origin: None,
             accepted_at: None,
+            seq: 0,
         }
     }
 }
@@ -71,6 +74,17 @@ pub enum PushError {
     Full(Queued),
     /// The connection is closing and takes nothing new.
     Closing(Queued),
+}
+
+/// Whether an outbox would take a frame now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// It would.
+    Open,
+    /// It is at its envelope or byte limit.
+    Full,
+    /// The connection is closing and takes nothing new.
+    Closing,
 }
 
 /// Bounded queue plus close signal for one connection.
@@ -121,6 +135,36 @@ impl Outbox {
     /// the byte limit or stalls the writer.
     pub fn push_reply(&self, item: Queued) -> Result<(), PushError> {
         self.push_within(item, usize::MAX)
+    }
+
+    /// Queues the envelopes a resumed connection is owed, after its
+    /// `WELCOME` and before anything new: bounded by the user's resume
+    /// buffer, not by the queue's limits.
+    pub fn push_replay(&self, items: impl IntoIterator<Item = Queued>) {
+        let mut state = self.lock();
+        for item in items {
+            state.bytes += item.frame.len();
+            state.queue.push_back(item);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// Whether a frame of `len` bytes would be taken now: as a reply
+    /// (`own`, bounded by bytes only) or as a forwarded envelope. Whoever
+    /// pushes after asking must hold a lock every pusher takes.
+    pub fn room(&self, len: usize, own: bool) -> Room {
+        let state = self.lock();
+        let max_envelopes = if own { usize::MAX } else { self.max_envelopes };
+        if state.closing.is_some() {
+            Room::Closing
+        } else if !state.queue.is_empty()
+            && (state.queue.len() >= max_envelopes || state.bytes + len > self.max_bytes)
+        {
+            Room::Full
+        } else {
+            Room::Open
+        }
     }
 
     fn push_within(&self, item: Queued, max_envelopes: usize) -> Result<(), PushError> {

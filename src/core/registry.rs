@@ -8,15 +8,19 @@
 //! that replaced it; a fence (another node's newer claim) closes only the
 //! connections it names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::ids::{Epoch, NodeId};
-use super::outbox::{ConnId, Outbox, PushError, Queued};
+use super::outbox::{ConnId, Outbox, Queued, Room};
+use super::resume::{self, Gone, ResumeLimits, Resumption, Stream};
+use super::stats::Stats;
 use super::transport::Transport;
 use super::wire::CloseReason;
 
@@ -42,10 +46,71 @@ pub struct Entry {
 pub enum Delivery {
     /// Queued on the target's connection.
     Queued,
-    /// The target has no live connection (or it is closing).
+    /// The target is away (reconnecting): kept, and written when it
+    /// resumes.
+    Held,
+    /// The target has no live connection and is not away.
     NotFound(Queued),
+    /// The target is away, but its stream or the process holds all it
+    /// may (`--resume-buffer`, `--resume-buffer-bytes`, `--resume-memory`).
+    HoldRefused(Queued),
     /// The target's queue was full: it has been disconnected as a slow consumer.
     TargetSlow(Queued),
+}
+
+/// Which bounds of the target's queue an envelope is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An envelope from another user: the queue's envelope and byte limits.
+    Forwarded,
+    /// The gateway's own envelope to the user (an error, a notice): the
+    /// byte limit only (see [`Outbox::push_reply`]).
+    Own,
+}
+
+/// How a connection's end leaves its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The connection died without a clean close: the user is away for
+    /// `--resume-window`.
+    Away,
+    /// The user is gone at once.
+    Gone(Gone),
+}
+
+/// A user whose stream ended, with the envelopes it was never written (to
+/// answer to their senders).
+#[derive(Debug)]
+pub struct Departed {
+    /// The user.
+    pub user: Arc<str>,
+    /// Why.
+    pub why: Gone,
+    /// Accepted for it and never written.
+    pub unwritten: Vec<Queued>,
+}
+
+/// What a connection's end did, as [`UserClientRegistry::detach`] says.
+#[derive(Debug, Default)]
+pub struct Detached {
+    /// Envelopes of the connection's queue that nobody will write (answer
+    /// them as undelivered).
+    pub undelivered: Vec<Queued>,
+    /// The user's stream ended with this connection.
+    pub departed: Option<Departed>,
+    /// The user is away now.
+    pub away: bool,
+}
+
+/// What an attach gives the new connection.
+#[derive(Debug)]
+pub struct Attached {
+    /// The connection it replaced, closed as `REPLACED`.
+    pub replaced: Option<Entry>,
+    /// What `WELCOME` said.
+    pub resumption: Resumption,
+    /// The stream's highest written `seq`, raised by the session's writer.
+    pub written: Arc<AtomicU64>,
 }
 
 /// One row of the admin listing.
@@ -90,6 +155,14 @@ struct State {
     accepting: bool,
     kicks: u64,
     deletions: u64,
+    /// Every user's stream: live users' and away users'.
+    streams: HashMap<Arc<str>, Stream>,
+    /// Away users by the end of their window, soonest first, with the
+    /// absence each entry is for.
+    away: VecDeque<(Instant, Arc<str>, u64)>,
+    absences: u64,
+    /// Bytes every stream keeps together (`--resume-memory`).
+    kept_bytes: usize,
 }
 
 /// A live connection's claim, for claiming again after the cluster's shared
@@ -106,14 +179,23 @@ pub struct Claim {
     pub transport: Transport,
 }
 
-/// The live connections, keyed by username.
+/// The live connections, keyed by username, and every user's stream.
 #[derive(Debug)]
 pub struct UserClientRegistry {
     state: Mutex<State>,
+    resume: ResumeLimits,
+    stats: Arc<Stats>,
 }
 
 impl Default for UserClientRegistry {
     fn default() -> Self {
+        Self::new(ResumeLimits::default(), Arc::default())
+    }
+}
+
+impl UserClientRegistry {
+    /// An empty registry whose streams keep to `resume`.
+    pub fn new(resume: ResumeLimits, stats: Arc<Stats>) -> Self {
         Self {
             state: Mutex::new(State {
                 users: HashMap::new(),
@@ -121,12 +203,16 @@ impl Default for UserClientRegistry {
                 accepting: true,
                 kicks: 0,
                 deletions: 0,
+                streams: HashMap::new(),
+                away: VecDeque::new(),
+                absences: 0,
+                kept_bytes: 0,
             }),
+            resume,
+            stats,
         }
     }
-}
 
-impl UserClientRegistry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update is a single map operation, so a poisoned lock still
         // guards a consistent map.
@@ -145,20 +231,26 @@ impl UserClientRegistry {
         }
     }
 
-    /// Makes `entry` the user's live connection. A previous connection is
-    /// asked to close as `REPLACED` and returned. The entry is refused with
-    /// the reason to close it with when the registry has stopped
+    /// Makes `entry` the user's live connection, continuing the user's
+    /// stream (or starting one): its outbox gets `welcome` (told whether
+    /// the client's `resume` could be honoured) and then every envelope
+    /// the connection is owed, before anything new. A previous connection
+    /// is asked to close as `REPLACED` and returned. The entry is refused
+    /// with the reason to close it with when the registry has stopped
     /// (`SHUTDOWN`), when everyone was kicked since `grant` was taken
     /// (`KICKED`), when identities were deleted since (`UNAUTHENTICATED`),
     /// or when a newer claim on the user exists, here or (fenced) elsewhere
     /// (`REPLACED`).
-    pub fn insert(
+    pub fn attach(
         &self,
         user: Arc<str>,
         entry: Entry,
         grant: Grant,
-    ) -> Result<Option<Entry>, CloseReason> {
-        let mut state = self.lock();
+        resume: Option<u64>,
+        welcome: impl FnOnce(&Resumption) -> Bytes,
+    ) -> Result<Attached, CloseReason> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if !state.accepting {
             return Err(CloseReason::Shutdown);
         }
@@ -179,12 +271,25 @@ impl UserClientRegistry {
         if fenced || newer_here {
             return Err(CloseReason::Replaced);
         }
+        let stream = state
+            .streams
+            .entry(user.clone())
+            .or_insert_with(|| Stream::new(resume::session_id()));
+        let (resumption, replay) = stream.resume(resume);
+        let written = stream.written().clone();
+        // Under the lock, so nothing new reaches the outbox before these.
+        let _ = entry.outbox.push(Queued::own(welcome(&resumption)));
+        entry.outbox.push_replay(replay);
         let old = state.users.insert(user, entry);
-        drop(state);
+        drop(guard);
         if let Some(old) = &old {
             old.outbox.close(CloseReason::Replaced);
         }
-        Ok(old)
+        Ok(Attached {
+            replaced: old,
+            resumption,
+            written,
+        })
     }
 
     /// A newer claim on `user` exists elsewhere, superseding `epoch`:
@@ -250,64 +355,209 @@ impl UserClientRegistry {
         }
     }
 
-    /// Queues a frame on `target`'s live connection without waiting. A
-    /// target whose queue is full is closed as `SLOW_CONSUMER` and removed.
-    pub fn deliver(&self, target: &str, item: Queued) -> Delivery {
-        let mut state = self.lock();
-        let Some(entry) = state.users.get(target) else {
+    /// The one way anything reaches a user: numbers `item` with the next
+    /// `seq` of the user's stream and queues it on the live connection
+    /// without waiting, or holds it while the user is away. A target whose
+    /// queue is full is closed as `SLOW_CONSUMER` and removed (and is away
+    /// from then on).
+    pub fn deliver(&self, target: &str, item: Queued, kind: Kind) -> Delivery {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(stream) = state.streams.get_mut(target) else {
             return Delivery::NotFound(item);
         };
-        match entry.outbox.push(item) {
-            Ok(()) => Delivery::Queued,
-            Err(PushError::Closing(item)) => Delivery::NotFound(item),
-            Err(PushError::Full(item)) => {
-                entry.outbox.close(CloseReason::SlowConsumer);
-                state.users.remove(target);
-                Delivery::TargetSlow(item)
+        let len = item.frame.len();
+        if let Some(entry) = state.users.get(target) {
+            match entry.outbox.room(len, kind == Kind::Own) {
+                Room::Full => {
+                    entry.outbox.close(CloseReason::SlowConsumer);
+                    state.users.remove(target);
+                    return Delivery::TargetSlow(item);
+                }
+                Room::Open => {
+                    let keep = state.kept_bytes + len <= self.resume.memory;
+                    let (stamped, pushed) = stream.push(item, &self.resume, keep);
+                    state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
+                    self.stats.resume_dropped.add(pushed.dropped as u64);
+                    // The room was checked under the lock every push takes:
+                    // only a close can have come in between, and then the
+                    // stream holds the envelope as for an away user.
+                    entry.outbox.push_replay([stamped]);
+                    return Delivery::Queued;
+                }
+                Room::Closing => {}
             }
+        }
+        if state.kept_bytes + len > self.resume.memory || !stream.can_hold(len, &self.resume) {
+            return Delivery::HoldRefused(item);
+        }
+        let (_, pushed) = stream.push(item, &self.resume, true);
+        state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
+        Delivery::Held
+    }
+
+    /// The client acknowledged everything up to `seq`.
+    pub fn ack(&self, user: &str, seq: u64) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if let Some(stream) = state.streams.get_mut(user) {
+            let freed = stream.ack(seq);
+            state.kept_bytes -= freed;
         }
     }
 
-    /// The outbox of `user`'s connection, if `conn` is still the live one.
-    pub fn outbox_of(&self, user: &str, conn: ConnId) -> Option<Arc<Outbox>> {
-        let state = self.lock();
-        state
+    /// Connection `conn` of `user` ended: it leaves (unless it already
+    /// had), and `leftovers` (its queue, never written) are sorted out.
+    /// When no newer connection of the user is live, the user is away or
+    /// gone as `ending` says.
+    pub fn detach(
+        &self,
+        user: &str,
+        conn: ConnId,
+        ending: Ending,
+        leftovers: Vec<Queued>,
+    ) -> Detached {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state
             .users
             .get(user)
-            .filter(|entry| entry.conn == conn)
-            .map(|entry| entry.outbox.clone())
+            .is_some_and(|entry| entry.conn == conn)
+        {
+            state.users.remove(user);
+        }
+        let mut detached = Detached::default();
+        let Some(stream) = state.streams.get_mut(user) else {
+            detached.undelivered = leftovers;
+            return detached;
+        };
+        // What the stream still keeps is written again on resume.
+        detached.undelivered = leftovers
+            .into_iter()
+            .filter(|item| !stream.keeps(item.seq))
+            .collect();
+        if state.users.contains_key(user) || stream.away.is_some() {
+            return detached;
+        }
+        match ending {
+            Ending::Away => {
+                state.absences += 1;
+                let until = resume::now() + self.resume.window;
+                stream.away = Some((until, state.absences));
+                state.away.push_back((until, user.into(), state.absences));
+                detached.away = true;
+            }
+            Ending::Gone(why) => {
+                detached.departed = Self::end_stream(state, user, why);
+            }
+        }
+        detached
+    }
+
+    fn end_stream(state: &mut State, user: &str, why: Gone) -> Option<Departed> {
+        let (user, stream) = state.streams.remove_entry(user)?;
+        let (unwritten, bytes) = stream.end();
+        state.kept_bytes -= bytes;
+        Some(Departed {
+            user,
+            why,
+            unwritten: unwritten.iter().map(resume::Kept::queued).collect(),
+        })
+    }
+
+    /// Ends the streams of users away past their window by `now`.
+    pub fn expire_away(&self, now: Instant) -> Vec<Departed> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut departed = Vec::new();
+        while let Some((until, _, _)) = state.away.front() {
+            if *until > now {
+                break;
+            }
+            let Some((_, user, absence)) = state.away.pop_front() else {
+                break;
+            };
+            let still_away = state
+                .streams
+                .get(&user)
+                .is_some_and(|stream| stream.away.is_some_and(|(_, a)| a == absence));
+            if still_away && !state.users.contains_key(&user) {
+                departed.extend(Self::end_stream(state, &user, Gone::Expired));
+            }
+        }
+        departed
+    }
+
+    /// Users away now.
+    pub fn away(&self) -> usize {
+        self.lock()
+            .streams
+            .values()
+            .filter(|stream| stream.away.is_some())
+            .count()
+    }
+
+    /// Bytes every stream keeps together.
+    pub fn kept_bytes(&self) -> usize {
+        self.lock().kept_bytes
+    }
+
+    /// Envelopes `user`'s stream keeps (0 without one).
+    pub fn kept(&self, user: &str) -> usize {
+        self.lock().streams.get(user).map_or(0, Stream::len)
     }
 
     /// Empties the registry, after `update` has changed its state under
     /// the same lock, and closes every connection with `reason`; returns how
-    /// many there were.
-    fn close_all(&self, reason: CloseReason, update: impl FnOnce(&mut State)) -> usize {
-        let mut state = self.lock();
-        update(&mut state);
+    /// many there were. With `gone`, every user's stream ends too (away
+    /// users' included), so nobody is held for.
+    fn close_all(
+        &self,
+        reason: CloseReason,
+        gone: Option<Gone>,
+        update: impl FnOnce(&mut State),
+    ) -> (usize, Vec<Departed>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        update(state);
         let drained: Vec<Entry> = state.users.drain().map(|(_, entry)| entry).collect();
-        drop(state);
+        let mut departed = Vec::new();
+        if let Some(why) = gone {
+            let users: Vec<Arc<str>> = state.streams.keys().cloned().collect();
+            for user in users {
+                departed.extend(Self::end_stream(state, &user, why));
+            }
+            state.away.clear();
+        }
+        drop(guard);
         for entry in &drained {
             entry.outbox.close(reason);
         }
-        drained.len()
+        (drained.len(), departed)
     }
 
     /// Closes every connection as `KICKED`, and every connection already
-    /// authenticated but not attached yet as it attaches.
-    pub fn kick_all(&self) -> usize {
-        self.close_all(CloseReason::Kicked, |state| state.kicks += 1)
+    /// authenticated but not attached yet as it attaches; every user is
+    /// gone.
+    pub fn kick_all(&self) -> (usize, Vec<Departed>) {
+        self.close_all(CloseReason::Kicked, Some(Gone::Kicked), |state| {
+            state.kicks += 1;
+        })
     }
 
     /// Closes every connection as `KICKED` after every identity has been
     /// deleted; connections on their way in are refused as
-    /// `UNAUTHENTICATED`.
-    pub fn revoke_all(&self) -> usize {
-        self.close_all(CloseReason::Kicked, |state| state.deletions += 1)
+    /// `UNAUTHENTICATED`; every user is gone.
+    pub fn revoke_all(&self) -> (usize, Vec<Departed>) {
+        self.close_all(CloseReason::Kicked, Some(Gone::Deleted), |state| {
+            state.deletions += 1;
+        })
     }
 
     /// Closes every connection as `SHUTDOWN` and refuses new ones for good.
     pub fn stop(&self) -> usize {
-        self.close_all(CloseReason::Shutdown, |state| state.accepting = false)
+        self.close_all(CloseReason::Shutdown, None, |state| state.accepting = false)
+            .0
     }
 
     /// Whether new connections are still taken (false once shutdown began).
@@ -368,6 +618,28 @@ mod tests {
             outbox: Arc::new(Outbox::new(capacity, 1 << 20)),
             since: SystemTime::now(),
             peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// The attach of a connection that does not resume, as a test needs it.
+    trait Insert {
+        fn insert(
+            &self,
+            user: Arc<str>,
+            entry: Entry,
+            grant: Grant,
+        ) -> Result<Option<Entry>, CloseReason>;
+    }
+
+    impl Insert for UserClientRegistry {
+        fn insert(
+            &self,
+            user: Arc<str>,
+            entry: Entry,
+            grant: Grant,
+        ) -> Result<Option<Entry>, CloseReason> {
+            self.attach(user, entry, grant, None, |_| Bytes::from_static(b"{}\n"))
+                .map(|attached| attached.replaced)
         }
     }
 
@@ -452,7 +724,7 @@ mod tests {
     fn deliver_reports_missing_targets() {
         let registry = UserClientRegistry::default();
         assert!(matches!(
-            registry.deliver("bob", item()),
+            registry.deliver("bob", item(), Kind::Forwarded),
             Delivery::NotFound(_)
         ));
     }
@@ -460,21 +732,28 @@ mod tests {
     #[test]
     fn full_target_is_closed_as_slow_consumer_and_removed() {
         let registry = UserClientRegistry::default();
-        let bob = entry(7, 1);
+        // Room for the WELCOME and one envelope.
+        let bob = entry(7, 2);
         registry
             .insert("bob".into(), bob.clone(), registry.grant())
             .unwrap();
-        assert!(matches!(registry.deliver("bob", item()), Delivery::Queued));
         assert!(matches!(
-            registry.deliver("bob", item()),
+            registry.deliver("bob", item(), Kind::Forwarded),
+            Delivery::Queued
+        ));
+        assert!(matches!(
+            registry.deliver("bob", item(), Kind::Forwarded),
             Delivery::TargetSlow(_)
         ));
         assert_eq!(bob.outbox.closing(), Some(CloseReason::SlowConsumer));
         assert!(!registry.contains("bob"));
-        assert!(matches!(
-            registry.deliver("bob", item()),
-            Delivery::NotFound(_)
-        ));
+        assert!(
+            matches!(
+                registry.deliver("bob", item(), Kind::Forwarded),
+                Delivery::Held
+            ),
+            "a slow consumer is away, not gone"
+        );
     }
 
     #[test]
@@ -533,7 +812,7 @@ mod tests {
             CloseReason::Kicked
         );
         let before_deletion = registry.grant();
-        assert_eq!(registry.revoke_all(), 0);
+        assert_eq!(registry.revoke_all().0, 0);
         assert_eq!(
             registry
                 .insert("a".into(), entry(2, 8), before_deletion)

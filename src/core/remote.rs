@@ -10,9 +10,9 @@ use super::cluster::{Broadcast, Fate, Outgoing, Pending};
 use super::envelope::{ErrorDetail, Inbound, error_frame};
 use super::hub::Hub;
 use super::ids::{Epoch, NodeId};
-use super::outbox::{LocalSender, Origin, PushError, Queued};
-use super::registry::{Claim, Delivery};
-use super::wire::{CloseReason, ErrorType};
+use super::outbox::{LocalSender, Origin, Queued};
+use super::registry::{Claim, Delivery, Kind};
+use super::wire::ErrorType;
 
 impl Hub {
     /// Sends an envelope for `target`, not connected here, to the cluster.
@@ -98,6 +98,10 @@ impl Hub {
                 ErrorType::ClusterUnavailable,
                 format!("the other nodes cannot be reached now: {why}"),
             ),
+            Fate::Expired(why) => (
+                ErrorType::Expired,
+                format!("the envelope for \"{}\" expired: {why}", pending.target),
+            ),
         };
         self.answer_sender(&pending, error, message);
     }
@@ -131,15 +135,6 @@ impl Hub {
         if error != ErrorType::Unconfirmed {
             self.stats().remote_failed.inc();
         }
-        let Some(sender) = self
-            .registry()
-            .outbox_of(&pending.sender.user, pending.sender.conn)
-        else {
-            // The sender left before its envelope's fate came back: the
-            // answer is dropped, and counted, so the books still add up.
-            self.stats().replies_dropped.inc();
-            return;
-        };
         let kind = serde_json::from_slice::<Inbound<'_>>(&pending.frame)
             .ok()
             .map(|inbound| inbound.kind.into_owned());
@@ -152,14 +147,10 @@ impl Hub {
                 retry_after_ms: None,
             },
         );
-        match sender.push_reply(Queued::own(frame)) {
-            Ok(()) => self.stats().error_sent(error),
-            Err(PushError::Closing(_)) => self.stats().replies_dropped.inc(),
-            Err(PushError::Full(_)) => {
-                sender.close(CloseReason::SlowConsumer);
-                self.registry()
-                    .remove_if(&pending.sender.user, pending.sender.conn);
-            }
+        // A sender that left before its envelope's fate came back: the
+        // answer is dropped, and counted, so the books still add up.
+        if self.send_own(&pending.sender.user, frame) {
+            self.stats().error_sent(error);
         }
     }
 
@@ -174,6 +165,7 @@ impl Hub {
                 id,
             }),
             accepted_at: Some(self.clock().now()),
+            seq: 0,
         };
         if self.cluster().is_some_and(|cluster| !cluster.current()) {
             self.stats().remote_in_failed.inc();
@@ -188,9 +180,10 @@ impl Hub {
             }
             return;
         }
-        let fate = match self.registry().deliver(target, item) {
-            Delivery::Queued => return,
+        let fate = match self.registry().deliver(target, item, Kind::Forwarded) {
+            Delivery::Queued | Delivery::Held => return,
             Delivery::NotFound(_) => Fate::NotHere,
+            Delivery::HoldRefused(_) => Fate::NotFound,
             Delivery::TargetSlow(_) => Fate::Slow,
         };
         self.stats().remote_in_failed.inc();
@@ -199,12 +192,18 @@ impl Hub {
         }
     }
 
-    /// Tells another node that its envelope `id`, queued here, was never
-    /// written.
-    pub(super) fn report_remote_undelivered(&self, node: &NodeId, id: u64, why: &str) {
+    /// Tells another node that its envelope `id`, queued or held here,
+    /// was never written: undelivered, or `expired` with its target's
+    /// resume window.
+    pub(super) fn report_remote_unwritten(&self, node: &NodeId, id: u64, expired: bool, why: &str) {
         self.stats().remote_in_failed.inc();
         if let Some(cluster) = self.cluster() {
-            cluster.settle(node, id, Fate::Undelivered(why.to_owned()));
+            let fate = if expired {
+                Fate::Expired(why.to_owned())
+            } else {
+                Fate::Undelivered(why.to_owned())
+            };
+            cluster.settle(node, id, fate);
         }
     }
 
@@ -217,8 +216,8 @@ impl Hub {
     /// Carries out an admin action another node broadcast.
     pub fn apply(&self, command: Broadcast) -> usize {
         match command {
-            Broadcast::KickAll => self.registry().kick_all(),
-            Broadcast::RevokeAll => self.registry().revoke_all(),
+            Broadcast::KickAll => self.kick_here(),
+            Broadcast::RevokeAll => self.revoke_here(),
         }
     }
 
@@ -228,7 +227,7 @@ impl Hub {
     /// deletion of every identity does (`KICKED`; those on their way in are
     /// refused); returns how many were live.
     pub fn shared_state_lost(&self) -> usize {
-        self.registry().revoke_all()
+        self.revoke_here()
     }
 
     /// Every live connection's claim (to claim again after the cluster's
@@ -437,6 +436,7 @@ mod tests {
         let bob = connect(&hub, "bob");
         let from: NodeId = "there".into();
         hub.deliver_remote(&from, 9, "bob", Bytes::from_static(b"{}\n"));
+        bob.closed_by_client();
         drop(bob);
         let (node, id, fate) = cluster.settled.lock().unwrap().pop().unwrap();
         assert_eq!((node, id), (from, 9));

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::admission::{Admission, quota};
@@ -18,13 +18,14 @@ use super::envelope::{
 use super::envelope::{Welcome, welcome_frame};
 use super::hub::{Claimed, Hub};
 use super::ids::Epoch;
-use super::outbox::{ConnId, LocalSender, Origin, Outbox, PushError, Queued};
-use super::registry::{Delivery, Entry};
+use super::outbox::{ConnId, LocalSender, Origin, Outbox, Queued};
+use super::registry::{Delivery, Ending, Entry, Kind};
+use super::resume::Gone;
 use super::store::unix_ms;
 use super::token::TOKEN_LEEWAY;
 use super::transport::Transport;
 use super::wire::{
-    CloseReason, ErrorType, REFRESH_TOKEN_TYPE, TOKEN_EXPIRING_TYPE, TOKEN_REFRESHED_TYPE,
+    ACK_TYPE, CloseReason, ErrorType, REFRESH_TOKEN_TYPE, TOKEN_EXPIRING_TYPE, TOKEN_REFRESHED_TYPE,
 };
 
 /// How long before its token expires a connection is warned: a minute, or
@@ -79,6 +80,12 @@ struct Refresh {
     token: String,
 }
 
+/// The payload of an `ACK`.
+#[derive(serde::Deserialize)]
+struct Ack {
+    seq: u64,
+}
+
 /// Why a transport could not write a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -127,6 +134,12 @@ pub struct Session {
     token: Option<Arc<TokenLife>>,
     /// When the client's first request or packet arrived.
     started: Instant,
+    /// The highest `seq` of the user's stream written anywhere.
+    written: Arc<AtomicU64>,
+    /// The client closed the connection cleanly: its user is gone, not away.
+    clean: AtomicBool,
+    /// Whether the connection has left the registry.
+    left: AtomicBool,
     _admission: Admission,
 }
 
@@ -139,13 +152,15 @@ impl Session {
     /// authentication was revoked since (a kick, deleted identities), or a
     /// newer claim on the user exists (`REPLACED`). `started` is when the
     /// client's first request or packet arrived, for the set-up time
-    /// histogram.
+    /// histogram. `resume` is the client's `resume=N`: the highest `seq` it
+    /// processed on an earlier connection.
     pub fn attach(
         hub: &Arc<Hub>,
         admission: Admission,
         claimed: Claimed,
         peer: IpAddr,
         started: Instant,
+        resume: Option<u64>,
     ) -> Result<Session, CloseReason> {
         let (conn, epoch, transport) = claimed.connection();
         let authenticated = claimed.authenticated();
@@ -154,16 +169,20 @@ impl Session {
         let grant = authenticated.grant();
         let limits = hub.limits();
         let outbox = Arc::new(Outbox::new(limits.queue_envelopes, limits.queue_bytes));
-        let welcome = welcome_frame(&Welcome {
-            username: &user,
-            transport: transport.as_str(),
-            connection_id: conn,
-            max_envelope_bytes: limits.max_envelope_bytes,
-            ice: &hub.ice_servers(&user),
-        });
-        // A fresh outbox is empty and open, so the push cannot fail.
-        let _ = outbox.push(Queued::own(welcome));
-        hub.registry().insert(
+        let ice = hub.ice_servers(&user);
+        let welcome = |resumption: &super::resume::Resumption| {
+            welcome_frame(&Welcome {
+                username: &user,
+                transport: transport.as_str(),
+                connection_id: conn,
+                max_envelope_bytes: limits.max_envelope_bytes,
+                ice: &ice,
+                session: &resumption.session,
+                resumed: resumption.resumed,
+                replayed: resumption.replayed,
+            })
+        };
+        let attached = hub.registry().attach(
             user.clone(),
             Entry {
                 conn,
@@ -174,12 +193,22 @@ impl Session {
                 peer,
             },
             grant,
+            resume,
+            welcome,
         )?;
+        let stats = hub.stats();
+        if resume.is_some() {
+            if attached.resumption.resumed {
+                stats.resumed.inc();
+            } else {
+                stats.not_resumed.inc();
+            }
+        }
         // From here the session gives the claim up when it ends.
         claimed.attached();
         hub.touch(&user);
         hub.stats().attached(transport);
-        Ok(Session::new(
+        let mut session = Session::new(
             hub.clone(),
             LocalSender { user, conn },
             epoch,
@@ -188,7 +217,9 @@ impl Session {
             admission,
             expires_at,
             started,
-        ))
+        );
+        session.written = attached.written;
+        Ok(session)
     }
 
     /// A session for a connection just attached.
@@ -221,6 +252,9 @@ impl Session {
             strikes,
             token,
             started,
+            written: Arc::default(),
+            clean: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             _admission: admission,
         }
     }
@@ -343,9 +377,34 @@ impl Session {
             frame,
             origin: Some(Origin::Local(self.origin.clone())),
             accepted_at: Some(self.hub.clock().now()),
+            seq: 0,
         };
-        match self.hub.registry().deliver(&inbound.target, item) {
+        match self
+            .hub
+            .registry()
+            .deliver(&inbound.target, item, Kind::Forwarded)
+        {
             Delivery::Queued => stats.forwarded.inc(),
+            Delivery::Held => {
+                stats.forwarded.inc();
+                stats.held.inc();
+            }
+            Delivery::HoldRefused(_) => {
+                stats.target_not_found.inc();
+                stats.hold_refused.inc();
+                self.reply_error(
+                    ErrorType::TargetNotFound,
+                    ErrorDetail {
+                        message: format!(
+                            "user \"{}\" is reconnecting, and the gateway holds all it may for it",
+                            inbound.target
+                        ),
+                        target: Some(&inbound.target),
+                        kind: Some(&inbound.kind),
+                        retry_after_ms: None,
+                    },
+                );
+            }
             // Not here: in a cluster, the target may be on another node.
             Delivery::NotFound(item) if self.hub.cluster().is_some() => {
                 if !self
@@ -401,19 +460,35 @@ impl Session {
         self.reply(error_frame(error, &detail));
     }
 
-    /// Queues one of the gateway's own envelopes for this connection.
+    /// Queues one of the gateway's own envelopes for this connection's
+    /// user.
     fn reply(&self, frame: bytes::Bytes) {
-        if let Err(PushError::Full(_)) = self.outbox.push_reply(Queued::own(frame)) {
-            self.close(CloseReason::SlowConsumer);
-        }
+        self.hub.send_own(&self.origin.user, frame);
     }
 
-    /// An envelope addressed to the gateway itself (`"target": ""`): only
-    /// `REFRESH_TOKEN`. The new JWT is checked in a task of its own (a key
-    /// may have to be fetched), which answers `TOKEN_REFRESHED` or
-    /// `TOKEN_REFUSED`.
+    /// An envelope addressed to the gateway itself (`"target": ""`):
+    /// `ACK` or `REFRESH_TOKEN`. The new JWT is checked in a task of its
+    /// own (a key may have to be fetched), which answers `TOKEN_REFRESHED`
+    /// or `TOKEN_REFUSED`.
     fn to_gateway(&self, inbound: &Inbound<'_>) {
         self.hub.stats().to_gateway.inc();
+        if inbound.kind == ACK_TYPE {
+            match inbound
+                .payload
+                .and_then(|payload| serde_json::from_str::<Ack>(payload.get()).ok())
+            {
+                Some(Ack { seq }) => self.hub.registry().ack(&self.origin.user, seq),
+                None => self.reply_error(
+                    ErrorType::InvalidMessage,
+                    ErrorDetail {
+                        message: format!("the payload of {ACK_TYPE} must be {{\"seq\": N}}"),
+                        kind: Some(&inbound.kind),
+                        ..ErrorDetail::default()
+                    },
+                ),
+            }
+            return;
+        }
         let refused = |message: &str| {
             self.reply_error(
                 ErrorType::TokenRefused,
@@ -429,7 +504,7 @@ impl Session {
                 ErrorType::InvalidMessage,
                 ErrorDetail {
                     message: format!(
-                        "the gateway (target \"\") takes only {REFRESH_TOKEN_TYPE} envelopes"
+                        "the gateway (target \"\") takes only {ACK_TYPE} and {REFRESH_TOKEN_TYPE} envelopes"
                     ),
                     kind: Some(&inbound.kind),
                     ..ErrorDetail::default()
@@ -450,7 +525,6 @@ impl Session {
         };
         let hub = self.hub.clone();
         let user = self.origin.user.clone();
-        let outbox = self.outbox.clone();
         tokio::spawn(async move {
             let frame = match hub.refresh(&user, &token).await {
                 Ok(expires_at) => {
@@ -471,8 +545,7 @@ impl Session {
                     )
                 }
             };
-            // A full or closing outbox: the connection is on its way out.
-            let _ = outbox.push_reply(Queued::own(frame));
+            hub.send_own(&user, frame);
         });
     }
 
@@ -546,28 +619,42 @@ impl Session {
         }
     }
 
-    /// Counts forwarded envelopes the transport has written, and how long
-    /// each took from its acceptance.
+    /// Counts forwarded envelopes the transport has written for the first
+    /// time, and how long each took from its acceptance; envelopes written
+    /// again on a resume count as replayed.
     pub fn record_written(&self, batch: &VecDeque<Queued>) {
         let stats = self.hub.stats();
         let now = self.hub.clock().now();
+        let last = batch.iter().map(|item| item.seq).max().unwrap_or(0);
+        let before = self.written.fetch_max(last, Ordering::Relaxed);
+        let first = |item: &&Queued| item.seq == 0 || item.seq > before;
         let mut forwarded = 0;
         stats
             .relay_latency
-            .observe_durations(batch.iter().filter_map(|item| {
+            .observe_durations(batch.iter().filter(first).filter_map(|item| {
                 let accepted = item.accepted_at?;
                 forwarded += 1;
                 Some(now.saturating_duration_since(accepted))
             }));
         stats.written.add(forwarded);
+        stats
+            .replayed
+            .add(batch.iter().filter(|item| !first(item)).count() as u64);
         stats.batch_sizes.observe(batch.len() as f64);
         if let Some(cluster) = self.hub.cluster() {
-            for item in batch {
+            for item in batch.iter().filter(first) {
                 if let Some(Origin::Remote { node, id }) = &item.origin {
                     cluster.settle(node, *id, Fate::Written);
                 }
             }
         }
+    }
+
+    /// The client closed its side cleanly (a close frame 1000/1001, its
+    /// stream or session closed): when this connection leaves, its user is
+    /// gone rather than away.
+    pub fn closed_by_client(&self) {
+        self.clean.store(true, Ordering::Relaxed);
     }
 
     /// Answers the envelopes of a batch the transport failed to write.
@@ -580,20 +667,43 @@ impl Session {
         self.transport
     }
 
-    /// Detaches the connection now: the user becomes unreachable and every
-    /// envelope still queued is answered to its sender. The transport calls
-    /// this when nothing more will be written, then takes its time to close
-    /// the socket; dropping the session does the same.
+    /// Detaches the connection now. Unless a newer connection of the user
+    /// is live, the user is *away* (its envelopes held for
+    /// `--resume-window`) when the connection died, or gone when the client
+    /// closed it cleanly or the gateway closed it for good; envelopes still
+    /// queued that the user's stream does not keep are answered to their
+    /// senders. The transport calls this when nothing more will be
+    /// written, then takes its time to close the socket; dropping the
+    /// session does the same.
     pub fn leave(&self) {
+        if self.left.swap(true, Ordering::Relaxed) {
+            return;
+        }
         let hub = &self.hub;
-        hub.registry()
-            .remove_if(&self.origin.user, self.origin.conn);
-        let why = match self.outbox.closing() {
+        let closing = self.outbox.closing();
+        let ending = match closing {
+            _ if self.clean.load(Ordering::Relaxed) => Ending::Gone(Gone::Closed),
+            None => Ending::Away,
+            Some(CloseReason::Kicked) => Ending::Gone(Gone::Kicked),
+            Some(CloseReason::Unauthenticated) => Ending::Gone(Gone::Deleted),
+            Some(reason) if reason.should_reconnect() => Ending::Away,
+            Some(_) => Ending::Gone(Gone::Ended),
+        };
+        let why = match closing {
             Some(reason) => format!("the target's connection closed ({})", reason.reason()),
             None => "the target disconnected".to_owned(),
         };
         let left = self.outbox.seal(CloseReason::InternalError);
-        hub.report_undelivered(left, &self.origin.user, &why);
+        let detached = hub
+            .registry()
+            .detach(&self.origin.user, self.origin.conn, ending, left);
+        hub.report_undelivered(detached.undelivered, &self.origin.user, &why);
+        if detached.away {
+            hub.stats().went_away.inc();
+        }
+        if let Some(departed) = detached.departed {
+            hub.departed(departed);
+        }
     }
 }
 
@@ -626,7 +736,9 @@ mod tests {
     use crate::core::clock::ManualClock;
     use crate::core::hub::Authenticated;
     use crate::core::store::Registration;
-    use crate::core::testing::{LOCAL, connect, drain, hub_at, hub_with, take};
+    use crate::core::testing::{
+        LOCAL, connect, drain, drain_all, hub_at, hub_with, resume, take,
+    };
     use serde_json::Value;
     use std::num::NonZeroU32;
 
@@ -661,6 +773,14 @@ mod tests {
         );
         assert_eq!(v["payload"]["username"], "alice");
         assert_eq!(v["payload"]["transport"], "websocket");
+        assert!(
+            v["payload"]["session"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        );
+        assert_eq!(v["payload"]["resumed"], false);
+        assert_eq!(v["payload"]["replayed"], 0);
+        assert!(v.get("seq").is_none(), "WELCOME is outside the stream");
         let ice = &v["payload"]["ice"];
         assert_eq!(ice["ttl"], 60);
         assert_eq!(ice["iceServers"][0]["urls"][0], "turn:turn.test");
@@ -749,9 +869,150 @@ mod tests {
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
         alice.handle_frame(br#"{"target":"bob","type":"t"}"#);
+        alice.closed_by_client();
         drop(alice);
+        bob.closed_by_client();
         drop(bob);
         assert_eq!(hub.stats().undelivered_unreported.get(), 1);
+    }
+
+    #[test]
+    fn every_envelope_after_welcome_is_numbered_in_the_users_stream() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        alice.handle_frame(br#"{"target":"bob","type":"a"}"#);
+        alice.handle_frame(br#"{"target":"nobody","type":"b"}"#);
+        alice.handle_frame(br#"{"target":"bob","type":"c"}"#);
+        alice.handle_frame(b"{oops");
+        let to_bob: Vec<u64> = drain(&bob)
+            .iter()
+            .map(|v| v["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(to_bob, [1, 2]);
+        let to_alice = drain(&alice);
+        assert_eq!(to_alice[0]["type"], "TARGET_NOT_FOUND");
+        assert_eq!(
+            to_alice[0]["seq"], 1,
+            "errors are numbered in the sender's stream"
+        );
+        assert_eq!(to_alice[1]["seq"], 2);
+    }
+
+    #[test]
+    fn a_user_whose_connection_died_is_held_for_and_resumes_in_order() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        alice.handle_frame(br#"{"target":"bob","type":"one"}"#);
+        let session = drain_all(&bob)[0]["payload"]["session"].clone();
+        // Written to a path that died: never acknowledged.
+        bob.written.store(1, Ordering::Relaxed);
+        drop(bob);
+        assert!(!hub.is_connected("bob"));
+        assert_eq!(hub.away(), 1);
+        alice.handle_frame(br#"{"target":"bob","type":"two"}"#);
+        assert!(take(&alice).is_empty(), "held: the sender hears nothing");
+        assert_eq!(hub.stats().held.get(), 1);
+        let back = resume(&hub, "bob", Some(0));
+        let got = drain_all(&back);
+        assert_eq!(got[0]["payload"]["resumed"], true);
+        assert_eq!(got[0]["payload"]["replayed"], 2);
+        assert_eq!(got[0]["payload"]["session"], session);
+        let kinds: Vec<(&str, u64)> = got[1..]
+            .iter()
+            .map(|v| (v["type"].as_str().unwrap(), v["seq"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(kinds, [("one", 1), ("two", 2)]);
+        assert_eq!(hub.away(), 0);
+        assert_eq!(hub.stats().resumed.get(), 1);
+    }
+
+    #[test]
+    fn an_acknowledged_envelope_is_not_written_again() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        for _ in 0..3 {
+            alice.handle_frame(br#"{"target":"bob","type":"x"}"#);
+        }
+        bob.written.store(3, Ordering::Relaxed);
+        bob.handle_frame(br#"{"target":"","type":"ACK","payload":{"seq":2}}"#);
+        assert_eq!(hub.kept("bob"), 1);
+        drop(bob);
+        let back = resume(&hub, "bob", Some(2));
+        let got = drain_all(&back);
+        assert_eq!(got[0]["payload"]["replayed"], 1);
+        assert_eq!(got[1]["seq"], 3);
+        let failed = resume(&hub, "bob", Some(1));
+        assert_eq!(
+            drain_all(&failed)[0]["payload"]["resumed"],
+            false,
+            "2 was freed"
+        );
+    }
+
+    #[test]
+    fn after_the_window_the_sender_is_told_expired_and_the_user_is_gone() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        drop(bob);
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        assert_eq!(hub.expire_away(Instant::now()), 0, "not yet");
+        let after = Instant::now() + hub.limits().resume_window;
+        assert_eq!(hub.expire_away(after), 1);
+        let got = take(&alice);
+        assert_eq!(got[0]["type"], "EXPIRED");
+        assert_eq!(got[0]["payload"]["target"], "bob");
+        assert_eq!(got[0]["payload"]["type"], "offer");
+        assert_eq!(got[0]["seq"], 1);
+        assert_eq!(hub.stats().expired.get(), 1);
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        assert_eq!(take(&alice)[0]["type"], "TARGET_NOT_FOUND");
+    }
+
+    #[test]
+    fn a_clean_close_or_a_kick_is_gone_at_once() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        bob.closed_by_client();
+        drop(bob);
+        assert_eq!(hub.away(), 0);
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        assert_eq!(take(&alice)[0]["type"], "TARGET_NOT_FOUND");
+        let carol = connect(&hub, "carol");
+        drop(carol);
+        assert_eq!(hub.away(), 1);
+        hub.kick_here();
+        assert_eq!(hub.away(), 0, "a kick ends away users too");
+        let item = Queued::own(bytes::Bytes::from_static(b"{}\n"));
+        assert!(matches!(
+            hub.registry().deliver("carol", item, Kind::Forwarded),
+            Delivery::NotFound(_)
+        ));
+    }
+
+    #[test]
+    fn holds_stop_at_the_memory_cap() {
+        let hub = hub_with(Limits {
+            resume_memory: 1000,
+            ..Limits::default()
+        });
+        let alice = connect(&hub, "alice");
+        drop(connect(&hub, "bob"));
+        let frame = format!(
+            r#"{{"target":"bob","type":"x","payload":"{}"}}"#,
+            "y".repeat(200)
+        );
+        for _ in 0..10 {
+            alice.handle_frame(frame.as_bytes());
+        }
+        assert!(hub.resume_bytes() <= 1000);
+        assert!(hub.stats().hold_refused.get() >= 5);
+        let answers = take(&alice);
+        assert_eq!(answers[0]["type"], "TARGET_NOT_FOUND");
     }
 
     #[test]
@@ -804,7 +1065,8 @@ mod tests {
         let claimed =
             futures::executor::block_on(hub.claim(authenticated, Transport::WebTransport)).unwrap();
         let refused =
-            Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now()).unwrap_err();
+            Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now(), None)
+                .unwrap_err();
         assert_eq!(refused, CloseReason::Unauthenticated);
         assert_eq!(
             futures::executor::block_on(hub.authenticate(&token)).unwrap_err(),

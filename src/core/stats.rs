@@ -245,6 +245,30 @@ stats! {
     remote_in => "signal_gateway_cluster_received", "Cluster: envelopes other nodes sent here for users connected here.";
     /// Cluster: of those, not written here (reported back to their node).
     remote_in_failed => "signal_gateway_cluster_received_failed", "Cluster: of those, not written here (reported back to their node).";
+    /// Forwarded envelopes accepted for an away user and held for it.
+    held => "signal_gateway_resume_held", "Envelopes accepted for a user who was away (reconnecting) and held for it.";
+    /// Envelopes for an away user refused (`TARGET_NOT_FOUND`) because its
+    /// stream or the process held all it may.
+    hold_refused => "signal_gateway_resume_hold_refused", "Envelopes for an away user refused (TARGET_NOT_FOUND): its stream or --resume-memory was full.";
+    /// Held envelopes whose target did not come back in time, answered
+    /// `EXPIRED`.
+    expired;
+    /// Held envelopes whose target did not come back in time, whose sender
+    /// had already left.
+    expired_unreported => "signal_gateway_resume_expired_unreported", "Held envelopes whose target did not come back in time and whose sender had already left.";
+    /// Connections that asked to resume (`resume=N`) and were resumed.
+    resumed => "signal_gateway_resumes", "Connections that asked to resume (resume=N) and got every envelope after N.";
+    /// Connections that asked to resume and could not be (`resumed: false`).
+    not_resumed => "signal_gateway_resumes_failed", "Connections that asked to resume but could not be (resumed: false).";
+    /// Envelopes written again on a resumed connection.
+    replayed => "signal_gateway_resume_replayed", "Envelopes written again on a resumed connection.";
+    /// Envelopes dropped from a user's stream unacknowledged (over
+    /// `--resume-buffer`, `--resume-buffer-bytes` or `--resume-memory`).
+    resume_dropped => "signal_gateway_resume_dropped", "Envelopes dropped from a user's resume buffer unacknowledged (over its bounds).";
+    /// Users whose last connection died without a clean close (away).
+    went_away => "signal_gateway_users_away", "Users whose last connection died without a clean close (away for --resume-window).";
+    /// Users finally gone (clean close, window expired, kick, deletion).
+    gone => "signal_gateway_users_gone", "Users finally gone: a clean close, the resume window expired, a kick, a deletion.";
 }
 
 fn position<T: PartialEq>(all: &[T], item: &T) -> usize {
@@ -416,6 +440,18 @@ impl Stats {
                 received: self.remote_in.get(),
                 received_failed: self.remote_in_failed.get(),
             },
+            resume: ResumeSnapshot {
+                held: self.held.get(),
+                hold_refused: self.hold_refused.get(),
+                expired: self.expired.get(),
+                expired_unreported: self.expired_unreported.get(),
+                resumed: self.resumed.get(),
+                not_resumed: self.not_resumed.get(),
+                replayed: self.replayed.get(),
+                dropped: self.resume_dropped.get(),
+                went_away: self.went_away.get(),
+                gone: self.gone.get(),
+            },
         }
     }
 }
@@ -481,4 +517,31 @@ pub struct StatsSnapshot {
     pub pre_session_closes: BTreeMap<&'static str, u64>,
     /// Envelopes sent to and received from other nodes.
     pub remote: RemoteSnapshot,
+    /// Resumes, and what was held for away users.
+    pub resume: ResumeSnapshot,
+}
+
+/// The resume counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumeSnapshot {
+    /// See [`Stats::held`].
+    pub held: u64,
+    /// See [`Stats::hold_refused`].
+    pub hold_refused: u64,
+    /// See [`Stats::expired`].
+    pub expired: u64,
+    /// See [`Stats::expired_unreported`].
+    pub expired_unreported: u64,
+    /// See [`Stats::resumed`].
+    pub resumed: u64,
+    /// See [`Stats::not_resumed`].
+    pub not_resumed: u64,
+    /// See [`Stats::replayed`].
+    pub replayed: u64,
+    /// See [`Stats::resume_dropped`].
+    pub dropped: u64,
+    /// See [`Stats::went_away`].
+    pub went_away: u64,
+    /// See [`Stats::gone`].
+    pub gone: u64,
 }

@@ -53,12 +53,36 @@ impl IceServers for TestIce {
 
 /// Attaches a WebSocket connection for `user`.
 pub(crate) fn connect(hub: &Arc<Hub>, user: &str) -> Session {
+    resume(hub, user, None)
+}
+
+/// Attaches a WebSocket connection for `user` that asks to resume after
+/// `seq` (`resume=N`), or not.
+pub(crate) fn resume(hub: &Arc<Hub>, user: &str, seq: Option<u64>) -> Session {
     let admission = hub.admit(LOCAL).unwrap();
     let claimed = futures::executor::block_on(
         hub.claim(Authenticated::for_tests(hub, user), Transport::WebSocket),
     )
     .unwrap();
-    Session::attach(hub, admission, claimed, LOCAL, hub.clock().now()).unwrap()
+    Session::attach(
+        hub,
+        admission,
+        claimed,
+        LOCAL,
+        hub.clock().now(),
+        seq,
+    )
+    .unwrap()
+}
+
+/// Everything queued for `session`, WELCOME included, as JSON; seals it.
+pub(crate) fn drain_all(session: &Session) -> Vec<Value> {
+    session
+        .outbox()
+        .seal(CloseReason::InternalError)
+        .iter()
+        .map(|item| serde_json::from_slice::<Value>(&item.frame).unwrap())
+        .collect()
 }
 
 fn json(items: &[super::outbox::Queued]) -> Vec<Value> {

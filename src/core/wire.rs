@@ -156,11 +156,15 @@ pub enum ErrorType {
     /// say within `--delivery-timeout` whether it wrote it; it may or may
     /// not have been delivered.
     Unconfirmed,
+    /// The target was away (reconnecting) when the envelope was accepted,
+    /// and did not come back within `--resume-window`; it was never
+    /// written.
+    Expired,
 }
 
 impl ErrorType {
     /// Every error type, in table order.
-    pub const ALL: [ErrorType; 8] = [
+    pub const ALL: [ErrorType; 9] = [
         ErrorType::TargetNotFound,
         ErrorType::InvalidMessage,
         ErrorType::RateLimited,
@@ -169,6 +173,7 @@ impl ErrorType {
         ErrorType::TokenRefused,
         ErrorType::ClusterUnavailable,
         ErrorType::Unconfirmed,
+        ErrorType::Expired,
     ];
 
     /// The upper-case `type` string on the wire.
@@ -182,6 +187,7 @@ impl ErrorType {
             ErrorType::TokenRefused => "TOKEN_REFUSED",
             ErrorType::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
             ErrorType::Unconfirmed => "UNCONFIRMED",
+            ErrorType::Expired => "EXPIRED",
         }
     }
 }
@@ -341,6 +347,11 @@ pub const TOKEN_REFRESHED_TYPE: &str = "TOKEN_REFRESHED";
 /// ""`) to replace its connection's JWT with a fresh one:
 /// `{"target": "", "type": "REFRESH_TOKEN", "payload": {"token": "…"}}`.
 pub const REFRESH_TOKEN_TYPE: &str = "REFRESH_TOKEN";
+
+/// `type` of the envelope a client sends the gateway to say it processed
+/// everything up to a `seq`, so the gateway stops keeping it for a resume:
+/// `{"target": "", "type": "ACK", "payload": {"seq": N}}`.
+pub const ACK_TYPE: &str = "ACK";
 
 #[cfg(test)]
 mod tests {

@@ -109,6 +109,7 @@ pub(crate) async fn connect(
     };
     // Without a valid token the upgrade still happens, and the connection
     // is closed with 4000 (a browser reads a close code, not a status).
+    let resume = auth::resume_point(request.uri().query());
     let user = match auth::session_token(headers, request.uri().query()) {
         Some(token) => match ctx.hub.authenticate(&token).await {
             Ok(user) => Some(user),
@@ -146,6 +147,7 @@ pub(crate) async fn connect(
         user,
         client,
         started,
+        resume,
     })));
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -165,6 +167,8 @@ struct Handover {
     user: Option<Claimed>,
     client: IpAddr,
     started: std::time::Instant,
+    /// The client's `resume=N`.
+    resume: Option<u64>,
 }
 
 /// Once hyper has handed over the connection: attach it and serve it, or
@@ -199,6 +203,7 @@ async fn upgrade_and_attach(handover: Box<Handover>) -> Option<(WsLink, Session)
         user,
         client,
         started,
+        resume,
     } = *handover;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -225,7 +230,7 @@ async fn upgrade_and_attach(handover: Box<Handover>) -> Option<(WsLink, Session)
     // nothing revoked it since.
     let attached = user
         .ok_or(CloseReason::Unauthenticated)
-        .and_then(|user| Session::attach(&hub, admission, user, client, started));
+        .and_then(|user| Session::attach(&hub, admission, user, client, started, resume));
     match attached {
         Ok(session) => Some((link, session)),
         Err(reason) => {
@@ -333,7 +338,15 @@ impl WsLink {
                 self.watch.control(payload.len());
             }
             Some(Ok(Message::Frame(_))) => {}
-            Some(Ok(Message::Close(_))) | None => return Step::Stop(Read::Ended),
+            Some(Ok(Message::Close(frame))) => {
+                // 1000 and 1001 mean the client meant to leave; any other
+                // code (or none) is a connection that failed.
+                if frame.is_some_and(|frame| matches!(u16::from(frame.code), 1000 | 1001)) {
+                    session.closed_by_client();
+                }
+                return Step::Stop(Read::Ended);
+            }
+            None => return Step::Stop(Read::Ended),
             Some(Err(err)) => return Step::Stop(Self::failure(&err)),
         }
         Step::More

@@ -326,6 +326,7 @@ impl Gateway {
             ));
         }
         tasks.spawn(sweep(self.hub.clone(), stop.clone()));
+        tasks.spawn(expire_away(self.hub.clone(), stop.clone()));
         if let Some((node, webtransport)) = self.node {
             tasks.spawn(node.run(self.hub.clone(), webtransport, stop.clone()));
         }
@@ -452,6 +453,23 @@ async fn sweep(hub: Arc<Hub>, stop: CancellationToken) {
                     Ok(expired) => tracing::info!(expired, "expired unseen identities"),
                     Err(err) => tracing::warn!(%err, "identity housekeeping failed; will retry"),
                 }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Ends the streams of users away for longer than `--resume-window`, a
+/// tenth of the window after it (at least every second).
+async fn expire_away(hub: Arc<Hub>, stop: CancellationToken) {
+    let period =
+        (hub.limits().resume_window / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                hub.expire_away(crate::core::resume::now());
             }
             () = stop.cancelled() => return,
         }

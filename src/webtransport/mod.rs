@@ -266,6 +266,8 @@ pub(super) struct Authorized {
     pub(super) session: Box<Session3>,
     pub(super) user: Claimed,
     pub(super) admission: Admission,
+    /// The client's `resume=N`.
+    pub(super) resume: Option<u64>,
 }
 
 /// Runs a connection's whole pre-session phase — QUIC handshake, HTTP/3
@@ -391,11 +393,13 @@ async fn pre_session(
                             // A request that arrived while we waited: answer it too.
                             tokio::spawn(serve_resolver(resolver, ctx.clone(), peer));
                         }
+                        let resume = auth::resume_point(request.uri().query());
                         let session = Session3::accept(request, stream, h3).await?;
                         return Ok(Authorized {
                             session: Box::new(session),
                             user,
                             admission,
+                            resume,
                         });
                     }
                     Err(err) => (HttpError::Unavailable, err.to_string()),

@@ -63,6 +63,7 @@ pub(super) fn run(
             session,
             user,
             admission,
+            resume,
         } = authorized;
         let limits = hub.limits();
         let waited = tokio::select! {
@@ -95,7 +96,7 @@ pub(super) fn run(
         };
         // The token was checked at the CONNECT; attaching checks that
         // nothing revoked it since.
-        let core = match Session::attach(&hub, admission, user, peer.ip(), started) {
+        let core = match Session::attach(&hub, admission, user, peer.ip(), started, resume) {
             Ok(core) => core,
             Err(reason) => {
                 connection::refuse(link, reason, &hub).await;
@@ -190,6 +191,19 @@ impl WtLink {
     }
 }
 
+impl WtLink {
+    /// Whether the client ended the session on purpose: it finished its
+    /// stream on a live connection, or closed the connection itself. A
+    /// connection that timed out or was reset is not a clean close.
+    fn closed_by_client(&self) -> bool {
+        match self.conn.close_reason() {
+            None => true,
+            Some(quinn::ConnectionError::ApplicationClosed(_)) => true,
+            Some(_) => false,
+        }
+    }
+}
+
 impl Link for WtLink {
     type Error = std::io::Error;
     const TRANSPORT: Transport = Transport::WebTransport;
@@ -205,6 +219,9 @@ impl Link for WtLink {
                     // The client finished its stream or the session is gone.
                     Ok(None) | Err(_) => {
                         self.reading = false;
+                        if self.closed_by_client() {
+                            session.closed_by_client();
+                        }
                         Read::Ended
                     }
                 },

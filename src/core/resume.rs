@@ -1,0 +1,457 @@
+//! A user's *stream*: the numbered envelopes the gateway writes to a user,
+//! kept until the client acknowledges them, so a client that lost its
+//! connection can resume (`resume=N`) and have every envelope after `N`
+//! written again, in order, with its original `seq`.
+//!
+//! The stream outlives its connections: while a user is *away* (its last
+//! connection ended without a clean close, for `--resume-window`)
+//! envelopes sent to it are numbered and kept the same way, and written
+//! when it comes back. Nothing here locks or does IO: the registry keeps
+//! the streams under its own lock and calls these.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::outbox::{Origin, Queued};
+
+/// Envelopes kept per user before the oldest is dropped (LiveKit's signal
+/// relay keeps 1,000 messages; a call set-up is 20–30 envelopes, so 256
+/// covers several calls' worth of unacknowledged envelopes).
+pub const DEFAULT_RESUME_BUFFER: usize = 256;
+/// Bytes kept per user before the oldest envelope is dropped (the size of
+/// `--queue-bytes`: what a connection may have queued it may also have in
+/// flight).
+pub const DEFAULT_RESUME_BUFFER_BYTES: usize = 1024 * 1024;
+/// How long a user whose connection died stays *away* (its envelopes held)
+/// before it is gone: long enough for a network switch or a fallback from
+/// WebTransport to WebSocket, short enough that a sender learns soon
+/// (PeerJS expires its queue after 5 s).
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(10);
+/// Bytes every user's kept envelopes may take together: over it, new holds
+/// are refused, so a flood to away users cannot exhaust the process.
+pub const DEFAULT_RESUME_MEMORY: usize = 256 * 1024 * 1024;
+
+/// The bounds of every stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeLimits {
+    /// See [`DEFAULT_RESUME_BUFFER`].
+    pub buffer: usize,
+    /// See [`DEFAULT_RESUME_BUFFER_BYTES`].
+    pub buffer_bytes: usize,
+    /// See [`DEFAULT_RESUME_WINDOW`].
+    pub window: Duration,
+    /// See [`DEFAULT_RESUME_MEMORY`].
+    pub memory: usize,
+}
+
+impl Default for ResumeLimits {
+    fn default() -> Self {
+        Self {
+            buffer: DEFAULT_RESUME_BUFFER,
+            buffer_bytes: DEFAULT_RESUME_BUFFER_BYTES,
+            window: DEFAULT_RESUME_WINDOW,
+            memory: DEFAULT_RESUME_MEMORY,
+        }
+    }
+}
+
+/// The one clock the resume window is read from.
+pub fn now() -> Instant {
+    Instant::now()
+}
+
+/// Why a user is finally gone: its stream ends, what was held for it is
+/// answered, and it is no longer reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// The client closed its last connection cleanly (close frame
+    /// 1000/1001, its WebTransport stream or session closed).
+    Closed,
+    /// It was away for the whole `--resume-window`.
+    Expired,
+    /// An administrator kicked it.
+    Kicked,
+    /// Its identity was deleted.
+    Deleted,
+    /// The gateway closed its connection for good (a protocol error, a
+    /// flood, a newer connection on another node).
+    Ended,
+}
+
+/// One envelope of a stream, kept until acknowledged.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// Its `seq`.
+    pub seq: u64,
+    /// The envelope as written, `seq` included.
+    pub frame: Bytes,
+    /// Who sent it (to answer if it is never written).
+    pub origin: Option<Origin>,
+    /// When it was accepted.
+    pub accepted_at: Option<Instant>,
+}
+
+impl Kept {
+    /// The envelope, ready for an outbox.
+    pub fn queued(&self) -> Queued {
+        Queued {
+            frame: self.frame.clone(),
+            origin: self.origin.clone(),
+            accepted_at: self.accepted_at,
+            seq: self.seq,
+        }
+    }
+}
+
+/// What a new connection of the user is told in its `WELCOME`.
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    /// The stream's opaque id.
+    pub session: Arc<str>,
+    /// Whether every envelope after the client's `resume=N` follows.
+    pub resumed: bool,
+    /// How many envelopes from before this connection follow `WELCOME`.
+    pub replayed: usize,
+}
+
+/// One user's stream.
+#[derive(Debug)]
+pub struct Stream {
+    /// The opaque id `WELCOME` carries as `session`.
+    pub session: Arc<str>,
+    next_seq: u64,
+    /// Every kept envelope, `seq` ascending and without gaps: the stream
+    /// can replay anything after `floor - 1`.
+    kept: VecDeque<Kept>,
+    bytes: usize,
+    /// Highest `seq` written to some connection (shared with the sessions,
+    /// whose writers raise it without the registry's lock).
+    written: Arc<AtomicU64>,
+    /// While away: when the window ends, and which absence it was.
+    pub away: Option<(Instant, u64)>,
+}
+
+/// What pushing an envelope into a stream did to the bounds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// Bytes the stream took (+) or gave back (−) in all.
+    pub bytes: isize,
+    /// Older envelopes dropped to make room (the client can no longer
+    /// resume from before them).
+    pub dropped: usize,
+}
+
+impl Stream {
+    /// A new stream, numbered from 1.
+    pub fn new(session: Arc<str>) -> Self {
+        Self {
+            session,
+            next_seq: 1,
+            kept: VecDeque::new(),
+            bytes: 0,
+            written: Arc::new(AtomicU64::new(0)),
+            away: None,
+        }
+    }
+
+    /// The `seq` the next envelope gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The highest `seq` written, shared with the user's sessions.
+    pub fn written(&self) -> &Arc<AtomicU64> {
+        &self.written
+    }
+
+    /// Bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Envelopes kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Lowest `seq` still kept (`next_seq` when none is).
+    fn floor(&self) -> u64 {
+        self.kept.front().map_or(self.next_seq, |kept| kept.seq)
+    }
+
+    /// Whether the stream could keep one more envelope of `len` bytes
+    /// without dropping one never written (held envelopes are never
+    /// dropped to make room: they are refused instead).
+    pub fn can_hold(&self, len: usize, limits: &ResumeLimits) -> bool {
+        let written = self.written.load(Ordering::Relaxed);
+        let mut count = self.kept.len() + 1;
+        let mut bytes = self.bytes + len;
+        for kept in &self.kept {
+            if count <= limits.buffer && bytes <= limits.buffer_bytes {
+                return true;
+            }
+            if kept.seq > written {
+                return false;
+            }
+            count -= 1;
+            bytes -= kept.frame.len();
+        }
+        true
+    }
+
+    /// Numbers `item` with the next `seq`, keeps a copy, and returns it
+    /// stamped. With `keep` false (the process is over `--resume-memory`)
+    /// nothing is kept and everything kept so far is dropped: the stream
+    /// can no longer be resumed from before this envelope.
+    pub fn push(&mut self, item: Queued, limits: &ResumeLimits, keep: bool) -> (Queued, Pushed) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let stamped = Queued {
+            frame: stamp(&item.frame, seq),
+            seq,
+            ..item
+        };
+        let mut pushed = Pushed::default();
+        if !keep {
+            pushed.dropped = self.kept.len();
+            pushed.bytes = -isize::try_from(self.bytes).unwrap_or(isize::MAX);
+            self.kept = VecDeque::new();
+            self.bytes = 0;
+            return (stamped, pushed);
+        }
+        let len = stamped.frame.len();
+        self.kept.push_back(Kept {
+            seq,
+            frame: stamped.frame.clone(),
+            origin: stamped.origin.clone(),
+            accepted_at: stamped.accepted_at,
+        });
+        self.bytes += len;
+        pushed.bytes = isize::try_from(len).unwrap_or(isize::MAX);
+        // Never drop the envelope just kept: one envelope over the byte
+        // bound is still resumable.
+        while self.kept.len() > 1
+            && (self.kept.len() > limits.buffer || self.bytes > limits.buffer_bytes)
+        {
+            if let Some(old) = self.kept.pop_front() {
+                self.bytes -= old.frame.len();
+                pushed.bytes -= isize::try_from(old.frame.len()).unwrap_or(isize::MAX);
+                pushed.dropped += 1;
+            }
+        }
+        (stamped, pushed)
+    }
+
+    /// Frees what the client acknowledged (everything up to `seq`, as far
+    /// as it was written); returns the bytes freed.
+    pub fn ack(&mut self, seq: u64) -> usize {
+        let through = seq.min(self.written.load(Ordering::Relaxed));
+        let mut freed = 0;
+        while self.kept.front().is_some_and(|kept| kept.seq <= through) {
+            if let Some(old) = self.kept.pop_front() {
+                freed += old.frame.len();
+            }
+        }
+        self.bytes -= freed;
+        if self.kept.is_empty() {
+            // An idle user keeps no allocation.
+            self.kept = VecDeque::new();
+        }
+        freed
+    }
+
+    /// What a new connection gets: with `resume = Some(n)`, everything
+    /// after `n` if the stream still has all of it (`resumed`); otherwise
+    /// only what was never written anywhere. Returns the envelopes to
+    /// write before anything new.
+    pub fn resume(&mut self, resume: Option<u64>) -> (Resumption, Vec<Queued>) {
+        self.away = None;
+        let resumed = resume.filter(|&n| n < self.next_seq && n.saturating_add(1) >= self.floor());
+        let after = match resumed {
+            Some(n) => n,
+            None => self.written.load(Ordering::Relaxed),
+        };
+        let replay: Vec<Queued> = self
+            .kept
+            .iter()
+            .filter(|kept| kept.seq > after)
+            .map(Kept::queued)
+            .collect();
+        let resumption = Resumption {
+            session: self.session.clone(),
+            resumed: resumed.is_some(),
+            replayed: replay.len(),
+        };
+        (resumption, replay)
+    }
+
+    /// Ends the stream: every kept envelope never written (to be answered
+    /// to its sender), and the bytes given back.
+    pub fn end(self) -> (Vec<Kept>, usize) {
+        let written = self.written.load(Ordering::Relaxed);
+        let unwritten = self
+            .kept
+            .into_iter()
+            .filter(|kept| kept.seq > written)
+            .collect();
+        (unwritten, self.bytes)
+    }
+
+    /// Whether `seq` is kept (a leftover of a dead connection the stream
+    /// still holds is not answered: it is written again on resume).
+    pub fn keeps(&self, seq: u64) -> bool {
+        seq != 0 && seq >= self.floor() && seq < self.next_seq
+    }
+}
+
+/// `frame` (a JSON object ending in `}\n`) with `"seq": seq` as its last
+/// field.
+pub fn stamp(frame: &Bytes, seq: u64) -> Bytes {
+    use std::io::Write as _;
+    let Some(body) = frame.strip_suffix(b"}\n") else {
+        return frame.clone();
+    };
+    let mut out = Vec::with_capacity(frame.len() + 28);
+    out.extend_from_slice(body);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, ",\"seq\":{seq}}}\n");
+    Bytes::from(out)
+}
+
+/// A session id nobody can guess or confuse with an earlier one: random,
+/// in hex.
+pub fn session_id() -> Arc<str> {
+    format!("{:016x}", rand::random::<u64>()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(text: &str) -> Queued {
+        Queued::own(Bytes::from(format!("{{\"type\":\"{text}\"}}\n")))
+    }
+
+    fn limits(buffer: usize) -> ResumeLimits {
+        ResumeLimits {
+            buffer,
+            ..ResumeLimits::default()
+        }
+    }
+
+    #[test]
+    fn stamps_seq_as_the_last_field() {
+        let frame = Bytes::from_static(b"{\"target\":\"bob\",\"payload\":{\"a\":1}}\n");
+        assert_eq!(
+            &stamp(&frame, 1207)[..],
+            b"{\"target\":\"bob\",\"payload\":{\"a\":1},\"seq\":1207}\n"
+        );
+        assert_eq!(
+            &stamp(&Bytes::from_static(b"{\"a\":0}\n"), 0)[..],
+            b"{\"a\":0,\"seq\":0}\n"
+        );
+    }
+
+    #[test]
+    fn numbers_keeps_and_frees_on_ack() {
+        let mut stream = Stream::new("s".into());
+        let limits = limits(8);
+        for n in 1..=3 {
+            let (stamped, _) = stream.push(item("x"), &limits, true);
+            assert_eq!(stamped.seq, n);
+        }
+        stream.written().store(3, Ordering::Relaxed);
+        assert!(stream.ack(2) > 0);
+        assert_eq!(stream.len(), 1);
+        stream.ack(99);
+        assert!(stream.is_empty());
+        assert_eq!(stream.bytes(), 0);
+        assert_eq!(stream.next_seq(), 4);
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_written_frees_only_what_was() {
+        let mut stream = Stream::new("s".into());
+        for _ in 0..3 {
+            stream.push(item("x"), &limits(8), true);
+        }
+        stream.written().store(1, Ordering::Relaxed);
+        stream.ack(3);
+        assert_eq!(stream.len(), 2);
+    }
+
+    #[test]
+    fn the_buffer_keeps_the_newest_and_resume_from_before_them_fails() {
+        let mut stream = Stream::new("s".into());
+        for _ in 0..10 {
+            stream.push(item("x"), &limits(4), true);
+        }
+        assert_eq!(stream.len(), 4);
+        stream.written().store(10, Ordering::Relaxed);
+        let (told, replay) = stream.resume(Some(6));
+        assert!(told.resumed);
+        assert_eq!(
+            replay.iter().map(|q| q.seq).collect::<Vec<_>>(),
+            [7, 8, 9, 10]
+        );
+        let (told, replay) = stream.resume(Some(5));
+        assert!(!told.resumed, "6 was dropped");
+        assert!(replay.is_empty(), "everything was written");
+        let (told, _) = stream.resume(Some(11));
+        assert!(!told.resumed, "the client cannot have seen 11");
+        let (told, replay) = stream.resume(Some(10));
+        assert!(told.resumed);
+        assert!(replay.is_empty());
+    }
+
+    #[test]
+    fn without_resume_only_what_was_never_written_follows() {
+        let mut stream = Stream::new("s".into());
+        for _ in 0..5 {
+            stream.push(item("x"), &limits(8), true);
+        }
+        stream.written().store(3, Ordering::Relaxed);
+        let (told, replay) = stream.resume(None);
+        assert!(!told.resumed);
+        assert_eq!(told.replayed, 2);
+        assert_eq!(replay.iter().map(|q| q.seq).collect::<Vec<_>>(), [4, 5]);
+        let (unwritten, bytes) = stream.end();
+        assert_eq!(unwritten.len(), 2);
+        assert!(bytes > 0);
+    }
+
+    #[test]
+    fn held_envelopes_are_never_dropped_for_room() {
+        let mut stream = Stream::new("s".into());
+        let limits = limits(2);
+        stream.push(item("x"), &limits, true);
+        stream.written().store(1, Ordering::Relaxed);
+        assert!(stream.can_hold(10, &limits));
+        stream.push(item("x"), &limits, true);
+        assert!(stream.can_hold(10, &limits), "seq 1 was written: it can go");
+        stream.push(item("x"), &limits, true);
+        assert!(!stream.can_hold(10, &limits), "2 and 3 were never written");
+    }
+
+    #[test]
+    fn over_the_memory_cap_nothing_is_kept() {
+        let mut stream = Stream::new("s".into());
+        stream.push(item("x"), &limits(8), true);
+        let (stamped, pushed) = stream.push(item("x"), &limits(8), false);
+        assert_eq!(stamped.seq, 2);
+        assert_eq!(pushed.dropped, 1);
+        assert!(pushed.bytes < 0);
+        assert!(stream.is_empty());
+        let (told, _) = stream.resume(Some(0));
+        assert!(!told.resumed);
+    }
+}
