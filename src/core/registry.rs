@@ -271,10 +271,13 @@ impl UserClientRegistry {
         if fenced || newer_here {
             return Err(CloseReason::Replaced);
         }
-        let stream = state
-            .streams
-            .entry(user.clone())
-            .or_insert_with(|| Stream::new(resume::session_id()));
+        // A new stream resumes nothing, whatever the client asks for.
+        let (stream, resume) = match state.streams.entry(user.clone()) {
+            std::collections::hash_map::Entry::Occupied(live) => (live.into_mut(), resume),
+            std::collections::hash_map::Entry::Vacant(none) => {
+                (none.insert(Stream::new(resume::session_id())), None)
+            }
+        };
         let (resumption, replay) = stream.resume(resume);
         let written = stream.written().clone();
         // Under the lock, so nothing new reaches the outbox before these.
@@ -394,6 +397,17 @@ impl UserClientRegistry {
         let (_, pushed) = stream.push(item, &self.resume, true);
         state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
         Delivery::Held
+    }
+
+    /// Of `items` (envelopes a connection of `user` could not write),
+    /// those its stream does not keep: nobody will write those again.
+    pub fn unkept(&self, user: &str, items: impl IntoIterator<Item = Queued>) -> Vec<Queued> {
+        let state = self.lock();
+        let stream = state.streams.get(user);
+        items
+            .into_iter()
+            .filter(|item| !stream.is_some_and(|stream| stream.keeps(item.seq)))
+            .collect()
     }
 
     /// The client acknowledged everything up to `seq`.

@@ -131,6 +131,8 @@ pub struct Stream {
     /// Highest `seq` written to some connection (shared with the sessions,
     /// whose writers raise it without the registry's lock).
     written: Arc<AtomicU64>,
+    /// Highest `seq` the client acknowledged.
+    acked: u64,
     /// While away: when the window ends, and which absence it was.
     pub away: Option<(Instant, u64)>,
 }
@@ -154,6 +156,7 @@ impl Stream {
             kept: VecDeque::new(),
             bytes: 0,
             written: Arc::new(AtomicU64::new(0)),
+            acked: 0,
             away: None,
         }
     }
@@ -255,6 +258,7 @@ impl Stream {
     /// as it was written); returns the bytes freed.
     pub fn ack(&mut self, seq: u64) -> usize {
         let through = seq.min(self.written.load(Ordering::Relaxed));
+        self.acked = self.acked.max(through);
         let mut freed = 0;
         while self.kept.front().is_some_and(|kept| kept.seq <= through) {
             if let Some(old) = self.kept.pop_front() {
@@ -306,10 +310,11 @@ impl Stream {
         (unwritten, self.bytes)
     }
 
-    /// Whether `seq` is kept (a leftover of a dead connection the stream
-    /// still holds is not answered: it is written again on resume).
+    /// Whether `seq` is taken care of: kept (a leftover of a dead
+    /// connection the stream still holds is written again on resume), or
+    /// acknowledged by the client (it arrived on another connection).
     pub fn keeps(&self, seq: u64) -> bool {
-        seq != 0 && seq >= self.floor() && seq < self.next_seq
+        seq != 0 && seq < self.next_seq && (seq >= self.floor() || seq <= self.acked)
     }
 }
 

@@ -657,9 +657,11 @@ impl Session {
         self.clean.store(true, Ordering::Relaxed);
     }
 
-    /// Answers the envelopes of a batch the transport failed to write.
+    /// Answers the envelopes of a batch the transport failed to write,
+    /// except those the user's stream keeps: a resume writes them again.
     pub fn report_unwritten(&self, batch: impl IntoIterator<Item = Queued>, why: &str) {
-        self.hub.report_undelivered(batch, &self.origin.user, why);
+        let unkept = self.hub.registry().unkept(&self.origin.user, batch);
+        self.hub.report_undelivered(unkept, &self.origin.user, why);
     }
 
     /// The transport this session runs on.

@@ -339,9 +339,10 @@ impl WsLink {
             }
             Some(Ok(Message::Frame(_))) => {}
             Some(Ok(Message::Close(frame))) => {
-                // 1000 and 1001 mean the client meant to leave; any other
-                // code (or none) is a connection that failed.
-                if frame.is_some_and(|frame| matches!(u16::from(frame.code), 1000 | 1001)) {
+                // A close frame without a code, or with 1000 or 1001, is a
+                // client that meant to leave; another code reports a
+                // failure.
+                if frame.is_none_or(|frame| matches!(u16::from(frame.code), 1000 | 1001)) {
                     session.closed_by_client();
                 }
                 return Step::Stop(Read::Ended);

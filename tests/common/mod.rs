@@ -17,6 +17,7 @@ pub mod coturn;
 pub mod gateway;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod raw_h3;
 pub mod redis;
 

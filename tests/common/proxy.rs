@@ -110,6 +110,10 @@ async fn carry(client: TcpStream, server: TcpStream, mut path: watch::Receiver<P
     .into_iter()
     .flatten()
     {
+        #[expect(
+            deprecated,
+            reason = "a linger of zero resets at once; it never blocks"
+        )]
         let _ = stream.set_linger(Some(Duration::ZERO));
         drop(stream);
     }

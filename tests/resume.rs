@@ -1,0 +1,468 @@
+//! Resume across a blink, against a real gateway: a raw client receiving a
+//! stream of envelopes loses its path mid-stream (a TCP proxy that
+//! freezes and then resets, or a UDP path that stops carrying datagrams),
+//! reconnects a second later with `resume=N`, and has every envelope
+//! exactly once, in order, while the sender hears nothing. Away users are
+//! held for, then `EXPIRED`; a clean close is gone at once; the bounds
+//! hold.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::proxy::{TcpProxy, UdpProxy};
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio_tungstenite::tungstenite::protocol::Message;
+
+/// Envelopes in the stream, and how fast they are sent.
+const ENVELOPES: i64 = 1000;
+const SEND_EVERY: Duration = Duration::from_millis(2);
+/// client.js's cadence: an ACK every 32 envelopes or every second.
+const ACK_EVERY: usize = 32;
+const ACK_AFTER: Duration = Duration::from_secs(1);
+
+/// What one read gave.
+enum Next {
+    Envelope(Value),
+    /// The connection failed or ended.
+    Broken,
+    /// Nothing arrived in time.
+    Quiet,
+}
+
+/// The next envelope, without panicking on a broken connection.
+async fn next(client: &mut Client, wait: Duration) -> Next {
+    let deadline = tokio::time::Instant::now() + wait;
+    match client {
+        Client::Ws(ws) => loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return Next::Quiet,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Next::Envelope(serde_json::from_str(&text).unwrap());
+                }
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Ok(_) => return Next::Broken,
+            }
+        },
+        Client::Wt(wt) => {
+            let mut line = String::new();
+            match tokio::time::timeout_at(deadline, wt.recv.read_line(&mut line)).await {
+                Err(_) => Next::Quiet,
+                Ok(Ok(0) | Err(_)) => Next::Broken,
+                Ok(Ok(_)) => Next::Envelope(serde_json::from_str(line.trim_end()).unwrap()),
+            }
+        }
+    }
+}
+
+/// Sends a line without panicking (the path may be dead).
+async fn try_send(client: &mut Client, text: &str) {
+    let send = async {
+        match client {
+            Client::Ws(ws) => {
+                let _ = ws.send(Message::text(text)).await;
+            }
+            Client::Wt(wt) => {
+                let _ = wt.send.write_all(format!("{text}\n").as_bytes()).await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+}
+
+/// Connects `token` to the gateway at `addrs` on `kind`, with `query`
+/// after the token.
+async fn connect(addrs: &Addrs, kind: Kind, token: &str, query: &str) -> Client {
+    let query = format!("?token={token}{query}");
+    match kind {
+        Kind::WebSocket => Client::Ws(ws_connect(addrs, &query, &[]).await.expect("ws connects")),
+        Kind::WebTransport => {
+            Client::Wt(wt_connect(addrs, &query, &[]).await.expect("wt connects"))
+        }
+    }
+}
+
+/// A receiving client as the README describes one: it processes each
+/// envelope once, remembers the highest `seq`, and acknowledges.
+#[derive(Default)]
+struct Receiver {
+    payloads: Vec<i64>,
+    last_seq: u64,
+    unacked: usize,
+    acked_at: Option<Instant>,
+    session: String,
+}
+
+impl Receiver {
+    /// Reads the WELCOME; returns its payload.
+    async fn welcome(&mut self, client: &mut Client) -> Value {
+        let Next::Envelope(welcome) = next(client, TIMEOUT).await else {
+            panic!("no WELCOME");
+        };
+        assert_eq!(welcome["type"], "WELCOME");
+        self.acked_at = Some(Instant::now());
+        welcome["payload"].clone()
+    }
+
+    /// Reads until `until` says stop, the connection breaks, or nothing
+    /// comes for `quiet`; returns whether it broke.
+    async fn read(
+        &mut self,
+        client: &mut Client,
+        quiet: Duration,
+        until: impl Fn(&Receiver) -> bool,
+    ) -> bool {
+        while !until(self) {
+            match next(client, quiet).await {
+                Next::Envelope(envelope) => self.process(client, envelope).await,
+                Next::Broken => return true,
+                Next::Quiet => return false,
+            }
+        }
+        false
+    }
+
+    async fn process(&mut self, client: &mut Client, envelope: Value) {
+        let seq = envelope["seq"].as_u64().expect("every envelope has a seq");
+        assert!(
+            seq > self.last_seq,
+            "seq {seq} after {}: a duplicate or out of order",
+            self.last_seq
+        );
+        assert_eq!(
+            envelope["type"], "n",
+            "only the stream's envelopes: {envelope}"
+        );
+        self.last_seq = seq;
+        self.payloads.push(envelope["payload"].as_i64().unwrap());
+        self.unacked += 1;
+        if self.unacked >= ACK_EVERY || self.acked_at.is_some_and(|at| at.elapsed() >= ACK_AFTER) {
+            self.ack(client).await;
+        }
+    }
+
+    async fn ack(&mut self, client: &mut Client) {
+        let ack = json!({"target": "", "type": "ACK", "payload": {"seq": self.last_seq}});
+        try_send(client, &ack.to_string()).await;
+        self.unacked = 0;
+        self.acked_at = Some(Instant::now());
+    }
+}
+
+/// Sends the stream to bob at 500/s; returns alice, to read what she was
+/// told afterwards.
+fn send_stream(mut alice: Client) -> tokio::task::JoinHandle<Client> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SEND_EVERY);
+        for n in 0..ENVELOPES {
+            ticks.tick().await;
+            alice
+                .send_text(&json!({"target": "bob", "type": "n", "payload": n}).to_string())
+                .await;
+        }
+        alice
+    })
+}
+
+/// Everything alice was sent until she has been quiet for a second.
+async fn told(alice: &mut Client) -> Vec<Value> {
+    let mut told = Vec::new();
+    while let Next::Envelope(envelope) = next(alice, Duration::from_secs(1)).await {
+        told.push(envelope);
+    }
+    told
+}
+
+/// How the first connection loses its path.
+#[derive(Clone, Copy, Debug)]
+enum Blink {
+    /// WebSocket through a TCP proxy that freezes, then resets both sides.
+    FreezeThenReset,
+    /// WebTransport through a UDP proxy that stops forwarding.
+    DropUdpPath,
+}
+
+/// One blink: bob receives the stream on `first` behind a proxy, loses
+/// the path a third of the way in, and resumes on `second` a second later.
+async fn blink(blink: Blink, second: Kind) {
+    // The path is dead for 1.5 s at 500 envelopes a second: the stream
+    // must keep more than the default 256.
+    let gw = TestGateway::start_with(&["--resume-buffer", "2048"]).await;
+    let alice_token = gw.register("alice").await;
+    let bob_token = gw.register("bob").await;
+    let mut alice = Client::connect(&gw.addrs, Kind::WebSocket, &alice_token).await;
+    assert_eq!(alice.recv().await["type"], "WELCOME");
+
+    let tcp = TcpProxy::start(gw.addrs.http).await;
+    let udp = UdpProxy::start(gw.addrs.wt).await;
+    let mut behind = gw.addrs.clone();
+    behind.http = tcp.addr;
+    behind.wt = udp.addr;
+    let first = match blink {
+        Blink::FreezeThenReset => Kind::WebSocket,
+        Blink::DropUdpPath => Kind::WebTransport,
+    };
+    let mut bob = connect(&behind, first, &bob_token, "").await;
+    let mut receiver = Receiver::default();
+    let welcome = receiver.welcome(&mut bob).await;
+    assert_eq!(welcome["resumed"], false);
+    receiver.session = welcome["session"].as_str().unwrap().to_owned();
+
+    let sender = send_stream(alice);
+    let broke = receiver
+        .read(&mut bob, TIMEOUT, |r| r.payloads.len() >= 300)
+        .await;
+    assert!(!broke, "the path broke before the blink");
+    match blink {
+        Blink::FreezeThenReset => {
+            tcp.freeze();
+            // The gateway keeps writing into the frozen path meanwhile.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tcp.reset();
+        }
+        Blink::DropUdpPath => udp.drop_path(),
+    }
+    // Whatever was still in the client's socket is lost with it.
+    drop(bob);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let resume = format!("&resume={}", receiver.last_seq);
+    let mut bob = connect(&gw.addrs, second, &bob_token, &resume).await;
+    let welcome = receiver.welcome(&mut bob).await;
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    assert_eq!(welcome["session"], receiver.session.as_str());
+    let broke = receiver
+        .read(&mut bob, Duration::from_secs(5), |r| {
+            r.payloads.len() >= ENVELOPES as usize
+        })
+        .await;
+    assert!(!broke, "the resumed connection broke");
+    receiver.ack(&mut bob).await;
+    assert_eq!(
+        receiver.payloads,
+        (0..ENVELOPES).collect::<Vec<_>>(),
+        "every envelope exactly once, in order"
+    );
+    let mut alice = within("the sender finishes", sender).await.unwrap();
+    let told = told(&mut alice).await;
+    assert!(told.is_empty(), "the sender saw errors: {told:?}");
+    let stats = gw.get_json("/v1/stats").await;
+    assert_eq!(stats["counters"]["resume"]["resumed"], 1, "{stats}");
+    if let Blink::FreezeThenReset = blink {
+        // The gateway wrote into the frozen path: those envelopes were
+        // lost with it, and written again.
+        assert!(
+            stats["counters"]["resume"]["replayed"].as_u64().unwrap() > 0,
+            "{stats}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_blink_resumes_on_websocket() {
+    blink(Blink::FreezeThenReset, Kind::WebSocket).await;
+}
+
+#[tokio::test]
+async fn a_websocket_blink_resumes_on_webtransport() {
+    blink(Blink::FreezeThenReset, Kind::WebTransport).await;
+}
+
+#[tokio::test]
+async fn a_webtransport_blink_resumes_on_webtransport() {
+    blink(Blink::DropUdpPath, Kind::WebTransport).await;
+}
+
+#[tokio::test]
+async fn a_webtransport_blink_resumes_on_websocket() {
+    blink(Blink::DropUdpPath, Kind::WebSocket).await;
+}
+
+/// Waits until the gateway counts `user`'s connection gone (away or not).
+async fn wait_detached(gw: &TestGateway, user: &str) {
+    within("the connection leaves", async {
+        while gw.hub.is_connected(user) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A WebSocket client that vanishes: its TCP connection ends without a
+/// close frame.
+async fn vanish(gw: &TestGateway, token: &str) -> Value {
+    let mut bob = Client::connect(&gw.addrs, Kind::WebSocket, token).await;
+    let welcome = bob.recv().await;
+    drop(bob);
+    wait_detached(gw, "bob").await;
+    welcome["payload"].clone()
+}
+
+#[tokio::test]
+async fn an_envelope_for_a_user_who_dropped_is_held_until_it_resumes() {
+    let gw = TestGateway::start().await;
+    let alice_token = gw.register("alice").await;
+    let bob_token = gw.register("bob").await;
+    let mut alice = Client::connect(&gw.addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let first = vanish(&gw, &bob_token).await;
+    assert_eq!(gw.hub.away(), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice
+        .send("bob", "video-offer", json!({"sdp": "v=0"}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut bob = connect(&gw.addrs, Kind::WebTransport, &bob_token, "&resume=0").await;
+    let welcome = bob.recv().await;
+    assert_eq!(welcome["payload"]["resumed"], true);
+    assert_eq!(welcome["payload"]["replayed"], 1);
+    assert_eq!(welcome["payload"]["session"], first["session"]);
+    let offer = bob.recv().await;
+    assert_eq!(offer["type"], "video-offer");
+    assert_eq!(offer["originator"], "alice");
+    assert_eq!(offer["seq"], 1);
+    assert!(
+        told(&mut alice).await.is_empty(),
+        "the sender hears nothing"
+    );
+}
+
+#[tokio::test]
+async fn after_the_window_the_sender_gets_expired_and_then_not_found() {
+    let gw = TestGateway::start_with(&["--resume-window", "1s"]).await;
+    let alice_token = gw.register("alice").await;
+    let bob_token = gw.register("bob").await;
+    let mut alice = Client::connect(&gw.addrs, Kind::WebTransport, &alice_token).await;
+    alice.recv().await;
+    vanish(&gw, &bob_token).await;
+    alice.send("bob", "video-offer", json!(1)).await;
+    alice.send("bob", "new-ice-candidate", json!(2)).await;
+    let sent = Instant::now();
+    let expired = alice.recv().await;
+    let waited = sent.elapsed();
+    assert_eq!(expired["type"], "EXPIRED", "{expired}");
+    assert_eq!(expired["originator"], "");
+    assert_eq!(expired["payload"]["target"], "bob");
+    assert_eq!(expired["payload"]["type"], "video-offer");
+    assert_eq!(expired["seq"], 1, "numbered in the sender's own stream");
+    assert!(waited < Duration::from_secs(3), "expired {waited:?} after");
+    let second = alice.recv().await;
+    assert_eq!(second["type"], "EXPIRED");
+    assert_eq!(second["payload"]["type"], "new-ice-candidate");
+    assert_eq!(second["seq"], 2);
+    alice.send("bob", "video-offer", json!(3)).await;
+    assert_eq!(alice.recv().await["type"], "TARGET_NOT_FOUND");
+    let stats = gw.get_json("/v1/stats").await;
+    assert_eq!(stats["counters"]["resume"]["expired"], 2);
+    assert_eq!(stats["away"], 0);
+    // Too late to resume: a new stream.
+    let mut bob = connect(&gw.addrs, Kind::WebSocket, &bob_token, "&resume=0").await;
+    assert_eq!(bob.recv().await["payload"]["resumed"], false);
+}
+
+#[tokio::test]
+async fn a_user_who_closed_cleanly_is_not_found_at_once() {
+    for kind in [Kind::WebSocket, Kind::WebTransport] {
+        let gw = TestGateway::start().await;
+        let alice_token = gw.register("alice").await;
+        let bob_token = gw.register("bob").await;
+        let mut alice = Client::connect(&gw.addrs, Kind::WebSocket, &alice_token).await;
+        alice.recv().await;
+        let mut bob = Client::connect(&gw.addrs, kind, &bob_token).await;
+        bob.recv().await;
+        bob.close().await;
+        wait_detached(&gw, "bob").await;
+        within("bob is gone", async {
+            while gw.hub.away() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        alice.send("bob", "video-offer", json!(1)).await;
+        let answer = alice.recv().await;
+        assert_eq!(answer["type"], "TARGET_NOT_FOUND", "{kind:?}: {answer}");
+        let stats = gw.get_json("/v1/stats").await;
+        assert_eq!(stats["counters"]["resume"]["went_away"], 0, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unacknowledging_client_keeps_at_most_its_resume_buffer() {
+    let gw = TestGateway::start_with(&["--resume-buffer", "50"]).await;
+    let alice_token = gw.register("alice").await;
+    let bob_token = gw.register("bob").await;
+    let mut alice = Client::connect(&gw.addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let mut bob = Client::connect(&gw.addrs, Kind::WebSocket, &bob_token).await;
+    bob.recv().await;
+    for n in 0..200 {
+        alice.send("bob", "n", json!(n)).await;
+    }
+    let mut last = 0;
+    for _ in 0..200 {
+        last = bob.recv().await["seq"].as_u64().unwrap();
+    }
+    assert_eq!(last, 200);
+    assert_eq!(gw.hub.kept("bob"), 50);
+    let stats = gw.get_json("/v1/stats").await;
+    assert_eq!(stats["counters"]["resume"]["dropped"], 150);
+    bob.send("", "ACK", json!({"seq": last})).await;
+    within("the ACK frees the buffer", async {
+        while gw.hub.kept("bob") > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(gw.hub.resume_bytes(), 0);
+}
+
+#[tokio::test]
+async fn a_flood_to_away_users_stops_at_the_memory_cap() {
+    let cap = 64 * 1024;
+    let gw = TestGateway::start_with(&["--resume-memory", &cap.to_string()]).await;
+    let alice_token = gw.register("alice").await;
+    let mut alice = Client::connect(&gw.addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let mut away = Vec::new();
+    for n in 0..4 {
+        let name = format!("away{n}");
+        let token = gw.register(&name).await;
+        let mut client = Client::connect(&gw.addrs, Kind::WebSocket, &token).await;
+        client.recv().await;
+        drop(client);
+        wait_detached(&gw, &name).await;
+        away.push(name);
+    }
+    let payload = "x".repeat(1024);
+    let mut refused = 0;
+    for n in 0..200 {
+        alice
+            .send(&away[n % away.len()], "flood", json!(payload))
+            .await;
+        if let Next::Envelope(answer) = next(&mut alice, Duration::from_millis(5)).await {
+            assert_eq!(answer["type"], "TARGET_NOT_FOUND");
+            refused += 1;
+        }
+    }
+    refused += told(&mut alice).await.len();
+    let kept = gw.hub.resume_bytes();
+    assert!(kept <= cap, "{kept} bytes kept over the {cap} cap");
+    assert!(
+        kept > cap / 2,
+        "the cap, not something else, stopped it: {kept}"
+    );
+    let stats = gw.get_json("/v1/stats").await;
+    assert_eq!(
+        stats["counters"]["resume"]["hold_refused"]
+            .as_u64()
+            .unwrap(),
+        refused as u64
+    );
+    assert_eq!(
+        stats["counters"]["resume"]["held"].as_u64().unwrap() + refused as u64,
+        200
+    );
+}
