@@ -56,6 +56,7 @@ export const ERROR_TYPES = Object.freeze([
   "TOKEN_REFUSED",
   "CLUSTER_UNAVAILABLE",
   "UNCONFIRMED",
+  "EXPIRED",
 ]);
 
 /** Default options of {@link SignalClient#connect}. */

@@ -298,10 +298,11 @@ impl UserClientRegistry {
     /// A newer claim on `user` exists elsewhere, superseding `epoch`:
     /// closes the user's connection here as `REPLACED` if its epoch is
     /// `epoch` or lower, and refuses such connections still on their way
-    /// in. Returns whether a live connection was closed. `now` dates the
-    /// fence.
-    pub fn fence(&self, user: &str, epoch: Epoch, now: Instant) -> bool {
-        let mut state = self.lock();
+    /// in. Returns whether a live connection was closed, and the user's
+    /// stream if it ended here. `now` dates the fence.
+    pub fn fence(&self, user: &str, epoch: Epoch, now: Instant) -> (bool, Option<Departed>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         match state.fences.get_mut(user) {
             Some(fence) => *fence = (fence.0.max(epoch), now),
             None => {
@@ -317,10 +318,19 @@ impl UserClientRegistry {
         } else {
             None
         };
-        drop(state);
-        closed
+        // An away user's stream moved with its newer connection: nothing
+        // is held for it here any more. (A connection closed here ends its
+        // stream as it leaves, once its writer has written what it could.)
+        let departed = if closed.is_none() && !state.users.contains_key(user) {
+            Self::end_stream(state, user, Gone::Ended)
+        } else {
+            None
+        };
+        drop(guard);
+        let closed = closed
             .map(|entry| entry.outbox.close(CloseReason::Replaced))
-            .is_some()
+            .is_some();
+        (closed, departed)
     }
 
     /// Forgets fences older than `age`: by then every connection they could
@@ -705,9 +715,9 @@ mod tests {
             .insert("alice".into(), live.clone(), grant)
             .unwrap();
         let now = Instant::now();
-        assert!(!registry.fence("alice", 6, now), "an older epoch leaves it");
+        assert!(!registry.fence("alice", 6, now).0, "an older epoch leaves it");
         assert_eq!(live.outbox.closing(), None);
-        assert!(registry.fence("alice", 7, now));
+        assert!(registry.fence("alice", 7, now).0);
         assert_eq!(live.outbox.closing(), Some(CloseReason::Replaced));
         assert!(!registry.contains("alice"));
         // A connection that claimed epoch 7 but attaches after the fence.
@@ -719,7 +729,7 @@ mod tests {
         );
         registry.insert("alice".into(), entry(8, 8), grant).unwrap();
         registry.prune_fences(Duration::from_secs(60), now + Duration::from_secs(60));
-        assert!(!registry.fence("bob", 1, now), "nobody to close");
+        assert!(!registry.fence("bob", 1, now).0, "nobody to close");
     }
 
     #[test]

@@ -209,8 +209,14 @@ impl Hub {
 
     /// A newer claim on `user` was made elsewhere, superseding `epoch`:
     /// closes the user's connection here if it is that one or older.
+    /// The user's stream here ends (it moved with the user): what was
+    /// held for it is answered.
     pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
-        self.registry().fence(user, epoch, self.clock().now())
+        let (closed, departed) = self.registry().fence(user, epoch, self.clock().now());
+        if let Some(departed) = departed {
+            self.departed(departed);
+        }
+        closed
     }
 
     /// Carries out an admin action another node broadcast.
