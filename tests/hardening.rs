@@ -275,8 +275,15 @@ async fn slow_consumer_is_disconnected_and_nobody_else_waits(kind: Kind) {
 }
 
 async fn vanished_clients_leave_within_the_idle_timeout(kind: Kind) {
-    let gw =
-        TestGateway::start_with(&["--idle-timeout", "1s", "--keep-alive-interval", "250ms"]).await;
+    let gw = TestGateway::start_with(&[
+        "--idle-timeout",
+        "1s",
+        "--keep-alive-interval",
+        "250ms",
+        "--resume-window",
+        "1s",
+    ])
+    .await;
     let mut alive = gw.user("alive", kind).await;
     let token = gw.register("ghost").await;
     let frozen = frozen_client(&gw, kind, &token, Duration::from_secs(6)).await;
@@ -298,6 +305,17 @@ async fn vanished_clients_leave_within_the_idle_timeout(kind: Kind) {
         }
     };
     tokio::join!(ghost_dropped, stays_alive);
+    // A vanished client is away (its envelopes held) for the resume
+    // window, then gone.
+    alive.send("ghost", "hello", Value::Null).await;
+    let answer = alive.recv().await;
+    assert!(
+        matches!(
+            answer["type"].as_str(),
+            Some("EXPIRED" | "TARGET_NOT_FOUND")
+        ),
+        "{answer}"
+    );
     alive.send("ghost", "hello", Value::Null).await;
     assert_eq!(alive.recv().await["type"], "TARGET_NOT_FOUND");
     gw.wait_connected("alive stays", |users| {

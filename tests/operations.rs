@@ -232,6 +232,10 @@ async fn after_a_scripted_session_the_metrics_match_what_happened_and_v1_stats()
         "1s",
         "--max-envelope-bytes",
         "1048576",
+        // dave, the slow consumer below, is away for this long and then
+        // gone: what was held for him is answered EXPIRED.
+        "--resume-window",
+        "1s",
     ])
     .await;
     let http = gw.http();
@@ -345,7 +349,11 @@ async fn after_a_scripted_session_the_metrics_match_what_happened_and_v1_stats()
             let ended = ["written", "undelivered_reported", "undelivered_unreported"]
                 .iter()
                 .map(|k| counters[k].as_u64().unwrap())
-                .sum::<u64>();
+                .sum::<u64>()
+                + ["expired", "expired_unreported"]
+                    .iter()
+                    .map(|k| counters["resume"][k].as_u64().unwrap())
+                    .sum::<u64>();
             if ended == counters["forwarded"].as_u64().unwrap() {
                 return;
             }
@@ -362,6 +370,7 @@ async fn after_a_scripted_session_the_metrics_match_what_happened_and_v1_stats()
     assert!(
         seen.get("TARGET_SLOW").copied().unwrap_or(0)
             + seen.get("UNDELIVERED").copied().unwrap_or(0)
+            + seen.get("EXPIRED").copied().unwrap_or(0)
             > 0,
         "alice was told about dave: {seen:?}"
     );
