@@ -179,6 +179,10 @@ enum Scenario {
         /// Most pings sent in the whole run (a count bound besides the time bound).
         #[arg(long, default_value_t = 50_000_000)]
         max_pings: u64,
+        /// Acknowledge as client.js does (ACK every 32 envelopes or 1 s):
+        /// the relay cost with resume buffers kept and freed.
+        #[arg(long)]
+        ack: bool,
     },
     /// Latency: pairs send pings at a fixed rate (open loop); RTT percentiles
     /// from an HDR histogram.
@@ -353,6 +357,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
             warmup,
             duration,
             max_pings,
+            ack,
         } => {
             let params = pairs::ThroughputParams {
                 pairs,
@@ -361,6 +366,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
                 warmup_s: warmup,
                 duration_s: duration,
                 max_pings,
+                ack,
             };
             pairs::throughput(common, target, peer, &meter, params).await?
         }

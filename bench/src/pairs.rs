@@ -102,6 +102,55 @@ pub struct ThroughputParams {
     pub duration_s: f64,
     /// Most pings sent in the whole run.
     pub max_pings: u64,
+    /// Both peers acknowledge what they receive as client.js does (`ACK`
+    /// every 32 envelopes or every second), so the gateway keeps and frees
+    /// their resume buffers.
+    pub ack: bool,
+}
+
+/// Envelopes between two `ACK`s, as client.js sends them.
+const ACK_EVERY: u64 = 32;
+/// The longest a client.js peer waits to acknowledge what it received.
+const ACK_AFTER: Duration = Duration::from_secs(1);
+
+/// A peer's acknowledgements (`ACK` with the highest `seq` received, every
+/// [`ACK_EVERY`] envelopes or [`ACK_AFTER`]); does nothing when off.
+struct Acker {
+    on: bool,
+    seq: u64,
+    unacked: u64,
+    last: Instant,
+}
+
+impl Acker {
+    fn new(on: bool) -> Self {
+        Self {
+            on,
+            seq: 0,
+            unacked: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Notes a received frame; queues an `ACK` in `out` when one is due.
+    fn received(&mut self, frame: &[u8], out: &mut Vec<String>) {
+        if !self.on {
+            return;
+        }
+        let Some(seq) = wire::number(frame, b"\"seq\":") else {
+            return;
+        };
+        self.seq = self.seq.max(seq);
+        self.unacked += 1;
+        if self.unacked >= ACK_EVERY || self.last.elapsed() >= ACK_AFTER {
+            out.push(format!(
+                "{{\"target\":\"\",\"type\":\"ACK\",\"payload\":{{\"seq\":{}}}}}",
+                self.seq
+            ));
+            self.unacked = 0;
+            self.last = Instant::now();
+        }
+    }
 }
 
 /// Parameters of the latency scenario.
@@ -152,12 +201,13 @@ pub async fn throughput(
         let limit = (params.max_pings / params.pairs.max(1) as u64).max(1);
         let system = target.system;
         let window = params.window;
+        let acker = Acker::new(params.ack);
         tokio::spawn(closed_loop(
-            conn, partner, system, window, maker, limit, shared,
+            conn, partner, system, window, maker, limit, shared, acker,
         ))
     })
     .await?;
-    let _echoers = echoers.spawn(&shared, target.system);
+    let _echoers = echoers.spawn(&shared, target.system, params.ack);
     let nodes: Vec<&Target> = std::iter::once(&*target).chain(peer.as_deref()).collect();
     let window = measure(&nodes, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
@@ -214,7 +264,7 @@ pub async fn latency(
         ))
     })
     .await?;
-    let _echoers = echoers.spawn(&shared, target.system);
+    let _echoers = echoers.spawn(&shared, target.system, false);
     let nodes: Vec<&Target> = std::iter::once(&*target).chain(peer.as_deref()).collect();
     let window = measure(&nodes, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
@@ -263,11 +313,13 @@ fn per_relayed_by_process(window: &Window) -> serde_json::Map<String, serde_json
 struct Echoers(Vec<(Conn, String)>);
 
 impl Echoers {
-    fn spawn(self, shared: &Arc<Shared>, system: System) -> AbortOnDrop {
+    fn spawn(self, shared: &Arc<Shared>, system: System, ack: bool) -> AbortOnDrop {
         AbortOnDrop(
             self.0
                 .into_iter()
-                .map(|(conn, partner)| tokio::spawn(echo(conn, partner, system, shared.clone())))
+                .map(|(conn, partner)| {
+                    tokio::spawn(echo(conn, partner, system, shared.clone(), Acker::new(ack)))
+                })
                 .collect(),
         )
     }
@@ -389,6 +441,7 @@ async fn echo(
     partner: String,
     system: System,
     shared: Arc<Shared>,
+    mut acker: Acker,
 ) -> anyhow::Result<()> {
     let mut inbox: Vec<Bytes> = Vec::new();
     let mut out: Vec<String> = Vec::new();
@@ -399,6 +452,7 @@ async fn echo(
         }
         let mut pings = 0;
         for frame in &inbox {
+            acker.received(frame, &mut out);
             match wire::parse(frame) {
                 Some(envelope) if envelope.kind == PING.as_bytes() => {
                     let payload = std::str::from_utf8(envelope.payload)?;
@@ -418,6 +472,7 @@ async fn echo(
 }
 
 /// A in closed loop: `window` pings in flight, a new one per echo.
+#[expect(clippy::too_many_arguments, reason = "one pinger's whole set-up")]
 async fn closed_loop(
     mut conn: Conn,
     partner: String,
@@ -426,6 +481,7 @@ async fn closed_loop(
     maker: PayloadMaker,
     limit: u64,
     shared: Arc<Shared>,
+    mut acker: Acker,
 ) -> anyhow::Result<PingerResult> {
     let mut result = PingerResult::default();
     let mut inbox: Vec<Bytes> = Vec::new();
@@ -458,6 +514,7 @@ async fn closed_loop(
         let now = shared.now_ns();
         let mut echoes = 0;
         for frame in &inbox {
+            acker.received(frame, &mut out);
             let echo = wire::parse(frame).filter(|e| e.kind == PONG.as_bytes());
             let Some(echo) = echo else {
                 shared.unexpected.fetch_add(1, Ordering::Relaxed);

@@ -278,7 +278,8 @@ impl UserClientRegistry {
                 (none.insert(Stream::new(resume::session_id())), None)
             }
         };
-        let (resumption, replay) = stream.resume(resume);
+        let replacing = state.users.contains_key(&user);
+        let (resumption, replay) = stream.resume(resume, replacing);
         let written = stream.written().clone();
         // Under the lock, so nothing new reaches the outbox before these.
         let _ = entry.outbox.push(Queued::own(welcome(&resumption)));
@@ -409,14 +410,24 @@ impl UserClientRegistry {
         Delivery::Held
     }
 
-    /// Of `items` (envelopes a connection of `user` could not write),
-    /// those its stream does not keep: nobody will write those again.
-    pub fn unkept(&self, user: &str, items: impl IntoIterator<Item = Queued>) -> Vec<Queued> {
+    /// Of `items` (envelopes connection `conn` of `user` could not
+    /// write), those nobody will write: neither a newer connection of the
+    /// user nor a resume.
+    pub fn unkept(
+        &self,
+        user: &str,
+        conn: ConnId,
+        items: impl IntoIterator<Item = Queued>,
+    ) -> Vec<Queued> {
         let state = self.lock();
+        let live = state
+            .users
+            .get(user)
+            .is_some_and(|entry| entry.conn != conn);
         let stream = state.streams.get(user);
         items
             .into_iter()
-            .filter(|item| !stream.is_some_and(|stream| stream.keeps(item.seq)))
+            .filter(|item| !stream.is_some_and(|stream| stream.takes_care_of(item.seq, live)))
             .collect()
     }
 
@@ -456,9 +467,10 @@ impl UserClientRegistry {
             return detached;
         };
         // What the stream still keeps is written again on resume.
+        let live = state.users.contains_key(user);
         detached.undelivered = leftovers
             .into_iter()
-            .filter(|item| !stream.keeps(item.seq))
+            .filter(|item| !stream.takes_care_of(item.seq, live))
             .collect();
         if state.users.contains_key(user) || stream.away.is_some() {
             return detached;

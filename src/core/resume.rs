@@ -133,6 +133,10 @@ pub struct Stream {
     written: Arc<AtomicU64>,
     /// Highest `seq` the client acknowledged.
     acked: u64,
+    /// The first `seq` the user's latest connection was (or will be)
+    /// written: a replaced connection's unwritten envelopes below it reach
+    /// nobody.
+    covered_from: u64,
     /// While away: when the window ends, and which absence it was.
     pub away: Option<(Instant, u64)>,
 }
@@ -157,6 +161,7 @@ impl Stream {
             bytes: 0,
             written: Arc::new(AtomicU64::new(0)),
             acked: 0,
+            covered_from: 1,
             away: None,
         }
     }
@@ -275,13 +280,16 @@ impl Stream {
 
     /// What a new connection gets: with `resume = Some(n)`, everything
     /// after `n` if the stream still has all of it (`resumed`); otherwise
-    /// only what was never written anywhere. Returns the envelopes to
-    /// write before anything new.
-    pub fn resume(&mut self, resume: Option<u64>) -> (Resumption, Vec<Queued>) {
+    /// what was never written anywhere — unless the connection replaces a
+    /// live one without asking to resume: that one still writes its queue,
+    /// as before resume existed. Returns the envelopes to write before
+    /// anything new.
+    pub fn resume(&mut self, resume: Option<u64>, replacing: bool) -> (Resumption, Vec<Queued>) {
         self.away = None;
         let resumed = resume.filter(|&n| n < self.next_seq && n.saturating_add(1) >= self.floor());
         let after = match resumed {
             Some(n) => n,
+            None if replacing && resume.is_none() => u64::MAX,
             None => self.written.load(Ordering::Relaxed),
         };
         let replay: Vec<Queued> = self
@@ -290,6 +298,7 @@ impl Stream {
             .filter(|kept| kept.seq > after)
             .map(Kept::queued)
             .collect();
+        self.covered_from = replay.first().map_or(self.next_seq, |first| first.seq);
         let resumption = Resumption {
             session: self.session.clone(),
             resumed: resumed.is_some(),
@@ -310,11 +319,22 @@ impl Stream {
         (unwritten, self.bytes)
     }
 
-    /// Whether `seq` is taken care of: kept (a leftover of a dead
-    /// connection the stream still holds is written again on resume), or
-    /// acknowledged by the client (it arrived on another connection).
-    pub fn keeps(&self, seq: u64) -> bool {
+    /// Whether `seq` is kept (a leftover of a dead connection the stream
+    /// still holds is written again on resume), or acknowledged by the
+    /// client (it arrived on another connection).
+    fn keeps(&self, seq: u64) -> bool {
         seq != 0 && seq < self.next_seq && (seq >= self.floor() || seq <= self.acked)
+    }
+
+    /// Whether `seq`, which a connection of the user could not write, is
+    /// taken care of: while another connection of the user is `live`, if
+    /// that one writes it (or the client acknowledged it); otherwise if
+    /// the stream keeps it for a resume.
+    pub fn takes_care_of(&self, seq: u64, live: bool) -> bool {
+        if !live {
+            return self.keeps(seq);
+        }
+        seq != 0 && seq < self.next_seq && (seq >= self.covered_from || seq <= self.acked)
     }
 }
 
@@ -402,18 +422,18 @@ mod tests {
         }
         assert_eq!(stream.len(), 4);
         stream.written().store(10, Ordering::Relaxed);
-        let (told, replay) = stream.resume(Some(6));
+        let (told, replay) = stream.resume(Some(6), false);
         assert!(told.resumed);
         assert_eq!(
             replay.iter().map(|q| q.seq).collect::<Vec<_>>(),
             [7, 8, 9, 10]
         );
-        let (told, replay) = stream.resume(Some(5));
+        let (told, replay) = stream.resume(Some(5), false);
         assert!(!told.resumed, "6 was dropped");
         assert!(replay.is_empty(), "everything was written");
-        let (told, _) = stream.resume(Some(11));
+        let (told, _) = stream.resume(Some(11), false);
         assert!(!told.resumed, "the client cannot have seen 11");
-        let (told, replay) = stream.resume(Some(10));
+        let (told, replay) = stream.resume(Some(10), false);
         assert!(told.resumed);
         assert!(replay.is_empty());
     }
@@ -425,7 +445,7 @@ mod tests {
             stream.push(item("x"), &limits(8), true);
         }
         stream.written().store(3, Ordering::Relaxed);
-        let (told, replay) = stream.resume(None);
+        let (told, replay) = stream.resume(None, false);
         assert!(!told.resumed);
         assert_eq!(told.replayed, 2);
         assert_eq!(replay.iter().map(|q| q.seq).collect::<Vec<_>>(), [4, 5]);
@@ -456,7 +476,7 @@ mod tests {
         assert_eq!(pushed.dropped, 1);
         assert!(pushed.bytes < 0);
         assert!(stream.is_empty());
-        let (told, _) = stream.resume(Some(0));
+        let (told, _) = stream.resume(Some(0), false);
         assert!(!told.resumed);
     }
 }

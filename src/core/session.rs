@@ -660,7 +660,10 @@ impl Session {
     /// Answers the envelopes of a batch the transport failed to write,
     /// except those the user's stream keeps: a resume writes them again.
     pub fn report_unwritten(&self, batch: impl IntoIterator<Item = Queued>, why: &str) {
-        let unkept = self.hub.registry().unkept(&self.origin.user, batch);
+        let unkept = self
+            .hub
+            .registry()
+            .unkept(&self.origin.user, self.origin.conn, batch);
         self.hub.report_undelivered(unkept, &self.origin.user, why);
     }
 
@@ -928,6 +931,22 @@ mod tests {
         assert_eq!(kinds, [("one", 1), ("two", 2)]);
         assert_eq!(hub.away(), 0);
         assert_eq!(hub.stats().resumed.get(), 1);
+    }
+
+    #[test]
+    fn a_replacement_without_resume_leaves_the_old_queue_to_the_old_connection() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let old = connect(&hub, "bob");
+        alice.handle_frame(br#"{"target":"bob","type":"queued"}"#);
+        let new = connect(&hub, "bob");
+        assert!(
+            drain(&new).is_empty(),
+            "the old connection writes its own queue"
+        );
+        // It never did: its sender hears of it.
+        drop(old);
+        assert_eq!(take(&alice)[0]["type"], "UNDELIVERED");
     }
 
     #[test]
