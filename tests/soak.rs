@@ -1,5 +1,7 @@
 //! Soak: thousands of clients over both transports for a bounded time, with
-//! connection churn, replacements, admin kicks and malformed input mixed in.
+//! connection churn, replacements, admin kicks, malformed input and blinks
+//! mixed in: a WebSocket client now and then loses its connection without
+//! a close and comes back with `resume=N`, as the README's client does.
 //! Ignored by `cargo test`; run it with `scripts/soak` (or
 //! `cargo test --release --test soak -- --ignored --nocapture`).
 //!
@@ -71,6 +73,10 @@ struct Outcome {
     unconfirmed: u8,
     /// The process the sender sent it through.
     process: usize,
+    /// Sent on a connection that then blinked: the gateway may never have
+    /// read it (a socket closed with unread data is reset, and what it had
+    /// not sent yet is lost with it).
+    blinked: bool,
 }
 
 const COUNTERS: &[&str] = &[
@@ -87,6 +93,9 @@ const COUNTERS: &[&str] = &[
     "closed_REPLACED",
     "closed_KICKED",
     "closed_other",
+    "blinks",
+    "resumed",
+    "seen_again",
 ];
 
 impl Ledger {
@@ -117,6 +126,14 @@ impl Ledger {
         self.outcomes.lock().unwrap().entry(id).or_default().process = process;
     }
 
+    /// Marks envelopes sent on a connection that blinked.
+    fn blinked(&self, ids: &[u64]) {
+        let mut outcomes = self.outcomes.lock().unwrap();
+        for id in ids {
+            outcomes.entry(*id).or_default().blinked = true;
+        }
+    }
+
     fn record(&self, id: u64, delivered: bool, unconfirmed: bool) {
         let mut outcomes = self.outcomes.lock().unwrap();
         let outcome = outcomes.entry(id).or_default();
@@ -131,8 +148,25 @@ impl Ledger {
 
 /// Reads one envelope stream to its end, recording outcomes; returns the
 /// close reason announced by the gateway, if any.
-fn handle_envelope(ledger: &Ledger, process: usize, v: &Value) -> Option<String> {
+fn handle_envelope(
+    ledger: &Ledger,
+    process: usize,
+    v: &Value,
+    last_seq: &AtomicU64,
+) -> Option<String> {
     let kind = v["type"].as_str().unwrap_or_default();
+    // As the README's client: an envelope is processed once, by its seq;
+    // a connection that was not resumed may number from 1 again.
+    if kind == "WELCOME" && v["payload"]["resumed"] != true {
+        last_seq.store(0, Ordering::Relaxed);
+    }
+    if let Some(seq) = v["seq"].as_u64() {
+        if seq <= last_seq.load(Ordering::Relaxed) {
+            ledger.count("seen_again");
+            return None;
+        }
+        last_seq.store(seq, Ordering::Relaxed);
+    }
     let id_of = |s: &str| s.strip_prefix('m').and_then(|n| n.parse::<u64>().ok());
     if v["originator"] != "" {
         if let Some(id) = id_of(kind) {
@@ -148,7 +182,12 @@ fn handle_envelope(ledger: &Ledger, process: usize, v: &Value) -> Option<String>
         return None;
     }
     match kind {
-        "WELCOME" => None,
+        "WELCOME" => {
+            if v["payload"]["resumed"] == true {
+                ledger.count("resumed");
+            }
+            None
+        }
         "CLOSE" => Some(
             v["payload"]["reason"]
                 .as_str()
@@ -237,12 +276,18 @@ async fn open(
     kind: Kind,
     token: &str,
     ledger: Arc<Ledger>,
+    last_seq: Arc<AtomicU64>,
 ) -> Option<(
     Writer,
     tokio::task::JoinHandle<Option<String>>,
     Option<wtransport::Connection>,
 )> {
-    let query = format!("?token={token}");
+    // `last_seq` is this connection's own: what it processed, from where
+    // it resumes (0: it does not).
+    let query = match last_seq.load(Ordering::Relaxed) {
+        0 => format!("?token={token}"),
+        last => format!("?token={token}&resume={last}"),
+    };
     let addrs = addrs.clone();
     match kind {
         Kind::WebSocket => {
@@ -257,7 +302,7 @@ async fn open(
                     if let Message::Text(text) = message
                         && let Ok(v) = serde_json::from_str::<Value>(&text)
                     {
-                        reason = handle_envelope(&ledger, process, &v).or(reason);
+                        reason = handle_envelope(&ledger, process, &v, &last_seq).or(reason);
                     }
                 }
                 reason
@@ -279,7 +324,8 @@ async fn open(
                         Ok(0) | Err(_) => return reason,
                         Ok(_) => {
                             if let Ok(v) = serde_json::from_str::<Value>(line.trim_end()) {
-                                reason = handle_envelope(&ledger, process, &v).or(reason);
+                                reason =
+                                    handle_envelope(&ledger, process, &v, &last_seq).or(reason);
                             }
                         }
                     }
@@ -331,13 +377,23 @@ async fn user(
     let token = register_at(&addrs, &format!("s{index}")).await;
     let mut preferred = home;
     let mut seq = 0u64;
+    // The highest seq processed before a blink, to resume from.
+    let mut resume_from = 0;
     while Instant::now() < deadline {
         let Some((process, addrs)) = pick(&live, preferred) else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let Some((mut writer, mut reader, mut conn)) =
-            open(&addrs, process, kind, &token, ledger.clone()).await
+        let mut last_seq = Arc::new(AtomicU64::new(std::mem::take(&mut resume_from)));
+        let Some((mut writer, mut reader, mut conn)) = open(
+            &addrs,
+            process,
+            kind,
+            &token,
+            ledger.clone(),
+            last_seq.clone(),
+        )
+        .await
         else {
             ledger.count("connect_failures");
             preferred += 1;
@@ -348,6 +404,7 @@ async fn user(
         ledger.count("connects");
         let lifetime = Duration::from_millis(rand::rng().random_range(3_000..25_000));
         let until = (Instant::now() + lifetime).min(deadline);
+        let mut sent_here = Vec::new();
         loop {
             let pause = Duration::from_millis(rand::rng().random_range(100..600));
             tokio::time::sleep(pause).await;
@@ -371,6 +428,7 @@ async fn user(
                     break;
                 }
                 ledger.sent(id, process);
+                sent_here.push(id);
             }
         }
         if reader.is_finished() {
@@ -381,9 +439,18 @@ async fn user(
         if Instant::now() < deadline && rand::rng().random_bool(0.3) {
             // A second connection of the same user replaces this one.
             ledger.count("replacements");
-            if let Some((new_writer, new_reader, new_conn)) =
-                open(&addrs, process, kind, &token, ledger.clone()).await
+            let new_seq = Arc::new(AtomicU64::new(0));
+            if let Some((new_writer, new_reader, new_conn)) = open(
+                &addrs,
+                process,
+                kind,
+                &token,
+                ledger.clone(),
+                new_seq.clone(),
+            )
+            .await
             {
+                last_seq = new_seq;
                 ledger.count("connects");
                 note_close(&ledger, reader).await;
                 drop(writer);
@@ -391,6 +458,23 @@ async fn user(
                 (writer, reader, conn) = (new_writer, new_reader, new_conn);
                 let _ = (&writer, &conn);
             }
+        }
+        if kind == Kind::WebSocket
+            && Instant::now() + Duration::from_secs(3) < deadline
+            && rand::rng().random_bool(0.2)
+        {
+            // A blink: the connection goes without a close frame; whatever
+            // was in flight is lost with it, and the client comes back a
+            // moment later with resume=N.
+            ledger.count("blinks");
+            ledger.blinked(&sent_here);
+            reader.abort();
+            let _ = reader.await;
+            drop(writer);
+            resume_from = last_seq.load(Ordering::Relaxed);
+            let away = Duration::from_millis(rand::rng().random_range(200..1_500));
+            tokio::time::sleep(away).await;
+            continue;
         }
         ledger.count("client_closes");
         writer.close().await;
@@ -671,6 +755,7 @@ async fn soak() {
             let r = |k: &str| s["counters"]["remote"][k].as_u64().unwrap_or(0);
             s["connections"] == 0
                 && s["admitted"] == 0
+                && s["away"] == 0
                 && r("sent") == r("written") + r("failed") + r("unconfirmed")
         });
         if settled || settle.elapsed() > Duration::from_secs(30) {
@@ -725,20 +810,36 @@ async fn soak() {
         outcomes
             .values()
             .filter(|o| {
-                o.delivered + o.errored == 0 && (Some(o.process) == fleet.killed) == through_killed
+                o.delivered + o.errored == 0
+                    && !o.blinked
+                    && (Some(o.process) == fleet.killed) == through_killed
             })
             .count() as u64
     };
+    let lost_in_blinks = outcomes
+        .values()
+        .filter(|o| o.delivered + o.errored == 0 && o.blinked)
+        .count();
     let (unknown, lost_with_killed) = (no_outcome(false), no_outcome(true));
     let sent = ledger.get("sent");
+    let e = |k: &str| -> u64 {
+        stats
+            .iter()
+            .map(|(_, s)| s["counters"]["resume"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
     let server_errors = n("target_not_found")
         + n("target_slow")
         + n("rate_limited")
         + n("undelivered_reported")
+        + e("expired")
         + r("failed")
         + r("unconfirmed")
         + r("unavailable");
-    let explained = n("after_close") + n("undelivered_unreported") + n("replies_dropped");
+    let explained = n("after_close")
+        + n("undelivered_unreported")
+        + e("expired_unreported")
+        + n("replies_dropped");
     let delivered_from = ledger.delivered_from.lock().unwrap().clone();
     let errored_from = ledger.errored_from.lock().unwrap().clone();
     let delivered_by_killed = fleet
@@ -816,6 +917,23 @@ async fn soak() {
             format!("{} ({})", ledger.get("errors"), ledger.get("unconfirmed")),
         ),
         ("  no outcome seen by the client", unknown.to_string()),
+        (
+            "blinks / resumed connections / envelopes seen again",
+            format!(
+                "{} / {} / {}",
+                ledger.get("blinks"),
+                ledger.get("resumed"),
+                ledger.get("seen_again")
+            ),
+        ),
+        (
+            "  no outcome, sent by a client just before it blinked",
+            lost_in_blinks.to_string(),
+        ),
+        (
+            "  server: held / expired / replayed",
+            format!("{} / {} / {}", e("held"), e("expired"), e("replayed")),
+        ),
     ]);
     if cluster > 0 {
         rows.extend([
@@ -931,6 +1049,7 @@ async fn soak() {
     for (process, s) in &stats {
         let n = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
         let r = |k: &str| s["counters"]["remote"][k].as_u64().unwrap_or(0);
+        let e = |k: &str| s["counters"]["resume"][k].as_u64().unwrap_or(0);
         let books = n("after_close")
             + n("invalid")
             + n("rate_limited")
@@ -950,6 +1069,8 @@ async fn soak() {
             n("written")
                 + n("undelivered_reported")
                 + n("undelivered_unreported")
+                + e("expired")
+                + e("expired_unreported")
                 + r("received_failed"),
             "process {process}: every envelope for a user here was written or reported: {s}"
         );
@@ -967,6 +1088,11 @@ async fn soak() {
         assert_eq!(s["admitted"], 0, "process {process}: no slot leaked");
     }
     assert_eq!(duplicates, 0, "nothing delivered or answered twice");
+    assert_eq!(
+        ledger.get("seen_again"),
+        0,
+        "a resumed connection writes nothing the client had processed"
+    );
     assert_eq!(
         both, 0,
         "nothing both delivered and answered, but UNCONFIRMED"

@@ -348,7 +348,7 @@ pub fn stamp(frame: &Bytes, seq: u64) -> Bytes {
     let mut out = Vec::with_capacity(frame.len() + 28);
     out.extend_from_slice(body);
     // Writing into a Vec cannot fail.
-    let _ = write!(out, ",\"seq\":{seq}}}\n");
+    let _ = writeln!(out, ",\"seq\":{seq}}}");
     Bytes::from(out)
 }
 
