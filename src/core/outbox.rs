@@ -76,12 +76,10 @@ pub enum PushError {
     Closing(Queued),
 }
 
-/// Whether an outbox would take a frame now.
+/// Why [`Outbox::push_mapped`] refused a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Room {
-    /// It would.
-    Open,
-    /// It is at its envelope or byte limit.
+    /// The queue is at its envelope or byte limit.
     Full,
     /// The connection is closing and takes nothing new.
     Closing,
@@ -150,21 +148,34 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// Whether a frame of `len` bytes would be taken now: as a reply
-    /// (`own`, bounded by bytes only) or as a forwarded envelope. Whoever
-    /// pushes after asking must hold a lock every pusher takes.
-    pub fn room(&self, len: usize, own: bool) -> Room {
-        let state = self.lock();
+    /// Queues `item` as [`Outbox::push`] does (or as
+    /// [`Outbox::push_reply`] when `own`), turned into what is queued by
+    /// `map` only once it is sure to be taken, under the queue's lock: the
+    /// user's stream numbers an envelope only when it is queued. Refused
+    /// with why and the item as it came.
+    pub fn push_mapped(
+        &self,
+        item: Queued,
+        own: bool,
+        map: impl FnOnce(Queued) -> Queued,
+    ) -> Result<(), (Room, Queued)> {
+        let mut state = self.lock();
         let max_envelopes = if own { usize::MAX } else { self.max_envelopes };
+        let len = item.frame.len();
         if state.closing.is_some() {
-            Room::Closing
-        } else if !state.queue.is_empty()
+            return Err((Room::Closing, item));
+        }
+        if !state.queue.is_empty()
             && (state.queue.len() >= max_envelopes || state.bytes + len > self.max_bytes)
         {
-            Room::Full
-        } else {
-            Room::Open
+            return Err((Room::Full, item));
         }
+        let item = map(item);
+        state.bytes += item.frame.len();
+        state.queue.push_back(item);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
     }
 
     fn push_within(&self, item: Queued, max_envelopes: usize) -> Result<(), PushError> {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::ids::{Epoch, NodeId};
 use super::outbox::{ConnId, Outbox, Queued, Room};
-use super::resume::{self, Gone, ResumeLimits, Resumption, Stream};
+use super::resume::{self, Gone, Pushed, ResumeLimits, Resumption, Stream};
 use super::stats::Stats;
 use super::transport::Transport;
 use super::wire::CloseReason;
@@ -374,7 +374,7 @@ impl UserClientRegistry {
     /// without waiting, or holds it while the user is away. A target whose
     /// queue is full is closed as `SLOW_CONSUMER` and removed (and is away
     /// from then on).
-    pub fn deliver(&self, target: &str, item: Queued, kind: Kind) -> Delivery {
+    pub fn deliver(&self, target: &str, mut item: Queued, kind: Kind) -> Delivery {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(stream) = state.streams.get_mut(target) else {
@@ -382,24 +382,27 @@ impl UserClientRegistry {
         };
         let len = item.frame.len();
         if let Some(entry) = state.users.get(target) {
-            match entry.outbox.room(len, kind == Kind::Own) {
-                Room::Full => {
+            let keep = state.kept_bytes + len <= self.resume.memory;
+            let mut pushed = Pushed::default();
+            let queued = entry.outbox.push_mapped(item, kind == Kind::Own, |item| {
+                let (stamped, kept) = stream.push(item, &self.resume, keep);
+                pushed = kept;
+                stamped
+            });
+            match queued {
+                Ok(()) => {
+                    state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
+                    self.stats.resume_dropped.add(pushed.dropped as u64);
+                    return Delivery::Queued;
+                }
+                Err((Room::Full, item)) => {
                     entry.outbox.close(CloseReason::SlowConsumer);
                     state.users.remove(target);
                     return Delivery::TargetSlow(item);
                 }
-                Room::Open => {
-                    let keep = state.kept_bytes + len <= self.resume.memory;
-                    let (stamped, pushed) = stream.push(item, &self.resume, keep);
-                    state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
-                    self.stats.resume_dropped.add(pushed.dropped as u64);
-                    // The room was checked under the lock every push takes:
-                    // only a close can have come in between, and then the
-                    // stream holds the envelope as for an away user.
-                    entry.outbox.push_replay([stamped]);
-                    return Delivery::Queued;
-                }
-                Room::Closing => {}
+                // Closing: held as for an away user, until its connection
+                // has left.
+                Err((Room::Closing, returned)) => item = returned,
             }
         }
         if state.kept_bytes + len > self.resume.memory || !stream.can_hold(len, &self.resume) {
