@@ -931,8 +931,14 @@ async fn soak() {
             lost_in_blinks.to_string(),
         ),
         (
-            "  server: held / expired / replayed",
-            format!("{} / {} / {}", e("held"), e("expired"), e("replayed")),
+            "  server: held / expired / replayed / lost in a dead connection",
+            format!(
+                "{} / {} / {} / {}",
+                e("held"),
+                e("expired"),
+                e("replayed"),
+                e("lost")
+            ),
         ),
     ]);
     if cluster > 0 {
@@ -1079,10 +1085,13 @@ async fn soak() {
             r("written") + r("failed") + r("unconfirmed"),
             "process {process}: every envelope sent to another node was settled: {s}"
         );
-        assert_eq!(
-            delivered_from.get(process).copied().unwrap_or(0),
-            n("written"),
-            "process {process}: every envelope it wrote was read by its client"
+        // A blinked client that could not resume (a kick ended its stream
+        // meanwhile) never reads what was written into its dead
+        // connection: the gateway counts those as lost.
+        let read = delivered_from.get(process).copied().unwrap_or(0);
+        assert!(
+            read <= n("written") && n("written") - read <= e("lost"),
+            "process {process}: every envelope it wrote was read by its client, or counted lost: read {read}, {s}"
         );
         assert_eq!(s["connections"], 0, "process {process}: nobody left");
         assert_eq!(s["admitted"], 0, "process {process}: no slot leaked");

@@ -323,7 +323,7 @@ impl UserClientRegistry {
         // is held for it here any more. (A connection closed here ends its
         // stream as it leaves, once its writer has written what it could.)
         let departed = if closed.is_none() && !state.users.contains_key(user) {
-            Self::end_stream(state, user, Gone::Ended)
+            self.end_stream(state, user, Gone::Ended)
         } else {
             None
         };
@@ -487,16 +487,17 @@ impl UserClientRegistry {
                 detached.away = true;
             }
             Ending::Gone(why) => {
-                detached.departed = Self::end_stream(state, user, why);
+                detached.departed = self.end_stream(state, user, why);
             }
         }
         detached
     }
 
-    fn end_stream(state: &mut State, user: &str, why: Gone) -> Option<Departed> {
+    fn end_stream(&self, state: &mut State, user: &str, why: Gone) -> Option<Departed> {
         let (user, stream) = state.streams.remove_entry(user)?;
-        let (unwritten, bytes) = stream.end();
+        let (unwritten, lost, bytes) = stream.end();
         state.kept_bytes -= bytes;
+        self.stats.resume_lost.add(lost as u64);
         Some(Departed {
             user,
             why,
@@ -521,7 +522,7 @@ impl UserClientRegistry {
                 .get(&user)
                 .is_some_and(|stream| stream.away.is_some_and(|(_, a)| a == absence));
             if still_away && !state.users.contains_key(&user) {
-                departed.extend(Self::end_stream(state, &user, Gone::Expired));
+                departed.extend(self.end_stream(state, &user, Gone::Expired));
             }
         }
         departed
@@ -564,7 +565,7 @@ impl UserClientRegistry {
         if let Some(why) = gone {
             let users: Vec<Arc<str>> = state.streams.keys().cloned().collect();
             for user in users {
-                departed.extend(Self::end_stream(state, &user, why));
+                departed.extend(self.end_stream(state, &user, why));
             }
             state.away.clear();
         }

@@ -308,15 +308,25 @@ impl Stream {
     }
 
     /// Ends the stream: every kept envelope never written (to be answered
-    /// to its sender), and the bytes given back.
-    pub fn end(self) -> (Vec<Kept>, usize) {
+    /// to its sender), how many were written while the user was away and
+    /// never acknowledged (lost with the connection they were written to,
+    /// as far as anyone can tell), and the bytes given back.
+    pub fn end(self) -> (Vec<Kept>, usize, usize) {
         let written = self.written.load(Ordering::Relaxed);
+        let lost = if self.away.is_some() {
+            self.kept
+                .iter()
+                .filter(|kept| kept.seq <= written && kept.seq > self.acked)
+                .count()
+        } else {
+            0
+        };
         let unwritten = self
             .kept
             .into_iter()
             .filter(|kept| kept.seq > written)
             .collect();
-        (unwritten, self.bytes)
+        (unwritten, lost, self.bytes)
     }
 
     /// Whether `seq` is kept (a leftover of a dead connection the stream
@@ -449,8 +459,9 @@ mod tests {
         assert!(!told.resumed);
         assert_eq!(told.replayed, 2);
         assert_eq!(replay.iter().map(|q| q.seq).collect::<Vec<_>>(), [4, 5]);
-        let (unwritten, bytes) = stream.end();
+        let (unwritten, lost, bytes) = stream.end();
         assert_eq!(unwritten.len(), 2);
+        assert_eq!(lost, 0, "not away");
         assert!(bytes > 0);
     }
 

@@ -265,6 +265,10 @@ stats! {
     /// Envelopes dropped from a user's stream unacknowledged (over
     /// `--resume-buffer`, `--resume-buffer-bytes` or `--resume-memory`).
     resume_dropped => "signal_gateway_resume_dropped", "Envelopes dropped from a user's resume buffer unacknowledged (over its bounds).";
+    /// Envelopes written to a connection that died, never acknowledged,
+    /// whose user did not resume before its stream ended: lost with that
+    /// connection as far as the gateway can tell.
+    resume_lost => "signal_gateway_resume_lost", "Envelopes written to a connection that died and never acknowledged, whose user did not resume in time.";
     /// Users whose last connection died without a clean close (away).
     went_away => "signal_gateway_users_away", "Users whose last connection died without a clean close (away for --resume-window).";
     /// Users finally gone (clean close, window expired, kick, deletion).
@@ -449,6 +453,7 @@ impl Stats {
                 not_resumed: self.not_resumed.get(),
                 replayed: self.replayed.get(),
                 dropped: self.resume_dropped.get(),
+                lost: self.resume_lost.get(),
                 went_away: self.went_away.get(),
                 gone: self.gone.get(),
             },
@@ -540,6 +545,8 @@ pub struct ResumeSnapshot {
     pub replayed: u64,
     /// See [`Stats::resume_dropped`].
     pub dropped: u64,
+    /// See [`Stats::resume_lost`].
+    pub lost: u64,
     /// See [`Stats::went_away`].
     pub went_away: u64,
     /// See [`Stats::gone`].
