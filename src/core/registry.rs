@@ -447,13 +447,14 @@ impl UserClientRegistry {
     /// Connection `conn` of `user` ended: it leaves (unless it already
     /// had), and `leftovers` (its queue, never written) are sorted out.
     /// When no newer connection of the user is live, the user is away or
-    /// gone as `ending` says.
+    /// gone as `ending` says (away from `now` for the window).
     pub fn detach(
         &self,
         user: &str,
         conn: ConnId,
         ending: Ending,
         leftovers: Vec<Queued>,
+        now: Instant,
     ) -> Detached {
         let mut guard = self.lock();
         let state = &mut *guard;
@@ -481,7 +482,7 @@ impl UserClientRegistry {
         match ending {
             Ending::Away => {
                 state.absences += 1;
-                let until = resume::now() + self.resume.window;
+                let until = now + self.resume.window;
                 stream.away = Some((until, state.absences));
                 state.away.push_back((until, user.into(), state.absences));
                 detached.away = true;
@@ -731,7 +732,10 @@ mod tests {
             .insert("alice".into(), live.clone(), grant)
             .unwrap();
         let now = Instant::now();
-        assert!(!registry.fence("alice", 6, now).0, "an older epoch leaves it");
+        assert!(
+            !registry.fence("alice", 6, now).0,
+            "an older epoch leaves it"
+        );
         assert_eq!(live.outbox.closing(), None);
         assert!(registry.fence("alice", 7, now).0);
         assert_eq!(live.outbox.closing(), Some(CloseReason::Replaced));

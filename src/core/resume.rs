@@ -59,11 +59,6 @@ impl Default for ResumeLimits {
     }
 }
 
-/// The one clock the resume window is read from.
-pub fn now() -> Instant {
-    Instant::now()
-}
-
 /// Why a user is finally gone: its stream ends, what was held for it is
 /// answered, and it is no longer reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

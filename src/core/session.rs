@@ -699,9 +699,13 @@ impl Session {
             None => "the target disconnected".to_owned(),
         };
         let left = self.outbox.seal(CloseReason::InternalError);
-        let detached = hub
-            .registry()
-            .detach(&self.origin.user, self.origin.conn, ending, left);
+        let detached = hub.registry().detach(
+            &self.origin.user,
+            self.origin.conn,
+            ending,
+            left,
+            hub.clock().now(),
+        );
         hub.report_undelivered(detached.undelivered, &self.origin.user, &why);
         if detached.away {
             hub.stats().went_away.inc();
@@ -741,9 +745,7 @@ mod tests {
     use crate::core::clock::ManualClock;
     use crate::core::hub::Authenticated;
     use crate::core::store::Registration;
-    use crate::core::testing::{
-        LOCAL, connect, drain, drain_all, hub_at, hub_with, resume, take,
-    };
+    use crate::core::testing::{LOCAL, connect, drain, drain_all, hub_at, hub_with, resume, take};
     use serde_json::Value;
     use std::num::NonZeroU32;
 
@@ -980,8 +982,8 @@ mod tests {
         let bob = connect(&hub, "bob");
         drop(bob);
         alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
-        assert_eq!(hub.expire_away(Instant::now()), 0, "not yet");
-        let after = Instant::now() + hub.limits().resume_window;
+        assert_eq!(hub.expire_away(hub.clock().now()), 0, "not yet");
+        let after = hub.clock().now() + hub.limits().resume_window;
         assert_eq!(hub.expire_away(after), 1);
         let got = take(&alice);
         assert_eq!(got[0]["type"], "EXPIRED");
@@ -1086,8 +1088,7 @@ mod tests {
         let claimed =
             futures::executor::block_on(hub.claim(authenticated, Transport::WebTransport)).unwrap();
         let refused =
-            Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now(), None)
-                .unwrap_err();
+            Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now(), None).unwrap_err();
         assert_eq!(refused, CloseReason::Unauthenticated);
         assert_eq!(
             futures::executor::block_on(hub.authenticate(&token)).unwrap_err(),
@@ -1105,7 +1106,8 @@ mod tests {
         let admission = hub.admit(LOCAL).unwrap();
         let claimed =
             futures::executor::block_on(hub.claim(authenticated, Transport::WebSocket)).unwrap();
-        let alice = Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now()).unwrap();
+        let alice =
+            Session::attach(&hub, admission, claimed, LOCAL, hub.clock().now(), None).unwrap();
         assert_eq!(
             alice.check_token(),
             Some(Duration::from_secs(540)),

@@ -64,15 +64,7 @@ pub(crate) fn resume(hub: &Arc<Hub>, user: &str, seq: Option<u64>) -> Session {
         hub.claim(Authenticated::for_tests(hub, user), Transport::WebSocket),
     )
     .unwrap();
-    Session::attach(
-        hub,
-        admission,
-        claimed,
-        LOCAL,
-        hub.clock().now(),
-        seq,
-    )
-    .unwrap()
+    Session::attach(hub, admission, claimed, LOCAL, hub.clock().now(), seq).unwrap()
 }
 
 /// Everything queued for `session`, WELCOME included, as JSON; seals it.

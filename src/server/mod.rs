@@ -469,7 +469,7 @@ async fn expire_away(hub: Arc<Hub>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                hub.expire_away(crate::core::resume::now());
+                hub.expire_away(hub.clock().now());
             }
             () = stop.cancelled() => return,
         }
