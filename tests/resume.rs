@@ -466,3 +466,106 @@ async fn a_flood_to_away_users_stops_at_the_memory_cap() {
         200
     );
 }
+
+/// Two gateway processes on one real Redis.
+async fn two_nodes(redis: &common::redis::RedisServer) -> Vec<GatewayProcess> {
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for n in 0..2 {
+        let id = format!("node-{n}");
+        let mut args = vec!["--redis", &url, "--node-id", &id, "--resume-window", "5s"];
+        args.extend_from_slice(TEST_RATES);
+        nodes.push(GatewayProcess::start(&args, "signal_gateway=info").await);
+    }
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    within("every node ready", async {
+        for node in &nodes {
+            let url = format!("http://{}/readyz", node.addrs.http);
+            while http
+                .get(&url)
+                .send()
+                .await
+                .map_or(true, |r| r.status() != 200)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
+    nodes
+}
+
+/// Waits until `node` holds `count` away users.
+async fn wait_away(node: &GatewayProcess, count: u64) {
+    within("the user is away", async {
+        while get_json_at(&node.addrs, "/v1/stats").await["away"] != count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn in_a_cluster_an_away_user_is_held_for_from_every_node_and_resumes_on_its_node() {
+    let redis = common::redis::RedisServer::start();
+    let nodes = two_nodes(&redis).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let carol_token = nodes[1].register("carol").await;
+    // alice is on bob's node, carol on the other one.
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let mut carol = Client::connect(&nodes[1].addrs, Kind::WebTransport, &carol_token).await;
+    carol.recv().await;
+    let mut bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
+    let session = bob.recv().await["payload"]["session"].clone();
+    alice.send("bob", "one", json!(1)).await;
+    assert_eq!(bob.recv().await["seq"], 1);
+    drop(bob);
+    wait_away(&nodes[0], 1).await;
+    alice.send("bob", "two", json!(2)).await;
+    carol.send("bob", "three", json!(3)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bob = connect(&nodes[0].addrs, Kind::WebTransport, &bob_token, "&resume=1").await;
+    let welcome = bob.recv().await;
+    assert_eq!(welcome["payload"]["resumed"], true, "{welcome}");
+    assert_eq!(welcome["payload"]["session"], session);
+    assert_eq!(welcome["payload"]["replayed"], 2);
+    let mut held = vec![bob.recv().await, bob.recv().await];
+    held.sort_by_key(|v| v["seq"].as_u64());
+    assert_eq!(held[0]["seq"], 2);
+    assert_eq!(held[1]["seq"], 3);
+    let mut kinds: Vec<&str> = held.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["three", "two"], "held from both nodes");
+    assert!(told(&mut alice).await.is_empty());
+    assert!(
+        told(&mut carol).await.is_empty(),
+        "carol's node was told it was written"
+    );
+}
+
+#[tokio::test]
+async fn in_a_cluster_a_user_back_on_another_node_starts_again_and_its_old_node_answers() {
+    let redis = common::redis::RedisServer::start();
+    let nodes = two_nodes(&redis).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
+    drop(bob);
+    wait_away(&nodes[0], 1).await;
+    alice.send("bob", "held", json!(1)).await;
+    let mut bob = connect(&nodes[1].addrs, Kind::WebSocket, &bob_token, "&resume=0").await;
+    assert_eq!(bob.recv().await["payload"]["resumed"], false);
+    // The newer claim fenced the old node: it answers what it held.
+    let answer = alice.recv().await;
+    assert_eq!(answer["type"], "UNDELIVERED", "{answer}");
+    assert_eq!(answer["payload"]["type"], "held");
+    wait_away(&nodes[0], 0).await;
+    alice.send("bob", "after", json!(2)).await;
+    let got = bob.recv().await;
+    assert_eq!(got["type"], "after", "routed to bob's new node");
+    assert_eq!(got["seq"], 1, "a new stream");
+}

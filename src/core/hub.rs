@@ -615,7 +615,11 @@ impl Hub {
             user,
             why,
             unwritten,
+            claim,
         } = departed;
+        if let Some(epoch) = claim {
+            self.release(&user, epoch);
+        }
         tracing::debug!(%user, ?why, held = unwritten.len(), "user gone");
         self.stats.gone.inc();
         match why {

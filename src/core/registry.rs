@@ -88,6 +88,8 @@ pub struct Departed {
     pub why: Gone,
     /// Accepted for it and never written.
     pub unwritten: Vec<Queued>,
+    /// The claim it kept while away, to give up now.
+    pub claim: Option<Epoch>,
 }
 
 /// What a connection's end did, as [`UserClientRegistry::detach`] says.
@@ -280,6 +282,7 @@ impl UserClientRegistry {
         };
         let replacing = state.users.contains_key(&user);
         let (resumption, replay) = stream.resume(resume, replacing);
+        stream.epoch = entry.epoch;
         let written = stream.written().clone();
         // Under the lock, so nothing new reaches the outbox before these.
         let _ = entry.outbox.push(Queued::own(welcome(&resumption)));
@@ -496,6 +499,7 @@ impl UserClientRegistry {
 
     fn end_stream(&self, state: &mut State, user: &str, why: Gone) -> Option<Departed> {
         let (user, stream) = state.streams.remove_entry(user)?;
+        let claim = stream.away.map(|_| stream.epoch);
         let (unwritten, lost, bytes) = stream.end();
         state.kept_bytes -= bytes;
         self.stats.resume_lost.add(lost as u64);
@@ -503,6 +507,7 @@ impl UserClientRegistry {
             user,
             why,
             unwritten: unwritten.iter().map(resume::Kept::queued).collect(),
+            claim,
         })
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::ids::Epoch;
 use super::outbox::{Origin, Queued};
 
 /// Envelopes kept per user before the oldest is dropped (LiveKit's signal
@@ -134,6 +135,10 @@ pub struct Stream {
     covered_from: u64,
     /// While away: when the window ends, and which absence it was.
     pub away: Option<(Instant, u64)>,
+    /// The claim of the user's latest connection: while the user is away
+    /// it keeps the user's route to this node (in a cluster), so envelopes
+    /// from other nodes come here to be held.
+    pub epoch: Epoch,
 }
 
 /// What pushing an envelope into a stream did to the bounds.
@@ -158,6 +163,7 @@ impl Stream {
             acked: 0,
             covered_from: 1,
             away: None,
+            epoch: 0,
         }
     }
 

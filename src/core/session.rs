@@ -140,6 +140,9 @@ pub struct Session {
     clean: AtomicBool,
     /// Whether the connection has left the registry.
     left: AtomicBool,
+    /// Its user is away: the claim stays with the user's stream (which
+    /// gives it up when the user is gone), not with the connection.
+    claim_kept: AtomicBool,
     _admission: Admission,
 }
 
@@ -255,6 +258,7 @@ impl Session {
             written: Arc::default(),
             clean: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            claim_kept: AtomicBool::new(false),
             _admission: admission,
         }
     }
@@ -691,6 +695,8 @@ impl Session {
             None => Ending::Away,
             Some(CloseReason::Kicked) => Ending::Gone(Gone::Kicked),
             Some(CloseReason::Unauthenticated) => Ending::Gone(Gone::Deleted),
+            // The streams die with the process: nothing to wait for.
+            Some(CloseReason::Shutdown) => Ending::Gone(Gone::Ended),
             Some(reason) if reason.should_reconnect() => Ending::Away,
             Some(_) => Ending::Gone(Gone::Ended),
         };
@@ -709,6 +715,7 @@ impl Session {
         hub.report_undelivered(detached.undelivered, &self.origin.user, &why);
         if detached.away {
             hub.stats().went_away.inc();
+            self.claim_kept.store(true, Ordering::Relaxed);
         }
         if let Some(departed) = detached.departed {
             hub.departed(departed);
@@ -731,7 +738,9 @@ fn expiry(expires_ms: u64, now_ms: u64) -> TokenExpiry {
 impl Drop for Session {
     fn drop(&mut self) {
         self.leave();
-        self.hub.release(&self.origin.user, self.epoch);
+        if !self.claim_kept.load(Ordering::Relaxed) {
+            self.hub.release(&self.origin.user, self.epoch);
+        }
         self.hub.touch(&self.origin.user);
         self.hub.stats().detached(self.transport);
     }
