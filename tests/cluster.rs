@@ -207,7 +207,9 @@ async fn identities_are_shared_by_every_node() {
 /// each time exactly one connection stays, the others are told REPLACED.
 #[tokio::test]
 async fn newest_wins_when_three_nodes_race_for_one_user() {
-    let cluster = Cluster::start(3).await;
+    // Each round's survivor goes without a close: away (and still listed
+    // on its node) for the resume window, kept short here.
+    let cluster = Cluster::start_with(3, &["--resume-window", "200ms"]).await;
     let token = cluster.register(0, "racer").await;
     let probe_token = cluster.register(0, "probe").await;
     let mut probe = cluster.connect(0, Kind::WebSocket, &probe_token).await;
