@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ice::IceConfig;
+use super::resume::SEQ_ROOM;
 use super::wire::{CLOSE_TYPE, CloseReason, ErrorType, PROTOCOL_VERSION, WELCOME_TYPE};
 
 /// Longest `target` accepted, in bytes (a 64-character name fits even in
@@ -174,8 +175,9 @@ pub fn forward_frame(
     payload: Option<&RawValue>,
 ) -> Bytes {
     let payload = payload.map_or("null", RawValue::get);
-    let mut out =
-        Vec::with_capacity(52 + target.len() + kind.len() + originator.len() + payload.len());
+    let mut out = Vec::with_capacity(
+        52 + SEQ_ROOM + target.len() + kind.len() + originator.len() + payload.len(),
+    );
     out.extend_from_slice(b"{\"target\":");
     push_json_string(&mut out, target);
     out.extend_from_slice(b",\"type\":");
@@ -282,7 +284,7 @@ pub fn close_frame(reason: CloseReason) -> Bytes {
 /// One of the gateway's own envelopes: empty `target` and `originator`.
 pub fn server_frame(kind: &str, payload: &impl Serialize) -> Bytes {
     let payload = serde_json::to_string(payload).unwrap_or_else(|_| "null".to_owned());
-    let mut out = Vec::with_capacity(52 + kind.len() + payload.len());
+    let mut out = Vec::with_capacity(52 + SEQ_ROOM + kind.len() + payload.len());
     out.extend_from_slice(b"{\"target\":\"\",\"type\":");
     push_json_string(&mut out, kind);
     out.extend_from_slice(b",\"originator\":\"\",\"payload\":");

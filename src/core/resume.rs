@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes};
 
 use super::ids::Epoch;
 use super::outbox::{Origin, Queued};
@@ -224,10 +224,17 @@ impl Stream {
     pub fn push(&mut self, item: Queued, limits: &ResumeLimits, keep: bool) -> (Queued, Pushed) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let Queued {
+            frame,
+            origin,
+            accepted_at,
+            ..
+        } = item;
         let stamped = Queued {
-            frame: stamp(&item.frame, seq),
+            frame: stamp(frame, seq),
             seq,
-            ..item
+            origin,
+            accepted_at,
         };
         let mut pushed = Pushed::default();
         if !keep {
@@ -350,18 +357,26 @@ impl Stream {
 }
 
 /// `frame` (a JSON object ending in `}\n`) with `"seq": seq` as its last
-/// field.
-pub fn stamp(frame: &Bytes, seq: u64) -> Bytes {
+/// field. In place when the frame is this one's alone and has room (the
+/// envelope builders leave [`SEQ_ROOM`] bytes spare), else in a copy.
+pub fn stamp(frame: Bytes, seq: u64) -> Bytes {
     use std::io::Write as _;
-    let Some(body) = frame.strip_suffix(b"}\n") else {
-        return frame.clone();
+    if !frame.ends_with(b"}\n") {
+        return frame;
+    }
+    let mut out = match frame.try_into_mut() {
+        Ok(own) => own,
+        Err(shared) => bytes::BytesMut::from(&shared[..]),
     };
-    let mut out = Vec::with_capacity(frame.len() + 28);
-    out.extend_from_slice(body);
-    // Writing into a Vec cannot fail.
-    let _ = writeln!(out, ",\"seq\":{seq}}}");
-    Bytes::from(out)
+    out.truncate(out.len() - 2);
+    // Writing into a BytesMut cannot fail.
+    let _ = writeln!((&mut out).writer(), ",\"seq\":{seq}}}");
+    out.freeze()
 }
+
+/// Bytes an envelope builder leaves spare so [`stamp`] can add `seq`
+/// without copying: `,"seq":`, 20 digits and the end.
+pub const SEQ_ROOM: usize = 28;
 
 /// A session id nobody can guess or confuse with an earlier one: random,
 /// in hex.
@@ -388,13 +403,24 @@ mod tests {
     fn stamps_seq_as_the_last_field() {
         let frame = Bytes::from_static(b"{\"target\":\"bob\",\"payload\":{\"a\":1}}\n");
         assert_eq!(
-            &stamp(&frame, 1207)[..],
+            &stamp(frame, 1207)[..],
             b"{\"target\":\"bob\",\"payload\":{\"a\":1},\"seq\":1207}\n"
         );
         assert_eq!(
-            &stamp(&Bytes::from_static(b"{\"a\":0}\n"), 0)[..],
+            &stamp(Bytes::from_static(b"{\"a\":0}\n"), 0)[..],
             b"{\"a\":0,\"seq\":0}\n"
         );
+    }
+
+    #[test]
+    fn a_frame_with_room_is_stamped_in_place() {
+        let mut built = Vec::with_capacity(64 + SEQ_ROOM);
+        built.extend_from_slice(b"{\"type\":\"x\"}\n");
+        let frame = Bytes::from(built);
+        let at = frame.as_ptr();
+        let stamped = stamp(frame, u64::MAX);
+        assert_eq!(stamped.as_ptr(), at, "no copy");
+        assert!(stamped.ends_with(b",\"seq\":18446744073709551615}\n"));
     }
 
     #[test]
