@@ -531,7 +531,7 @@ async fn in_a_cluster_an_away_user_is_held_for_from_every_node_and_resumes_on_it
     assert_eq!(welcome["payload"]["resumed"], true, "{welcome}");
     assert_eq!(welcome["payload"]["session"], session);
     assert_eq!(welcome["payload"]["replayed"], 2);
-    let mut held = vec![bob.recv().await, bob.recv().await];
+    let mut held = [bob.recv().await, bob.recv().await];
     held.sort_by_key(|v| v["seq"].as_u64());
     assert_eq!(held[0]["seq"], 2);
     assert_eq!(held[1]["seq"], 3);
