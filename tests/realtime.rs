@@ -54,16 +54,16 @@ async fn forwards_with_originator_stamped_and_payload_unchanged(kind: Kind) {
     assert_eq!(
         text,
         format!(
-            r#"{{"target":"bob","type":"video-offer","originator":"alice","payload":{raw_payload}}}"#
+            r#"{{"target":"bob","type":"video-offer","originator":"alice","payload":{raw_payload},"seq":1}}"#
         ),
-        "payload bytes are forwarded unchanged"
+        "payload bytes are forwarded unchanged, the user's seq after them"
     );
     bob.send("alice", "video-answer", json!({"sdp": "answer"}))
         .await;
     let got = alice.recv().await;
     assert_eq!(
         got,
-        json!({"target":"alice","type":"video-answer","originator":"bob","payload":{"sdp":"answer"}})
+        json!({"target":"alice","type":"video-answer","originator":"bob","payload":{"sdp":"answer"},"seq":1})
     );
 }
 
@@ -95,7 +95,7 @@ async fn sending_to_yourself_works(kind: Kind) {
     alice.send("alice", "note", json!([1, 2])).await;
     assert_eq!(
         alice.recv().await,
-        json!({"target":"alice","type":"note","originator":"alice","payload":[1,2]})
+        json!({"target":"alice","type":"note","originator":"alice","payload":[1,2],"seq":1})
     );
 }
 

@@ -23,12 +23,12 @@ async fn websocket_and_webtransport_users_talk_both_ways() {
     ws.send("modern", "video-offer", json!({"sdp": "o"})).await;
     assert_eq!(
         wt.recv().await,
-        json!({"target":"modern","type":"video-offer","originator":"legacy","payload":{"sdp":"o"}})
+        json!({"target":"modern","type":"video-offer","originator":"legacy","payload":{"sdp":"o"},"seq":1})
     );
     wt.send("legacy", "video-answer", json!({"sdp": "a"})).await;
     assert_eq!(
         ws.recv().await,
-        json!({"target":"legacy","type":"video-answer","originator":"modern","payload":{"sdp":"a"}})
+        json!({"target":"legacy","type":"video-answer","originator":"modern","payload":{"sdp":"a"},"seq":1})
     );
     // The envelope bytes are identical on both transports.
     ws.send("legacy", "same", json!([1])).await;
