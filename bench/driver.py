@@ -87,6 +87,10 @@ VARIANTS = {"embedded": "embedded store", "jwt-hs256": "JWT HS256", "jwt-es256":
 CLUSTER_VARIANTS = {"cluster": "cluster mode, same node (1 node + Redis)",
                     "cross": "cross-node (2 nodes + Redis)"}
 CLUSTER_UNITS = [f"{system}+{variant}" for variant in CLUSTER_VARIANTS for system in ("ws", "wt")]
+# Relay variants: the peers acknowledge what they receive as client.js does
+# (`ACK` every 32 envelopes or 1 s), so the gateway keeps each envelope for
+# a resume until it is acknowledged (docs/resume.md).
+RELAY_VARIANTS = {"ack": "ACKs as client.js"}
 # How many gateway nodes each cluster variant runs (named a, b, ...).
 CLUSTER_NODES = {"cluster": 1, "cross": 2}
 # Redis as the README tells operators to run it: the append-only file,
@@ -152,7 +156,7 @@ def unit_parts(unit):
 def unit_label(system, variant=""):
     if not variant:
         return LABELS[system]
-    return LABELS[system] + ", " + (VARIANTS.get(variant) or CLUSTER_VARIANTS[variant])
+    return LABELS[system] + ", " + (VARIANTS.get(variant) or RELAY_VARIANTS.get(variant) or CLUSTER_VARIANTS[variant])
 
 
 # --- plans -------------------------------------------------------------------
@@ -169,6 +173,7 @@ def plan(quick):
         # leave the relay alone; once is enough. The cluster units relay
         # small envelopes, saturated and one in flight.
         extra = ["ws+embedded"] if (pairs, window, payload) == (100, 10, 200) else []
+        extra += ["ws+ack"] if payload == 200 else []
         extra += CLUSTER_UNITS if payload == 200 else []
         items.append(("throughput", {"pairs": pairs, "window": window, "payload_bytes": payload},
                       ["throughput", "--pairs", pairs, "--window", window,
@@ -437,7 +442,7 @@ def run_one(unit, args, pinned, label, tag):
                     BENCH, "--system", system, "--addr", f"127.0.0.1:{port}",
                     "--server-pid", str(procs[0].pid), "--clk-tck", str(os.sysconf("SC_CLK_TCK")),
                     "--label", label,
-                ] + bench_args + [str(a) for a in args]
+                ] + bench_args + [str(a) for a in args] + (["--ack"] if variant == "ack" else [])
                 t0 = time.monotonic()
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                                      env=dict(os.environ, RUST_BACKTRACE="0", **env_extra))
@@ -659,6 +664,8 @@ def ratios_and_targets(results, levels):
     add("ws+embedded/ws registrations/s", "register", "ws+embedded", "ws", "registrations_per_s")
     add("ws+cluster/ws registrations/s", "register", "ws+cluster", "ws", "registrations_per_s")
     add("ws+embedded/ws server CPU per relayed, 100x10 200 B", "throughput", "ws+embedded", "ws", cpu, **sat)
+    add("ws+ack/ws server CPU per relayed, 100x10 200 B", "throughput", "ws+ack", "ws", cpu, **sat)
+    add("ws+ack/ws server CPU per relayed, 10x1 200 B", "throughput", "ws+ack", "ws", cpu, **light)
     # The cluster: cross-node and same-node cluster mode against the single
     # gateway, and cross-node against PeerJS server on one node. CPU counts
     # every process (both gateways and Redis).
@@ -719,6 +726,8 @@ def ratios_and_targets(results, levels):
                      "ws+embedded/ws connect + first envelope p50", 1.1),
         ratio_target("WS: embedded store leaves relaying alone, CPU per envelope at 100x10 (embedded/memory)",
                      "ws+embedded/ws server CPU per relayed, 100x10 200 B", 1.1),
+        ratio_target("WS: ACKs as client.js (envelopes kept for a resume) cost at most 15 % per envelope at 100x10 "
+                     "(ack/none)", "ws+ack/ws server CPU per relayed, 100x10 200 B", 1.15),
         ratio_target(f"Embedded store: registrations/s at {REGISTER_CLIENTS} clients vs memory (embedded/memory)",
                      "ws+embedded/ws registrations/s", 0.25, "min"),
         target(f"Embedded store: registration latency p99 at {REGISTER_CLIENTS} clients",
@@ -793,7 +802,7 @@ def rows(res, scenario, variants=None):
         if key not in configs:
             configs.append(key)
         out.append(r)
-    rank = {v: i for i, v in enumerate([""] + list(VARIANTS) + list(CLUSTER_VARIANTS))}
+    rank = {v: i for i, v in enumerate([""] + list(VARIANTS) + list(RELAY_VARIANTS) + list(CLUSTER_VARIANTS))}
     return sorted(out, key=lambda r: (configs.index(json.dumps(r["config"], sort_keys=True)),
                                       rank[r.get("variant", "")], SYSTEMS.index(r["system"])))
 

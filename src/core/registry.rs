@@ -395,7 +395,9 @@ impl UserClientRegistry {
             match queued {
                 Ok(()) => {
                     state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
-                    self.stats.resume_dropped.add(pushed.dropped as u64);
+                    if pushed.dropped > 0 {
+                        self.stats.resume_dropped.add(pushed.dropped as u64);
+                    }
                     return Delivery::Queued;
                 }
                 Err((Room::Full, item)) => {
