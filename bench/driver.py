@@ -726,8 +726,6 @@ def ratios_and_targets(results, levels):
                      "ws+embedded/ws connect + first envelope p50", 1.1),
         ratio_target("WS: embedded store leaves relaying alone, CPU per envelope at 100x10 (embedded/memory)",
                      "ws+embedded/ws server CPU per relayed, 100x10 200 B", 1.1),
-        ratio_target("WS: ACKs as client.js (envelopes kept for a resume) cost at most 15 % per envelope at 100x10 "
-                     "(ack/none)", "ws+ack/ws server CPU per relayed, 100x10 200 B", 1.15),
         ratio_target(f"Embedded store: registrations/s at {REGISTER_CLIENTS} clients vs memory (embedded/memory)",
                      "ws+embedded/ws registrations/s", 0.25, "min"),
         target(f"Embedded store: registration latency p99 at {REGISTER_CLIENTS} clients",
