@@ -57,6 +57,10 @@ export const ERROR_TYPES = Object.freeze([
   "CLUSTER_UNAVAILABLE",
   "UNCONFIRMED",
   "EXPIRED",
+  "NOT_IN_ROOM",
+  "ROOM_FULL",
+  "TOO_MANY_ROOMS",
+  "FORBIDDEN",
 ]);
 
 /** Default options of {@link SignalClient#connect}. */

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::{self, Header};
-use super::{Generation, RedisCluster, Report, bounded, keys};
+use super::{Generation, RedisCluster, Report, bounded, keys, rooms};
 use crate::core::Hub;
 use crate::core::cluster::{Fate, NodeInfo, Outgoing};
 use crate::core::ids::NodeId;
@@ -140,6 +140,10 @@ impl Courier {
         if self.cluster.health.resync.swap(false, Ordering::AcqRel) {
             let wanted = self.cluster.health.reclaim_wanted.load(Ordering::Acquire);
             self.routes.clear();
+            if let Err(err) = rooms::load(&self.cluster, &self.hub).await {
+                tracing::warn!(%err, "could not read the rooms; will retry");
+                self.cluster.health.resync.store(true, Ordering::Release);
+            }
             if self.reclaim().await {
                 self.cluster.health.away.store(false, Ordering::Release);
                 self.cluster
@@ -233,6 +237,8 @@ impl Courier {
         if let Ok(nodes) = self.cluster.live_nodes().await {
             self.live = nodes.into_iter().map(|info| info.node).collect();
             self.live.insert(self.cluster.node.clone());
+            let live: Vec<NodeId> = self.live.iter().cloned().collect();
+            rooms::purge_dead(&self.cluster, &live).await;
         }
     }
 
@@ -381,13 +387,22 @@ impl Courier {
         }
         let mut fates: HashMap<NodeId, Vec<(u64, Fate)>> = HashMap::new();
         let mut releases = Vec::new();
+        let mut room_envelopes = Vec::new();
+        let mut scripted = Vec::new();
         for report in told.drain(..) {
             match report {
                 Report::Fate { node, id, fate } => fates.entry(node).or_default().push((id, fate)),
                 Report::Release { user, epoch } => releases.push((user, epoch)),
+                Report::RoomEnvelope { node, message } => room_envelopes.push((node, message)),
+                Report::Rooms(change) => scripted.push(rooms::script(&change, &here, &self.hub)),
             }
         }
-        if by_node.is_empty() && fates.is_empty() && releases.is_empty() {
+        if by_node.is_empty()
+            && fates.is_empty()
+            && releases.is_empty()
+            && room_envelopes.is_empty()
+            && scripted.is_empty()
+        {
             return;
         }
         let mut pipe = redis::pipe();
@@ -407,6 +422,14 @@ impl Courier {
                 .arg(messages::encode(&header, &frames).as_ref());
             sent.push((node, batch.into_iter().map(|e| e.id).collect()));
         }
+        // Room envelopes before the room changes of the same batch: a
+        // member's PEER_LEFT comes after the last envelope it sent.
+        for (node, message) in room_envelopes {
+            pipe.cmd("PUBLISH")
+                .arg(rooms::inbox(&node))
+                .arg(message.as_ref())
+                .ignore();
+        }
         for (node, items) in fates {
             let header = Header::Fates {
                 from: here.to_string(),
@@ -425,11 +448,18 @@ impl Courier {
                 .arg(epoch)
                 .ignore();
         }
+        for change in &scripted {
+            change.add_to(&mut pipe);
+        }
         let mut redis = self.cluster.redis.clone();
         let result = bounded(pipe.query_async::<Vec<redis::Value>>(&mut redis)).await;
         self.cluster.health.command_result(&result);
         match result {
             Ok(receivers) => {
+                let changed = receivers.get(sent.len()..).unwrap_or_default();
+                for (change, result) in scripted.iter().zip(changed) {
+                    change.answer(&self.hub, &here, Ok(result));
+                }
                 for ((node, ids), receivers) in sent.into_iter().zip(receivers) {
                     match receivers {
                         redis::Value::Int(n) if n > 0 => {}
@@ -451,6 +481,9 @@ impl Courier {
                 }
             }
             Err(err) => {
+                for change in &scripted {
+                    change.answer(&self.hub, &here, Err(&err));
+                }
                 for (_, ids) in sent {
                     for id in ids {
                         self.hub.settled(id, Fate::Unavailable(err.clone()));

@@ -126,6 +126,11 @@ fn handle(payload: Bytes, cluster: &RedisCluster, hub: &Hub) {
                 cluster.health.heard_ping();
             }
         }
+        room @ (Header::Room { .. } | Header::RoomEnvelope { .. } | Header::Kick { .. }) => {
+            if !matches!(&room, Header::Kick { from, .. } if from == cluster.node.as_ref()) {
+                super::rooms::handle(room, frames, hub);
+            }
+        }
         Header::Broadcast { from, command } => {
             if from != cluster.node.as_ref() {
                 let closed = hub.apply(command);

@@ -51,6 +51,38 @@ pub enum Header {
         /// What to do.
         command: Broadcast,
     },
+    /// A change to rooms the shared state made (its script publishes this
+    /// on the control channel, see `rooms`).
+    Room {
+        /// `joined`, `left` or `moved`.
+        change: String,
+        /// The room.
+        room: String,
+        /// The member.
+        user: String,
+        /// The node its connection is on.
+        node: String,
+        /// Why it left.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// A room envelope for the receiving node's members of `room`; its
+    /// bytes follow the header.
+    RoomEnvelope {
+        /// The sending node.
+        from: String,
+        /// The room.
+        room: String,
+        /// Its sender (not written to).
+        sender: String,
+    },
+    /// Close this user's connection as `KICKED`.
+    Kick {
+        /// The node it was asked of.
+        from: String,
+        /// The user.
+        user: String,
+    },
 }
 
 /// Why a message could not be read.
@@ -87,6 +119,9 @@ pub fn decode(payload: Bytes) -> Result<(Header, Vec<Bytes>), MessageError> {
     let header: Header = serde_json::from_slice(&payload[..end])
         .map_err(|err| MessageError::Header(err.to_string()))?;
     let rest = payload.slice(end + 1..);
+    if let Header::RoomEnvelope { .. } = &header {
+        return Ok((header, vec![rest]));
+    }
     let Header::Envelopes { items, .. } = &header else {
         return Ok((header, Vec::new()));
     };

@@ -27,6 +27,7 @@ mod courier;
 mod inbox;
 mod keys;
 mod messages;
+mod rooms;
 mod sentinel;
 
 pub use args::ClusterArgs;
@@ -45,6 +46,7 @@ use crate::core::cluster::{
     PrimaryFacts,
 };
 use crate::core::ids::{Epoch, NodeId};
+use crate::core::rooms::RoomChange;
 use crate::core::{Hub, store::unix_ms};
 use messages::Header;
 
@@ -106,6 +108,10 @@ enum Report {
     Fate { node: NodeId, id: u64, fate: Fate },
     /// A connection ended: drop its route unless a newer claim replaced it.
     Release { user: Arc<str>, epoch: Epoch },
+    /// A change to rooms, for the shared state.
+    Rooms(RoomChange),
+    /// A room envelope for `node`'s members (the whole message).
+    RoomEnvelope { node: NodeId, message: bytes::Bytes },
 }
 
 /// Whether this node's link to the cluster works, from what its tasks see.
@@ -617,6 +623,41 @@ impl Cluster for RedisCluster {
             Some(problem) => Err(problem),
             None => Ok(()),
         }
+    }
+
+    fn change_rooms(&self, change: RoomChange) -> Result<(), RoomChange> {
+        if self.problem().is_some() {
+            return Err(change);
+        }
+        self.reports
+            .try_send(Report::Rooms(change.clone()))
+            .map_err(|_| change)
+    }
+
+    fn forward_room(&self, node: &NodeId, room: &str, sender: &str, frame: bytes::Bytes) -> bool {
+        if self.problem().is_some() {
+            return false;
+        }
+        let message = rooms::envelope_message(&self.node, room, sender, frame);
+        self.reports
+            .try_send(Report::RoomEnvelope {
+                node: node.clone(),
+                message,
+            })
+            .is_ok()
+    }
+
+    fn kick(&self, user: &str) -> ClusterFuture<'_, ()> {
+        let header = Header::Kick {
+            from: self.node.to_string(),
+            user: user.to_owned(),
+        };
+        Box::pin(async move {
+            self.publish(keys::CONTROL.to_owned(), &header)
+                .await
+                .map(|_| ())
+                .map_err(unavailable)
+        })
     }
 
     fn primary(&self) -> Option<PrimaryFacts> {

@@ -9,6 +9,7 @@ use clap::Args;
 use super::parse::{nonzero_duration, nonzero_usize};
 use crate::core::limits::{self, Limits};
 use crate::core::resume;
+use crate::core::rooms::{self, RoomPolicy};
 
 /// 16 KiB: ample for a browser's headers and cookies, small enough that a
 /// flood of huge headers costs little (h3 leaves it unbounded by default).
@@ -183,4 +184,19 @@ limit_args! {
     /// holds for away users are refused with TARGET_NOT_FOUND.
     #[arg(long, env = "SIGNAL_RESUME_MEMORY", default_value_t = resume::DEFAULT_RESUME_MEMORY, value_parser = nonzero_usize, help_heading = "Resume")]
     resume_memory: usize => resume_memory,
+
+    /// Most members one room holds; a JOIN past it is answered ROOM_FULL.
+    #[arg(long, env = "SIGNAL_MAX_ROOM_MEMBERS", default_value_t = rooms::DEFAULT_MAX_ROOM_MEMBERS, value_parser = nonzero_usize, help_heading = "Rooms")]
+    max_room_members: usize => max_room_members,
+
+    /// Most rooms one user is in at once; a JOIN past it is answered
+    /// TOO_MANY_ROOMS.
+    #[arg(long, env = "SIGNAL_MAX_ROOMS_PER_USER", default_value_t = rooms::DEFAULT_MAX_ROOMS_PER_USER, value_parser = nonzero_usize, help_heading = "Rooms")]
+    max_rooms_per_user: usize => max_rooms_per_user,
+
+    /// Who may join rooms: `any` (a JWT with a `rooms` claim only the rooms
+    /// it names), or `jwt-only` (only the rooms a JWT's `rooms` claim
+    /// names; registered names and JWTs without the claim join none).
+    #[arg(long = "rooms", env = "SIGNAL_ROOMS", default_value = "any", value_parser = clap::builder::ValueParser::new(str::parse::<RoomPolicy>), help_heading = "Rooms")]
+    room_policy: RoomPolicy => rooms,
 }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::Clock;
 use super::ids::{Epoch, NodeId};
 use super::outbox::LocalSender;
+use super::rooms::RoomChange;
 use super::transport::Transport;
 
 /// An envelope accepted here for a user with no connection here.
@@ -163,6 +164,25 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     /// The shared store's primary and its failovers, for the metrics.
     fn primary(&self) -> Option<PrimaryFacts> {
         None
+    }
+
+    /// Queues a change to rooms for the shared state, which tells every
+    /// node once it is made (see [`RoomChange`]); hands it back when the
+    /// cluster cannot carry it now.
+    fn change_rooms(&self, change: RoomChange) -> Result<(), RoomChange> {
+        Err(change)
+    }
+
+    /// Queues a room envelope (`frame`, from `sender`) for `node`, which
+    /// writes it to its members of `room`: once per node, not per member.
+    /// False when the cluster cannot carry it now.
+    fn forward_room(&self, _node: &NodeId, _room: &str, _sender: &str, _frame: Bytes) -> bool {
+        false
+    }
+
+    /// Has every other node close `user`'s connection as `KICKED`.
+    fn kick(&self, _user: &str) -> ClusterFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
     }
 }
 

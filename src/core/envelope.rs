@@ -23,8 +23,9 @@ pub const MAX_TARGET_BYTES: usize = 256;
 /// `new-ice-candidate`) are ~15 bytes.
 pub const MAX_TYPE_BYTES: usize = 128;
 
-/// An envelope as a client sends it: `{"target", "type", "payload"}`.
-/// Any other field (such as a spoofed `originator`) is ignored.
+/// An envelope as a client sends it: `{"target", "type", "payload"}`, or
+/// for a room `{"room", "type", "payload"}` without `target`. Any other
+/// field (such as a spoofed `originator`) is ignored.
 #[derive(Debug, Deserialize)]
 #[serde(expecting = "an envelope object with string fields \"target\" and \"type\"")]
 pub struct Inbound<'a> {
@@ -37,6 +38,35 @@ pub struct Inbound<'a> {
     /// Any JSON value, forwarded byte for byte; absent means `null`.
     #[serde(borrow, default)]
     pub payload: Option<&'a RawValue>,
+    /// The room an envelope without `target` goes to (a `room` beside a
+    /// `target` is ignored: the envelope goes to the target).
+    #[serde(skip)]
+    pub room: Option<Cow<'a, str>>,
+}
+
+/// An inbound envelope as it is on the wire: `target` may be missing when
+/// `room` is there.
+#[derive(Deserialize)]
+#[serde(expecting = "an envelope object with string fields \"target\" and \"type\"")]
+struct Wire<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    target: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present", rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    room: Option<Cow<'a, str>>,
+}
+
+/// A string that is there (`null` is refused; a missing field is `None`
+/// through `default`), borrowed from the frame when it has no escapes.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Text::deserialize(deserializer).map(|text| Some(text.0))
 }
 
 /// Why a frame is not a valid envelope. Sent back as `INVALID_MESSAGE`.
@@ -106,13 +136,41 @@ fn parse(source: Source<'_>, max_depth: usize) -> Result<Inbound<'_>, EnvelopeEr
         Source::Text(text) => serde_json::from_str(text),
         Source::Bytes(bytes) => serde_json::from_slice(bytes),
     };
-    let inbound: Inbound<'_> = parsed.map_err(|err| match err.classify() {
+    let wire: Wire<'_> = parsed.map_err(|err| match err.classify() {
         serde_json::error::Category::Data => EnvelopeError::Shape(err.to_string()),
         _ => EnvelopeError::Syntax(err.to_string()),
     })?;
+    let (target, room) = match (wire.target, wire.room) {
+        (Some(target), _) => (target, None),
+        (None, Some(room)) => (Cow::Borrowed(""), Some(room)),
+        (None, None) => {
+            return Err(EnvelopeError::Shape(
+                "missing field `target` (or `room`, to send to a room)".to_owned(),
+            ));
+        }
+    };
+    let kind = wire
+        .kind
+        .ok_or_else(|| EnvelopeError::Shape("missing field `type`".to_owned()))?;
+    let inbound = Inbound {
+        target,
+        kind,
+        payload: wire.payload,
+        room,
+    };
     if inbound.target.len() > MAX_TARGET_BYTES {
         return Err(EnvelopeError::FieldTooLong {
             field: "target",
+            max: MAX_TARGET_BYTES,
+        });
+    }
+    if inbound
+        .room
+        .as_ref()
+        .is_some_and(|room| room.len() > MAX_TARGET_BYTES)
+    {
+        return Err(EnvelopeError::FieldTooLong {
+            field: "room",
             max: MAX_TARGET_BYTES,
         });
     }
@@ -180,6 +238,25 @@ pub fn forward_frame(
     );
     out.extend_from_slice(b"{\"target\":");
     push_json_string(&mut out, target);
+    out.extend_from_slice(b",\"type\":");
+    push_json_string(&mut out, kind);
+    out.extend_from_slice(b",\"originator\":");
+    push_json_string(&mut out, originator);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload.as_bytes());
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
+}
+
+/// A room envelope as each other member receives it:
+/// `{"target": "", "room", "type", "originator", "payload"}`, built once
+/// for every member.
+pub fn room_frame(room: &str, kind: &str, originator: &str, payload: Option<&RawValue>) -> Bytes {
+    let payload = payload.map_or("null", RawValue::get);
+    let mut out =
+        Vec::with_capacity(72 + room.len() + kind.len() + originator.len() + payload.len());
+    out.extend_from_slice(b"{\"target\":\"\",\"room\":");
+    push_json_string(&mut out, room);
     out.extend_from_slice(b",\"type\":");
     push_json_string(&mut out, kind);
     out.extend_from_slice(b",\"originator\":");
@@ -369,6 +446,8 @@ mod tests {
             (r#"["bob","video-offer",{}]"#, "expected an object"),
             ("\"text\"", "wrong shape"),
             ("{}", "missing field `target`"),
+            (r#"{"room":"r"}"#, "missing field `type`"),
+            (r#"{"room":null,"type":"x"}"#, "invalid type: null"),
             (r#"{"target":"bob"}"#, "missing field `type`"),
             (
                 r#"{"target":5,"type":"x"}"#,
@@ -389,6 +468,22 @@ mod tests {
             let err = parse(input).expect_err(input).to_string();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_room_envelope_has_no_target_and_a_target_wins_over_a_room() {
+        let env = parse(r#"{"room":"standup","type":"chat","payload":{"a":1}}"#).unwrap();
+        assert_eq!(env.room.as_deref(), Some("standup"));
+        assert_eq!(env.target, "");
+        let frame = room_frame("standup", &env.kind, "alice", env.payload);
+        let v: Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(
+            v,
+            json!({"target":"","room":"standup","type":"chat","originator":"alice","payload":{"a":1}})
+        );
+        let env = parse(r#"{"target":"bob","room":"standup","type":"x"}"#).unwrap();
+        assert_eq!(env.target, "bob");
+        assert!(env.room.is_none());
     }
 
     #[test]

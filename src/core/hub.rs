@@ -25,6 +25,7 @@ use super::outbox::{ConnId, Origin, Queued};
 use super::readiness::{NotReady, Phase};
 use super::registry::{ConnectedUser, Delivery, Departed, Grant, Kind, UserClientRegistry};
 use super::resume::Gone;
+use super::rooms::{LeaveReason, RoomClaim, Rooms};
 use super::stats::{Stats, StatsSnapshot};
 use super::store::{Registration, StoreError};
 use super::transport::Transport;
@@ -64,6 +65,8 @@ pub struct Authenticated {
     /// When the token stops being valid (a JWT's `exp`); gateway tokens
     /// do not expire while their identity lives.
     pub expires_at: Option<SystemTime>,
+    /// The rooms a JWT's `rooms` claim allows (`None`: no claim).
+    pub rooms: Option<RoomClaim>,
     grant: Grant,
 }
 
@@ -81,6 +84,7 @@ impl Authenticated {
         Self {
             user: user.into(),
             expires_at: None,
+            rooms: None,
             grant: hub.registry().grant(),
         }
     }
@@ -175,6 +179,8 @@ pub struct Hub {
     /// Envelopes sent to other nodes and not settled yet.
     in_flight: InFlight,
     clock: Clock,
+    /// Every room and its members.
+    rooms: Rooms,
 }
 
 impl Hub {
@@ -204,6 +210,7 @@ impl Hub {
             phase: Phase::default(),
             cluster: OnceLock::new(),
             in_flight: InFlight::new(limits.delivery_timeout, clock.clone()),
+            rooms: Rooms::new(limits.max_room_members, limits.max_rooms_per_user),
             limits,
             clock,
         })
@@ -227,6 +234,11 @@ impl Hub {
     /// The live connections by user.
     pub(super) fn registry(&self) -> &UserClientRegistry {
         &self.registry
+    }
+
+    /// Every room and its members.
+    pub(super) fn rooms(&self) -> &Rooms {
+        &self.rooms
     }
 
     /// Envelopes sent to other nodes and not settled yet.
@@ -317,10 +329,11 @@ impl Hub {
         // Taken before the lookup: a deletion that the lookup does not see
         // yet is then seen by the attach.
         let grant = self.registry.grant();
-        let (user, expires_at) = self.identities.authenticate(token).await?;
+        let (user, expires_at, rooms) = self.identities.authenticate(token).await?;
         Ok(Authenticated {
             user,
             expires_at,
+            rooms,
             grant,
         })
     }
@@ -622,6 +635,7 @@ impl Hub {
         }
         tracing::debug!(%user, ?why, held = unwritten.len(), "user gone");
         self.stats.gone.inc();
+        self.user_gone(&user, LeaveReason::from(why));
         match why {
             Gone::Expired => self.answer_unwritten(
                 unwritten,
@@ -656,6 +670,16 @@ impl Hub {
         let expired = error == ErrorType::Expired;
         for item in items {
             let origin = match item.origin {
+                // A room envelope another node accepted: its sender is
+                // there, and not told.
+                None if item.accepted_at.is_some() => {
+                    if expired {
+                        self.stats.expired_unreported.inc();
+                    } else {
+                        self.stats.undelivered_unreported.inc();
+                    }
+                    continue;
+                }
                 None => {
                     self.stats.replies_dropped.inc();
                     continue;

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use super::admission::{Refusal, quota};
 use super::clock::{Clock, KeyedRateLimiter};
 use super::limits::{Limits, ip_key};
+use super::rooms::RoomClaim;
 use super::stats::{AuthMethod, AuthOutcome, RegistrationOutcome, Stats};
 use super::store::{IdentityStore, MemoryStore, Registration, StoreError};
 use super::token::{AuthMode, TokenError, TokenVerifier};
@@ -94,9 +95,10 @@ impl Identities {
     }
 }
 
-/// The user a token belongs to, and when the token stops being valid
-/// (`None`: a registered identity's token lives as long as the identity).
-pub type Verdict = (Arc<str>, Option<SystemTime>);
+/// The user a token belongs to, when the token stops being valid (`None`:
+/// a registered identity's token lives as long as the identity), and the
+/// rooms a JWT's `rooms` claim allows (`None`: no such claim).
+pub type Verdict = (Arc<str>, Option<SystemTime>, Option<RoomClaim>);
 
 /// Registration and authentication, with their rate and their counters.
 #[derive(Debug)]
@@ -219,7 +221,11 @@ impl IdentityService {
                 Ok(verified)
             })
             .inspect_err(|err| tracing::info!(reason = %err, "JWT refused"))?;
-        Ok((verified.username.into(), Some(verified.expires_at)))
+        Ok((
+            verified.username.into(),
+            Some(verified.expires_at),
+            verified.rooms.map(RoomClaim::new),
+        ))
     }
 
     async fn registered(&self, token: &str) -> Result<Verdict, AuthError> {
@@ -232,7 +238,7 @@ impl IdentityService {
             .await?
             .filter(|name| self.mode.registered_may_be(name))
             .ok_or(AuthError::Unknown)?;
-        Ok((user, None))
+        Ok((user, None, None))
     }
 
     /// Verifies a token presented to replace a connection's token; it must

@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::resume;
+use super::rooms::RoomPolicy;
 
 /// Largest envelope, in bytes: 64 KiB, Centrifugo's default for WebSocket and
 /// WebTransport. An SDP offer with candidates is a few KiB.
@@ -154,6 +155,12 @@ pub struct Limits {
     pub resume_buffer_bytes: usize,
     /// See [`resume::DEFAULT_RESUME_MEMORY`].
     pub resume_memory: usize,
+    /// See [`super::rooms::DEFAULT_MAX_ROOM_MEMBERS`].
+    pub max_room_members: usize,
+    /// See [`super::rooms::DEFAULT_MAX_ROOMS_PER_USER`].
+    pub max_rooms_per_user: usize,
+    /// Who may join rooms without a JWT `rooms` claim.
+    pub rooms: RoomPolicy,
 }
 
 impl Limits {
@@ -206,6 +213,9 @@ impl Default for Limits {
             resume_buffer: resume::DEFAULT_RESUME_BUFFER,
             resume_buffer_bytes: resume::DEFAULT_RESUME_BUFFER_BYTES,
             resume_memory: resume::DEFAULT_RESUME_MEMORY,
+            max_room_members: super::rooms::DEFAULT_MAX_ROOM_MEMBERS,
+            max_rooms_per_user: super::rooms::DEFAULT_MAX_ROOMS_PER_USER,
+            rooms: RoomPolicy::Any,
         }
     }
 }

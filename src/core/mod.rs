@@ -17,6 +17,8 @@ pub mod readiness;
 pub mod registry;
 mod remote;
 pub mod resume;
+pub mod rooms;
+mod rooms_session;
 pub mod session;
 pub mod stats;
 pub mod store;

@@ -584,6 +584,23 @@ impl UserClientRegistry {
         (drained.len(), departed)
     }
 
+    /// Closes `user`'s live connection as `KICKED` and ends its stream: the
+    /// user is gone, as every user is after [`UserClientRegistry::kick_all`]
+    /// (the admin's kick of one user). Whether it had a connection or was
+    /// away.
+    pub fn kick(&self, user: &str) -> (bool, Option<Departed>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let entry = state.users.remove(user);
+        let departed = self.end_stream(state, user, Gone::Kicked);
+        drop(guard);
+        let found = entry.is_some() || departed.is_some();
+        if let Some(entry) = entry {
+            entry.outbox.close(CloseReason::Kicked);
+        }
+        (found, departed)
+    }
+
     /// Closes every connection as `KICKED`, and every connection already
     /// authenticated but not attached yet as it attaches; every user is
     /// gone.

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,11 +22,13 @@ use super::ids::Epoch;
 use super::outbox::{ConnId, LocalSender, Origin, Outbox, Queued};
 use super::registry::{Delivery, Ending, Entry, Kind};
 use super::resume::Gone;
+use super::rooms::RoomClaim;
 use super::store::unix_ms;
 use super::token::TOKEN_LEEWAY;
 use super::transport::Transport;
 use super::wire::{
-    ACK_TYPE, CloseReason, ErrorType, REFRESH_TOKEN_TYPE, TOKEN_EXPIRING_TYPE, TOKEN_REFRESHED_TYPE,
+    ACK_TYPE, CloseReason, ErrorType, JOIN_TYPE, LEAVE_TYPE, REFRESH_TOKEN_TYPE,
+    TOKEN_EXPIRING_TYPE, TOKEN_REFRESHED_TYPE,
 };
 
 /// How long before its token expires a connection is warned: a minute, or
@@ -132,6 +135,8 @@ pub struct Session {
     limiter: DirectRateLimiter,
     strikes: DirectRateLimiter,
     token: Option<Arc<TokenLife>>,
+    /// The rooms its JWT's `rooms` claim allows (`None`: no claim).
+    rooms: Option<RoomClaim>,
     /// When the client's first request or packet arrived.
     started: Instant,
     /// The highest `seq` of the user's stream written anywhere.
@@ -169,6 +174,7 @@ impl Session {
         let authenticated = claimed.authenticated();
         let user = authenticated.user.clone();
         let expires_at = authenticated.expires_at;
+        let rooms = authenticated.rooms.clone();
         let grant = authenticated.grant();
         let limits = hub.limits();
         let outbox = Arc::new(Outbox::new(limits.queue_envelopes, limits.queue_bytes));
@@ -210,6 +216,7 @@ impl Session {
         // From here the session gives the claim up when it ends.
         claimed.attached();
         hub.touch(&user);
+        hub.user_attached(&user, epoch);
         hub.stats().attached(transport);
         let mut session = Session::new(
             hub.clone(),
@@ -219,6 +226,7 @@ impl Session {
             outbox,
             admission,
             expires_at,
+            rooms,
             started,
         );
         session.written = attached.written;
@@ -238,6 +246,7 @@ impl Session {
         outbox: Arc<Outbox>,
         admission: Admission,
         expires_at: Option<SystemTime>,
+        rooms: Option<RoomClaim>,
         started: Instant,
     ) -> Self {
         let envelope_quota = quota(hub.limits().envelope_rate, hub.limits().envelope_burst);
@@ -254,6 +263,7 @@ impl Session {
             limiter,
             strikes,
             token,
+            rooms,
             started,
             written: Arc::default(),
             clean: AtomicBool::new(false),
@@ -266,6 +276,21 @@ impl Session {
     /// The authenticated user.
     pub fn user(&self) -> &str {
         &self.origin.user
+    }
+
+    /// The authenticated user and this connection, as a sender.
+    pub(super) fn origin(&self) -> &LocalSender {
+        &self.origin
+    }
+
+    /// The epoch of this connection's claim on its user.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The rooms the connection's JWT allows (`None`: no `rooms` claim).
+    pub(super) fn room_claim(&self) -> Option<&RoomClaim> {
+        self.rooms.as_ref()
     }
 
     /// This connection's id.
@@ -316,26 +341,58 @@ impl Session {
             return false;
         }
         if let Err(not_until) = self.limiter.check() {
-            stats.rate_limited.inc();
-            if self.strikes.check().is_err() {
-                self.close(CloseReason::RateLimited);
-                return false;
-            }
-            let retry = self.hub.clock().retry_after(&not_until);
-            self.reply_error(
-                ErrorType::RateLimited,
-                ErrorDetail {
-                    message: format!(
-                        "envelope dropped: over the rate limit; retry in {} ms",
-                        retry.as_millis()
-                    ),
-                    retry_after_ms: Some(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
-                    ..ErrorDetail::default()
-                },
+            self.over_rate(
+                self.hub.clock().retry_after(&not_until),
+                "envelope dropped: over the rate limit",
             );
             return false;
         }
         true
+    }
+
+    /// Charges `extra` more envelopes to the rate limit: a room envelope
+    /// costs one per member it goes to, a `JOIN` or `LEAVE` one per member
+    /// told (the frame itself paid for the first). False, and answered
+    /// `RATE_LIMITED`, when over it.
+    pub(super) fn charge(&self, extra: usize) -> bool {
+        let Some(cells) = u32::try_from(extra).ok().and_then(NonZeroU32::new) else {
+            return true;
+        };
+        match self.limiter.check_n(cells) {
+            Ok(Ok(())) => true,
+            Ok(Err(not_until)) => {
+                self.over_rate(
+                    self.hub.clock().retry_after(&not_until),
+                    "room envelope dropped: it costs one envelope per member and that is over the rate limit",
+                );
+                false
+            }
+            Err(_) => {
+                self.over_rate(
+                    Duration::ZERO,
+                    "room envelope dropped: it costs one envelope per member, more than --envelope-burst",
+                );
+                false
+            }
+        }
+    }
+
+    /// Answers a frame over the rate limit; closes the connection when it
+    /// keeps flooding.
+    fn over_rate(&self, retry: Duration, why: &str) {
+        self.hub.stats().rate_limited.inc();
+        if self.strikes.check().is_err() {
+            self.close(CloseReason::RateLimited);
+            return;
+        }
+        self.reply_error(
+            ErrorType::RateLimited,
+            ErrorDetail {
+                message: format!("{why}; retry in {} ms", retry.as_millis()),
+                retry_after_ms: Some(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX)),
+                ..ErrorDetail::default()
+            },
+        );
     }
 
     /// Forwards a parsed envelope, or answers why it was not.
@@ -355,6 +412,10 @@ impl Session {
                 return;
             }
         };
+        if let Some(room) = &inbound.room {
+            self.to_room(room, &inbound);
+            return;
+        }
         if inbound.target.is_empty() {
             self.to_gateway(&inbound);
             return;
@@ -460,8 +521,13 @@ impl Session {
     }
 
     fn reply_error(&self, error: ErrorType, detail: ErrorDetail<'_>) {
+        self.reply_error_frame(error, error_frame(error, &detail));
+    }
+
+    /// Queues an error envelope already built for this connection.
+    pub(super) fn reply_error_frame(&self, error: ErrorType, frame: bytes::Bytes) {
         self.hub.stats().error_sent(error);
-        self.reply(error_frame(error, &detail));
+        self.reply(frame);
     }
 
     /// Queues one of the gateway's own envelopes for this connection's
@@ -503,12 +569,16 @@ impl Session {
                 },
             );
         };
+        if inbound.kind == JOIN_TYPE || inbound.kind == LEAVE_TYPE {
+            self.presence(inbound);
+            return;
+        }
         if inbound.kind != REFRESH_TOKEN_TYPE {
             self.reply_error(
                 ErrorType::InvalidMessage,
                 ErrorDetail {
                     message: format!(
-                        "the gateway (target \"\") takes only {ACK_TYPE} and {REFRESH_TOKEN_TYPE} envelopes"
+                        "the gateway (target \"\") takes only {ACK_TYPE}, {REFRESH_TOKEN_TYPE}, {JOIN_TYPE} and {LEAVE_TYPE} envelopes"
                     ),
                     kind: Some(&inbound.kind),
                     ..ErrorDetail::default()

@@ -273,6 +273,15 @@ stats! {
     went_away => "signal_gateway_users_away", "Users whose last connection died without a clean close (away for --resume-window).";
     /// Users finally gone (clean close, window expired, kick, deletion).
     gone => "signal_gateway_users_gone", "Users finally gone: a clean close, the resume window expired, a kick, a deletion.";
+    /// Frames sent to a room (`room` without `target`), whether fanned out
+    /// or refused `NOT_IN_ROOM`.
+    room_sends => "signal_gateway_room_sends", "Frames sent to a room (fanned out, or refused NOT_IN_ROOM).";
+    /// Copies of room envelopes queued for members (each also counted in
+    /// `forwarded`).
+    room_fanout => "signal_gateway_room_fanout", "Copies of room envelopes queued for members (also counted as forwarded).";
+    /// Presence envelopes queued (`JOINED`, `LEFT`, `PEER_JOINED`,
+    /// `PEER_LEFT`).
+    presence => "signal_gateway_presence_envelopes", "Presence envelopes queued (JOINED, LEFT, PEER_JOINED, PEER_LEFT).";
 }
 
 fn position<T: PartialEq>(all: &[T], item: &T) -> usize {
@@ -457,6 +466,11 @@ impl Stats {
                 went_away: self.went_away.get(),
                 gone: self.gone.get(),
             },
+            rooms: RoomSnapshot {
+                sends: self.room_sends.get(),
+                fanout: self.room_fanout.get(),
+                presence: self.presence.get(),
+            },
         }
     }
 }
@@ -480,6 +494,17 @@ pub struct RemoteSnapshot {
     pub received: u64,
     /// See [`Stats::remote_in_failed`].
     pub received_failed: u64,
+}
+
+/// The rooms' counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSnapshot {
+    /// See [`Stats::room_sends`].
+    pub sends: u64,
+    /// See [`Stats::room_fanout`].
+    pub fanout: u64,
+    /// See [`Stats::presence`].
+    pub presence: u64,
 }
 
 /// The counters at one moment, as served by `/v1/stats`.
@@ -524,6 +549,8 @@ pub struct StatsSnapshot {
     pub remote: RemoteSnapshot,
     /// Resumes, and what was held for away users.
     pub resume: ResumeSnapshot,
+    /// The rooms' counters.
+    pub rooms: RoomSnapshot,
 }
 
 /// The resume counters.

@@ -82,6 +82,9 @@ pub struct Verified {
     pub username: String,
     /// When the token stops being valid (`exp`).
     pub expires_at: SystemTime,
+    /// The rooms its `rooms` claim names (trailing `*`: a prefix), if it
+    /// has the claim.
+    pub rooms: Option<Vec<String>>,
 }
 
 /// Why a JWT was refused; the text is what a developer reads in the log
@@ -112,6 +115,9 @@ pub enum TokenError {
     /// `aud` does not include the configured audience.
     #[error("the token's audience does not include the one configured (--jwt-audience)")]
     Audience,
+    /// The `rooms` claim is not an array of strings.
+    #[error("the token's rooms claim must be an array of room names")]
+    RoomsClaim,
     /// The username claim is missing or not a string.
     #[error("the token has no string claim {0:?} to take the username from")]
     UsernameClaim(String),

@@ -160,11 +160,20 @@ pub enum ErrorType {
     /// and did not come back within `--resume-window`; it was never
     /// written.
     Expired,
+    /// A room envelope or `LEAVE` for a room the sender is not in.
+    NotInRoom,
+    /// A `JOIN` to a room at `--max-room-members`.
+    RoomFull,
+    /// A `JOIN` by a user in `--max-rooms-per-user` rooms already.
+    TooManyRooms,
+    /// A `JOIN` to a room the connection's token does not allow (its JWT's
+    /// `rooms` claim, or `--rooms jwt-only`).
+    Forbidden,
 }
 
 impl ErrorType {
     /// Every error type, in table order.
-    pub const ALL: [ErrorType; 9] = [
+    pub const ALL: [ErrorType; 13] = [
         ErrorType::TargetNotFound,
         ErrorType::InvalidMessage,
         ErrorType::RateLimited,
@@ -174,6 +183,10 @@ impl ErrorType {
         ErrorType::ClusterUnavailable,
         ErrorType::Unconfirmed,
         ErrorType::Expired,
+        ErrorType::NotInRoom,
+        ErrorType::RoomFull,
+        ErrorType::TooManyRooms,
+        ErrorType::Forbidden,
     ];
 
     /// The upper-case `type` string on the wire.
@@ -188,6 +201,10 @@ impl ErrorType {
             ErrorType::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
             ErrorType::Unconfirmed => "UNCONFIRMED",
             ErrorType::Expired => "EXPIRED",
+            ErrorType::NotInRoom => "NOT_IN_ROOM",
+            ErrorType::RoomFull => "ROOM_FULL",
+            ErrorType::TooManyRooms => "TOO_MANY_ROOMS",
+            ErrorType::Forbidden => "FORBIDDEN",
         }
     }
 }
@@ -352,6 +369,26 @@ pub const REFRESH_TOKEN_TYPE: &str = "REFRESH_TOKEN";
 /// everything up to a `seq`, so the gateway stops keeping it for a resume:
 /// `{"target": "", "type": "ACK", "payload": {"seq": N}}`.
 pub const ACK_TYPE: &str = "ACK";
+/// `type` of the envelope a client sends the gateway to join a room:
+/// `{"target": "", "type": "JOIN", "payload": {"room": "standup"}}`.
+pub const JOIN_TYPE: &str = "JOIN";
+
+/// `type` of the answer to a `JOIN`: the room and its members in join
+/// order, the joiner among them.
+pub const JOINED_TYPE: &str = "JOINED";
+
+/// `type` of the envelope a client sends the gateway to leave a room.
+pub const LEAVE_TYPE: &str = "LEAVE";
+
+/// `type` of the answer to a `LEAVE`.
+pub const LEFT_TYPE: &str = "LEFT";
+
+/// `type` of the envelope the other members get when a user joins.
+pub const PEER_JOINED_TYPE: &str = "PEER_JOINED";
+
+/// `type` of the envelope the other members get when a user leaves, with
+/// the reason (`left`, `disconnected`, `kicked`, `deleted`).
+pub const PEER_LEFT_TYPE: &str = "PEER_LEFT";
 
 #[cfg(test)]
 mod tests {

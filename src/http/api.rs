@@ -368,6 +368,32 @@ pub(crate) async fn kick(State(ctx): State<AppState>) -> Result<Json<serde_json:
     Ok(Json(json!({ "kicked": kicked })))
 }
 
+/// `POST /v1/users/{name}/kick`: closes that one user's connection, wherever
+/// it is, as `KICKED`, and takes it out of its rooms; `404` when it has no
+/// live connection.
+pub(crate) async fn kick_user(
+    State(ctx): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if ctx.hub.kick_user(&name).await? {
+        tracing::info!(user = %name, "admin kicked a user");
+        Ok(Json(json!({ "kicked": 1 })))
+    } else {
+        Err(ApiError::new(
+            HttpError::NotFound,
+            format!("user {name:?} is not connected"),
+        ))
+    }
+}
+
+/// `GET /v1/rooms`: every room with its members (and, in a cluster, each
+/// member's node).
+pub(crate) async fn rooms(
+    State(ctx): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "rooms": ctx.hub.room_listing().await? })))
+}
+
 /// `GET /v1/users`: registered names and live connections.
 pub(crate) async fn list_users(State(ctx): State<AppState>) -> Result<Json<Users>, ApiError> {
     Ok(Json(ctx.hub.users().await?))

@@ -148,6 +148,8 @@ pub fn router(ctx: AppState) -> Router {
                 .route("/v1/users", get(api::list_users).delete(api::delete_users))
                 .route("/v1/stats", get(api::stats))
                 .route("/v1/nodes", get(api::nodes))
+                .route("/v1/rooms", get(api::rooms))
+                .route("/v1/users/{name}/kick", axum::routing::post(api::kick_user))
                 .merge(ops::metrics(ctx.operations.clone()))
                 .route_layer(middleware::from_fn_with_state(
                     ctx.clone(),

@@ -431,8 +431,20 @@ impl JwtVerifier {
             .and_then(Value::as_u64)
             .ok_or(TokenError::NoExpiry)?;
         self.check_lifetime(exp, claims.get("nbf"))?;
+        let rooms = match claims.get("rooms") {
+            None => None,
+            Some(Value::Array(names)) => Some(
+                names
+                    .iter()
+                    .map(|name| name.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or(TokenError::RoomsClaim)?,
+            ),
+            Some(_) => return Err(TokenError::RoomsClaim),
+        };
         Ok(Verified {
             username,
+            rooms,
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp.min(LATEST_EXP)),
         })
     }
