@@ -70,6 +70,8 @@ ES256_PUBLIC = os.path.join(JWT_DIR, "es256-public.pem")
 JWT_SECRET = secrets.token_hex(32)
 
 SYSTEMS = ["ws", "wss", "wt", "peerjs", "socketio"]
+# The room scenario's one configuration.
+ROOMS_CONFIG = {"rooms": 10, "members": 10, "rate": 2}
 LABELS = {"ws": "gateway WebSocket", "wss": "gateway WebSocket over TLS", "wt": "gateway WebTransport",
           "peerjs": "PeerJS server", "socketio": "socket.io server"}
 COLORS = {"ws": "#2b6cb0", "wss": "#2c7a7b", "wt": "#2f855a", "peerjs": "#c05621", "socketio": "#6b46c1"}
@@ -182,6 +184,12 @@ def plan(quick):
         items.append(("latency", {"pairs": pairs, "rate": rate, "payload_bytes": 200},
                       ["latency", "--pairs", pairs, "--rate", rate, "--payload-bytes", 200,
                        "--warmup", lw, "--duration", ld], SYSTEMS + CLUSTER_UNITS))
+    # Rooms: 10 rooms of 10, each member sending 2/s to its room, 1,800
+    # delivered/s (beside the 2k relayed/s of the 1:1 latency scenario).
+    items.append(("rooms", ROOMS_CONFIG,
+                  ["rooms", "--rooms", ROOMS_CONFIG["rooms"], "--members", ROOMS_CONFIG["members"],
+                   "--rate", ROOMS_CONFIG["rate"], "--payload-bytes", 200, "--warmup", lw, "--duration", ld],
+                  ["ws", "wt", "socketio"]))
     conns = 1000 if quick else 2000
     items.append(("setup", {"connections": conns, "concurrency": 32},
                   ["setup", "--connections", conns, "--concurrency", 32],
@@ -512,6 +520,17 @@ def figures(result):
             "lost_in_window": result["lost_in_window"],
             "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
         })]
+    if s == "rooms":
+        return [({}, {
+            "delivered_per_s": result["delivered_per_s"],
+            "server_cpu_us_per_delivered": result["server_cpu_us_per_delivered"],
+            "latency_p50_us": result["latency"]["p50_us"],
+            "latency_p99_us": result["latency"]["p99_us"],
+            "server_cpu_pct": result["cpu"]["server_cpu_pct"],
+            "client_cpu_pct": result["cpu"]["client_cpu_pct"],
+            "missing_in_window": result["missing_in_window"],
+            "foreign_cpu_pct": result["cpu"]["foreign_cpu_pct"],
+        })]
     if s == "setup":
         return [({}, {
             "connections_per_s": result["connections_per_s"],
@@ -680,6 +699,10 @@ def ratios_and_targets(results, levels):
             add(f"peerjs/{t}+cross server CPU per relayed, {name}", "throughput", "peerjs", f"{t}+cross", cpu,
                 **config)
         add(f"{t}+cross/peerjs RTT p99, 2k relayed/s", "latency", f"{t}+cross", "peerjs", "rtt_p99_us", **r2k)
+    for num, den in [("socketio", "ws"), ("socketio", "wt")]:
+        add(f"{num}/{den} server CPU per delivered room envelope", "rooms", num, den,
+            "server_cpu_us_per_delivered", **ROOMS_CONFIG)
+    add("ws/socketio room delivery latency p99", "rooms", "ws", "socketio", "latency_p99_us", **ROOMS_CONFIG)
     add(f"ws/peerjs RSS per idle connection at {top}", "idle", "ws", "peerjs", "rss_kib_per_connection",
         connections=top)
     add(f"wt/ws RSS per idle connection at {top}", "idle", "wt", "ws", "rss_kib_per_connection", connections=top)
@@ -750,6 +773,16 @@ def ratios_and_targets(results, levels):
                med(results, "idle", "wt", "rss_kib_per_connection", connections=top), 32.0, "max", "KiB",
                wss=wss_value(med(results, "idle", "wss", "rss_kib_per_connection", connections=top))),
     ]
+    # Rooms against the gateway's own 1:1 relay at about the same rate.
+    for t, name in (("ws", "WS"), ("wt", "WT")):
+        room_cpu = med(results, "rooms", t, "server_cpu_us_per_delivered", **ROOMS_CONFIG)
+        pair_cpu = med(results, "latency", t, cpu, **r2k)
+        targets += [
+            ratio_target(f"Rooms {name}: socket.io/{name} server CPU per delivered room envelope",
+                         f"socketio/{t} server CPU per delivered room envelope", 10.0, "min"),
+            target(f"Rooms {name}: server CPU per delivered room envelope vs its 1:1 relay at 2k/s (rooms/1:1)",
+                   room_cpu / pair_cpu if room_cpu and pair_cpu else None, 2.0, "max", "x"),
+        ]
     for t, name in (("ws", "WS"), ("wt", "WT")):
         targets += [
             ratio_target(f"Cluster {name}: cross-node RTT p99 at 2k envelopes/s vs one node ({name} cross/{name})",
@@ -857,6 +890,20 @@ def markdown(doc):
             f"{cell(f.get('rtt_p999_us'), 0)} | {cell(f.get('rtt_max_us'), 0)} | {cell(f.get('rtt_from_schedule_p99_us'), 0)} | "
             f"{cell(f.get('send_lag_p99_us'), 0)} | {cell(f.get('server_cpu_pct'), 1)} | "
             f"{cell(f.get('server_cpu_us_per_relayed'), 1)} | {cell(f.get('lost_in_window'), 0)} | {r['n']} |")
+    lines += [
+        "",
+        "## Rooms (10 rooms × 10 members, each sending 2/s to its room; latency from the send to each "
+        "member's receipt, one clock)",
+        "",
+        "| system | delivered/s | server µs CPU / delivered | latency p50 µs | p99 | server CPU % | missing | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows(res, "rooms"):
+        f = r["figures"]
+        lines.append(
+            f"| {label(r)} | {cell(f.get('delivered_per_s'), 0)} | **{cell(f.get('server_cpu_us_per_delivered'), 2)}** | "
+            f"{cell(f.get('latency_p50_us'), 0)} | {cell(f.get('latency_p99_us'), 0)} | "
+            f"{cell(f.get('server_cpu_pct'), 1)} | {cell(f.get('missing_in_window'), 0)} | {r['n']} |")
     lines += cluster_markdown(res)
     lines += [
         "",
@@ -1151,7 +1198,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one short repetition (smoke run, about 5 minutes)")
     ap.add_argument("--reps", type=int, help="repetitions per configuration (default 3, 1 with --quick)")
-    ap.add_argument("--only", help="comma-separated scenarios to run (throughput,latency,setup,register,idle)")
+    ap.add_argument("--only", help="comma-separated scenarios to run (throughput,latency,rooms,setup,register,idle)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated systems ({','.join(SYSTEMS)}); a system brings its variants along")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench-results"), help="output directory")

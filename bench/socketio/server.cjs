@@ -53,6 +53,20 @@ io.on("connection", (socket) => {
   const user = socket.data.user;
   socket.join(user);
   socket.on("signal", (msg) => {
+    // Rooms, socket.io's own feature: JOIN joins, an event with a room and
+    // no target goes to every other member (the room scenario).
+    if (msg && msg.target === "" && msg.type === "JOIN") {
+      const room = msg.payload && msg.payload.room;
+      socket.join(`room:${room}`);
+      socket.emit("signal", { target: "", type: "JOINED", originator: "", payload: { room } });
+      return;
+    }
+    if (msg && msg.target === undefined && typeof msg.room === "string") {
+      socket
+        .to(`room:${msg.room}`)
+        .emit("signal", { target: "", room: msg.room, type: msg.type, originator: user, payload: msg.payload });
+      return;
+    }
     const target = msg && msg.target;
     if (typeof target !== "string" || !io.sockets.adapter.rooms.has(target)) {
       socket.emit("signal-error", { type: "TARGET_NOT_FOUND", target });

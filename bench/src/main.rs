@@ -16,6 +16,7 @@
 //! - [`pairs`]: throughput (closed loop) and latency (open loop).
 //! - [`conns`]: connection set-up and idle memory.
 //! - [`registrations`]: registrations per second.
+//! - [`rooms`]: rooms of members sending to their room (open loop).
 //! - [`procfs`], [`summary`], [`http`], [`tls`]: measurement and plumbing.
 //!
 //! Every run is bounded: each loop stops at the end of its window or after a
@@ -29,6 +30,7 @@ mod identity;
 mod pairs;
 mod procfs;
 mod registrations;
+mod rooms;
 mod socketio;
 mod summary;
 mod tls;
@@ -233,6 +235,29 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         warmup: usize,
     },
+    /// Rooms: members join rooms and each sends to its room at a fixed
+    /// rate (open loop); server CPU per delivered envelope and delivery
+    /// latency (gateway and socket.io).
+    Rooms {
+        /// Rooms.
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Members per room.
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Envelopes per second each member sends to its room.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+        /// Seconds of warm-up before the measured window.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// Idle memory: server RSS per idle connection at each level.
     Idle {
         /// Connection counts at which RSS is read (comma-separated, ascending).
@@ -256,6 +281,7 @@ impl Scenario {
             Scenario::Setup { .. } => "setup",
             Scenario::Register { .. } => "register",
             Scenario::Idle { .. } => "idle",
+            Scenario::Rooms { .. } => "rooms",
         }
     }
 
@@ -266,6 +292,9 @@ impl Scenario {
                 warmup, duration, ..
             }
             | Scenario::Latency {
+                warmup, duration, ..
+            }
+            | Scenario::Rooms {
                 warmup, duration, ..
             } => warmup + duration + 10.0,
             Scenario::Setup {
@@ -411,6 +440,30 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
                 warmup,
             };
             registrations::run(common, &target, &meter, params).await?
+        }
+        Scenario::Rooms {
+            rooms,
+            members,
+            rate,
+            payload_bytes,
+            warmup,
+            duration,
+        } => {
+            if !matches!(
+                common.system,
+                System::Ws | System::Wss | System::Wt | System::Socketio
+            ) {
+                anyhow::bail!("the room scenario is for the gateway and socket.io");
+            }
+            let params = rooms::RoomParams {
+                rooms,
+                members,
+                rate,
+                payload_bytes,
+                warmup_s: warmup,
+                duration_s: duration,
+            };
+            rooms::run(common, target, &meter, params).await?
         }
         Scenario::Idle {
             ref levels,
