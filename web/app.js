@@ -19,21 +19,11 @@ import { SignalClient, SignalError } from "./client.js";
 import { Phone } from "./call.js";
 
 /**
- * @typedef {import("./client.js").Envelope} Envelope
  * @typedef {import("./client.js").CloseDetail} CloseDetail
- * @typedef {import("./client.js").Welcome} Welcome
  * @typedef {import("./call.js").CallState} CallState
  * @typedef {import("./call.js").EndReason} EndReason
  * @typedef {"auto" | "webtransport" | "websocket"} TransportChoice
- *
- * What client.js's events carry in `detail`, as its documentation says:
- * @typedef {object} ClientEvents
- * @property {Welcome & { reconnected: boolean }} open
- * @property {CloseDetail} close
- * @property {{ attempt: number, delay: number, error: unknown }} reconnecting
- * @property {{ username: string, token: string }} identity
- * @property {Envelope} message
- * @property {import("./client.js").IceConfig} iceservers
+ * @typedef {import("./client.js").SignalClientEventMap} ClientEvents
  *
  * @typedef {object} SavedSession what this tab keeps across reloads
  * @property {string} username
@@ -248,7 +238,7 @@ async function join(name, transport) {
  */
 async function connect(c, transport) {
   transportChoice = transport;
-  onClientEvent(c, "open", onOpen);
+  onClientEvent(c, "connected", onOpen);
   onClientEvent(c, "close", onClose);
   onClientEvent(c, "reconnecting", onReconnecting);
   onClientEvent(c, "identity", onIdentity);
@@ -314,18 +304,17 @@ function saveSession() {
 // ---- the gateway connection ----
 
 /**
- * Listens to one of client.js's events, with the `detail` its documentation
- * gives that event (client.js dispatches plain CustomEvents).
+ * Listens to one of client.js's events, handing over its `detail`.
  * @template {keyof ClientEvents} K
  * @param {SignalClient} c
  * @param {K} type
- * @param {(detail: ClientEvents[K]) => void} listener
+ * @param {(detail: ClientEvents[K]["detail"]) => void} listener
  */
 function onClientEvent(c, type, listener) {
-  c.addEventListener(type, (ev) => listener(/** @type {CustomEvent<ClientEvents[K]>} */ (ev).detail));
+  c.addEventListener(type, (ev) => listener(ev.detail));
 }
 
-/** @param {ClientEvents["open"]} welcome */
+/** @param {ClientEvents["connected"]["detail"]} welcome */
 function onOpen(welcome) {
   hideBanner();
   showMyTransport();
@@ -355,7 +344,7 @@ function onClose({ reason, message, willReconnect }) {
   }
 }
 
-/** @param {ClientEvents["reconnecting"]} detail */
+/** @param {ClientEvents["reconnecting"]["detail"]} detail */
 function onReconnecting({ delay }) {
   setMyBadge(`Reconnecting in ${Math.max(1, Math.round(delay / 1000))} s…`, "warn");
 }
@@ -383,7 +372,7 @@ async function reconnect() {
 }
 
 function showMyTransport() {
-  if (!client?.transport || client.state !== "open") return;
+  if (!client?.transport || client.state !== "connected") return;
   setMyBadge(TRANSPORT_LABEL[client.transport], client.transport);
   const why = client.fallbackReason;
   ui.meTransport.title = why
@@ -431,7 +420,7 @@ function onGatewayError(type, payload) {
 
 async function refreshPeople(byHand = false) {
   clearTimeout(peopleTimer);
-  if (!client || client.state === "closed") return;
+  if (!client || client.state === "disconnected") return;
   if (peopleListed || byHand) {
     try {
       const { connected } = await client.users();

@@ -714,7 +714,7 @@ const scenarios = [
       assert(strict.isSignalError, "rejects with a SignalError");
       assert(["TIMEOUT", "WEBTRANSPORT_FAILED"].includes(strict.error.code), `error code ${strict.error.code}`);
       assert(/webtransport/i.test(strict.error.message), `message says what failed: ${strict.error.message}`);
-      assertEqual(strict.state, "closed", "state after the failed connect");
+      assertEqual(strict.state, "disconnected", "state after the failed connect");
       assertEqual(await t.gateway.connected(name), [], `${name} connected after a failed webtransport connect`);
 
       const auto = await page.evaluate(() => peer.tryConnect(null, { transport: "auto", webtransportTimeout: 1500 }));
@@ -750,7 +750,7 @@ const scenarios = [
         await until(`${name} listed`, async () => (await t.gateway.connected(name)).length === 1);
         const started = Date.now();
         const state = await page.evaluate(() => peer.close());
-        assertEqual(state, "closed", "state after close()");
+        assertEqual(state, "disconnected", "state after close()");
         await until(`${name} gone from GET /v1/users`, async () => (await t.gateway.connected(name)).length === 0, 3000, 20);
         const ms = Date.now() - started;
         const close = await page.evaluate(() => peer.event("close"));
@@ -796,7 +796,7 @@ const scenarios = [
       await sleep(1000); // several backoff periods: a reconnect would have happened by now
       for (const [page, label] of [[first, "first"], [second, "second"]]) {
         const state = await page.evaluate(() => ({ state: peer.client.state, tries: peer.log.events.filter((e) => e.type === "reconnecting").length }));
-        assertEqual(state, { state: "closed", tries: 0 }, `${label} client after REPLACED`);
+        assertEqual(state, { state: "disconnected", tries: 0 }, `${label} client after REPLACED`);
       }
       assertEqual((await t.gateway.connected(name)).map((c) => c.transport), ["webtransport"], "gateway keeps only the newest");
       // An administrator's kick is final too.
@@ -806,7 +806,7 @@ const scenarios = [
       assertEqual([closed3.detail.code, closed3.detail.reason, closed3.detail.willReconnect], [4002, "KICKED", false],
         "kicked webtransport client's close event");
       await sleep(600);
-      assertEqual(await third.evaluate(() => peer.client.state), "closed", "state after KICKED");
+      assertEqual(await third.evaluate(() => peer.client.state), "disconnected", "state after KICKED");
       assertEqual(await t.gateway.connected(name), [], "nobody reconnected after the kick");
       return "webtransport and websocket clients got 4001 REPLACED, then 4002 KICKED, and stayed closed";
     },
@@ -847,8 +847,8 @@ const scenarios = [
       // Restarted on the same data directory: the identities are still there.
       gateway = await Gateway.start("restart", { port: gateway.port, certDir, args: ["--shutdown-timeout", "3s"] });
       const [openA, openB] = await Promise.all([
-        alice.evaluate((s) => peer.event("open", 15_000, s), stoppedAt),
-        bob.evaluate((s) => peer.event("open", 15_000, s), stoppedAt),
+        alice.evaluate((s) => peer.event("connected", 15_000, s), stoppedAt),
+        bob.evaluate((s) => peer.event("connected", 15_000, s), stoppedAt),
       ]);
       assertEqual([openA.detail.reconnected, openA.detail.transport], [true, "webtransport"], "alice's reopen");
       assertEqual([openB.detail.reconnected, openB.detail.transport], [true, "websocket"], "bob's reopen");
@@ -869,7 +869,7 @@ const scenarios = [
       const emptyDir = mkdtempSync(join(tmpdir(), "signal-gateway-data-"));
       t.cleanups.push(() => rmSync(emptyDir, { recursive: true, force: true }));
       gateway = await Gateway.start("restart", { port: gateway.port, certDir, dataDir: emptyDir, args: ["--shutdown-timeout", "3s"] });
-      await Promise.all([alice, bob].map((p) => p.evaluate((s) => peer.event("open", 15_000, s), emptyAt)));
+      await Promise.all([alice, bob].map((p) => p.evaluate((s) => peer.event("connected", 15_000, s), emptyAt)));
       const again = await Promise.all([alice, bob].map((p) => p.evaluate(() => ({
         identity: peer.log.events.some((e) => e.type === "identity"),
         token: peer.client.token,

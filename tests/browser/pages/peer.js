@@ -32,7 +32,7 @@ function record(type) {
 }
 
 function watch(c) {
-  for (const type of ["open", "close", "reconnecting", "identity", "iceservers"]) c.addEventListener(type, record(type));
+  for (const type of ["connecting", "connected", "reconnecting", "disconnected", "close", "resumed", "identity", "iceservers", "peer-joined", "peer-left", "room-message"]) c.addEventListener(type, record(type));
   c.addEventListener("message", (ev) => {
     log.messages.push(ev.detail);
     onSignal(ev.detail).catch((err) => log.errors.push(String(err)));
