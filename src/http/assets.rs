@@ -13,6 +13,8 @@ const CLIENT_JS: &str = include_str!("../../web/client.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 const BENCH_HTML: &str = include_str!("../../web/bench.html");
 const BENCH_JS: &str = include_str!("../../web/bench.js");
+const ROOM_HTML: &str = include_str!("../../web/room.html");
+const ROOM_JS: &str = include_str!("../../web/room.js");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -38,7 +40,8 @@ fn isolated_page(body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `/`, `/client.js`, `/app.js`, `/call.js`, `/style.css`, `/bench`, `/bench.js`.
+/// `/`, `/client.js`, `/app.js`, `/call.js`, `/style.css`, `/bench`, `/bench.js`,
+/// `/room`, `/room.js`.
 pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { asset(HTML, INDEX_HTML) }))
@@ -48,6 +51,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/style.css", get(|| async { asset(CSS, STYLE_CSS) }))
         .route("/bench", get(|| async { isolated_page(BENCH_HTML) }))
         .route("/bench.js", get(|| async { asset(JS, BENCH_JS) }))
+        .route("/room", get(|| async { asset(HTML, ROOM_HTML) }))
+        .route("/room.js", get(|| async { asset(JS, ROOM_JS) }))
 }
 
 #[cfg(test)]

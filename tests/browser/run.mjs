@@ -1044,6 +1044,15 @@ const scenarios = [
     name: "demo app without the online list (--admin-token)",
     run: demoWithoutListScenario,
   },
+  {
+    name: "demo app: the call survives a 2 s blink of the caller in the middle of set-up",
+    run: demoBlinkScenario,
+  },
+  {
+    name: "room page: three people in a mesh call with the member list",
+    browsers: BOTH,
+    run: roomScenario,
+  },
 ];
 
 // ---- TURN ----
@@ -1331,6 +1340,100 @@ async function demoWithoutListScenario(t) {
     assertEqual(page.problems.filter((p) => !refused.test(p)), [], `console errors on ${label}'s page`);
   }
   return "list refused (401) -> call by name; calling someone offline says so; reload resumes; rejoin keeps the name";
+}
+
+/**
+ * Issue 26's blink: Alice calls Bob and goes offline (DevTools' network
+ * emulation) while Bob's phone rings; Bob accepts, so his answer and ICE
+ * candidates reach the gateway while Alice is away. Two seconds later she
+ * is back: her client reconnects with `resume=N`, the gateway writes what
+ * she missed again, and the call connects.
+ */
+async function demoBlinkScenario(t) {
+  const gateway = await Gateway.start("demo-blink");
+  t.cleanups.push(() => gateway.stop());
+  const alice = await t.browser.newPage("blink-alice");
+  const bob = await t.browser.newPage("blink-bob");
+  t.pages.push(alice, bob);
+  const aliceName = uniqueName("Alma");
+  const bobName = uniqueName("Bert");
+  for (const [page, name] of [[bob, bobName], [alice, aliceName]]) {
+    await page.goto(gateway.origin() + "/");
+    await page.getByLabel("Your name", { exact: true }).fill(name);
+    await page.getByRole("button", { name: "Join" }).click();
+    await page.locator("#me-transport").getByText("WebTransport").waitFor();
+  }
+  const [before] = await gateway.connected(aliceName);
+  const bobRow = alice.locator("#people li").filter({ has: alice.getByText(bobName, { exact: true }) });
+  await bobRow.waitFor();
+  await bobRow.getByRole("button", { name: /call/i }).click();
+  const accept = bob.getByRole("button", { name: "Accept" });
+  await accept.waitFor();
+
+  const cdp = await alice.context().newCDPSession(alice);
+  await cdp.send("Network.enable");
+  const network = (offline) => cdp.send("Network.emulateNetworkConditions", { offline, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+  assert(await alice.evaluate(() => navigator.onLine), "Chromium thinks it is online (else no offline event comes)");
+  await network(true);
+  await alice.waitForFunction(() => !navigator.onLine);
+  await accept.click();
+  await sleep(2_000);
+  const stillRinging = await alice.locator("#call-state").textContent();
+  await network(false);
+  await alice.locator("#call-state").getByText(`Connected to ${bobName}`).waitFor({ timeout: 20_000 });
+  await bob.locator("#call-state").getByText(`Connected to ${aliceName}`).waitFor({ timeout: 20_000 });
+  const [after] = await gateway.connected(aliceName);
+  assert(after && before && after.connection_id !== before.connection_id,
+    `Alice reconnected after the blink (connection ${before?.connection_id} -> ${after?.connection_id})`);
+  assert(!/Connected to/.test(stillRinging ?? ""), `the call was not up before Alice came back: "${stillRinging}"`);
+  await alice.getByLabel("Message", { exact: true }).fill("made it through the blink");
+  await alice.getByRole("button", { name: "Send" }).click();
+  await bob.locator("#chat-log").getByText("made it through the blink").waitFor();
+  return `offline 2 s while Bob accepted; Alice's connection ${before.connection_id} -> ${after.connection_id} (${after.transport}); the call connected`;
+}
+
+/**
+ * Issue 27's demo: three people join one room on /room; each page lists all
+ * three and has a connected call to each of the other two; when one leaves,
+ * the others' lists and calls follow.
+ */
+async function roomScenario(t) {
+  const room = uniqueName("standup");
+  const names = ["Ann", "Ben", "Cat"].map((n) => uniqueName(n));
+  const pages = [];
+  for (const [i, name] of names.entries()) {
+    const page = await t.browser.newPage(`room-${name}`);
+    t.pages.push(page);
+    pages.push(page);
+    await page.goto(`${t.gateway.origin(i === 1 ? "127.0.0.1" : "localhost")}/room?room=${room}`);
+    await page.getByLabel("Your name", { exact: true }).fill(name);
+    await page.getByRole("button", { name: "Join" }).click();
+    await page.locator("#room-view").waitFor();
+  }
+  const view = (page) => page.evaluate(() => ({
+    members: [...document.querySelectorAll("#members li")].map((li) => [li.dataset.user, li.dataset.state]),
+    tiles: [...document.querySelectorAll("#tiles .tile")].map((tile) => [tile.dataset.user, tile.dataset.state]),
+  }));
+  const settled = (page, people) => page.waitForFunction((n) =>
+    document.querySelectorAll("#members li").length === n
+      && [...document.querySelectorAll("#members li")].every((li) => ["you", "connected"].includes(li.dataset.state ?? ""))
+      && [...document.querySelectorAll("#tiles .tile")].every((tile) => tile.dataset.state === "connected")
+      && document.querySelectorAll("#tiles .tile").length === n, people, { timeout: 25_000 });
+  await Promise.all(pages.map((page) => settled(page, 3)));
+  for (const [i, page] of pages.entries()) {
+    const { members, tiles } = await view(page);
+    assertEqual(members.map(([user]) => user), names, `${names[i]}'s member list, in join order`);
+    assertEqual(tiles.map(([user]) => user).sort(), [...names].sort(), `${names[i]}'s tiles`);
+  }
+  const playing = await pages[0].evaluate(() =>
+    [...document.querySelectorAll("#tiles .tile video")].filter((v) => v.srcObject && v.videoWidth > 0).length);
+  await pages[1].getByRole("button", { name: "Leave" }).click();
+  await Promise.all([pages[0], pages[2]].map((page) => settled(page, 2)));
+  for (const page of [pages[0], pages[2]]) {
+    assertEqual((await view(page)).members.map(([user]) => user), [names[0], names[2]], "members after Ben left");
+  }
+  for (const [i, page] of pages.entries()) assertEqual(page.problems, [], `console errors on ${names[i]}'s page`);
+  return `3 members, 6 connected peer connections, ${playing} videos playing on Ann's page; one left, the others followed`;
 }
 
 // ---- the bench page ----
