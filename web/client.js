@@ -1163,11 +1163,12 @@ export class SignalClient extends EventTarget {
     const { code, reason, message, at } = this.#drop;
     let delay = now;
     if (delay === undefined && policy.nextRetryDelayMs) {
-      delay = policy.nextRetryDelayMs({ attempt: this.#attempt, elapsedMs: Date.now() - at, code, reason, error }) ?? undefined;
-      if (delay === undefined) {
+      const next = policy.nextRetryDelayMs({ attempt: this.#attempt, elapsedMs: Date.now() - at, code, reason, error });
+      if (next === null || next === undefined) {
         this.#giveUp(error ?? new SignalError(reason || "CLOSED", "nextRetryDelayMs stopped the retries"));
         return;
       }
+      delay = Math.max(0, Number(next) || 0);
     } else if (delay === undefined) {
       if (this.#attempt > policy.maxAttempts) {
         this.#giveUp(error ?? new SignalError("CLOSED", "no reconnect attempts left"));
