@@ -891,15 +891,15 @@ export class SignalClient extends EventTarget {
       return this.#openWith("webtransport", timeout, resume);
     }
     this.#fallbackReason = null;
-    if (SignalClient.webTransportSupported) {
-      try {
-        return await this.#openWith("webtransport", Math.min(webtransportTimeout, timeout), resume);
-      } catch (err) {
-        if (err instanceof SignalError && err.code === "UNAUTHENTICATED") throw err;
-        this.#fallbackReason = asSignalError(err);
-      }
-    } else {
+    if (!SignalClient.webTransportSupported) {
       this.#fallbackReason = noWebTransport();
+      return this.#openWith("websocket", timeout, resume);
+    }
+    try {
+      return await this.#openWith("webtransport", Math.min(webtransportTimeout, timeout), resume);
+    } catch (err) {
+      if (err instanceof SignalError && err.code === "UNAUTHENTICATED") throw err;
+      this.#fallbackReason = asSignalError(err);
     }
     // The gateway may have attached the WebTransport session after all and
     // written to it: resume from what this client has, so the WebSocket that
