@@ -238,13 +238,7 @@ pub fn forward_frame(
     );
     out.extend_from_slice(b"{\"target\":");
     push_json_string(&mut out, target);
-    out.extend_from_slice(b",\"type\":");
-    push_json_string(&mut out, kind);
-    out.extend_from_slice(b",\"originator\":");
-    push_json_string(&mut out, originator);
-    out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(payload.as_bytes());
-    out.extend_from_slice(b"}\n");
+    push_kind_originator_payload(&mut out, kind, originator, payload);
     Bytes::from(out)
 }
 
@@ -257,14 +251,20 @@ pub fn room_frame(room: &str, kind: &str, originator: &str, payload: Option<&Raw
         Vec::with_capacity(72 + room.len() + kind.len() + originator.len() + payload.len());
     out.extend_from_slice(b"{\"target\":\"\",\"room\":");
     push_json_string(&mut out, room);
+    push_kind_originator_payload(&mut out, kind, originator, payload);
+    Bytes::from(out)
+}
+
+/// The fields a forwarded and a room envelope end alike with, and the
+/// closing brace and newline.
+fn push_kind_originator_payload(out: &mut Vec<u8>, kind: &str, originator: &str, payload: &str) {
     out.extend_from_slice(b",\"type\":");
-    push_json_string(&mut out, kind);
+    push_json_string(out, kind);
     out.extend_from_slice(b",\"originator\":");
-    push_json_string(&mut out, originator);
+    push_json_string(out, originator);
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(payload.as_bytes());
     out.extend_from_slice(b"}\n");
-    Bytes::from(out)
 }
 
 fn push_json_string(out: &mut Vec<u8>, s: &str) {

@@ -157,17 +157,12 @@ impl Session {
         if !self.charge(hub.rooms().others(room, user).saturating_sub(1)) {
             return;
         }
-        if let Some(cluster) = hub.cluster() {
-            // Made in the shared state, then told to every node in one
-            // order: the answer comes with that news.
-            let change = RoomChange::Join {
-                room: room.into(),
-                user: user.clone(),
-                epoch: self.epoch(),
-            };
-            if cluster.change_rooms(change).is_err() {
-                self.cluster_unavailable(room, JOIN_TYPE);
-            }
+        let join = || RoomChange::Join {
+            room: room.into(),
+            user: user.clone(),
+            epoch: self.epoch(),
+        };
+        if self.change_in_cluster(room, JOIN_TYPE, join) {
             return;
         }
         let joined = hub.rooms().join(room, user, None, |joined, members| {
@@ -189,18 +184,33 @@ impl Session {
         if !self.charge(hub.rooms().others(room, user).saturating_sub(1)) {
             return;
         }
-        if let Some(cluster) = hub.cluster() {
-            let change = RoomChange::Leave {
-                room: room.into(),
-                user: user.clone(),
-                epoch: self.epoch(),
-            };
-            if cluster.change_rooms(change).is_err() {
-                self.cluster_unavailable(room, LEAVE_TYPE);
-            }
+        let leave = || RoomChange::Leave {
+            room: room.into(),
+            user: user.clone(),
+            epoch: self.epoch(),
+        };
+        if self.change_in_cluster(room, LEAVE_TYPE, leave) {
             return;
         }
         hub.room_left(room, user, LeaveReason::Left, true);
+    }
+
+    /// In a cluster a change is made in the shared state, then told to
+    /// every node in one order, so the answer comes with that news; false
+    /// on a single gateway, which makes the change itself.
+    fn change_in_cluster(
+        &self,
+        room: &str,
+        kind: &str,
+        change: impl FnOnce() -> RoomChange,
+    ) -> bool {
+        let Some(cluster) = self.hub().cluster() else {
+            return false;
+        };
+        if cluster.change_rooms(change()).is_err() {
+            self.cluster_unavailable(room, kind);
+        }
+        true
     }
 
     fn cluster_unavailable(&self, room: &str, kind: &str) {
