@@ -282,7 +282,9 @@ impl Courier {
                     self.hub.fence(&claim.user, claim.epoch);
                 }
                 Ok((_, previous, epoch)) if previous != node.as_ref() => {
-                    self.cluster.fence(&previous, &claim.user, epoch).await;
+                    self.cluster
+                        .send_fence(&previous, &claim.user, epoch, None)
+                        .await;
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -388,12 +390,14 @@ impl Courier {
         let mut fates: HashMap<NodeId, Vec<(u64, Fate)>> = HashMap::new();
         let mut releases = Vec::new();
         let mut room_envelopes = Vec::new();
+        let mut handoffs = Vec::new();
         let mut scripted = Vec::new();
         for report in told.drain(..) {
             match report {
                 Report::Fate { node, id, fate } => fates.entry(node).or_default().push((id, fate)),
                 Report::Release { user, epoch } => releases.push((user, epoch)),
                 Report::RoomEnvelope { node, message } => room_envelopes.push((node, message)),
+                Report::Handoff { node, message } => handoffs.push((node, message)),
                 Report::Rooms(change) => scripted.push(rooms::script(&change, &here, &self.hub)),
             }
         }
@@ -401,6 +405,7 @@ impl Courier {
             && fates.is_empty()
             && releases.is_empty()
             && room_envelopes.is_empty()
+            && handoffs.is_empty()
             && scripted.is_empty()
         {
             return;
@@ -427,6 +432,15 @@ impl Courier {
         for (node, message) in room_envelopes {
             pipe.cmd("PUBLISH")
                 .arg(rooms::inbox(&node))
+                .arg(message.as_ref())
+                .ignore();
+        }
+        // A stream its new node waits for; if it never arrives there (that
+        // node died, or the link failed), the envelopes it held whose fate
+        // is awaited are answered at their deadline.
+        for (node, message) in handoffs {
+            pipe.cmd("PUBLISH")
+                .arg(keys::inbox(&node))
                 .arg(message.as_ref())
                 .ignore();
         }

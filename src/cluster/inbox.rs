@@ -116,10 +116,28 @@ fn handle(payload: Bytes, cluster: &RedisCluster, hub: &Hub) {
                 hub.settled(id, fate);
             }
         }
-        Header::Fence { from, user, epoch } => {
-            if hub.fence(&user, epoch) {
+        Header::Fence {
+            from,
+            user,
+            epoch,
+            handoff,
+        } => {
+            let closed = match handoff {
+                Some(by) => hub.hand_off(&user, epoch, &from.as_str().into(), by),
+                None => hub.fence(&user, epoch),
+            };
+            if closed {
                 tracing::debug!(%user, epoch, %from, "closed: replaced on another node");
             }
+        }
+        Header::Stream {
+            user,
+            epoch,
+            stream,
+            ..
+        } => {
+            let moved = stream.map(|head| messages::moved(head, frames, hub.clock().now()));
+            hub.handed_over(&user, epoch, moved);
         }
         Header::Ping { from, .. } => {
             if from == cluster.node.as_ref() {

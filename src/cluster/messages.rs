@@ -5,8 +5,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::core::cluster::{Broadcast, Fate};
+use crate::core::cluster::{Broadcast, Fate, Handoff};
 use crate::core::ids::Epoch;
+use crate::core::outbox::{Origin, Queued};
+use crate::core::resume::Moved;
 
 /// A message's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +38,22 @@ pub enum Header {
         user: String,
         /// The superseded epoch.
         epoch: Epoch,
+        /// The newer claim, when its node asks for the user's stream (a
+        /// [`Header::Stream`] back).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<Epoch>,
+    },
+    /// A user's stream, handed to the node that claimed the user: its
+    /// kept envelopes' bytes follow the header, in `seq` order.
+    Stream {
+        /// The node that held it.
+        from: String,
+        /// The user.
+        user: String,
+        /// The claim it is handed to.
+        epoch: Epoch,
+        /// `None` when the node held no stream for the user.
+        stream: Option<StreamHead>,
     },
     /// A node's message to itself, proving its subscription delivers.
     Ping {
@@ -85,6 +103,24 @@ pub enum Header {
     },
 }
 
+/// A handed-over stream's state, its kept envelopes' bytes following the
+/// header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHead {
+    /// Its session id.
+    pub session: String,
+    /// The `seq` its next envelope gets.
+    pub next_seq: u64,
+    /// The highest `seq` the client acknowledged.
+    pub acked: u64,
+    /// The highest `seq` written.
+    pub written: u64,
+    /// Per kept envelope: its `seq`, its length, who to tell its fate
+    /// (node and that node's id for it), and whether it was accepted from
+    /// a sender (rather than the gateway's own).
+    pub items: Vec<(u64, usize, Option<(String, u64)>, bool)>,
+}
+
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MessageError {
@@ -112,6 +148,75 @@ pub fn encode(header: &Header, frames: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
+/// The message handing `handoff` over from node `from`. Only envelopes
+/// whose fate another node waits for carry their origin: the node where
+/// the stream held them turned its own senders' into entries of its books.
+pub fn handoff(from: &str, handoff: &Handoff) -> Bytes {
+    let (head, frames) = match &handoff.stream {
+        Some(moved) => {
+            let items = moved
+                .kept
+                .iter()
+                .map(|item| {
+                    let origin = match &item.origin {
+                        Some(Origin::Remote { node, id }) => Some((node.to_string(), *id)),
+                        _ => None,
+                    };
+                    (
+                        item.seq,
+                        item.frame.len(),
+                        origin,
+                        item.accepted_at.is_some(),
+                    )
+                })
+                .collect();
+            let head = StreamHead {
+                session: moved.session.to_string(),
+                next_seq: moved.next_seq,
+                acked: moved.acked,
+                written: moved.written,
+                items,
+            };
+            let frames: Vec<Bytes> = moved.kept.iter().map(|item| item.frame.clone()).collect();
+            (Some(head), frames)
+        }
+        None => (None, Vec::new()),
+    };
+    let header = Header::Stream {
+        from: from.to_owned(),
+        user: handoff.user.to_string(),
+        epoch: handoff.epoch,
+        stream: head,
+    };
+    encode(&header, &frames)
+}
+
+/// The stream a [`Header::Stream`] carried, its envelopes from senders
+/// accepted `now` (for the relay latency, which then counts from here).
+pub fn moved(head: StreamHead, frames: Vec<Bytes>, now: std::time::Instant) -> Moved {
+    let kept = head
+        .items
+        .into_iter()
+        .zip(frames)
+        .map(|((seq, _, origin, accepted), frame)| Queued {
+            frame,
+            origin: origin.map(|(node, id)| Origin::Remote {
+                node: node.into(),
+                id,
+            }),
+            accepted_at: accepted.then_some(now),
+            seq,
+        })
+        .collect();
+    Moved {
+        session: head.session.into(),
+        next_seq: head.next_seq,
+        acked: head.acked,
+        written: head.written,
+        kept,
+    }
+}
+
 /// A message read: its header, and for envelopes each one's bytes (slices
 /// of `payload`, not copies).
 pub fn decode(payload: Bytes) -> Result<(Header, Vec<Bytes>), MessageError> {
@@ -122,18 +227,22 @@ pub fn decode(payload: Bytes) -> Result<(Header, Vec<Bytes>), MessageError> {
     if let Header::RoomEnvelope { .. } = &header {
         return Ok((header, vec![rest]));
     }
-    let Header::Envelopes { items, .. } = &header else {
-        return Ok((header, Vec::new()));
+    let lengths: Vec<usize> = match &header {
+        Header::Envelopes { items, .. } => items.iter().map(|(_, _, len)| *len).collect(),
+        Header::Stream {
+            stream: Some(head), ..
+        } => head.items.iter().map(|(_, len, _, _)| *len).collect(),
+        _ => return Ok((header, Vec::new())),
     };
-    let total = items
+    let total = lengths
         .iter()
-        .try_fold(0usize, |sum, (_, _, len)| sum.checked_add(*len));
+        .try_fold(0usize, |sum, len| sum.checked_add(*len));
     if total != Some(rest.len()) {
         return Err(MessageError::Lengths(rest.len()));
     }
-    let mut frames = Vec::with_capacity(items.len());
+    let mut frames = Vec::with_capacity(lengths.len());
     let mut at = 0;
-    for (_, _, len) in items {
+    for len in lengths {
         frames.push(rest.slice(at..at + len));
         at += len;
     }
@@ -173,6 +282,13 @@ mod tests {
                 from: "c".into(),
                 user: "alice".into(),
                 epoch: 9,
+                handoff: Some(10),
+            },
+            Header::Stream {
+                from: "c".into(),
+                user: "alice".into(),
+                epoch: 10,
+                stream: None,
             },
             Header::Ping {
                 from: "a".into(),
@@ -187,6 +303,32 @@ mod tests {
             assert_eq!(back, header);
             assert!(frames.is_empty());
         }
+    }
+
+    #[test]
+    fn a_stream_travels_with_its_kept_envelopes() {
+        let frames = vec![
+            Bytes::from_static(b"{\"type\":\"offer\",\"seq\":7}\n"),
+            Bytes::from_static(b"{\"type\":\"answer\",\"seq\":8}\n"),
+        ];
+        let header = Header::Stream {
+            from: "node-a".into(),
+            user: "bob".into(),
+            epoch: 12,
+            stream: Some(StreamHead {
+                session: "9f3c".into(),
+                next_seq: 9,
+                acked: 6,
+                written: 7,
+                items: vec![
+                    (7, frames[0].len(), None, true),
+                    (8, frames[1].len(), Some(("node-a".into(), 3)), true),
+                ],
+            }),
+        };
+        let (back, got) = decode(encode(&header, &frames)).unwrap();
+        assert_eq!(back, header);
+        assert_eq!(got, frames);
     }
 
     #[test]

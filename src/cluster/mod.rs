@@ -42,8 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::Transport;
 use crate::core::cluster::{
-    Broadcast, Cluster, ClusterError, ClusterFuture, ClusterUser, Fate, NodeInfo, Outgoing,
-    PrimaryFacts,
+    Broadcast, Cluster, ClusterClaim, ClusterError, ClusterFuture, ClusterUser, Fate, Handoff,
+    NodeInfo, Outgoing, PrimaryFacts,
 };
 use crate::core::ids::{Epoch, NodeId};
 use crate::core::rooms::RoomChange;
@@ -112,6 +112,8 @@ enum Report {
     Rooms(RoomChange),
     /// A room envelope for `node`'s members (the whole message).
     RoomEnvelope { node: NodeId, message: bytes::Bytes },
+    /// A user's stream for the node that claimed it (the whole message).
+    Handoff { node: NodeId, message: bytes::Bytes },
 }
 
 /// Whether this node's link to the cluster works, from what its tasks see.
@@ -406,18 +408,30 @@ impl RedisCluster {
     }
 
     /// Tells `node` that its connection of `user` with `epoch` or older is
-    /// superseded.
-    async fn fence(&self, node: &str, user: &str, epoch: Epoch) {
+    /// superseded (by the claim `handoff`, when this node asks for the
+    /// user's stream); returns whether the node heard it.
+    async fn send_fence(
+        &self,
+        node: &str,
+        user: &str,
+        epoch: Epoch,
+        handoff: Option<Epoch>,
+    ) -> bool {
         if node.is_empty() || epoch == 0 {
-            return;
+            return false;
         }
         let header = Header::Fence {
             from: self.node.to_string(),
             user: user.to_owned(),
             epoch,
+            handoff,
         };
-        if let Err(err) = self.publish(keys::inbox(node), &header).await {
-            tracing::warn!(%err, user, node, "could not tell a node its connection was replaced");
+        match self.publish(keys::inbox(node), &header).await {
+            Ok(receivers) => receivers > 0,
+            Err(err) => {
+                tracing::warn!(%err, user, node, "could not tell a node its connection was replaced");
+                false
+            }
         }
     }
 
@@ -495,7 +509,7 @@ impl Cluster for RedisCluster {
         user: &'a str,
         connection_id: u64,
         transport: Transport,
-    ) -> ClusterFuture<'a, Epoch> {
+    ) -> ClusterFuture<'a, ClusterClaim> {
         Box::pin(async move {
             let generation = self.health.generation().ok_or_else(|| {
                 unavailable("this node has not read the cluster's shared state yet".into())
@@ -529,11 +543,37 @@ impl Cluster for RedisCluster {
             }
             self.health.command_result(&result);
             let (epoch, previous_node, previous_epoch) = result.map_err(unavailable)?;
-            if previous_node != self.node.as_ref() {
-                self.fence(&previous_node, user, previous_epoch).await;
-            }
-            Ok(epoch)
+            let elsewhere = !previous_node.is_empty()
+                && previous_node != self.node.as_ref()
+                && previous_epoch != 0;
+            Ok(ClusterClaim {
+                epoch,
+                previous: elsewhere.then(|| (previous_node.into(), previous_epoch)),
+            })
         })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        node: &'a NodeId,
+        user: &'a str,
+        epoch: Epoch,
+        by: Epoch,
+    ) -> ClusterFuture<'a, bool> {
+        Box::pin(async move { Ok(self.send_fence(node, user, epoch, Some(by)).await) })
+    }
+
+    fn hand_off(&self, node: &NodeId, handoff: Handoff) -> Result<(), Handoff> {
+        if self.problem().is_some() {
+            return Err(handoff);
+        }
+        let message = messages::handoff(&self.node, &handoff);
+        self.reports
+            .try_send(Report::Handoff {
+                node: node.clone(),
+                message,
+            })
+            .map_err(|_| handoff)
     }
 
     fn release(&self, user: &str, epoch: Epoch) {

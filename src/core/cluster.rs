@@ -14,6 +14,11 @@
 //! atomically, higher for newer claims; a node closes a connection only on
 //! a fence naming that connection's epoch or a later one, so a late message
 //! can never evict a newer connection.
+//!
+//! A user's stream follows it: the node where the user connects anew asks
+//! the node of its previous claim for the user's stream along with the
+//! fence ([`Cluster::fence`]), and that node hands it over
+//! ([`Cluster::hand_off`]) rather than ending it.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -27,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::Clock;
 use super::ids::{Epoch, NodeId};
 use super::outbox::LocalSender;
+use super::resume::Moved;
 use super::rooms::RoomChange;
 use super::transport::Transport;
 
@@ -65,6 +71,27 @@ pub enum Fate {
     /// Held for its target while the target was away, and the target did
     /// not come back within `--resume-window`.
     Expired(String),
+}
+
+/// A claim on a user, as the backend made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterClaim {
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// The claim it superseded on another node, to fence there.
+    pub previous: Option<(NodeId, Epoch)>,
+}
+
+/// A user's stream on its way from the node of its previous claim to the
+/// node where the user connected anew.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The user.
+    pub user: Arc<str>,
+    /// The claim it is handed to.
+    pub epoch: Epoch,
+    /// The stream; `None` when the node held none for the user.
+    pub stream: Option<Moved>,
 }
 
 /// Why a claim could not be made.
@@ -132,14 +159,32 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     fn settle(&self, node: &NodeId, id: u64, fate: Fate);
 
     /// Claims `user` for a connection on this node; returns the claim's
-    /// epoch. The backend fences the user's previous connection, wherever
-    /// it is.
+    /// epoch, and the claim it superseded on another node (for the caller
+    /// to fence there).
     fn claim<'a>(
         &'a self,
         user: &'a str,
         connection_id: u64,
         transport: Transport,
-    ) -> ClusterFuture<'a, Epoch>;
+    ) -> ClusterFuture<'a, ClusterClaim>;
+
+    /// Tells `node` that this node's claim `by` supersedes its claim
+    /// `epoch` on `user`: it closes that connection and hands the user's
+    /// stream over (see [`Hub::hand_off`](super::hub::Hub::hand_off)). Resolves
+    /// to whether the node heard it (false: it is gone, or unreachable).
+    fn fence<'a>(
+        &'a self,
+        node: &'a NodeId,
+        user: &'a str,
+        epoch: Epoch,
+        by: Epoch,
+    ) -> ClusterFuture<'a, bool>;
+
+    /// Queues `handoff` for `node`; hands it back at once when the cluster
+    /// cannot carry it now.
+    fn hand_off(&self, _node: &NodeId, handoff: Handoff) -> Result<(), Handoff> {
+        Err(handoff)
+    }
 
     /// Gives up the claim `epoch` on `user`, unless a newer one replaced it.
     fn release(&self, user: &str, epoch: Epoch);

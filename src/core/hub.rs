@@ -24,7 +24,7 @@ use super::limits::Limits;
 use super::outbox::{ConnId, Origin, Queued};
 use super::readiness::{NotReady, Phase};
 use super::registry::{ConnectedUser, Delivery, Departed, Grant, Kind, UserClientRegistry};
-use super::resume::Gone;
+use super::resume::{Gone, Moved};
 use super::rooms::{LeaveReason, RoomClaim, Rooms};
 use super::stats::{Stats, StatsSnapshot};
 use super::store::{Registration, StoreError};
@@ -34,6 +34,13 @@ use super::wire::{ErrorType, HttpError};
 /// How long a fence is remembered: longer than any connection takes from
 /// its claim to its attach (both set-up timeouts are far shorter).
 const FENCE_MEMORY: Duration = Duration::from_secs(120);
+
+/// How long a connection claiming a user whose previous claim is on
+/// another node waits for that node to hand the user's stream over before
+/// its `WELCOME`: a live node answers within a round trip through Redis
+/// (milliseconds); one that has not answered by then is taken as dead, and
+/// the connection starts a new stream (`resumed: false`, counted).
+pub const HANDOFF_WAIT: Duration = Duration::from_secs(1);
 
 /// Why an admin action failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -181,7 +188,15 @@ pub struct Hub {
     clock: Clock,
     /// Every room and its members.
     rooms: Rooms,
+    /// Users claimed here whose stream another node is handing over, by
+    /// the claim's epoch.
+    handoffs: Handoffs,
 }
+
+/// Claims waiting for another node to hand their user's stream over.
+pub(super) type Handoffs = std::sync::Mutex<
+    std::collections::HashMap<Arc<str>, (Epoch, tokio::sync::oneshot::Sender<Option<Moved>>)>,
+>;
 
 impl Hub {
     /// A hub with the given limits, taking identities from `identities`
@@ -211,6 +226,7 @@ impl Hub {
             cluster: OnceLock::new(),
             in_flight: InFlight::new(limits.delivery_timeout, clock.clone()),
             rooms: Rooms::new(limits.max_room_members, limits.max_rooms_per_user),
+            handoffs: Handoffs::default(),
             limits,
             clock,
         })
@@ -244,6 +260,11 @@ impl Hub {
     /// Envelopes sent to other nodes and not settled yet.
     pub(super) fn in_flight_envelopes(&self) -> &InFlight {
         &self.in_flight
+    }
+
+    /// Claims waiting for another node to hand their user's stream over.
+    pub(super) fn handoffs(&self) -> &Handoffs {
+        &self.handoffs
     }
 
     /// Joins a cluster: from now on, envelopes for users not connected
@@ -357,8 +378,10 @@ impl Hub {
     /// Claims `authenticated`'s user for a new connection on `transport`,
     /// before the connection is accepted: on a single gateway at once, in a
     /// cluster with an epoch allocated cluster-wide, which fences the user's
-    /// previous connection wherever it is. Refused when the cluster's shared
-    /// state cannot be reached.
+    /// previous connection wherever it is. When that is another node, the
+    /// user's stream there is taken over first (waiting at most
+    /// [`HANDOFF_WAIT`]), so the connection resumes it. Refused when the
+    /// cluster's shared state cannot be reached.
     pub async fn claim(
         self: &Arc<Self>,
         authenticated: Authenticated,
@@ -366,7 +389,14 @@ impl Hub {
     ) -> Result<Claimed, ClusterError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let epoch = match self.cluster() {
-            Some(cluster) => cluster.claim(&authenticated.user, conn, transport).await?,
+            Some(cluster) => {
+                let claim = cluster.claim(&authenticated.user, conn, transport).await?;
+                if let Some((node, previous)) = &claim.previous {
+                    self.take_over(cluster, &authenticated.user, node, *previous, claim.epoch)
+                        .await;
+                }
+                claim.epoch
+            }
             None => conn,
         };
         Ok(Claimed {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::ids::{Epoch, NodeId};
 use super::outbox::{ConnId, Outbox, Queued, Room};
-use super::resume::{self, Gone, Pushed, ResumeLimits, Resumption, Stream};
+use super::resume::{self, Gone, Moved, MovedMark, Pushed, ResumeLimits, Resumption, Stream};
 use super::stats::Stats;
 use super::transport::Transport;
 use super::wire::CloseReason;
@@ -165,6 +165,32 @@ struct State {
     absences: u64,
     /// Bytes every stream keeps together (`--resume-memory`).
     kept_bytes: usize,
+    /// Users whose stream moved to another node (they resumed there), and
+    /// when: what their old connections here could not write went with
+    /// it. Forgotten with the fences.
+    moved: HashMap<Arc<str>, (MovedMark, Instant)>,
+    /// Users claimed here whose stream another node is handing over:
+    /// envelopes for them wait here until it arrives (or the wait ends).
+    incoming: HashMap<Arc<str>, Incoming>,
+}
+
+/// Envelopes for a user whose stream is on its way from another node.
+#[derive(Debug)]
+struct Incoming {
+    /// The claim the stream is handed to.
+    epoch: Epoch,
+    parked: Vec<Queued>,
+    bytes: usize,
+}
+
+/// What taking over a stream another node handed over did.
+#[derive(Debug, Default)]
+pub struct TakenOver {
+    /// The handed-over stream is the user's here now.
+    pub installed: bool,
+    /// Envelopes accepted for the user that nobody will write (answer them
+    /// as undelivered).
+    pub undelivered: Vec<Queued>,
 }
 
 /// A live connection's claim, for claiming again after the cluster's shared
@@ -209,6 +235,8 @@ impl UserClientRegistry {
                 away: VecDeque::new(),
                 absences: 0,
                 kept_bytes: 0,
+                moved: HashMap::new(),
+                incoming: HashMap::new(),
             }),
             resume,
             stats,
@@ -277,6 +305,7 @@ impl UserClientRegistry {
         let (stream, resume) = match state.streams.entry(user.clone()) {
             std::collections::hash_map::Entry::Occupied(live) => (live.into_mut(), resume),
             std::collections::hash_map::Entry::Vacant(none) => {
+                state.moved.remove(&user);
                 (none.insert(Stream::new(resume::session_id())), None)
             }
         };
@@ -307,21 +336,7 @@ impl UserClientRegistry {
     pub fn fence(&self, user: &str, epoch: Epoch, now: Instant) -> (bool, Option<Departed>) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        match state.fences.get_mut(user) {
-            Some(fence) => *fence = (fence.0.max(epoch), now),
-            None => {
-                state.fences.insert(user.into(), (epoch, now));
-            }
-        }
-        let superseded = state
-            .users
-            .get(user)
-            .is_some_and(|live| live.epoch <= epoch);
-        let closed = if superseded {
-            state.users.remove(user)
-        } else {
-            None
-        };
+        let closed = Self::fenced(state, user, epoch, now);
         // An away user's stream moved with its newer connection: nothing
         // is held for it here any more. (A connection closed here ends its
         // stream as it leaves, once its writer has written what it could.)
@@ -337,12 +352,194 @@ impl UserClientRegistry {
         (closed, departed)
     }
 
+    /// Records that a newer claim elsewhere supersedes `epoch`, and takes
+    /// the user's live connection out if it is that one or older.
+    fn fenced(state: &mut State, user: &str, epoch: Epoch, now: Instant) -> Option<Entry> {
+        match state.fences.get_mut(user) {
+            Some(fence) => *fence = (fence.0.max(epoch), now),
+            None => {
+                state.fences.insert(user.into(), (epoch, now));
+            }
+        }
+        let superseded = state
+            .users
+            .get(user)
+            .is_some_and(|live| live.epoch <= epoch);
+        if superseded {
+            state.users.remove(user)
+        } else {
+            None
+        }
+    }
+
+    /// [`UserClientRegistry::fence`] by a node where the user resumes: the
+    /// user's stream, if its claim is `epoch` or older, is taken out to be
+    /// handed to that node rather than ended (nothing is answered here: it
+    /// goes on there), and what its old connections here could not write
+    /// is left to it. Returns whether a live connection was closed, and
+    /// the stream.
+    pub fn hand_off(&self, user: &str, epoch: Epoch, now: Instant) -> (bool, Option<Moved>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let closed = Self::fenced(state, user, epoch, now);
+        let movable = !state.users.contains_key(user)
+            && state
+                .streams
+                .get(user)
+                .is_some_and(|stream| stream.epoch <= epoch);
+        let moved = match state.streams.remove_entry(user).filter(|_| movable) {
+            Some((user, stream)) => {
+                state.kept_bytes -= stream.bytes();
+                let moved = stream.export();
+                state.moved.insert(user, (moved.mark(), now));
+                Some(moved)
+            }
+            None => None,
+        };
+        drop(guard);
+        let closed = closed
+            .map(|entry| entry.outbox.close(CloseReason::Replaced))
+            .is_some();
+        (closed, moved)
+    }
+
+    /// `user` was claimed here with `epoch` and its stream is on its way
+    /// from another node: envelopes for the user wait for it (within the
+    /// stream's bounds) rather than being answered not found.
+    pub fn expect(&self, user: Arc<str>, epoch: Epoch) {
+        let mut state = self.lock();
+        let incoming = state.incoming.entry(user).or_insert(Incoming {
+            epoch,
+            parked: Vec::new(),
+            bytes: 0,
+        });
+        incoming.epoch = incoming.epoch.max(epoch);
+    }
+
+    /// Holds `item` for `target` if its stream is on its way here.
+    fn park(&self, state: &mut State, target: &str, item: Queued) -> Delivery {
+        let Some(incoming) = state.incoming.get_mut(target) else {
+            return Delivery::NotFound(item);
+        };
+        let len = item.frame.len();
+        if incoming.parked.len() >= self.resume.buffer
+            || incoming.bytes + len > self.resume.buffer_bytes
+        {
+            return Delivery::HoldRefused(item);
+        }
+        incoming.bytes += len;
+        incoming.parked.push(item);
+        Delivery::Held
+    }
+
+    /// Ends the wait for `user`'s stream (claimed here with `epoch`): the
+    /// stream another node handed over (`moved`), if it came, becomes the
+    /// user's here, continuing its numbering, unless a newer claim
+    /// superseded `epoch` meanwhile or the user already has a stream here.
+    /// The envelopes that waited for it follow. The user is away until its
+    /// connection attaches (a fresh window from `now`).
+    pub fn take_over(
+        &self,
+        user: &str,
+        epoch: Epoch,
+        moved: Option<Moved>,
+        now: Instant,
+    ) -> TakenOver {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let parked = match state.incoming.get(user) {
+            Some(incoming) if incoming.epoch == epoch => state
+                .incoming
+                .remove(user)
+                .map(|incoming| incoming.parked)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let superseded = state
+            .fences
+            .get(user)
+            .is_some_and(|(fence, _)| *fence >= epoch)
+            || state.users.get(user).is_some_and(|live| live.epoch > epoch);
+        let mut taken = TakenOver::default();
+        let imported = match moved {
+            Some(moved) if superseded || state.streams.contains_key(user) => {
+                taken.undelivered = self.discard(moved, now);
+                None
+            }
+            Some(moved) => {
+                let unwritten = unwritten(&moved);
+                let imported = Stream::import(moved);
+                if imported.is_none() {
+                    taken.undelivered = unwritten;
+                }
+                imported
+            }
+            None => None,
+        };
+        if superseded {
+            taken.undelivered.extend(parked);
+            return taken;
+        }
+        taken.installed = imported.is_some();
+        let user: Arc<str> = user.into();
+        let fresh = !state.streams.contains_key(&user);
+        if fresh && imported.is_none() && parked.is_empty() {
+            return taken;
+        }
+        let stream = state
+            .streams
+            .entry(user.clone())
+            .or_insert_with(|| imported.unwrap_or_else(|| Stream::new(resume::session_id())));
+        if fresh {
+            state.kept_bytes += stream.bytes();
+        }
+        for item in parked {
+            let len = item.frame.len();
+            if state.kept_bytes + len > self.resume.memory || !stream.can_hold(len, &self.resume) {
+                taken.undelivered.push(item);
+                continue;
+            }
+            let (_, pushed) = stream.push(item, &self.resume, true);
+            state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
+        }
+        if fresh {
+            state.moved.remove(&user);
+            stream.epoch = epoch;
+            if !state.users.contains_key(&user) {
+                state.absences += 1;
+                let until = now + self.resume.window;
+                stream.away = Some((until, state.absences));
+                state.away.push_back((until, user, state.absences));
+            }
+        }
+        taken
+    }
+
+    /// A handed-over stream that cannot be the user's here (a newer claim
+    /// superseded the one it was handed to, or it came too late): returns
+    /// what it held never written, to answer; what was written and never
+    /// acknowledged is counted lost.
+    pub fn discard(&self, moved: Moved, now: Instant) -> Vec<Queued> {
+        let unwritten = unwritten(&moved);
+        let Some(mut stream) = Stream::import(moved) else {
+            return unwritten;
+        };
+        stream.away = Some((now, 0));
+        let (unwritten, lost, _) = stream.end();
+        self.stats.resume_lost.add(lost as u64);
+        unwritten.iter().map(resume::Kept::queued).collect()
+    }
+
     /// Forgets fences older than `age`: by then every connection they could
     /// refuse has attached or given up (set-up is bounded by the handshake
     /// and stream-open timeouts).
     pub fn prune_fences(&self, age: Duration, now: Instant) {
-        self.lock()
+        let mut state = self.lock();
+        state
             .fences
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < age);
+        state
+            .moved
             .retain(|_, (_, at)| now.saturating_duration_since(*at) < age);
     }
 
@@ -381,7 +578,7 @@ impl UserClientRegistry {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(stream) = state.streams.get_mut(target) else {
-            return Delivery::NotFound(item);
+            return self.park(state, target, item);
         };
         let len = item.frame.len();
         if let Some(entry) = state.users.get(target) {
@@ -433,9 +630,11 @@ impl UserClientRegistry {
             .get(user)
             .is_some_and(|entry| entry.conn != conn);
         let stream = state.streams.get(user);
+        let moved = state.moved.get(user).filter(|_| stream.is_none());
         items
             .into_iter()
             .filter(|item| !stream.is_some_and(|stream| stream.takes_care_of(item.seq, live)))
+            .filter(|item| !moved.is_some_and(|(moved, _)| moved.took(item.seq)))
             .collect()
     }
 
@@ -472,7 +671,12 @@ impl UserClientRegistry {
         }
         let mut detached = Detached::default();
         let Some(stream) = state.streams.get_mut(user) else {
-            detached.undelivered = leftovers;
+            // A stream that moved to another node took them along.
+            let moved = state.moved.get(user);
+            detached.undelivered = leftovers
+                .into_iter()
+                .filter(|item| !moved.is_some_and(|(moved, _)| moved.took(item.seq)))
+                .collect();
             return detached;
         };
         // What the stream still keeps is written again on resume.
@@ -667,6 +871,21 @@ impl UserClientRegistry {
         users.sort_by(|a, b| a.username.cmp(&b.username));
         users
     }
+}
+
+/// The envelopes of a moved stream never written anywhere.
+fn unwritten(moved: &Moved) -> Vec<Queued> {
+    moved
+        .kept
+        .iter()
+        .filter(|kept| kept.seq > moved.written)
+        .map(|kept| Queued {
+            frame: kept.frame.clone(),
+            origin: kept.origin.clone(),
+            accepted_at: kept.accepted_at,
+            seq: kept.seq,
+        })
+        .collect()
 }
 
 #[cfg(test)]

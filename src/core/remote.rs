@@ -6,13 +6,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cluster::{Broadcast, Fate, Outgoing, Pending};
+use super::cluster::{Broadcast, Cluster, Fate, Handoff, Outgoing, Pending};
 use super::envelope::{ErrorDetail, Inbound, error_frame};
-use super::hub::Hub;
+use super::hub::{HANDOFF_WAIT, Hub};
 use super::ids::{Epoch, NodeId};
 use super::outbox::{LocalSender, Origin, Queued};
 use super::registry::{Claim, Delivery, Kind};
+use super::resume::Moved;
 use super::wire::ErrorType;
+
+/// What a sender is told of an envelope whose target's stream moved to
+/// another node that could not take it over.
+const NOT_TAKEN_OVER: &str =
+    "the target connected to another node, which could not take its stream over";
 
 impl Hub {
     /// Sends an envelope for `target`, not connected here, to the cluster.
@@ -219,6 +225,140 @@ impl Hub {
         closed
     }
 
+    /// Another node claimed `user` with `by`, superseding `epoch`, and asks
+    /// for the user's stream: closes the user's connection here (if it is
+    /// that claim or older) and hands the stream to `to` rather than
+    /// ending it — nothing held is answered here, the user's rooms stay
+    /// its own, and what its old connections here could not write goes
+    /// with it. Envelopes accepted here for the user and never written are
+    /// settled through this node's books from then on (their fate comes
+    /// back from `to`, like any envelope sent there). Answers at once, with
+    /// no stream, when there is none to hand over. Returns whether a live
+    /// connection was closed.
+    pub fn hand_off(&self, user: &str, epoch: Epoch, to: &NodeId, by: Epoch) -> bool {
+        let (closed, moved) = self.registry().hand_off(user, epoch, self.clock().now());
+        let Some(cluster) = self.cluster() else {
+            return closed;
+        };
+        let here = cluster.node().clone();
+        let target: Arc<str> = user.into();
+        let stream = moved.map(|mut moved| {
+            let written = moved.written;
+            for item in moved.kept.iter_mut().filter(|item| item.seq > written) {
+                if let Some(Origin::Local(sender)) = &item.origin {
+                    let id = self.in_flight_envelopes().insert(Pending {
+                        sender: sender.clone(),
+                        target: target.clone(),
+                        frame: item.frame.clone(),
+                        retried: true,
+                    });
+                    item.origin = Some(Origin::Remote {
+                        node: here.clone(),
+                        id,
+                    });
+                }
+            }
+            moved
+        });
+        let had_stream = stream.is_some();
+        let handoff = Handoff {
+            user: target,
+            epoch: by,
+            stream,
+        };
+        match cluster.hand_off(to, handoff) {
+            Ok(()) if had_stream => self.stats().handed_off.inc(),
+            Ok(()) => {}
+            Err(handoff) => {
+                tracing::warn!(user, node = %to, "could not hand a user's stream to its new node");
+                if let Some(moved) = handoff.stream {
+                    let unwritten = self.registry().discard(moved, self.clock().now());
+                    self.report_undelivered(unwritten, user, NOT_TAKEN_OVER);
+                }
+            }
+        }
+        closed
+    }
+
+    /// Takes `user`'s stream over from `node`, where its claim `previous`
+    /// is superseded by this node's claim `epoch`: fences it there and
+    /// waits (at most [`HANDOFF_WAIT`]) for the stream, which then
+    /// continues here. Envelopes for the user meanwhile wait for it. A node
+    /// that is gone or does not answer in time leaves the user to start a
+    /// new stream here, counted.
+    pub(super) async fn take_over(
+        &self,
+        cluster: &Arc<dyn Cluster>,
+        user: &Arc<str>,
+        node: &NodeId,
+        previous: Epoch,
+        epoch: Epoch,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.handoffs()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(user.clone(), (epoch, tx));
+        self.registry().expect(user.clone(), epoch);
+        // Ends the wait however this future ends (its connection may give
+        // up meanwhile).
+        let mut waiting = Waiting {
+            hub: self,
+            user,
+            epoch,
+            moved: None,
+            failed: false,
+        };
+        let heard = cluster
+            .fence(node, user, previous, epoch)
+            .await
+            .unwrap_or(false);
+        if heard {
+            match tokio::time::timeout(HANDOFF_WAIT, rx).await {
+                Ok(Ok(moved)) => waiting.moved = moved,
+                Ok(Err(_)) | Err(_) => waiting.failed = true,
+            }
+        } else {
+            waiting.failed = true;
+        }
+        if waiting.failed {
+            tracing::info!(%user, %node, "the user's previous node did not hand its stream over: a new stream");
+        }
+    }
+
+    /// A stream another node handed over for `user`'s claim `epoch` here
+    /// (`None`: it held none). Given to the claim waiting for it; when none
+    /// is (it stopped waiting, or a newer claim replaced it) the stream is
+    /// not taken over: what it held never written is answered.
+    pub fn handed_over(&self, user: &str, epoch: Epoch, stream: Option<Moved>) {
+        let waiter = {
+            let mut handoffs = self
+                .handoffs()
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match handoffs.get(user) {
+                Some((waiting, _)) if *waiting == epoch => handoffs.remove(user),
+                _ => None,
+            }
+        };
+        let stream = match waiter {
+            Some((_, tx)) => match tx.send(stream) {
+                Ok(()) => return,
+                Err(stream) => stream,
+            },
+            None => stream,
+        };
+        if let Some(moved) = stream {
+            tracing::info!(
+                user,
+                epoch,
+                "a user's stream arrived after its claim stopped waiting"
+            );
+            let unwritten = self.registry().discard(moved, self.clock().now());
+            self.report_undelivered(unwritten, user, NOT_TAKEN_OVER);
+        }
+    }
+
     /// Carries out an admin action another node broadcast.
     pub fn apply(&self, command: Broadcast) -> usize {
         match command {
@@ -243,6 +383,41 @@ impl Hub {
     }
 }
 
+/// A claim waiting for its user's stream; ends the wait when dropped.
+struct Waiting<'a> {
+    hub: &'a Hub,
+    user: &'a Arc<str>,
+    epoch: Epoch,
+    moved: Option<Moved>,
+    failed: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let hub = self.hub;
+        {
+            let mut handoffs = hub
+                .handoffs()
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if handoffs
+                .get(self.user)
+                .is_some_and(|(epoch, _)| *epoch == self.epoch)
+            {
+                handoffs.remove(self.user);
+            }
+        }
+        let received = self.moved.is_some();
+        let taken =
+            hub.registry()
+                .take_over(self.user, self.epoch, self.moved.take(), hub.clock().now());
+        if self.failed || (received && !taken.installed) {
+            hub.stats().handoff_failed.inc();
+        }
+        hub.report_undelivered(taken.undelivered, self.user, NOT_TAKEN_OVER);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -250,7 +425,9 @@ mod tests {
     use super::*;
     use crate::core::Limits;
     use crate::core::clock::{Clock, ManualClock};
-    use crate::core::cluster::{Cluster, ClusterError, ClusterFuture, ClusterUser, NodeInfo};
+    use crate::core::cluster::{
+        Cluster, ClusterClaim, ClusterError, ClusterFuture, ClusterUser, NodeInfo,
+    };
     use crate::core::testing::{connect, hub_at, take};
     use crate::core::transport::Transport;
     use std::time::Duration;
@@ -279,8 +456,27 @@ mod tests {
         fn settle(&self, node: &NodeId, id: u64, fate: Fate) {
             self.settled.lock().unwrap().push((node.clone(), id, fate));
         }
-        fn claim<'a>(&'a self, _: &'a str, conn: u64, _: Transport) -> ClusterFuture<'a, Epoch> {
-            Box::pin(async move { Ok(conn) })
+        fn claim<'a>(
+            &'a self,
+            _: &'a str,
+            conn: u64,
+            _: Transport,
+        ) -> ClusterFuture<'a, ClusterClaim> {
+            Box::pin(async move {
+                Ok(ClusterClaim {
+                    epoch: conn,
+                    previous: None,
+                })
+            })
+        }
+        fn fence<'a>(
+            &'a self,
+            _: &'a NodeId,
+            _: &'a str,
+            _: Epoch,
+            _: Epoch,
+        ) -> ClusterFuture<'a, bool> {
+            Box::pin(async { Ok(false) })
         }
         fn release(&self, _: &str, _: Epoch) {}
         fn broadcast(&self, _: Broadcast) -> ClusterFuture<'_, ()> {

@@ -354,6 +354,104 @@ impl Stream {
         }
         seq != 0 && seq < self.next_seq && (seq >= self.covered_from || seq <= self.acked)
     }
+
+    /// Takes the stream apart to hand it to another node (the user resumed
+    /// there): everything a resume there needs.
+    pub fn export(self) -> Moved {
+        Moved {
+            session: self.session,
+            next_seq: self.next_seq,
+            acked: self.acked,
+            written: self.written.load(Ordering::Relaxed),
+            kept: self.kept.iter().map(Kept::queued).collect(),
+        }
+    }
+
+    /// The stream another node handed over, continuing its numbering;
+    /// `None` when its parts do not add up (kept envelopes out of order,
+    /// with gaps, or not below `next_seq`).
+    pub fn import(moved: Moved) -> Option<Self> {
+        let Moved {
+            session,
+            next_seq,
+            acked,
+            written,
+            kept,
+        } = moved;
+        let contiguous = kept.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
+        let below = kept.last().is_none_or(|last| last.seq < next_seq);
+        if next_seq == 0
+            || !contiguous
+            || !below
+            || kept.first().is_some_and(|first| first.seq == 0)
+        {
+            return None;
+        }
+        let kept: VecDeque<Kept> = kept
+            .into_iter()
+            .map(|item| Kept {
+                seq: item.seq,
+                frame: item.frame,
+                origin: item.origin,
+                accepted_at: item.accepted_at,
+            })
+            .collect();
+        Some(Self {
+            session,
+            next_seq,
+            bytes: kept.iter().map(|kept| kept.frame.len()).sum(),
+            kept,
+            written: Arc::new(AtomicU64::new(written.min(next_seq - 1))),
+            acked: acked.min(next_seq - 1),
+            covered_from: next_seq,
+            away: None,
+            epoch: 0,
+        })
+    }
+}
+
+/// A stream taken apart to move to another node (see [`Stream::export`]).
+#[derive(Debug)]
+pub struct Moved {
+    /// The stream's session id.
+    pub session: Arc<str>,
+    /// The `seq` its next envelope gets.
+    pub next_seq: u64,
+    /// The highest `seq` the client acknowledged.
+    pub acked: u64,
+    /// The highest `seq` written to some connection.
+    pub written: u64,
+    /// Every kept envelope, `seq` ascending and without gaps.
+    pub kept: Vec<Queued>,
+}
+
+impl Moved {
+    /// What the old node remembers of the stream it handed over.
+    pub fn mark(&self) -> MovedMark {
+        MovedMark {
+            floor: self.kept.first().map_or(self.next_seq, |kept| kept.seq),
+            next_seq: self.next_seq,
+            acked: self.acked,
+        }
+    }
+}
+
+/// The bounds of a stream that moved to another node, for the envelopes
+/// its old connections here could not write.
+#[derive(Debug, Clone, Copy)]
+pub struct MovedMark {
+    floor: u64,
+    next_seq: u64,
+    acked: u64,
+}
+
+impl MovedMark {
+    /// Whether `seq`, which a connection of the user could not write, went
+    /// with the stream (or was acknowledged): the stream's new node writes
+    /// it on resume, so it is not answered here.
+    pub fn took(&self, seq: u64) -> bool {
+        seq != 0 && seq < self.next_seq && (seq >= self.floor || seq <= self.acked)
+    }
 }
 
 /// `frame` (a JSON object ending in `}\n`) with `"seq": seq` as its last

@@ -269,6 +269,13 @@ stats! {
     /// whose user did not resume before its stream ended: lost with that
     /// connection as far as the gateway can tell.
     resume_lost => "signal_gateway_resume_lost", "Envelopes written to a connection that died and never acknowledged, whose user did not resume in time.";
+    /// Cluster: streams handed to another node, where their user connected
+    /// anew.
+    handed_off => "signal_gateway_resume_handed_off", "Cluster: users' streams handed to the node where the user connected anew.";
+    /// Cluster: users who connected here anew while their stream was on
+    /// another node that did not hand it over (dead, unreachable, no
+    /// answer within the wait, or a newer claim meanwhile).
+    handoff_failed => "signal_gateway_resume_handoff_failed", "Cluster: users who connected here anew whose stream on another node could not be taken over (node dead or silent, or a newer claim).";
     /// Users whose last connection died without a clean close (away).
     went_away => "signal_gateway_users_away", "Users whose last connection died without a clean close (away for --resume-window).";
     /// Users finally gone (clean close, window expired, kick, deletion).
@@ -465,6 +472,8 @@ impl Stats {
                 lost: self.resume_lost.get(),
                 went_away: self.went_away.get(),
                 gone: self.gone.get(),
+                handed_off: self.handed_off.get(),
+                handoff_failed: self.handoff_failed.get(),
             },
             rooms: RoomSnapshot {
                 sends: self.room_sends.get(),
@@ -578,4 +587,8 @@ pub struct ResumeSnapshot {
     pub went_away: u64,
     /// See [`Stats::gone`].
     pub gone: u64,
+    /// See [`Stats::handed_off`].
+    pub handed_off: u64,
+    /// See [`Stats::handoff_failed`].
+    pub handoff_failed: u64,
 }
