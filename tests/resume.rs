@@ -469,12 +469,18 @@ async fn a_flood_to_away_users_stops_at_the_memory_cap() {
 
 /// Two gateway processes on one real Redis.
 async fn two_nodes(redis: &common::redis::RedisServer) -> Vec<GatewayProcess> {
+    two_nodes_with(redis, &[]).await
+}
+
+/// [`two_nodes`], each started with `extra` arguments too.
+async fn two_nodes_with(redis: &common::redis::RedisServer, extra: &[&str]) -> Vec<GatewayProcess> {
     let url = redis.url();
     let mut nodes = Vec::new();
     for n in 0..2 {
         let id = format!("node-{n}");
         let mut args = vec!["--redis", &url, "--node-id", &id, "--resume-window", "5s"];
         args.extend_from_slice(TEST_RATES);
+        args.extend_from_slice(extra);
         nodes.push(GatewayProcess::start(&args, "signal_gateway=info").await);
     }
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -545,27 +551,226 @@ async fn in_a_cluster_an_away_user_is_held_for_from_every_node_and_resumes_on_it
     );
 }
 
+/// An away user resumes on another node: what its old node held for it
+/// follows it there (from senders on both nodes), nobody is answered; when
+/// it then stays away, senders on either node get `EXPIRED` once.
 #[tokio::test]
-async fn in_a_cluster_a_user_back_on_another_node_starts_again_and_its_old_node_answers() {
+async fn in_a_cluster_an_away_user_resumes_on_another_node_with_what_was_held() {
     let redis = common::redis::RedisServer::start();
     let nodes = two_nodes(&redis).await;
     let bob_token = nodes[0].register("bob").await;
     let alice_token = nodes[0].register("alice").await;
+    let carol_token = nodes[1].register("carol").await;
     let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
     alice.recv().await;
+    let mut carol = Client::connect(&nodes[1].addrs, Kind::WebTransport, &carol_token).await;
+    carol.recv().await;
+    let mut bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
+    let session = bob.recv().await["payload"]["session"].clone();
+    alice.send("bob", "one", json!(1)).await;
+    assert_eq!(bob.recv().await["seq"], 1);
+    drop(bob);
+    wait_away(&nodes[0], 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice.send("bob", "two", json!(2)).await;
+    carol.send("bob", "three", json!(3)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut bob = connect(&nodes[1].addrs, Kind::WebSocket, &bob_token, "&resume=1").await;
+    let welcome = bob.recv().await;
+    assert_eq!(welcome["payload"]["resumed"], true, "{welcome}");
+    assert_eq!(welcome["payload"]["session"], session);
+    assert_eq!(welcome["payload"]["replayed"], 2);
+    let mut held = [bob.recv().await, bob.recv().await];
+    held.sort_by_key(|v| v["seq"].as_u64());
+    assert_eq!([&held[0]["seq"], &held[1]["seq"]], [2, 3]);
+    let mut kinds: Vec<&str> = held.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["three", "two"], "held from both nodes");
+    wait_away(&nodes[0], 0).await;
+    // From now on envelopes go to bob's new node, numbered on.
+    alice.send("bob", "four", json!(4)).await;
+    let four = bob.recv().await;
+    assert_eq!((&four["type"], &four["seq"]), (&json!("four"), &json!(4)));
+    assert!(told(&mut alice).await.is_empty(), "alice heard nothing");
+    assert!(told(&mut carol).await.is_empty(), "carol heard nothing");
+    let moved = get_json_at(&nodes[0].addrs, "/v1/stats").await;
+    assert_eq!(moved["counters"]["resume"]["handed_off"], 1, "{moved}");
+    // Away again, for good this time: each sender is told once.
+    drop(bob);
+    wait_away(&nodes[1], 1).await;
+    alice.send("bob", "five", json!(5)).await;
+    carol.send("bob", "six", json!(6)).await;
+    for (sender, kind) in [(&mut alice, "five"), (&mut carol, "six")] {
+        let answer = sender.recv().await;
+        assert_eq!(answer["type"], "EXPIRED", "{answer}");
+        assert_eq!(answer["payload"]["type"], kind);
+        assert!(told(sender).await.is_empty(), "told once");
+    }
+}
+
+/// A raw client receiving a stream on one node loses its path mid-stream
+/// and resumes a second later on the other node: every envelope exactly
+/// once, in order, from senders on both nodes, who hear nothing.
+#[tokio::test]
+async fn in_a_cluster_a_blink_resumes_on_another_node() {
+    let redis = common::redis::RedisServer::start();
+    let nodes = two_nodes_with(&redis, &["--resume-buffer", "4096"]).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let carol_token = nodes[1].register("carol").await;
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let mut carol = Client::connect(&nodes[1].addrs, Kind::WebSocket, &carol_token).await;
+    carol.recv().await;
+    let tcp = TcpProxy::start(nodes[0].addrs.http).await;
+    let mut behind = nodes[0].addrs.clone();
+    behind.http = tcp.addr;
+    let mut bob = connect(&behind, Kind::WebSocket, &bob_token, "").await;
+    let mut receiver = Receiver::default();
+    let welcome = receiver.welcome(&mut bob).await;
+    receiver.session = welcome["session"].as_str().unwrap().to_owned();
+    // alice on bob's first node and carol on the other send alternately.
+    let senders = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SEND_EVERY);
+        for n in 0..ENVELOPES {
+            ticks.tick().await;
+            let sender = if n % 2 == 0 { &mut alice } else { &mut carol };
+            sender
+                .send_text(&json!({"target": "bob", "type": "n", "payload": n}).to_string())
+                .await;
+        }
+        (alice, carol)
+    });
+    let broke = receiver
+        .read(&mut bob, TIMEOUT, |r| r.payloads.len() >= 300)
+        .await;
+    assert!(!broke, "the path broke before the blink");
+    tcp.freeze();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tcp.reset();
+    drop(bob);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let resume = format!("&resume={}", receiver.last_seq);
+    let mut bob = connect(&nodes[1].addrs, Kind::WebSocket, &bob_token, &resume).await;
+    let welcome = receiver.welcome(&mut bob).await;
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    assert_eq!(welcome["session"], receiver.session.as_str());
+    assert!(welcome["replayed"].as_u64().unwrap() > 0, "{welcome}");
+    let broke = receiver
+        .read(&mut bob, Duration::from_secs(5), |r| {
+            r.payloads.len() >= ENVELOPES as usize
+        })
+        .await;
+    assert!(!broke, "the resumed connection broke");
+    receiver.ack(&mut bob).await;
+    // Each sender's envelopes in the order sent; both senders' together
+    // exactly once.
+    for parity in [0, 1] {
+        let mine: Vec<i64> = receiver
+            .payloads
+            .iter()
+            .copied()
+            .filter(|n| n % 2 == parity)
+            .collect();
+        let sent: Vec<i64> = (0..ENVELOPES).filter(|n| n % 2 == parity).collect();
+        assert_eq!(mine, sent, "every envelope exactly once, in order");
+    }
+    assert_eq!(receiver.payloads.len(), ENVELOPES as usize);
+    let (mut alice, mut carol) = within("the senders finish", senders).await.unwrap();
+    assert!(told(&mut alice).await.is_empty(), "alice saw errors");
+    assert!(told(&mut carol).await.is_empty(), "carol saw errors");
+    let old = get_json_at(&nodes[0].addrs, "/v1/stats").await;
+    assert_eq!(old["counters"]["resume"]["handed_off"], 1, "{old}");
+    let new = get_json_at(&nodes[1].addrs, "/v1/stats").await;
+    assert_eq!(new["counters"]["resume"]["resumed"], 1, "{new}");
+    assert_eq!(new["counters"]["resume"]["handoff_failed"], 0, "{new}");
+}
+
+async fn join(client: &mut Client, room: &str) {
+    client
+        .send_text(&json!({"target": "", "type": "JOIN", "payload": {"room": room}}).to_string())
+        .await;
+    let joined = client.recv().await;
+    assert_eq!(joined["type"], "JOINED", "{joined}");
+}
+
+/// A member of a room that blinks and resumes on another node keeps its
+/// rooms: nobody hears it leave or join (not even after its old node's
+/// window), and room envelopes reach it on its new node.
+#[tokio::test]
+async fn in_a_cluster_a_member_who_resumes_on_another_node_stays_in_its_rooms() {
+    let redis = common::redis::RedisServer::start();
+    let nodes = two_nodes(&redis).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let carol_token = nodes[1].register("carol").await;
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let mut carol = Client::connect(&nodes[1].addrs, Kind::WebSocket, &carol_token).await;
+    carol.recv().await;
+    join(&mut alice, "r").await;
+    join(&mut carol, "r").await;
+    assert_eq!(alice.recv().await["type"], "PEER_JOINED");
+    let mut bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
+    bob.recv().await;
+    join(&mut bob, "r").await;
+    for member in [&mut alice, &mut carol] {
+        let joined = member.recv().await;
+        assert_eq!(
+            (&joined["type"], &joined["payload"]["user"]),
+            (&json!("PEER_JOINED"), &json!("bob"))
+        );
+    }
+    drop(bob);
+    wait_away(&nodes[0], 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut bob = connect(&nodes[1].addrs, Kind::WebTransport, &bob_token, "&resume=1").await;
+    let welcome = bob.recv().await;
+    assert_eq!(welcome["payload"]["resumed"], true, "{welcome}");
+    // Past the old node's window (5 s): still nobody heard bob leave.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    alice
+        .send_text(&json!({"room": "r", "type": "hello", "payload": 1}).to_string())
+        .await;
+    let hello = bob.recv().await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    let got = carol.recv().await;
+    assert_eq!(
+        got["type"], "hello",
+        "no PEER_LEFT or PEER_JOINED first: {got}"
+    );
+    assert!(told(&mut alice).await.is_empty(), "no presence for alice");
+    assert!(told(&mut carol).await.is_empty(), "no presence for carol");
+}
+
+/// The node holding an away user's stream dies: the user's reconnect on
+/// another node says `resumed: false` within the bounded wait, and the
+/// loss is counted there.
+#[tokio::test]
+async fn in_a_cluster_a_stream_dies_with_its_node_and_the_loss_is_counted() {
+    let redis = common::redis::RedisServer::start();
+    let mut nodes = two_nodes(&redis).await;
+    let bob_token = nodes[0].register("bob").await;
     let bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
     drop(bob);
     wait_away(&nodes[0], 1).await;
-    alice.send("bob", "held", json!(1)).await;
-    let mut bob = connect(&nodes[1].addrs, Kind::WebSocket, &bob_token, "&resume=0").await;
-    assert_eq!(bob.recv().await["payload"]["resumed"], false);
-    // The newer claim fenced the old node: it answers what it held.
-    let answer = alice.recv().await;
-    assert_eq!(answer["type"], "UNDELIVERED", "{answer}");
-    assert_eq!(answer["payload"]["type"], "held");
-    wait_away(&nodes[0], 0).await;
-    alice.send("bob", "after", json!(2)).await;
-    let got = bob.recv().await;
-    assert_eq!(got["type"], "after", "routed to bob's new node");
-    assert_eq!(got["seq"], 1, "a new stream");
+    let killed = nodes.remove(0);
+    let pid = killed.child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let mut bob = connect(&nodes[0].addrs, Kind::WebSocket, &bob_token, "&resume=0").await;
+    let welcome = bob.recv().await;
+    let took = started.elapsed();
+    assert_eq!(welcome["payload"]["resumed"], false, "{welcome}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "the wait is bounded: {took:?}"
+    );
+    let stats = get_json_at(&nodes[0].addrs, "/v1/stats").await;
+    assert_eq!(stats["counters"]["resume"]["handoff_failed"], 1, "{stats}");
+    drop(killed);
 }
