@@ -1077,6 +1077,7 @@ async fn soak() {
                 + n("undelivered_unreported")
                 + e("expired")
                 + e("expired_unreported")
+                + e("moved")
                 + r("received_failed"),
             "process {process}: every envelope for a user here was written or reported: {s}"
         );

@@ -115,10 +115,21 @@ pub struct StreamHead {
     pub acked: u64,
     /// The highest `seq` written.
     pub written: u64,
-    /// Per kept envelope: its `seq`, its length, who to tell its fate
-    /// (node and that node's id for it), and whether it was accepted from
-    /// a sender (rather than the gateway's own).
-    pub items: Vec<(u64, usize, Option<(String, u64)>, bool)>,
+    /// Every kept envelope, in `seq` order.
+    pub items: Vec<KeptHead>,
+}
+
+/// One kept envelope of a handed-over stream; its bytes follow the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptHead {
+    /// Its `seq`.
+    pub seq: u64,
+    /// Its length.
+    pub len: usize,
+    /// Who to tell its fate: a node, and that node's id for it.
+    pub origin: Option<(String, u64)>,
+    /// Accepted from a sender (rather than the gateway's own).
+    pub accepted: bool,
 }
 
 /// Why a message could not be read.
@@ -162,12 +173,12 @@ pub fn handoff(from: &str, handoff: &Handoff) -> Bytes {
                         Some(Origin::Remote { node, id }) => Some((node.to_string(), *id)),
                         _ => None,
                     };
-                    (
-                        item.seq,
-                        item.frame.len(),
+                    KeptHead {
+                        seq: item.seq,
+                        len: item.frame.len(),
                         origin,
-                        item.accepted_at.is_some(),
-                    )
+                        accepted: item.accepted_at.is_some(),
+                    }
                 })
                 .collect();
             let head = StreamHead {
@@ -198,14 +209,14 @@ pub fn moved(head: StreamHead, frames: Vec<Bytes>, now: std::time::Instant) -> M
         .items
         .into_iter()
         .zip(frames)
-        .map(|((seq, _, origin, accepted), frame)| Queued {
+        .map(|(item, frame)| Queued {
             frame,
-            origin: origin.map(|(node, id)| Origin::Remote {
+            origin: item.origin.map(|(node, id)| Origin::Remote {
                 node: node.into(),
                 id,
             }),
-            accepted_at: accepted.then_some(now),
-            seq,
+            accepted_at: item.accepted.then_some(now),
+            seq: item.seq,
         })
         .collect();
     Moved {
@@ -231,7 +242,7 @@ pub fn decode(payload: Bytes) -> Result<(Header, Vec<Bytes>), MessageError> {
         Header::Envelopes { items, .. } => items.iter().map(|(_, _, len)| *len).collect(),
         Header::Stream {
             stream: Some(head), ..
-        } => head.items.iter().map(|(_, len, _, _)| *len).collect(),
+        } => head.items.iter().map(|item| item.len).collect(),
         _ => return Ok((header, Vec::new())),
     };
     let total = lengths
@@ -321,8 +332,18 @@ mod tests {
                 acked: 6,
                 written: 7,
                 items: vec![
-                    (7, frames[0].len(), None, true),
-                    (8, frames[1].len(), Some(("node-a".into(), 3)), true),
+                    KeptHead {
+                        seq: 7,
+                        len: frames[0].len(),
+                        origin: None,
+                        accepted: true,
+                    },
+                    KeptHead {
+                        seq: 8,
+                        len: frames[1].len(),
+                        origin: Some(("node-a".into(), 3)),
+                        accepted: true,
+                    },
                 ],
             }),
         };

@@ -253,6 +253,9 @@ pub struct Pending {
     pub frame: Bytes,
     /// Whether it has already been sent again after a `NotHere`.
     pub retried: bool,
+    /// Held here for a user whose stream then moved to another node: its
+    /// fate is that node's to count (this node counted it moved).
+    pub moved: bool,
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +355,7 @@ mod tests {
             target: target.into(),
             frame: Bytes::from_static(b"{}\n"),
             retried: false,
+            moved: false,
         }
     }
 

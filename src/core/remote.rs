@@ -33,6 +33,7 @@ impl Hub {
             target: target.clone(),
             frame: frame.clone(),
             retried: false,
+            moved: false,
         });
         let outgoing = Outgoing {
             id,
@@ -60,7 +61,9 @@ impl Hub {
         };
         let (error, message) = match fate {
             Fate::Written => {
-                self.stats().remote_written.inc();
+                if !pending.moved {
+                    self.stats().remote_written.inc();
+                }
                 return;
             }
             Fate::NotHere if !pending.retried => {
@@ -118,7 +121,9 @@ impl Hub {
         let expired = self.in_flight_envelopes().expired(self.clock().now());
         let timeout = self.limits().delivery_timeout;
         for pending in &expired {
-            self.stats().remote_unconfirmed.inc();
+            if !pending.moved {
+                self.stats().remote_unconfirmed.inc();
+            }
             self.answer_sender(
                 pending,
                 ErrorType::Unconfirmed,
@@ -138,7 +143,7 @@ impl Hub {
     }
 
     fn answer_sender(&self, pending: &Pending, error: ErrorType, message: String) {
-        if error != ErrorType::Unconfirmed {
+        if error != ErrorType::Unconfirmed && !pending.moved {
             self.stats().remote_failed.inc();
         }
         let kind = serde_json::from_slice::<Inbound<'_>>(&pending.frame)
@@ -251,6 +256,7 @@ impl Hub {
                         target: target.clone(),
                         frame: item.frame.clone(),
                         retried: true,
+                        moved: true,
                     });
                     item.origin = Some(Origin::Remote {
                         node: here.clone(),
@@ -261,17 +267,30 @@ impl Hub {
             moved
         });
         let had_stream = stream.is_some();
+        let accepted = stream.as_ref().map_or(0, accepted_unwritten);
         let handoff = Handoff {
             user: target,
             epoch: by,
             stream,
         };
         match cluster.hand_off(to, handoff) {
-            Ok(()) if had_stream => self.stats().handed_off.inc(),
+            Ok(()) if had_stream => {
+                self.stats().handed_off.inc();
+                self.stats().resume_moved.add(accepted as u64);
+            }
             Ok(()) => {}
             Err(handoff) => {
                 tracing::warn!(user, node = %to, "could not hand a user's stream to its new node");
-                if let Some(moved) = handoff.stream {
+                if let Some(mut moved) = handoff.stream {
+                    // Its senders here are answered here, as before it moved.
+                    for item in &mut moved.kept {
+                        if let Some(Origin::Remote { node, id }) = &item.origin
+                            && *node == here
+                            && let Some((pending, _)) = self.in_flight_envelopes().take(*id)
+                        {
+                            item.origin = Some(Origin::Local(pending.sender));
+                        }
+                    }
                     let unwritten = self.registry().discard(moved, self.clock().now());
                     self.report_undelivered(unwritten, user, NOT_TAKEN_OVER);
                 }
@@ -331,6 +350,9 @@ impl Hub {
     /// is (it stopped waiting, or a newer claim replaced it) the stream is
     /// not taken over: what it held never written is answered.
     pub fn handed_over(&self, user: &str, epoch: Epoch, stream: Option<Moved>) {
+        // What it holds never written is this node's to settle from now on.
+        let accepted = stream.as_ref().map_or(0, accepted_unwritten);
+        self.stats().remote_in.add(accepted as u64);
         let waiter = {
             let mut handoffs = self
                 .handoffs()
@@ -381,6 +403,17 @@ impl Hub {
     pub fn claims(&self) -> Vec<Claim> {
         self.registry().claims()
     }
+}
+
+/// The envelopes of a moved stream accepted from a sender and never
+/// written: in the books, they leave the node that held them and arrive
+/// at the user's new node.
+fn accepted_unwritten(moved: &Moved) -> usize {
+    moved
+        .kept
+        .iter()
+        .filter(|item| item.seq > moved.written && item.accepted_at.is_some())
+        .count()
 }
 
 /// A claim waiting for its user's stream; ends the wait when dropped.

@@ -272,6 +272,10 @@ stats! {
     /// Cluster: streams handed to another node, where their user connected
     /// anew.
     handed_off => "signal_gateway_resume_handed_off", "Cluster: users' streams handed to the node where the user connected anew.";
+    /// Cluster: envelopes accepted here, held for a user and never written,
+    /// that went with the user's stream to another node (which writes or
+    /// answers them, and counts them received).
+    resume_moved => "signal_gateway_resume_moved", "Cluster: envelopes held here for a user, never written, that went with the user's stream to the node where it connected anew.";
     /// Cluster: users who connected here anew while their stream was on
     /// another node that did not hand it over (dead, unreachable, no
     /// answer within the wait, or a newer claim meanwhile).
@@ -473,6 +477,7 @@ impl Stats {
                 went_away: self.went_away.get(),
                 gone: self.gone.get(),
                 handed_off: self.handed_off.get(),
+                moved: self.resume_moved.get(),
                 handoff_failed: self.handoff_failed.get(),
             },
             rooms: RoomSnapshot {
@@ -589,6 +594,8 @@ pub struct ResumeSnapshot {
     pub gone: u64,
     /// See [`Stats::handed_off`].
     pub handed_off: u64,
+    /// See [`Stats::resume_moved`].
+    pub moved: u64,
     /// See [`Stats::handoff_failed`].
     pub handoff_failed: u64,
 }
