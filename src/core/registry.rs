@@ -1111,4 +1111,95 @@ mod tests {
             .unwrap();
         assert!(registry.contains("a"));
     }
+
+    #[test]
+    fn a_stream_handed_to_another_node_leaves_nothing_to_answer_here() {
+        let registry = UserClientRegistry::default();
+        let now = Instant::now();
+        let bob = entry(3, 8);
+        registry
+            .insert("bob".into(), bob.clone(), registry.grant())
+            .unwrap();
+        for _ in 0..2 {
+            registry.deliver("bob", item(), Kind::Forwarded);
+        }
+        let (closed, moved) = registry.hand_off("bob", 3, now);
+        assert!(closed);
+        assert_eq!(bob.outbox.closing(), Some(CloseReason::Replaced));
+        let moved = moved.expect("the stream moved");
+        assert_eq!(moved.kept.len(), 2);
+        assert_eq!(registry.kept_bytes(), 0);
+        // Its connection's queue went with it: nothing to answer (but the
+        // WELCOME, outside the stream).
+        let left = bob.outbox.seal(CloseReason::Replaced);
+        assert_eq!(left.len(), 3);
+        let detached = registry.detach("bob", 3, Ending::Away, left, now);
+        let seqs: Vec<u64> = detached.undelivered.iter().map(|item| item.seq).collect();
+        assert_eq!(seqs, [0]);
+        assert!(detached.departed.is_none() && !detached.away);
+        assert!(matches!(
+            registry.deliver("bob", item(), Kind::Forwarded),
+            Delivery::NotFound(_)
+        ));
+        // A fence older than the stream hands nothing over.
+        registry
+            .insert("carol".into(), entry(9, 8), registry.grant())
+            .unwrap();
+        assert!(registry.hand_off("carol", 8, now).1.is_none());
+    }
+
+    #[test]
+    fn a_handed_over_stream_is_taken_over_with_what_waited_for_it() {
+        let there = UserClientRegistry::default();
+        there
+            .insert("bob".into(), entry(3, 8), there.grant())
+            .unwrap();
+        there.deliver("bob", item(), Kind::Forwarded);
+        let now = Instant::now();
+        let moved = there.hand_off("bob", 3, now).1.unwrap();
+        let here = UserClientRegistry::default();
+        here.expect("bob".into(), 4);
+        assert!(matches!(
+            here.deliver("bob", item(), Kind::Forwarded),
+            Delivery::Held
+        ));
+        let taken = here.take_over("bob", 4, Some(moved), now);
+        assert!(taken.installed && taken.undelivered.is_empty());
+        assert_eq!(here.kept("bob"), 2);
+        assert_eq!(here.away(), 1, "away until its connection attaches");
+        let bob = entry(4, 8);
+        let attached = here
+            .attach("bob".into(), bob.clone(), here.grant(), Some(0), |_| {
+                Bytes::from_static(b"{}\n")
+            })
+            .unwrap();
+        assert!(attached.resumption.resumed);
+        assert_eq!(attached.resumption.replayed, 2);
+        assert_eq!(here.away(), 0);
+    }
+
+    #[test]
+    fn a_stream_for_a_superseded_claim_is_answered_not_taken_over() {
+        let there = UserClientRegistry::default();
+        there
+            .insert("bob".into(), entry(3, 8), there.grant())
+            .unwrap();
+        there.deliver("bob", item(), Kind::Forwarded);
+        let now = Instant::now();
+        let moved = there.hand_off("bob", 3, now).1.unwrap();
+        let here = UserClientRegistry::default();
+        here.expect("bob".into(), 4);
+        here.deliver("bob", item(), Kind::Forwarded);
+        // A newer claim elsewhere fenced claim 4 meanwhile.
+        here.fence("bob", 4, now);
+        let taken = here.take_over("bob", 4, Some(moved), now);
+        assert!(!taken.installed);
+        assert_eq!(
+            taken.undelivered.len(),
+            2,
+            "the moved one and the waiting one"
+        );
+        assert_eq!(here.kept("bob"), 0);
+        assert_eq!(here.kept_bytes(), 0);
+    }
 }

@@ -627,4 +627,57 @@ mod tests {
         let (told, _) = stream.resume(Some(0), false);
         assert!(!told.resumed);
     }
+
+    #[test]
+    fn a_moved_stream_continues_its_numbering_and_resumes_where_the_client_stopped() {
+        let mut stream = Stream::new("s".into());
+        for _ in 0..5 {
+            stream.push(item("x"), &limits(8), true);
+        }
+        stream.written().store(4, Ordering::Relaxed);
+        stream.ack(2);
+        let moved = stream.export();
+        let mark = moved.mark();
+        assert!(
+            mark.took(3) && mark.took(5) && mark.took(1),
+            "kept or acknowledged"
+        );
+        assert!(!mark.took(6) && !mark.took(0), "never numbered");
+        let mut there = Stream::import(moved).unwrap();
+        assert_eq!(&*there.session, "s");
+        assert_eq!(there.len(), 3);
+        let (stamped, _) = there.push(item("x"), &limits(8), true);
+        assert_eq!(stamped.seq, 6);
+        let (told, replay) = there.resume(Some(3), false);
+        assert!(told.resumed);
+        assert_eq!(replay.iter().map(|q| q.seq).collect::<Vec<_>>(), [4, 5, 6]);
+        let (told, _) = there.resume(Some(1), false);
+        assert!(!told.resumed, "2 was freed by the ACK");
+    }
+
+    #[test]
+    fn a_moved_stream_that_does_not_add_up_is_refused() {
+        let mut stream = Stream::new("s".into());
+        for _ in 0..3 {
+            stream.push(item("x"), &limits(8), true);
+        }
+        let mut gap = stream.export();
+        gap.kept.remove(1);
+        assert!(Stream::import(gap).is_none(), "a gap");
+        let beyond = Moved {
+            session: "s".into(),
+            next_seq: 2,
+            acked: 0,
+            written: 0,
+            kept: vec![item("x"), item("y")]
+                .into_iter()
+                .zip(1..)
+                .map(|(mut item, seq)| {
+                    item.seq = seq;
+                    item
+                })
+                .collect(),
+        };
+        assert!(Stream::import(beyond).is_none(), "numbered past next_seq");
+    }
 }
