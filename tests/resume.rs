@@ -774,3 +774,50 @@ async fn in_a_cluster_a_stream_dies_with_its_node_and_the_loss_is_counted() {
     assert_eq!(stats["counters"]["resume"]["handoff_failed"], 1, "{stats}");
     drop(killed);
 }
+
+/// Sends `signal` to a gateway process.
+fn signal(node: &GatewayProcess, signal: &str) {
+    let pid = node.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The node holding an away user's stream is alive in Redis's eyes but
+/// silent (stopped): the reconnect on another node waits the bounded
+/// second, starts a new stream, and counts it; when the old node wakes and
+/// hands the stream over too late, what it held is answered, once.
+#[tokio::test]
+async fn in_a_cluster_a_silent_old_node_is_waited_for_a_second_and_answered_later() {
+    let redis = common::redis::RedisServer::start();
+    let nodes = two_nodes(&redis).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
+    drop(bob);
+    wait_away(&nodes[0], 1).await;
+    alice.send("bob", "held", json!(1)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&nodes[0], "-STOP");
+    let started = Instant::now();
+    let connecting = connect(&nodes[1].addrs, Kind::WebSocket, &bob_token, "&resume=0");
+    let mut bob = tokio::time::timeout(TIMEOUT, connecting).await;
+    let took = started.elapsed();
+    signal(&nodes[0], "-CONT");
+    let welcome = bob.as_mut().expect("connects").recv().await;
+    assert_eq!(welcome["payload"]["resumed"], false, "{welcome}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "waited the bounded second: {took:?}"
+    );
+    let stats = get_json_at(&nodes[1].addrs, "/v1/stats").await;
+    assert_eq!(stats["counters"]["resume"]["handoff_failed"], 1, "{stats}");
+    let answer = alice.recv().await;
+    assert_eq!(answer["type"], "UNDELIVERED", "{answer}");
+    assert_eq!(answer["payload"]["type"], "held");
+    assert!(told(&mut alice).await.is_empty(), "told once");
+}
