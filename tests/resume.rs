@@ -821,3 +821,37 @@ async fn in_a_cluster_a_silent_old_node_is_waited_for_a_second_and_answered_late
     assert_eq!(answer["payload"]["type"], "held");
     assert!(told(&mut alice).await.is_empty(), "told once");
 }
+
+/// A stream as big as `--resume-buffer-bytes` lets it be (1 MiB) moves to
+/// the user's new node in one message through Redis.
+#[tokio::test]
+async fn in_a_cluster_a_full_stream_moves_in_one_message() {
+    let redis = common::redis::RedisServer::start();
+    let nodes = two_nodes(&redis).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let bob = Client::connect(&nodes[0].addrs, Kind::WebSocket, &bob_token).await;
+    drop(bob);
+    wait_away(&nodes[0], 1).await;
+    let payload = "x".repeat(32 * 1024);
+    // 31 envelopes of 32 KiB fit in 1 MiB; the 32nd would not.
+    for n in 0..31 {
+        alice
+            .send("bob", "big", json!({"n": n, "p": payload}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(told(&mut alice).await.is_empty(), "all held");
+    let mut bob = connect(&nodes[1].addrs, Kind::WebSocket, &bob_token, "&resume=0").await;
+    let welcome = bob.recv().await;
+    assert_eq!(welcome["payload"]["resumed"], true, "{welcome}");
+    assert_eq!(welcome["payload"]["replayed"], 31);
+    for n in 0..31 {
+        let big = bob.recv().await;
+        assert_eq!(big["payload"]["n"], n);
+        assert_eq!(big["seq"], n + 1);
+    }
+    assert!(told(&mut alice).await.is_empty(), "alice heard nothing");
+}
