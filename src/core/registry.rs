@@ -337,9 +337,9 @@ impl UserClientRegistry {
         let mut guard = self.lock();
         let state = &mut *guard;
         let closed = Self::fenced(state, user, epoch, now);
-        // An away user's stream moved with its newer connection: nothing
-        // is held for it here any more. (A connection closed here ends its
-        // stream as it leaves, once its writer has written what it could.)
+        // An away user is someone else's now: nothing is held for it here
+        // any more. (A connection closed here ends its stream as it leaves,
+        // once its writer has written what it could.)
         let departed = if closed.is_none() && !state.users.contains_key(user) {
             self.end_stream(state, user, Gone::Ended)
         } else {

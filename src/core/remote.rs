@@ -218,10 +218,11 @@ impl Hub {
         }
     }
 
-    /// A newer claim on `user` was made elsewhere, superseding `epoch`:
-    /// closes the user's connection here if it is that one or older.
-    /// The user's stream here ends (it moved with the user): what was
-    /// held for it is answered.
+    /// A newer claim on `user` was made elsewhere, superseding `epoch`, and
+    /// nobody asks for the user's stream (this node found the newer claim
+    /// itself, claiming its users again): closes the user's connection here
+    /// if it is that one or older. An away user's stream here ends: what
+    /// was held for it is answered.
     pub fn fence(&self, user: &str, epoch: Epoch) -> bool {
         let (closed, departed) = self.registry().fence(user, epoch, self.clock().now());
         if let Some(departed) = departed {
