@@ -145,7 +145,7 @@ impl Target {
         name: Option<&str>,
         serial: u64,
     ) -> anyhow::Result<(String, String)> {
-        if self.system == System::Socketio {
+        if matches!(self.system, System::Socketio | System::Floor) {
             let name = name.context("socket.io users pick their own name")?;
             Ok((name.to_owned(), String::new()))
         } else if self.system.is_gateway() {
@@ -195,13 +195,14 @@ impl Target {
 
     async fn open(&self, name: &str, token: &str) -> anyhow::Result<Conn> {
         match self.system {
-            System::Ws | System::Wss | System::Peerjs | System::Socketio => {
+            System::Ws | System::Wss | System::Peerjs | System::Socketio | System::Floor => {
                 let url = match self.system {
                     System::Peerjs => format!(
                         "ws://{}/peerjs?key=peerjs&id={name}&token={token}",
                         self.http
                     ),
                     System::Socketio => format!("ws://{}{}", self.http, socketio::PATH),
+                    System::Floor => format!("ws://{}/floor", self.http),
                     System::Wss => format!("wss://{}/v1/connect?token={token}", self.http),
                     _ => format!("ws://{}/v1/connect?token={token}", self.http),
                 };

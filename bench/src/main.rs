@@ -451,9 +451,9 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
         } => {
             if !matches!(
                 common.system,
-                System::Ws | System::Wss | System::Wt | System::Socketio
+                System::Ws | System::Wss | System::Wt | System::Socketio | System::Floor
             ) {
-                anyhow::bail!("the room scenario is for the gateway and socket.io");
+                anyhow::bail!("the room scenario is for the gateway, socket.io and the floor");
             }
             let params = rooms::RoomParams {
                 rooms,

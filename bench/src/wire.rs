@@ -31,6 +31,10 @@ pub enum System {
     Peerjs,
     /// socket.io server over WebSocket, in socket.io's own protocol.
     Socketio,
+    /// The room scenario's floor (`room-floor`): the least a server can do
+    /// for a room envelope, over WebSocket, envelopes passed through as they
+    /// are.
+    Floor,
 }
 
 impl System {
@@ -40,13 +44,16 @@ impl System {
             System::Ws | System::Wss | System::Wt => "signal-gateway",
             System::Peerjs => "peerjs",
             System::Socketio => "socket.io",
+            System::Floor => "room-floor",
         }
     }
 
     /// `websocket` or `webtransport`.
     pub fn transport(self) -> &'static str {
         match self {
-            System::Ws | System::Wss | System::Peerjs | System::Socketio => "websocket",
+            System::Ws | System::Wss | System::Peerjs | System::Socketio | System::Floor => {
+                "websocket"
+            }
             System::Wt => "webtransport",
         }
     }
@@ -71,7 +78,7 @@ pub fn envelope(system: System, to: &str, kind: &str, payload: &str) -> String {
         out.push_str(socketio::EVENT_HEAD);
     }
     match system {
-        System::Ws | System::Wss | System::Wt | System::Socketio => {
+        System::Ws | System::Wss | System::Wt | System::Socketio | System::Floor => {
             out.push_str("{\"target\":\"");
             out.push_str(to);
             out.push_str("\",\"type\":\"");
@@ -97,7 +104,9 @@ pub fn envelope(system: System, to: &str, kind: &str, payload: &str) -> String {
 /// gateway's `WELCOME`, PeerJS's `OPEN`, socket.io's CONNECT acknowledgement.
 pub fn is_greeting(system: System, frame: &[u8]) -> bool {
     match system {
-        System::Ws | System::Wss | System::Wt => parse(frame).is_some_and(|e| e.kind == b"WELCOME"),
+        System::Ws | System::Wss | System::Wt | System::Floor => {
+            parse(frame).is_some_and(|e| e.kind == b"WELCOME")
+        }
         System::Peerjs => parse(frame).is_some_and(|e| e.kind == b"OPEN"),
         System::Socketio => socketio::is_connected(frame),
     }
