@@ -19,6 +19,9 @@
 //! - [`rooms`]: rooms of members sending to their room (open loop).
 //! - [`procfs`], [`summary`], [`http`], [`tls`]: measurement and plumbing.
 //!
+//! `src/bin/room-floor.rs` is the room scenario's reference server: the
+//! least any server can do for a room envelope.
+//!
 //! Every run is bounded: each loop stops at the end of its window or after a
 //! maximum count, every network wait has a timeout, and a watchdog thread
 //! exits the process if the whole run outlives its deadline.
@@ -75,8 +78,8 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// System under test: the gateway over WebSocket (ws), WebSocket over
-    /// TLS (wss) or WebTransport (wt), PeerJS server (peerjs), or socket.io
-    /// (socketio).
+    /// TLS (wss) or WebTransport (wt), PeerJS server (peerjs), socket.io
+    /// (socketio), or the room scenario's floor (floor, `room-floor`).
     #[arg(long, value_enum, env = "BENCH_SYSTEM")]
     pub system: System,
 
@@ -356,6 +359,9 @@ fn parse_named_pid(text: &str) -> Result<(String, u32), String> {
 
 async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
     let common = &cli.common;
+    if common.system == System::Floor && !matches!(cli.scenario, Scenario::Rooms { .. }) {
+        anyhow::bail!("the floor is a reference for the room scenario only");
+    }
     let target = Arc::new(Target::new(common).await?);
     let peer = match common.peer_addr {
         Some(addr) => {
