@@ -99,15 +99,18 @@ fn main() -> anyhow::Result<()> {
         .enable_io()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, serve(cli.listen))
+    local.block_on(&runtime, async {
+        let listener = TcpListener::bind(cli.listen)
+            .await
+            .with_context(|| format!("binding {}", cli.listen))?;
+        println!("listening on {}", listener.local_addr()?);
+        serve(listener).await
+    })
 }
 
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    // The driver reads the port from here.
-    println!("listening on {}", listener.local_addr()?);
+/// Accepts connections until the listener fails; each one is served on
+/// this thread.
+async fn serve(listener: TcpListener) -> anyhow::Result<()> {
     let rooms: Rooms = Rc::default();
     loop {
         let (stream, _) = listener.accept().await?;
@@ -310,7 +313,94 @@ fn room_name(payload: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
     use super::*;
+
+    type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+    async fn next_text(client: &mut Client) -> String {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), client.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection open")
+            .expect("a valid frame");
+        message.into_text().expect("text").to_string()
+    }
+
+    async fn member(addr: SocketAddr, room: &str) -> Client {
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/floor"))
+            .await
+            .expect("connect");
+        assert_eq!(next_text(&mut client).await, r#"{"type":"WELCOME"}"#);
+        let join = format!(r#"{{"type":"JOIN","payload":{{"room":"{room}"}}}}"#);
+        client.send(Message::text(join)).await.expect("join");
+        assert_eq!(next_text(&mut client).await, r#"{"type":"JOINED"}"#);
+        client
+    }
+
+    #[tokio::test]
+    async fn every_other_member_of_the_room_gets_each_frame_once_in_order() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = tokio::task::spawn_local(serve(listener));
+                let mut a = member(addr, "r1").await;
+                let mut b = member(addr, "r1").await;
+                let mut c = member(addr, "r1").await;
+                let mut other = member(addr, "r2").await;
+                for i in 0..100 {
+                    a.feed(Message::text(format!("a{i}"))).await.unwrap();
+                }
+                a.flush().await.unwrap();
+                c.send(Message::text("c0")).await.unwrap();
+                for receiver in [&mut b, &mut c] {
+                    for i in 0..100 {
+                        assert_eq!(next_text(receiver).await, format!("a{i}"));
+                    }
+                }
+                assert_eq!(next_text(&mut b).await, "c0");
+                assert_eq!(next_text(&mut a).await, "c0");
+                other.send(Message::text("o0")).await.unwrap();
+                // Nobody else is in r2, and the sender gets no copy of its own.
+                for client in [&mut a, &mut c, &mut other] {
+                    let next =
+                        tokio::time::timeout(std::time::Duration::from_millis(200), client.next());
+                    assert!(next.await.is_err(), "an unexpected frame");
+                }
+                server.abort();
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_read_holds_nobody_back_and_loses_nothing() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = tokio::task::spawn_local(serve(listener));
+                let mut a = member(addr, "r").await;
+                let mut b = member(addr, "r").await;
+                let mut slow = member(addr, "r").await;
+                // Far more than the socket buffers hold: `slow`'s copies
+                // wait in its backlog while `b` reads everything.
+                let pad = "x".repeat(60_000);
+                for i in 0..400 {
+                    a.send(Message::text(format!("{i} {pad}"))).await.unwrap();
+                    assert_eq!(next_text(&mut b).await, format!("{i} {pad}"));
+                }
+                for i in 0..400 {
+                    assert_eq!(next_text(&mut slow).await, format!("{i} {pad}"));
+                }
+                server.abort();
+            })
+            .await;
+    }
 
     #[test]
     fn frames_round_trip_through_the_parser() {
@@ -318,7 +408,10 @@ mod tests {
             let payload = vec![b'x'; len.min(MAX_FRAME)];
             let mut framed = frame(&payload);
             let (opcode, range, next) = parse(&mut framed).unwrap().unwrap();
-            assert_eq!((opcode, &framed[range], next), (1, &payload[..], framed.len()));
+            assert_eq!(
+                (opcode, &framed[range], next),
+                (1, &payload[..], framed.len())
+            );
             assert_eq!(parse(&mut framed[..next - 1]).unwrap(), None);
         }
     }
