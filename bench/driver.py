@@ -51,7 +51,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = os.path.join(ROOT, "target", "release", "signal-gateway")
 BENCH = os.path.join(ROOT, "target", "release", "signal-bench")
-FLOOR = os.path.join(ROOT, "target", "release", "room-floor")
+FLOOR = os.path.join(ROOT, "target", "release", "signal-bench-floor")
 KEYPAIR = os.path.join(ROOT, "target", "release", "signal-bench-keypair")
 FSYNC_PROBE = os.path.join(ROOT, "target", "release", "signal-bench-fsync")
 PEERJS_DIR = os.path.join(ROOT, "target", "bench-peerjs")
@@ -79,10 +79,10 @@ ROOMS_CONFIG = {"rooms": 10, "members": 10, "rate": 2}
 ROOMS_FAST = {"rooms": 10, "members": 10, "rate": 20}
 LABELS = {"ws": "gateway WebSocket", "wss": "gateway WebSocket over TLS", "wt": "gateway WebTransport",
           "peerjs": "PeerJS server", "socketio": "socket.io server",
-          "floor": "floor (room-floor)"}
+          "floor": "floor (signal-bench-floor)"}
 COLORS = {"ws": "#2b6cb0", "wss": "#2c7a7b", "wt": "#2f855a", "peerjs": "#c05621", "socketio": "#6b46c1"}
 SERVERS = {"ws": "signal-gateway", "wss": "signal-gateway", "wt": "signal-gateway", "peerjs": "peerjs",
-           "socketio": "socket.io", "floor": "room-floor"}
+           "socketio": "socket.io", "floor": "signal-bench-floor"}
 # Variants of the gateway over WebSocket, run beside the systems where a
 # scenario compares them: registered identities kept in the embedded store
 # (redb, registrations committed in batches, one fsync each) instead of memory, and JWTs minted by

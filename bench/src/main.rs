@@ -19,8 +19,8 @@
 //! - [`rooms`]: rooms of members sending to their room (open loop).
 //! - [`procfs`], [`summary`], [`http`], [`tls`]: measurement and plumbing.
 //!
-//! `src/bin/room-floor.rs` is the room scenario's reference server: the
-//! least any server can do for a room envelope.
+//! `src/bin/signal-bench-floor.rs` is the room scenario's reference server:
+//! the least any server can do for a room envelope.
 //!
 //! Every run is bounded: each loop stops at the end of its window or after a
 //! maximum count, every network wait has a timeout, and a watchdog thread
@@ -79,7 +79,8 @@ struct Cli {
 pub struct Common {
     /// System under test: the gateway over WebSocket (ws), WebSocket over
     /// TLS (wss) or WebTransport (wt), PeerJS server (peerjs), socket.io
-    /// (socketio), or the room scenario's floor (floor, `room-floor`).
+    /// (socketio), or the room scenario's floor (floor,
+    /// `signal-bench-floor`).
     #[arg(long, value_enum, env = "BENCH_SYSTEM")]
     pub system: System,
 

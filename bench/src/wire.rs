@@ -31,9 +31,9 @@ pub enum System {
     Peerjs,
     /// socket.io server over WebSocket, in socket.io's own protocol.
     Socketio,
-    /// The room scenario's floor (`room-floor`): the least a server can do
-    /// for a room envelope, over WebSocket, envelopes passed through as they
-    /// are.
+    /// The room scenario's floor (`signal-bench-floor`): the least a server
+    /// can do for a room envelope, over WebSocket, envelopes passed through
+    /// as they are.
     Floor,
 }
 
@@ -44,7 +44,7 @@ impl System {
             System::Ws | System::Wss | System::Wt => "signal-gateway",
             System::Peerjs => "peerjs",
             System::Socketio => "socket.io",
-            System::Floor => "room-floor",
+            System::Floor => "signal-bench-floor",
         }
     }
 
@@ -251,5 +251,6 @@ mod tests {
         assert!(is_greeting(System::Socketio, br#"40{"sid":"x"}"#));
         assert!(!is_greeting(System::Socketio, br#"{"type":"WELCOME"}"#));
         assert!(!is_greeting(System::Ws, br#"{"type":"OPEN"}"#));
+        assert!(is_greeting(System::Floor, br#"{"type":"WELCOME"}"#));
     }
 }

@@ -1,4 +1,4 @@
-//! room-floor: the least a server can do for a room envelope, as a
+//! signal-bench-floor: the least a server can do for a room envelope, as a
 //! reference beside the systems in the bench's room scenario.
 //!
 //! It speaks just enough WebSocket for the generator (the handshake, and
