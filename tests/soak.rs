@@ -63,6 +63,12 @@ struct Ledger {
     delivered_from: Mutex<HashMap<usize, u64>>,
     /// Error answers read by clients, by the process that sent them.
     errored_from: Mutex<HashMap<usize, u64>>,
+    /// Connects to another process than the user's previous connection
+    /// was on, by that previous process: the most hand-offs it can make.
+    crossed_from: Mutex<HashMap<usize, u64>>,
+    /// `resumed: true` read after a blink on another process, by the
+    /// process the user blinked on: each took a hand-off from it.
+    moved_resumed_from: Mutex<HashMap<usize, u64>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -95,7 +101,14 @@ const COUNTERS: &[&str] = &[
     "closed_other",
     "blinks",
     "resumed",
+    "not_resumed",
+    "replayed",
     "seen_again",
+    "moved_blinks",
+    "moved_resumes",
+    "moved_resumes_wt",
+    "moved_resumed",
+    "moved_not_resumed",
 ];
 
 impl Ledger {
@@ -108,6 +121,8 @@ impl Ledger {
                 .collect(),
             delivered_from: Mutex::default(),
             errored_from: Mutex::default(),
+            crossed_from: Mutex::default(),
+            moved_resumed_from: Mutex::default(),
         }
     }
 
@@ -117,6 +132,10 @@ impl Ledger {
 
     fn get(&self, name: &str) -> u64 {
         self.counters[name].load(Ordering::Relaxed)
+    }
+
+    fn count_at(map: &Mutex<HashMap<usize, u64>>, process: usize) {
+        *map.lock().unwrap().entry(process).or_default() += 1;
     }
 
     /// Notes a sent envelope (its outcome may already have been recorded
@@ -146,14 +165,21 @@ impl Ledger {
     }
 }
 
+/// Where a connection goes and what it asks for.
+#[derive(Clone, Copy)]
+struct Link {
+    /// The gateway process (its index in [`Fleet::processes`]).
+    process: usize,
+    /// It asks to resume (`resume=N`).
+    resuming: bool,
+    /// It resumes after a blink on this other process: a cross-node resume.
+    moved_from: Option<usize>,
+}
+
 /// Reads one envelope stream to its end, recording outcomes; returns the
 /// close reason announced by the gateway, if any.
-fn handle_envelope(
-    ledger: &Ledger,
-    process: usize,
-    v: &Value,
-    last_seq: &AtomicU64,
-) -> Option<String> {
+fn handle_envelope(ledger: &Ledger, link: Link, v: &Value, last_seq: &AtomicU64) -> Option<String> {
+    let process = link.process;
     let kind = v["type"].as_str().unwrap_or_default();
     // As the README's client: an envelope is processed once, by its seq;
     // a connection that was not resumed may number from 1 again.
@@ -171,20 +197,28 @@ fn handle_envelope(
     if v["originator"] != "" {
         if let Some(id) = id_of(kind) {
             ledger.count("delivered");
-            *ledger
-                .delivered_from
-                .lock()
-                .unwrap()
-                .entry(process)
-                .or_default() += 1;
+            Ledger::count_at(&ledger.delivered_from, process);
             ledger.record(id, true, false);
         }
         return None;
     }
     match kind {
         "WELCOME" => {
-            if v["payload"]["resumed"] == true {
+            let resumed = v["payload"]["resumed"] == true;
+            if resumed {
                 ledger.count("resumed");
+                let replayed = v["payload"]["replayed"].as_u64().unwrap_or(0);
+                ledger.counters["replayed"].fetch_add(replayed, Ordering::Relaxed);
+            } else if link.resuming {
+                ledger.count("not_resumed");
+            }
+            if let Some(from) = link.moved_from.filter(|_| link.resuming) {
+                if resumed {
+                    ledger.count("moved_resumed");
+                    Ledger::count_at(&ledger.moved_resumed_from, from);
+                } else {
+                    ledger.count("moved_not_resumed");
+                }
             }
             None
         }
@@ -201,12 +235,7 @@ fn handle_envelope(
         _ => {
             if let Some(id) = v["payload"]["type"].as_str().and_then(id_of) {
                 ledger.count("errors");
-                *ledger
-                    .errored_from
-                    .lock()
-                    .unwrap()
-                    .entry(process)
-                    .or_default() += 1;
+                Ledger::count_at(&ledger.errored_from, process);
                 if kind == "UNCONFIRMED" {
                     ledger.count("unconfirmed");
                 }
@@ -272,7 +301,7 @@ where
 /// gateway closes the connection and yields the announced close reason.
 async fn open(
     addrs: &Addrs,
-    process: usize,
+    link: Link,
     kind: Kind,
     token: &str,
     ledger: Arc<Ledger>,
@@ -288,6 +317,10 @@ async fn open(
         0 => format!("?token={token}"),
         last => format!("?token={token}&resume={last}"),
     };
+    let link = Link {
+        resuming: last_seq.load(Ordering::Relaxed) > 0,
+        ..link
+    };
     let addrs = addrs.clone();
     match kind {
         Kind::WebSocket => {
@@ -302,7 +335,7 @@ async fn open(
                     if let Message::Text(text) = message
                         && let Ok(v) = serde_json::from_str::<Value>(&text)
                     {
-                        reason = handle_envelope(&ledger, process, &v, &last_seq).or(reason);
+                        reason = handle_envelope(&ledger, link, &v, &last_seq).or(reason);
                     }
                 }
                 reason
@@ -324,8 +357,7 @@ async fn open(
                         Ok(0) | Err(_) => return reason,
                         Ok(_) => {
                             if let Ok(v) = serde_json::from_str::<Value>(line.trim_end()) {
-                                reason =
-                                    handle_envelope(&ledger, process, &v, &last_seq).or(reason);
+                                reason = handle_envelope(&ledger, link, &v, &last_seq).or(reason);
                             }
                         }
                     }
@@ -353,16 +385,24 @@ async fn note_close(ledger: &Ledger, reader: tokio::task::JoinHandle<Option<Stri
 /// [`Fleet::processes`]) and where it is; `None` while it is down.
 type Live = Arc<std::sync::RwLock<Vec<Option<(usize, Addrs)>>>>;
 
-/// Node `preferred`, or the next one that is up.
-fn pick(live: &Live, preferred: usize) -> Option<(usize, Addrs)> {
+/// Node `preferred`, or the next one that is up: its index, its process
+/// and where it is.
+fn pick(live: &Live, preferred: usize) -> Option<(usize, usize, Addrs)> {
     let live = live.read().unwrap();
-    (0..live.len()).find_map(|i| live[(preferred + i) % live.len()].clone())
+    (0..live.len()).find_map(|i| {
+        let node = (preferred + i) % live.len();
+        live[node]
+            .clone()
+            .map(|(process, addrs)| (node, process, addrs))
+    })
 }
 
 /// One simulated user: connects, sends to random peers at random
 /// intervals, sometimes garbage, and churns (clean close or replacement)
 /// until the deadline. It prefers its home node and moves to the next one
-/// up when a connect fails.
+/// up when a connect fails. In a cluster, half of its blinks take it to
+/// another node (its new home), on either transport: its stream must
+/// follow it there.
 async fn user(
     index: u64,
     kind: Kind,
@@ -372,23 +412,46 @@ async fn user(
     ledger: Arc<Ledger>,
 ) {
     // Both transports on every node: users 0 and 1 on node 0, 2 and 3 on 1...
-    let home = (index / 2) as usize;
-    let (_, addrs) = pick(&live, home).expect("a node is up at the start");
+    let mut home = (index / 2) as usize;
+    let (_, _, addrs) = pick(&live, home).expect("a node is up at the start");
     let token = register_at(&addrs, &format!("s{index}")).await;
     let mut preferred = home;
     let mut seq = 0u64;
     // The highest seq processed before a blink, to resume from.
     let mut resume_from = 0;
+    // The process the user's last connection was on, and the one it
+    // blinked on if it did.
+    let mut previous: Option<usize> = None;
+    let mut blinked_on: Option<usize> = None;
+    // The transport of the next connection (a cross-node resume may
+    // change it, for that connection).
+    let mut next_kind = kind;
     while Instant::now() < deadline {
-        let Some((process, addrs)) = pick(&live, preferred) else {
+        let Some((node, process, addrs)) = pick(&live, preferred) else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        let conn_kind = std::mem::replace(&mut next_kind, kind);
+        let moved_from = blinked_on.take().filter(|&from| from != process);
+        if let Some(from) = previous.filter(|&from| from != process) {
+            Ledger::count_at(&ledger.crossed_from, from);
+        }
         let mut last_seq = Arc::new(AtomicU64::new(std::mem::take(&mut resume_from)));
+        if moved_from.is_some() && last_seq.load(Ordering::Relaxed) > 0 {
+            ledger.count("moved_resumes");
+            if conn_kind == Kind::WebTransport {
+                ledger.count("moved_resumes_wt");
+            }
+        }
+        let link = Link {
+            process,
+            resuming: false,
+            moved_from,
+        };
         let Some((mut writer, mut reader, mut conn)) = open(
             &addrs,
-            process,
-            kind,
+            link,
+            conn_kind,
             &token,
             ledger.clone(),
             last_seq.clone(),
@@ -400,6 +463,7 @@ async fn user(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        previous = Some(process);
         preferred = home;
         ledger.count("connects");
         let lifetime = Duration::from_millis(rand::rng().random_range(3_000..25_000));
@@ -440,10 +504,15 @@ async fn user(
             // A second connection of the same user replaces this one.
             ledger.count("replacements");
             let new_seq = Arc::new(AtomicU64::new(0));
+            let link = Link {
+                process,
+                resuming: false,
+                moved_from: None,
+            };
             if let Some((new_writer, new_reader, new_conn)) = open(
                 &addrs,
-                process,
-                kind,
+                link,
+                conn_kind,
                 &token,
                 ledger.clone(),
                 new_seq.clone(),
@@ -459,7 +528,7 @@ async fn user(
                 let _ = (&writer, &conn);
             }
         }
-        if kind == Kind::WebSocket
+        if conn_kind == Kind::WebSocket
             && Instant::now() + Duration::from_secs(3) < deadline
             && rand::rng().random_bool(0.2)
         {
@@ -472,6 +541,17 @@ async fn user(
             let _ = reader.await;
             drop(writer);
             resume_from = last_seq.load(Ordering::Relaxed);
+            blinked_on = Some(process);
+            let nodes = live.read().unwrap().len();
+            if nodes > 1 && rand::rng().random_bool(0.5) {
+                // It comes back on another node, over either transport.
+                ledger.count("moved_blinks");
+                home = node + rand::rng().random_range(1..nodes);
+                preferred = home;
+                if rand::rng().random_bool(0.5) {
+                    next_kind = Kind::WebTransport;
+                }
+            }
             let away = Duration::from_millis(rand::rng().random_range(200..1_500));
             tokio::time::sleep(away).await;
             continue;
@@ -918,11 +998,13 @@ async fn soak() {
         ),
         ("  no outcome seen by the client", unknown.to_string()),
         (
-            "blinks / resumed connections / envelopes seen again",
+            "blinks / resumed: true / resumed: false / envelopes replayed / seen again",
             format!(
-                "{} / {} / {}",
+                "{} / {} / {} / {} / {}",
                 ledger.get("blinks"),
                 ledger.get("resumed"),
+                ledger.get("not_resumed"),
+                ledger.get("replayed"),
                 ledger.get("seen_again")
             ),
         ),
@@ -943,6 +1025,32 @@ async fn soak() {
     ]);
     if cluster > 0 {
         rows.extend([
+            (
+                "blinks to another node / resumes there (of which over WebTransport)",
+                format!(
+                    "{} / {} ({})",
+                    ledger.get("moved_blinks"),
+                    ledger.get("moved_resumes"),
+                    ledger.get("moved_resumes_wt")
+                ),
+            ),
+            (
+                "  resumes there answered resumed: true / resumed: false",
+                format!(
+                    "{} / {}",
+                    ledger.get("moved_resumed"),
+                    ledger.get("moved_not_resumed")
+                ),
+            ),
+            (
+                "  server: handed off / hand-offs failed / held envelopes moved",
+                format!(
+                    "{} / {} / {}",
+                    e("handed_off"),
+                    e("handoff_failed"),
+                    e("moved")
+                ),
+            ),
             (
                 "  no outcome, sent through the killed process",
                 lost_with_killed.to_string(),
@@ -1107,6 +1215,31 @@ async fn soak() {
         both, 0,
         "nothing both delivered and answered, but UNCONFIRMED"
     );
+    if cluster > 0 {
+        // Every cross-node resume that said `resumed: true` took a
+        // hand-off from the node the user blinked on, and no node handed
+        // off more streams than its users left it for another node.
+        let moved_resumed_from = ledger.moved_resumed_from.lock().unwrap().clone();
+        let crossed_from = ledger.crossed_from.lock().unwrap().clone();
+        for (process, s) in &stats {
+            let handed_off = s["counters"]["resume"]["handed_off"].as_u64().unwrap_or(0);
+            let resumed_from_here = moved_resumed_from.get(process).copied().unwrap_or(0);
+            let left_here = crossed_from.get(process).copied().unwrap_or(0);
+            assert!(
+                resumed_from_here <= handed_off && handed_off <= left_here,
+                "process {process}: {resumed_from_here} users resumed elsewhere after a blink here, \
+                 {handed_off} streams handed off, {left_here} connects elsewhere after a connection here"
+            );
+        }
+        assert!(
+            ledger.get("moved_resumes") > 0,
+            "blinked clients resumed on another node"
+        );
+        assert!(
+            e("handed_off") > 0,
+            "streams were handed over to another node"
+        );
+    }
     let errors_from_survivors: u64 = stats
         .iter()
         .map(|(p, _)| errored_from.get(p).copied().unwrap_or(0))
