@@ -102,6 +102,30 @@ pub struct Detached {
     pub departed: Option<Departed>,
     /// The user is away now.
     pub away: bool,
+    /// A hand-off that waited for this connection to stop writing, and
+    /// the stream to send with it (`None`: none to hand over any more).
+    pub handoff: Option<(Handing, Option<Moved>)>,
+}
+
+/// Where a user's stream goes: the node that claimed the user, and its
+/// claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handing {
+    /// The node the user connected to anew.
+    pub to: NodeId,
+    /// Its claim on the user.
+    pub by: Epoch,
+}
+
+/// What [`UserClientRegistry::hand_off`] did with the user's stream.
+#[derive(Debug)]
+pub enum HandOff {
+    /// Took it out to hand over now (`None`: there is none).
+    Now(Option<Moved>),
+    /// It closed the user's connection here, which may still be writing a
+    /// batch: the stream goes when that connection leaves
+    /// ([`Detached::handoff`]), with its last writes counted in it.
+    Later,
 }
 
 /// What an attach gives the new connection.
@@ -172,6 +196,10 @@ struct State {
     /// Users claimed here whose stream another node is handing over:
     /// envelopes for them wait here until it arrives (or the wait ends).
     incoming: HashMap<Arc<str>, Incoming>,
+    /// Users whose stream is to be handed over once the connection the
+    /// hand-off closed has left: that connection, the fence's epoch, and
+    /// where the stream goes.
+    handing: HashMap<Arc<str>, (ConnId, Epoch, Handing)>,
 }
 
 /// Envelopes for a user whose stream is on its way from another node.
@@ -237,6 +265,7 @@ impl UserClientRegistry {
                 kept_bytes: 0,
                 moved: HashMap::new(),
                 incoming: HashMap::new(),
+                handing: HashMap::new(),
             }),
             resume,
             stats,
@@ -374,33 +403,59 @@ impl UserClientRegistry {
 
     /// [`UserClientRegistry::fence`] by a node where the user resumes: the
     /// user's stream, if its claim is `epoch` or older, is taken out to be
-    /// handed to that node rather than ended (nothing is answered here: it
-    /// goes on there), and what its old connections here could not write
-    /// is left to it. Returns whether a live connection was closed, and
-    /// the stream.
-    pub fn hand_off(&self, user: &str, epoch: Epoch, now: Instant) -> (bool, Option<Moved>) {
+    /// handed to that node (`to`) rather than ended (nothing is answered
+    /// here: it goes on there), and what its old connections here could
+    /// not write is left to it. When this closes the user's live
+    /// connection, the stream waits for that connection to leave: a batch
+    /// it is writing counts as written in the stream, not here as well.
+    /// Returns whether a live connection was closed, and the stream.
+    pub fn hand_off(&self, user: &str, epoch: Epoch, to: Handing, now: Instant) -> (bool, HandOff) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let closed = Self::fenced(state, user, epoch, now);
-        let movable = !state.users.contains_key(user)
-            && state
-                .streams
-                .get(user)
-                .is_some_and(|stream| stream.epoch <= epoch);
-        let moved = match state.streams.remove_entry(user).filter(|_| movable) {
-            Some((user, stream)) => {
-                state.kept_bytes -= stream.bytes();
-                let moved = stream.export();
-                state.moved.insert(user, (moved.mark(), now));
-                Some(moved)
+        if let Some((_, fenced, handing)) = state.handing.get_mut(user) {
+            // Still waiting for the connection: the newest claim gets it.
+            if epoch >= *fenced {
+                (*fenced, *handing) = (epoch, to);
             }
-            None => None,
+            return (false, HandOff::Later);
+        }
+        let movable = Self::movable(state, user, epoch);
+        if movable && let Some(entry) = closed {
+            state.handing.insert(user.into(), (entry.conn, epoch, to));
+            drop(guard);
+            entry.outbox.close(CloseReason::Replaced);
+            return (true, HandOff::Later);
+        }
+        let moved = if movable {
+            Self::export(state, user, now)
+        } else {
+            None
         };
         drop(guard);
         let closed = closed
             .map(|entry| entry.outbox.close(CloseReason::Replaced))
             .is_some();
-        (closed, moved)
+        (closed, HandOff::Now(moved))
+    }
+
+    /// Whether `user`'s stream can go to a node whose claim fenced
+    /// `epoch`: nobody is live here and the stream is that claim's or older.
+    fn movable(state: &State, user: &str, epoch: Epoch) -> bool {
+        !state.users.contains_key(user)
+            && state
+                .streams
+                .get(user)
+                .is_some_and(|stream| stream.epoch <= epoch)
+    }
+
+    /// Takes `user`'s stream out to hand over, remembering what it took.
+    fn export(state: &mut State, user: &str, now: Instant) -> Option<Moved> {
+        let (user, stream) = state.streams.remove_entry(user)?;
+        state.kept_bytes -= stream.bytes();
+        let moved = stream.export();
+        state.moved.insert(user, (moved.mark(), now));
+        Some(moved)
     }
 
     /// `user` was claimed here with `epoch` and its stream is on its way
@@ -669,6 +724,10 @@ impl UserClientRegistry {
         {
             state.users.remove(user);
         }
+        let handing = match state.handing.get(user) {
+            Some((waiting_for, _, _)) if *waiting_for == conn => state.handing.remove(user),
+            _ => None,
+        };
         let mut detached = Detached::default();
         let Some(stream) = state.streams.get_mut(user) else {
             // A stream that moved to another node took them along.
@@ -677,6 +736,7 @@ impl UserClientRegistry {
                 .into_iter()
                 .filter(|item| !moved.is_some_and(|(moved, _)| moved.took(item.seq)))
                 .collect();
+            detached.handoff = handing.map(|(_, _, to)| (to, None));
             return detached;
         };
         // What the stream still keeps is written again on resume.
@@ -685,6 +745,23 @@ impl UserClientRegistry {
             .into_iter()
             .filter(|item| !stream.takes_care_of(item.seq, live))
             .collect();
+        if let Some((_, epoch, to)) = handing {
+            // The connection the hand-off closed has stopped writing: the
+            // stream goes now, with its last writes counted in it.
+            let moved = if Self::movable(state, user, epoch) {
+                Self::export(state, user, now)
+            } else {
+                None
+            };
+            let stays = moved.is_none();
+            detached.handoff = Some((to, moved));
+            if !stays {
+                return detached;
+            }
+        }
+        let Some(stream) = state.streams.get_mut(user) else {
+            return detached;
+        };
         if state.users.contains_key(user) || stream.away.is_some() {
             return detached;
         }
@@ -1112,6 +1189,23 @@ mod tests {
         assert!(registry.contains("a"));
     }
 
+    fn to() -> Handing {
+        Handing {
+            to: "node-b".into(),
+            by: 4,
+        }
+    }
+
+    /// Hands `user`'s stream over, its connection closed and gone.
+    fn handed_off(registry: &UserClientRegistry, user: &str, epoch: Epoch, now: Instant) -> Moved {
+        assert!(matches!(
+            registry.hand_off(user, epoch, to(), now).1,
+            HandOff::Later
+        ));
+        let detached = registry.detach(user, epoch, Ending::Away, Vec::new(), now);
+        detached.handoff.unwrap().1.unwrap()
+    }
+
     #[test]
     fn a_stream_handed_to_another_node_leaves_nothing_to_answer_here() {
         let registry = UserClientRegistry::default();
@@ -1123,13 +1217,16 @@ mod tests {
         for _ in 0..2 {
             registry.deliver("bob", item(), Kind::Forwarded);
         }
-        let (closed, moved) = registry.hand_off("bob", 3, now);
+        let (closed, handoff) = registry.hand_off("bob", 3, to(), now);
         assert!(closed);
         assert_eq!(bob.outbox.closing(), Some(CloseReason::Replaced));
-        let moved = moved.expect("the stream moved");
-        assert_eq!(moved.kept.len(), 2);
-        assert_eq!(registry.kept_bytes(), 0);
-        // Its connection's queue went with it: nothing to answer (but the
+        // The connection may still be writing: the stream waits for it.
+        assert!(matches!(handoff, HandOff::Later));
+        assert!(matches!(
+            registry.deliver("bob", item(), Kind::Forwarded),
+            Delivery::Held
+        ));
+        // Its connection's queue goes with it: nothing to answer (but the
         // WELCOME, outside the stream).
         let left = bob.outbox.seal(CloseReason::Replaced);
         assert_eq!(left.len(), 3);
@@ -1137,6 +1234,10 @@ mod tests {
         let seqs: Vec<u64> = detached.undelivered.iter().map(|item| item.seq).collect();
         assert_eq!(seqs, [0]);
         assert!(detached.departed.is_none() && !detached.away);
+        let (handing, moved) = detached.handoff.expect("the stream goes now");
+        assert_eq!(handing, to());
+        assert_eq!(moved.expect("the stream moved").kept.len(), 3);
+        assert_eq!(registry.kept_bytes(), 0);
         assert!(matches!(
             registry.deliver("bob", item(), Kind::Forwarded),
             Delivery::NotFound(_)
@@ -1145,7 +1246,10 @@ mod tests {
         registry
             .insert("carol".into(), entry(9, 8), registry.grant())
             .unwrap();
-        assert!(registry.hand_off("carol", 8, now).1.is_none());
+        assert!(matches!(
+            registry.hand_off("carol", 8, to(), now).1,
+            HandOff::Now(None)
+        ));
     }
 
     #[test]
@@ -1156,7 +1260,7 @@ mod tests {
             .unwrap();
         there.deliver("bob", item(), Kind::Forwarded);
         let now = Instant::now();
-        let moved = there.hand_off("bob", 3, now).1.unwrap();
+        let moved = handed_off(&there, "bob", 3, now);
         let here = UserClientRegistry::default();
         here.expect("bob".into(), 4);
         assert!(matches!(
@@ -1186,7 +1290,7 @@ mod tests {
             .unwrap();
         there.deliver("bob", item(), Kind::Forwarded);
         let now = Instant::now();
-        let moved = there.hand_off("bob", 3, now).1.unwrap();
+        let moved = handed_off(&there, "bob", 3, now);
         let here = UserClientRegistry::default();
         here.expect("bob".into(), 4);
         here.deliver("bob", item(), Kind::Forwarded);

@@ -11,7 +11,7 @@ use super::envelope::{ErrorDetail, Inbound, error_frame};
 use super::hub::{HANDOFF_WAIT, Hub};
 use super::ids::{Epoch, NodeId};
 use super::outbox::{LocalSender, Origin, Queued};
-use super::registry::{Claim, Delivery, Kind};
+use super::registry::{Claim, Delivery, HandOff, Handing, Kind};
 use super::resume::Moved;
 use super::wire::ErrorType;
 
@@ -239,13 +239,28 @@ impl Hub {
     /// with it. Envelopes accepted here for the user and never written are
     /// settled through this node's books from then on (their fate comes
     /// back from `to`, like any envelope sent there). Answers at once, with
-    /// no stream, when there is none to hand over. Returns whether a live
-    /// connection was closed.
+    /// no stream, when there is none to hand over; when the user's live
+    /// connection here was closed, once that connection has left (see
+    /// [`Hub::send_stream`]). Returns whether a live connection was closed.
     pub fn hand_off(&self, user: &str, epoch: Epoch, to: &NodeId, by: Epoch) -> bool {
-        let (closed, moved) = self.registry().hand_off(user, epoch, self.clock().now());
+        let handing = Handing { to: to.clone(), by };
+        let (closed, handoff) =
+            self.registry()
+                .hand_off(user, epoch, handing.clone(), self.clock().now());
+        if let HandOff::Now(moved) = handoff {
+            self.send_stream(user, handing, moved);
+        }
+        closed
+    }
+
+    /// Sends `user`'s stream (`None`: there is none) to the node that
+    /// claimed the user.
+    pub fn send_stream(&self, user: &str, handing: Handing, moved: Option<Moved>) {
         let Some(cluster) = self.cluster() else {
-            return closed;
+            return;
         };
+        let Handing { to, by } = handing;
+        let to = &to;
         let here = cluster.node().clone();
         let target: Arc<str> = user.into();
         let stream = moved.map(|mut moved| {
@@ -297,7 +312,6 @@ impl Hub {
                 }
             }
         }
-        closed
     }
 
     /// Takes `user`'s stream over from `node`, where its claim `previous`

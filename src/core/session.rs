@@ -783,6 +783,9 @@ impl Session {
             hub.clock().now(),
         );
         hub.report_undelivered(detached.undelivered, &self.origin.user, &why);
+        if let Some((to, moved)) = detached.handoff {
+            hub.send_stream(&self.origin.user, to, moved);
+        }
         if detached.away {
             hub.stats().went_away.inc();
             self.claim_kept.store(true, Ordering::Relaxed);
