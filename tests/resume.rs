@@ -855,3 +855,96 @@ async fn in_a_cluster_a_full_stream_moves_in_one_message() {
     }
     assert!(told(&mut alice).await.is_empty(), "alice heard nothing");
 }
+
+/// A node's books for envelopes to its users: every one it accepted
+/// or received was written, answered, expired, or moved with a stream.
+fn books(stats: &Value) -> (u64, u64) {
+    let n = |k: &str| stats["counters"][k].as_u64().unwrap();
+    let r = |k: &str| stats["counters"]["remote"][k].as_u64().unwrap();
+    let e = |k: &str| stats["counters"]["resume"][k].as_u64().unwrap();
+    (
+        n("forwarded") + r("received"),
+        n("written")
+            + n("undelivered_reported")
+            + n("undelivered_unreported")
+            + e("expired")
+            + e("expired_unreported")
+            + e("moved")
+            + r("received_failed"),
+    )
+}
+
+#[tokio::test]
+async fn in_a_cluster_a_stream_handed_over_mid_write_is_counted_once() {
+    const BIG: u64 = 400;
+    let redis = common::redis::RedisServer::start();
+    let roomy = [
+        "--resume-buffer",
+        "4096",
+        "--resume-buffer-bytes",
+        "67108864",
+        "--queue-envelopes",
+        "4096",
+        "--queue-bytes",
+        "67108864",
+    ];
+    let nodes = two_nodes_with(&redis, &roomy).await;
+    let bob_token = nodes[0].register("bob").await;
+    let alice_token = nodes[0].register("alice").await;
+    let mut alice = Client::connect(&nodes[0].addrs, Kind::WebSocket, &alice_token).await;
+    alice.recv().await;
+    let ws = ws_connect(&nodes[0].addrs, &format!("?token={bob_token}"), &[])
+        .await
+        .expect("ws connects");
+    let (_bob_sink, mut old_bob) = ws.split();
+    old_bob.next().await.expect("WELCOME").unwrap();
+    // bob reads nothing more: once the sockets' buffers are full, node-0's
+    // writer waits in the middle of a batch.
+    let pad = "x".repeat(60_000);
+    for n in 0..BIG {
+        alice
+            .send_text(
+                &json!({"target": "bob", "type": "big", "payload": {"n": n, "pad": pad}})
+                    .to_string(),
+            )
+            .await;
+    }
+    let stats = |node: usize| get_json_at(&nodes[node].addrs, "/v1/stats");
+    within("node-0's writes stall", async {
+        loop {
+            let before = stats(0).await["counters"]["written"].clone();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = stats(0).await;
+            if after["counters"]["forwarded"] == BIG
+                && after["counters"]["written"] == before
+                && after["counters"]["written"].as_u64().unwrap() < BIG
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    // bob comes back on node 1; while node 1 waits for the stream, the old
+    // connection is read again and node-0's writer finishes.
+    let (addrs, token) = (nodes[1].addrs.clone(), bob_token.clone());
+    let again =
+        tokio::spawn(async move { connect(&addrs, Kind::WebSocket, &token, "&resume=0").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drained = tokio::spawn(async move { while let Some(Ok(_)) = old_bob.next().await {} });
+    let mut bob = within("bob connects to node 1", again).await.unwrap();
+    assert_eq!(bob.recv().await["type"], "WELCOME");
+    within("the old connection closes", drained).await.unwrap();
+    within("node 0 keeps nobody of bob's", async {
+        while stats(0).await["connections"] != 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let old = stats(0).await;
+    let (accepted, settled) = books(&old);
+    assert_eq!(
+        accepted, settled,
+        "node 0 counts each envelope once, written or moved: {old}"
+    );
+    assert_eq!(old["counters"]["resume"]["handed_off"], 1, "{old}");
+}
