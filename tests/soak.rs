@@ -606,6 +606,10 @@ impl Fleet {
             "100000",
             "--register-burst",
             "100000",
+            // Every client registers from 127.0.0.1, and a cluster counts
+            // identities per address across its nodes.
+            "--max-identities-per-ip",
+            "1000000",
         ]
         .map(str::to_owned)
         .to_vec();
