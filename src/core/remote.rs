@@ -340,6 +340,7 @@ impl Hub {
             hub: self,
             user,
             epoch,
+            reply: Some(rx),
             moved: None,
             failed: false,
         };
@@ -347,13 +348,15 @@ impl Hub {
             .fence(node, user, previous, epoch)
             .await
             .unwrap_or(false);
-        if heard {
-            match tokio::time::timeout(HANDOFF_WAIT, rx).await {
-                Ok(Ok(moved)) => waiting.moved = moved,
+        match waiting.reply.as_mut() {
+            Some(reply) if heard => match tokio::time::timeout(HANDOFF_WAIT, reply).await {
+                Ok(Ok(moved)) => {
+                    waiting.moved = moved;
+                    waiting.reply = None;
+                }
                 Ok(Err(_)) | Err(_) => waiting.failed = true,
-            }
-        } else {
-            waiting.failed = true;
+            },
+            _ => waiting.failed = true,
         }
         if waiting.failed {
             tracing::info!(%user, %node, "the user's previous node did not hand its stream over: a new stream");
@@ -436,6 +439,10 @@ struct Waiting<'a> {
     hub: &'a Hub,
     user: &'a Arc<str>,
     epoch: Epoch,
+    /// Where the stream arrives; closed when the wait ends, so a stream
+    /// sent just then is either still taken over or, arriving too late,
+    /// answered by [`Hub::handed_over`]: never dropped with the channel.
+    reply: Option<tokio::sync::oneshot::Receiver<Option<Moved>>>,
     moved: Option<Moved>,
     failed: bool,
 }
@@ -453,6 +460,13 @@ impl Drop for Waiting<'_> {
                 .is_some_and(|(epoch, _)| *epoch == self.epoch)
             {
                 handoffs.remove(self.user);
+            }
+        }
+        if let Some(mut reply) = self.reply.take() {
+            reply.close();
+            if let Ok(moved) = reply.try_recv() {
+                self.moved = moved;
+                self.failed = false;
             }
         }
         let received = self.moved.is_some();
