@@ -330,14 +330,17 @@ impl UserClientRegistry {
         if fenced || newer_here {
             return Err(CloseReason::Replaced);
         }
-        // A new stream resumes nothing, whatever the client asks for.
-        let (stream, resume) = match state.streams.entry(user.clone()) {
-            std::collections::hash_map::Entry::Occupied(live) => (live.into_mut(), resume),
+        let stream = match state.streams.entry(user.clone()) {
+            std::collections::hash_map::Entry::Occupied(live) => live.into_mut(),
             std::collections::hash_map::Entry::Vacant(none) => {
                 state.moved.remove(&user);
-                (none.insert(Stream::new(resume::session_id())), None)
+                none.insert(Stream::new(resume::session_id()))
             }
         };
+        // A new stream (or one started for envelopes that waited for a
+        // stream that never came) resumes nothing, whatever the client asks.
+        let resume = resume.filter(|_| !stream.fresh);
+        stream.fresh = false;
         let replacing = state.users.contains_key(&user);
         let (resumption, replay) = stream.resume(resume, replacing);
         stream.epoch = entry.epoch;
@@ -1305,5 +1308,38 @@ mod tests {
         );
         assert_eq!(here.kept("bob"), 0);
         assert_eq!(here.kept_bytes(), 0);
+    }
+
+    #[test]
+    fn a_stream_started_for_envelopes_that_waited_in_vain_resumes_nothing() {
+        let here = UserClientRegistry::default();
+        let now = Instant::now();
+        here.expect("bob".into(), 4);
+        for _ in 0..2 {
+            assert!(matches!(
+                here.deliver("bob", item(), Kind::Forwarded),
+                Delivery::Held
+            ));
+        }
+        // The old node never handed the stream over.
+        let taken = here.take_over("bob", 4, None, now);
+        assert!(!taken.installed && taken.undelivered.is_empty());
+        // The client's resume=1 names the old stream's numbering: this
+        // stream's 1 and 2 were never written, so both follow WELCOME.
+        let bob = entry(4, 8);
+        let attached = here
+            .attach("bob".into(), bob.clone(), here.grant(), Some(1), |_| {
+                Bytes::from_static(b"{}\n")
+            })
+            .unwrap();
+        assert!(!attached.resumption.resumed);
+        assert_eq!(attached.resumption.replayed, 2);
+        let seqs: Vec<u64> = bob
+            .outbox
+            .seal(CloseReason::Replaced)
+            .iter()
+            .map(|item| item.seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
     }
 }

@@ -139,6 +139,9 @@ pub struct Stream {
     /// it keeps the user's route to this node (in a cluster), so envelopes
     /// from other nodes come here to be held.
     pub epoch: Epoch,
+    /// No connection of the user has seen this stream yet: a client's
+    /// `resume=N` names another stream's numbering, so nothing is resumed.
+    pub fresh: bool,
 }
 
 /// What pushing an envelope into a stream did to the bounds.
@@ -164,6 +167,7 @@ impl Stream {
             covered_from: 1,
             away: None,
             epoch: 0,
+            fresh: true,
         }
     }
 
@@ -406,6 +410,7 @@ impl Stream {
             covered_from: next_seq,
             away: None,
             epoch: 0,
+            fresh: false,
         })
     }
 }
