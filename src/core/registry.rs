@@ -137,6 +137,10 @@ pub struct Attached {
     pub resumption: Resumption,
     /// The stream's highest written `seq`, raised by the session's writer.
     pub written: Arc<AtomicU64>,
+    /// Envelopes the client's `resume=N` proved written that were not
+    /// known to be (an old connection wrote them and died before saying
+    /// so, perhaps on another node): count them as written now.
+    pub proved: Vec<Queued>,
 }
 
 /// One row of the admin listing.
@@ -343,6 +347,10 @@ impl UserClientRegistry {
         stream.fresh = false;
         let replacing = state.users.contains_key(&user);
         let (resumption, replay) = stream.resume(resume, replacing);
+        let proved = match resume {
+            Some(n) if resumption.resumed => stream.prove_written(n),
+            _ => Vec::new(),
+        };
         stream.epoch = entry.epoch;
         let written = stream.written().clone();
         // Under the lock, so nothing new reaches the outbox before these.
@@ -357,6 +365,7 @@ impl UserClientRegistry {
             replaced: old,
             resumption,
             written,
+            proved,
         })
     }
 
@@ -972,6 +981,7 @@ fn unwritten(moved: &Moved) -> Vec<Queued> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::sync::atomic::Ordering;
     use std::net::Ipv4Addr;
 
     fn entry(conn: ConnId, capacity: usize) -> Entry {
@@ -1341,5 +1351,43 @@ mod tests {
             .map(|item| item.seq)
             .collect();
         assert_eq!(seqs, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_resume_on_the_new_node_proves_what_the_old_connection_wrote() {
+        let there = UserClientRegistry::default();
+        let now = Instant::now();
+        let bob = entry(3, 8);
+        there
+            .insert("bob".into(), bob.clone(), there.grant())
+            .unwrap();
+        for _ in 0..3 {
+            there.deliver("bob", item(), Kind::Forwarded);
+        }
+        // Its writer took WELCOME and 1..3; the client read 1 and 2, and
+        // the write failed as the connection died (nothing recorded).
+        let (batch, _) = futures::executor::block_on(bob.outbox.next_batch());
+        assert!(matches!(
+            there.hand_off("bob", 3, to(), now).1,
+            HandOff::Later
+        ));
+        let detached = there.detach("bob", 3, Ending::Away, batch.into(), now);
+        let moved = detached.handoff.unwrap().1.unwrap();
+        assert_eq!((moved.written, moved.kept.len()), (0, 3));
+        let here = UserClientRegistry::default();
+        here.expect("bob".into(), 4);
+        assert!(here.take_over("bob", 4, Some(moved), now).installed);
+        let attached = here
+            .attach("bob".into(), entry(4, 8), here.grant(), Some(2), |_| {
+                Bytes::from_static(b"{}\n")
+            })
+            .unwrap();
+        assert!(attached.resumption.resumed);
+        assert_eq!(attached.resumption.replayed, 1);
+        let proved: Vec<u64> = attached.proved.iter().map(|item| item.seq).collect();
+        assert_eq!(proved, [1, 2]);
+        assert_eq!(attached.written.load(Ordering::Relaxed), 2);
+        here.ack("bob", 2);
+        assert_eq!(here.kept("bob"), 1, "the ACK frees what the resume proved");
     }
 }

@@ -500,6 +500,7 @@ mod tests {
     struct Recorder {
         sent: Mutex<Vec<Outgoing>>,
         settled: Mutex<Vec<(NodeId, u64, Fate)>>,
+        handoffs: Mutex<Vec<(NodeId, Handoff)>>,
         down: std::sync::atomic::AtomicBool,
     }
 
@@ -539,6 +540,10 @@ mod tests {
             _: Epoch,
         ) -> ClusterFuture<'a, bool> {
             Box::pin(async { Ok(false) })
+        }
+        fn hand_off(&self, node: &NodeId, handoff: Handoff) -> Result<(), Handoff> {
+            self.handoffs.lock().unwrap().push((node.clone(), handoff));
+            Ok(())
         }
         fn release(&self, _: &str, _: Epoch) {}
         fn broadcast(&self, _: Broadcast) -> ClusterFuture<'_, ()> {
@@ -706,5 +711,52 @@ mod tests {
         assert_eq!((node, id), (from, 9));
         assert!(matches!(fate, Fate::Undelivered(_)));
         assert_eq!(hub.stats().remote_in_failed.get(), 1);
+    }
+
+    #[test]
+    fn a_resume_on_the_new_node_counts_and_settles_what_the_old_connection_wrote() {
+        let (hub, cluster) = clustered(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        for _ in 0..3 {
+            alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        }
+        // Bob's writer took 1..3 and the client read 1 and 2 as the
+        // connection died: nothing was recorded written.
+        let (batch, _) = futures::executor::block_on(bob.outbox().next_batch());
+        let there: NodeId = "there".into();
+        assert!(hub.hand_off("bob", bob.epoch(), &there, bob.epoch() + 1));
+        bob.report_unwritten(batch, "reset");
+        bob.leave();
+        let stats = hub.stats();
+        assert_eq!(stats.forwarded.get(), 3);
+        assert_eq!(stats.resume_moved.get(), 3);
+        let (to, handoff) = cluster.handoffs.lock().unwrap().pop().unwrap();
+        assert_eq!(to, there);
+        let moved = handoff.stream.unwrap();
+        assert_eq!((moved.written, moved.kept.len()), (0, 3));
+        // The new node: the client resumes after 2.
+        let (new_node, new_cluster) = clustered(Limits::default());
+        new_node.registry().expect("bob".into(), handoff.epoch);
+        assert!(
+            new_node
+                .registry()
+                .take_over("bob", handoff.epoch, Some(moved), new_node.clock().now())
+                .installed
+        );
+        let resumed = crate::core::testing::resume(&new_node, "bob", Some(2));
+        assert_eq!(new_node.stats().written.get(), 2, "proved by resume=2");
+        let (replay, _) = futures::executor::block_on(resumed.outbox().next_batch());
+        resumed.record_written(&replay);
+        assert_eq!(new_node.stats().written.get(), 3);
+        let fates = std::mem::take(&mut *new_cluster.settled.lock().unwrap());
+        assert_eq!(fates.len(), 3);
+        for (node, id, fate) in fates {
+            assert_eq!(fate, Fate::Written);
+            assert_eq!(&node, cluster.node());
+            hub.settled(id, fate);
+        }
+        assert_eq!(hub.in_flight(), 0, "every moved envelope settled written");
+        assert!(take(&alice).is_empty(), "nothing to answer");
     }
 }

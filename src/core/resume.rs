@@ -413,6 +413,20 @@ impl Stream {
             fresh: false,
         })
     }
+
+    /// The client resumed after `n`: every envelope up to `n` reached it,
+    /// whichever connection wrote it (an old one here, or one on the node
+    /// the stream came from). Raises the written mark to `n` and returns
+    /// the kept envelopes this raised it over, to count as written.
+    pub fn prove_written(&mut self, n: u64) -> Vec<Queued> {
+        let n = n.min(self.next_seq.saturating_sub(1));
+        let before = self.written.fetch_max(n, Ordering::Relaxed);
+        self.kept
+            .iter()
+            .filter(|kept| kept.seq > before && kept.seq <= n)
+            .map(Kept::queued)
+            .collect()
+    }
 }
 
 /// A stream taken apart to move to another node (see [`Stream::export`]).

@@ -230,6 +230,7 @@ impl Session {
             started,
         );
         session.written = attached.written;
+        session.record_proved(&attached.proved);
         Ok(session)
     }
 
@@ -717,6 +718,25 @@ impl Session {
         stats.batch_sizes.observe(batch.len() as f64);
         if let Some(cluster) = self.hub.cluster() {
             for item in batch.iter().filter(first) {
+                if let Some(Origin::Remote { node, id }) = &item.origin {
+                    cluster.settle(node, *id, Fate::Written);
+                }
+            }
+        }
+    }
+
+    /// Counts as written the envelopes the client's `resume=N` proved it
+    /// read although no writer recorded them (see
+    /// [`super::registry::Attached::proved`]), and settles them with their
+    /// senders' nodes.
+    fn record_proved(&self, proved: &[Queued]) {
+        if proved.is_empty() {
+            return;
+        }
+        let forwarded = proved.iter().filter(|item| item.accepted_at.is_some());
+        self.hub.stats().written.add(forwarded.count() as u64);
+        if let Some(cluster) = self.hub.cluster() {
+            for item in proved {
                 if let Some(Origin::Remote { node, id }) = &item.origin {
                     cluster.settle(node, *id, Fate::Written);
                 }
