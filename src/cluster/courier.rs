@@ -374,9 +374,10 @@ impl Courier {
                     tracing::debug!(target_user = %envelope.target, "no route: not connected anywhere");
                     self.hub.settled(envelope.id, Fate::NotFound);
                 }
-                // The route names this node, yet the user is not here: it
-                // left a moment ago (or is on its way in).
-                Some(node) if *node == here => self.hub.settled(envelope.id, Fate::NotHere),
+                // The route names this node, yet the user was not here when
+                // the envelope was sent: it is on its way in (its stream
+                // handed over), or left a moment ago.
+                Some(node) if *node == here => self.hub.routed_here(envelope.id),
                 // Without a lease at a look made just now, the node is gone
                 // (or cut off from Redis); otherwise the publish's receiver
                 // count tells.

@@ -115,6 +115,39 @@ impl Hub {
         self.answer_sender(&pending, error, message);
     }
 
+    /// The route of the envelope `id` this node sent names this node
+    /// itself: its target is on its way in here (its stream handed over),
+    /// or left a moment ago. Delivered here as if this node had received
+    /// it through the cluster (it waits for the stream, is held or
+    /// queued); only a target unknown here too is looked up again once,
+    /// then answered.
+    pub fn routed_here(&self, id: u64) {
+        let Some((pending, deadline)) = self.in_flight_envelopes().take(id) else {
+            self.stats().remote_late.inc();
+            return;
+        };
+        let item = Queued {
+            frame: pending.frame.clone(),
+            origin: Some(Origin::Local(pending.sender.clone())),
+            accepted_at: Some(self.clock().now()),
+            seq: 0,
+        };
+        let fate = match self.registry().deliver(&pending.target, item, Kind::Forwarded) {
+            Delivery::Queued | Delivery::Held => {
+                // Settled as written by this node's cluster books, and
+                // received by its own, like another node's envelope.
+                self.stats().remote_written.inc();
+                self.stats().remote_in.inc();
+                return;
+            }
+            Delivery::NotFound(_) => Fate::NotHere,
+            Delivery::HoldRefused(_) => Fate::NotFound,
+            Delivery::TargetSlow(_) => Fate::Slow,
+        };
+        self.in_flight_envelopes().restore(id, pending, deadline);
+        self.settled(id, fate);
+    }
+
     /// Answers every envelope sent to another node whose deadline has
     /// passed without word of its fate: `UNCONFIRMED`.
     pub fn expire_remote(&self) -> usize {
@@ -758,5 +791,40 @@ mod tests {
         }
         assert_eq!(hub.in_flight(), 0, "every moved envelope settled written");
         assert!(take(&alice).is_empty(), "nothing to answer");
+    }
+
+    #[test]
+    fn an_envelope_whose_fresh_route_names_this_node_waits_here_for_its_target() {
+        let (hub, cluster) = clustered(Limits::default());
+        let alice = connect(&hub, "alice");
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        let sent = cluster.sent.lock().unwrap().pop().unwrap();
+        // Bob connects here meanwhile, his stream on its way from his old
+        // node, which answers the envelope "not here" (handed over).
+        hub.registry().expect("bob".into(), 50);
+        hub.settled(sent.id, Fate::NotHere);
+        let again = cluster.sent.lock().unwrap().pop().unwrap();
+        assert!(again.fresh_route);
+        // The fresh route names this node.
+        hub.routed_here(again.id);
+        assert_eq!(hub.in_flight(), 0);
+        assert!(take(&alice).is_empty(), "not TARGET_NOT_FOUND");
+        hub.registry().take_over("bob", 50, None, hub.clock().now());
+        let bob = connect(&hub, "bob");
+        let got = take(&bob);
+        assert_eq!(got[0]["type"], "offer");
+        assert_eq!(got[0]["originator"], "alice");
+        let stats = hub.stats();
+        assert_eq!(stats.sent_remote.get(), 1);
+        assert_eq!(stats.remote_written.get(), 1);
+        assert_eq!(stats.remote_in.get(), 1);
+        // A target unknown here too is looked up once more, then answered.
+        alice.handle_frame(br#"{"target":"carol","type":"offer"}"#);
+        let first = cluster.sent.lock().unwrap().pop().unwrap();
+        hub.routed_here(first.id);
+        let again = cluster.sent.lock().unwrap().pop().unwrap();
+        hub.routed_here(again.id);
+        assert_eq!(take(&alice)[0]["type"], "TARGET_NOT_FOUND");
+        assert_eq!(stats.remote_failed.get(), 1);
     }
 }
