@@ -514,6 +514,8 @@ impl UserClientRegistry {
     ) -> TakenOver {
         let mut guard = self.lock();
         let state = &mut *guard;
+        // A kick or the deletion of identities meanwhile ended the wait.
+        let ended = !state.incoming.contains_key(user);
         let parked = match state.incoming.get(user) {
             Some(incoming) if incoming.epoch == epoch => state
                 .incoming
@@ -522,10 +524,11 @@ impl UserClientRegistry {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        let superseded = state
-            .fences
-            .get(user)
-            .is_some_and(|(fence, _)| *fence >= epoch)
+        let superseded = ended
+            || state
+                .fences
+                .get(user)
+                .is_some_and(|(fence, _)| *fence >= epoch)
             || state.users.get(user).is_some_and(|live| live.epoch > epoch);
         let mut taken = TakenOver::default();
         let imported = match moved {
@@ -806,6 +809,25 @@ impl UserClientRegistry {
         })
     }
 
+    /// Ends the wait for a user's stream on its way here (the user is
+    /// gone): what waited for it is answered with `departed`'s envelopes,
+    /// and the stream is not taken over when it comes.
+    fn stop_waiting(
+        departed: Option<Departed>,
+        user: &str,
+        why: Gone,
+        incoming: Incoming,
+    ) -> Departed {
+        let mut departed = departed.unwrap_or_else(|| Departed {
+            user: user.into(),
+            why,
+            unwritten: Vec::new(),
+            claim: None,
+        });
+        departed.unwritten.extend(incoming.parked);
+        departed
+    }
+
     /// Ends the streams of users away past their window by `now`.
     pub fn expire_away(&self, now: Instant) -> Vec<Departed> {
         let mut guard = self.lock();
@@ -869,6 +891,9 @@ impl UserClientRegistry {
                 departed.extend(self.end_stream(state, &user, why));
             }
             state.away.clear();
+            for (user, incoming) in state.incoming.drain() {
+                departed.push(Self::stop_waiting(None, &user, why, incoming));
+            }
         }
         drop(guard);
         for entry in &drained {
@@ -885,7 +910,10 @@ impl UserClientRegistry {
         let mut guard = self.lock();
         let state = &mut *guard;
         let entry = state.users.remove(user);
-        let departed = self.end_stream(state, user, Gone::Kicked);
+        let mut departed = self.end_stream(state, user, Gone::Kicked);
+        if let Some(incoming) = state.incoming.remove(user) {
+            departed = Some(Self::stop_waiting(departed, user, Gone::Kicked, incoming));
+        }
         drop(guard);
         let found = entry.is_some() || departed.is_some();
         if let Some(entry) = entry {
@@ -1389,5 +1417,41 @@ mod tests {
         assert_eq!(attached.written.load(Ordering::Relaxed), 2);
         here.ack("bob", 2);
         assert_eq!(here.kept("bob"), 1, "the ACK frees what the resume proved");
+    }
+
+    #[test]
+    fn a_kick_or_deletion_during_a_hand_off_ends_it() {
+        let there = UserClientRegistry::default();
+        let now = Instant::now();
+        for (user, conn) in [("bob", 3), ("carol", 5)] {
+            there
+                .insert(user.into(), entry(conn, 8), there.grant())
+                .unwrap();
+            there.deliver(user, item(), Kind::Forwarded);
+        }
+        let bob = handed_off(&there, "bob", 3, now);
+        let carol = handed_off(&there, "carol", 5, now);
+        let here = UserClientRegistry::default();
+        here.expect("bob".into(), 4);
+        here.expect("carol".into(), 6);
+        for user in ["bob", "carol"] {
+            assert!(matches!(
+                here.deliver(user, item(), Kind::Forwarded),
+                Delivery::Held
+            ));
+        }
+        let (found, departed) = here.kick("bob");
+        assert!(found);
+        let departed = departed.expect("what waited for bob is answered");
+        assert_eq!((departed.unwritten.len(), departed.why), (1, Gone::Kicked));
+        let taken = here.take_over("bob", 4, Some(bob), now);
+        assert!(!taken.installed);
+        assert_eq!(taken.undelivered.len(), 1, "what the stream held, answered");
+        let (_, departed) = here.revoke_all();
+        assert_eq!(departed.len(), 1);
+        assert_eq!(departed[0].unwritten.len(), 1);
+        let taken = here.take_over("carol", 6, Some(carol), now);
+        assert!(!taken.installed && taken.undelivered.len() == 1);
+        assert_eq!((here.kept("bob"), here.kept("carol"), here.away()), (0, 0, 0));
     }
 }
