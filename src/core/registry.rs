@@ -1009,8 +1009,8 @@ fn unwritten(moved: &Moved) -> Vec<Queued> {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use std::sync::atomic::Ordering;
     use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering;
 
     fn entry(conn: ConnId, capacity: usize) -> Entry {
         Entry {
@@ -1452,6 +1452,9 @@ mod tests {
         assert_eq!(departed[0].unwritten.len(), 1);
         let taken = here.take_over("carol", 6, Some(carol), now);
         assert!(!taken.installed && taken.undelivered.len() == 1);
-        assert_eq!((here.kept("bob"), here.kept("carol"), here.away()), (0, 0, 0));
+        assert_eq!(
+            (here.kept("bob"), here.kept("carol"), here.away()),
+            (0, 0, 0)
+        );
     }
 }

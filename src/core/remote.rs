@@ -132,7 +132,10 @@ impl Hub {
             accepted_at: Some(self.clock().now()),
             seq: 0,
         };
-        let fate = match self.registry().deliver(&pending.target, item, Kind::Forwarded) {
+        let fate = match self
+            .registry()
+            .deliver(&pending.target, item, Kind::Forwarded)
+        {
             Delivery::Queued | Delivery::Held => {
                 // Settled as written by this node's cluster books, and
                 // received by its own, like another node's envelope.
@@ -506,6 +509,11 @@ impl Drop for Waiting<'_> {
         let taken =
             hub.registry()
                 .take_over(self.user, self.epoch, self.moved.take(), hub.clock().now());
+        if taken.installed {
+            // The user's rooms follow its stream now, not when (or if) its
+            // connection attaches: room copies come here to be held.
+            hub.user_attached(self.user, self.epoch);
+        }
         if self.failed || (received && !taken.installed) {
             hub.stats().handoff_failed.inc();
         }
@@ -523,6 +531,7 @@ mod tests {
     use crate::core::cluster::{
         Cluster, ClusterClaim, ClusterError, ClusterFuture, ClusterUser, NodeInfo,
     };
+    use crate::core::rooms::RoomChange;
     use crate::core::testing::{connect, hub_at, take};
     use crate::core::transport::Transport;
     use std::time::Duration;
@@ -534,6 +543,7 @@ mod tests {
         sent: Mutex<Vec<Outgoing>>,
         settled: Mutex<Vec<(NodeId, u64, Fate)>>,
         handoffs: Mutex<Vec<(NodeId, Handoff)>>,
+        rooms: Mutex<Vec<RoomChange>>,
         down: std::sync::atomic::AtomicBool,
     }
 
@@ -576,6 +586,10 @@ mod tests {
         }
         fn hand_off(&self, node: &NodeId, handoff: Handoff) -> Result<(), Handoff> {
             self.handoffs.lock().unwrap().push((node.clone(), handoff));
+            Ok(())
+        }
+        fn change_rooms(&self, change: RoomChange) -> Result<(), RoomChange> {
+            self.rooms.lock().unwrap().push(change);
             Ok(())
         }
         fn release(&self, _: &str, _: Epoch) {}
@@ -826,5 +840,28 @@ mod tests {
         hub.routed_here(again.id);
         assert_eq!(take(&alice)[0]["type"], "TARGET_NOT_FOUND");
         assert_eq!(stats.remote_failed.get(), 1);
+    }
+
+    #[test]
+    fn a_stream_taken_over_brings_its_users_rooms_before_its_connection_attaches() {
+        let (hub, cluster) = clustered(Limits::default());
+        let bob: Arc<str> = "bob".into();
+        hub.rooms()
+            .apply_join("r", &bob, Some("there".into()), |_, _| ());
+        hub.registry().expect(bob.clone(), 7);
+        drop(Waiting {
+            hub: &hub,
+            user: &bob,
+            epoch: 7,
+            reply: None,
+            moved: Some(crate::core::resume::Stream::new("s".into()).export()),
+            failed: false,
+        });
+        assert_eq!(hub.registry().away(), 1, "installed, no connection yet");
+        let changes = cluster.rooms.lock().unwrap();
+        assert!(
+            matches!(&changes[..], [RoomChange::Adopt { user, epoch: 7 }] if **user == *"bob"),
+            "{changes:?}"
+        );
     }
 }

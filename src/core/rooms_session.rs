@@ -262,8 +262,13 @@ impl Session {
                         stats.room_fanout.inc();
                         stats.held.inc();
                     }
-                    // Gone a moment ago: its departure is on its way.
-                    Delivery::NotFound(_) => {}
+                    // Gone a moment ago (its departure is on its way), or
+                    // its stream moved to another node (its rooms follow):
+                    // counted, never dropped silently.
+                    Delivery::NotFound(_) => {
+                        stats.forwarded.inc();
+                        stats.undelivered_unreported.inc();
+                    }
                     Delivery::HoldRefused(_) => {
                         stats.hold_refused.inc();
                         slow.push((member.user.clone(), false));
@@ -541,7 +546,12 @@ impl Hub {
                         stats.room_fanout.inc();
                         stats.held.inc();
                     }
-                    _ => {}
+                    // Gone, refused or slow: its sender is on another node
+                    // and not told, but the copy is counted.
+                    Delivery::NotFound(_) | Delivery::HoldRefused(_) | Delivery::TargetSlow(_) => {
+                        stats.forwarded.inc();
+                        stats.undelivered_unreported.inc();
+                    }
                 }
             }
         });
@@ -778,5 +788,28 @@ mod tests {
         }
         assert_eq!(types(&take(&users[0])), ["RATE_LIMITED"]);
         assert_eq!(take(&users[1]).len(), 2);
+    }
+
+    #[test]
+    fn a_room_copy_for_a_member_without_a_stream_here_is_counted() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        join(&alice, "r");
+        join(&bob, "r");
+        take(&alice);
+        take(&bob);
+        // Bob's stream left this node (handed over, say); his membership
+        // here has not moved yet.
+        hub.registry().kick("bob");
+        hub.rooms()
+            .apply_join("r", &"carol".into(), Some("there".into()), |_, _| ());
+        let stats = hub.stats();
+        let before = (stats.forwarded.get(), stats.undelivered_unreported.get());
+        alice.handle_text(r#"{"room":"r","type":"chat"}"#);
+        hub.deliver_room_remote("r", "carol", Bytes::from_static(b"{}\n"));
+        let after = (stats.forwarded.get(), stats.undelivered_unreported.get());
+        assert_eq!(after.1 - before.1, 2, "one copy each way, counted");
+        assert!(after.0 - before.0 >= 2);
     }
 }
