@@ -538,11 +538,26 @@ impl UserClientRegistry {
             }
             Some(moved) => {
                 let unwritten = unwritten(&moved);
-                let imported = Stream::import(moved);
-                if imported.is_none() {
-                    taken.undelivered = unwritten;
+                match Stream::import(moved) {
+                    Some(mut stream) => match stream.trim(&self.resume) {
+                        Some(dropped)
+                            if state.kept_bytes + stream.bytes() <= self.resume.memory =>
+                        {
+                            self.stats.resume_dropped.add(dropped as u64);
+                            Some(stream)
+                        }
+                        // Over this node's bounds with envelopes never
+                        // written: answered, as a hold over them is.
+                        _ => {
+                            taken.undelivered = self.end_refused(stream, now);
+                            None
+                        }
+                    },
+                    None => {
+                        taken.undelivered = unwritten;
+                        None
+                    }
                 }
-                imported
             }
             None => None,
         };
@@ -571,6 +586,9 @@ impl UserClientRegistry {
             }
             let (_, pushed) = stream.push(item, &self.resume, true);
             state.kept_bytes = state.kept_bytes.saturating_add_signed(pushed.bytes);
+            if pushed.dropped > 0 {
+                self.stats.resume_dropped.add(pushed.dropped as u64);
+            }
         }
         if fresh {
             state.moved.remove(&user);
@@ -591,9 +609,16 @@ impl UserClientRegistry {
     /// acknowledged is counted lost.
     pub fn discard(&self, moved: Moved, now: Instant) -> Vec<Queued> {
         let unwritten = unwritten(&moved);
-        let Some(mut stream) = Stream::import(moved) else {
-            return unwritten;
-        };
+        match Stream::import(moved) {
+            Some(stream) => self.end_refused(stream, now),
+            None => unwritten,
+        }
+    }
+
+    /// Ends a handed-over stream that is not taken over: returns what it
+    /// held never written; what was written and never acknowledged is
+    /// counted lost.
+    fn end_refused(&self, mut stream: Stream, now: Instant) -> Vec<Queued> {
         stream.away = Some((now, 0));
         let (unwritten, lost, _) = stream.end();
         self.stats.resume_lost.add(lost as u64);
@@ -1456,5 +1481,44 @@ mod tests {
             (here.kept("bob"), here.kept("carol"), here.away()),
             (0, 0, 0)
         );
+    }
+
+    #[test]
+    fn a_handed_over_stream_keeps_to_this_nodes_bounds() {
+        let there = UserClientRegistry::default();
+        let now = Instant::now();
+        there
+            .insert("bob".into(), entry(3, 8), there.grant())
+            .unwrap();
+        for _ in 0..3 {
+            there.deliver("bob", item(), Kind::Forwarded);
+        }
+        let moved = handed_off(&there, "bob", 3, now);
+        let small = |buffer, memory| {
+            UserClientRegistry::new(
+                ResumeLimits {
+                    buffer,
+                    memory,
+                    ..ResumeLimits::default()
+                },
+                Arc::default(),
+            )
+        };
+        let here = small(2, 1 << 20);
+        here.expect("bob".into(), 4);
+        let taken = here.take_over("bob", 4, Some(moved), now);
+        assert!(!taken.installed, "three never written, two allowed");
+        assert_eq!(taken.undelivered.len(), 3);
+        assert_eq!(here.kept_bytes(), 0);
+        there
+            .insert("carol".into(), entry(5, 8), there.grant())
+            .unwrap();
+        there.deliver("carol", item(), Kind::Forwarded);
+        let moved = handed_off(&there, "carol", 5, now);
+        let here = small(8, 1);
+        here.expect("carol".into(), 6);
+        let taken = here.take_over("carol", 6, Some(moved), now);
+        assert!(!taken.installed, "over --resume-memory");
+        assert_eq!(taken.undelivered.len(), 1);
     }
 }

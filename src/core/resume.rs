@@ -382,9 +382,12 @@ impl Stream {
             written,
             kept,
         } = moved;
-        let contiguous = kept.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
+        let contiguous = kept
+            .windows(2)
+            .all(|pair| pair[0].seq.checked_add(1) == Some(pair[1].seq));
         let below = kept.last().is_none_or(|last| last.seq < next_seq);
         if next_seq == 0
+            || next_seq > MAX_SEQ
             || !contiguous
             || !below
             || kept.first().is_some_and(|first| first.seq == 0)
@@ -414,6 +417,26 @@ impl Stream {
         })
     }
 
+    /// Drops the oldest envelopes already written while the stream is over
+    /// `limits` (another node's bounds may be larger than this one's).
+    /// Returns how many it dropped, or `None` when what is left, never
+    /// written, is still over them.
+    pub fn trim(&mut self, limits: &ResumeLimits) -> Option<usize> {
+        let written = self.written.load(Ordering::Relaxed);
+        let mut dropped = 0;
+        while self.kept.len() > limits.buffer || self.bytes > limits.buffer_bytes {
+            match self.kept.front() {
+                Some(oldest) if oldest.seq <= written => {
+                    self.bytes -= oldest.frame.len();
+                    self.kept.pop_front();
+                    dropped += 1;
+                }
+                _ => return None,
+            }
+        }
+        Some(dropped)
+    }
+
     /// The client resumed after `n`: every envelope up to `n` reached it,
     /// whichever connection wrote it (an old one here, or one on the node
     /// the stream came from). Raises the written mark to `n` and returns
@@ -428,6 +451,11 @@ impl Stream {
             .collect()
     }
 }
+
+/// The highest `seq` a stream handed over from another node may have
+/// reached: the largest integer a JavaScript client reads exactly, far
+/// beyond what a stream numbers in its life.
+pub const MAX_SEQ: u64 = 1 << 53;
 
 /// A stream taken apart to move to another node (see [`Stream::export`]).
 #[derive(Debug)]
@@ -698,5 +726,42 @@ mod tests {
                 .collect(),
         };
         assert!(Stream::import(beyond).is_none(), "numbered past next_seq");
+    }
+
+    #[test]
+    fn a_moved_stream_with_absurd_numbers_is_refused_without_panicking() {
+        let numbered = |seqs: &[u64]| -> Vec<Queued> {
+            seqs.iter()
+                .map(|&seq| {
+                    let mut item = item("x");
+                    item.seq = seq;
+                    item
+                })
+                .collect()
+        };
+        let moved = |next_seq, kept| Moved {
+            session: "s".into(),
+            next_seq,
+            acked: 0,
+            written: 0,
+            kept,
+        };
+        assert!(Stream::import(moved(u64::MAX, numbered(&[u64::MAX, 1]))).is_none());
+        assert!(Stream::import(moved(u64::MAX, numbered(&[u64::MAX - 1]))).is_none());
+        assert!(Stream::import(moved(u64::MAX, Vec::new())).is_none());
+        assert!(Stream::import(moved(MAX_SEQ, numbered(&[MAX_SEQ - 1]))).is_some());
+    }
+
+    #[test]
+    fn a_moved_stream_is_trimmed_to_this_nodes_bounds_but_never_of_what_was_not_written() {
+        let mut stream = Stream::new("s".into());
+        for _ in 0..4 {
+            stream.push(item("x"), &limits(8), true);
+        }
+        stream.written().store(2, Ordering::Relaxed);
+        let mut there = Stream::import(stream.export()).unwrap();
+        assert_eq!(there.trim(&limits(2)), Some(2));
+        assert_eq!(there.len(), 2);
+        assert_eq!(there.trim(&limits(1)), None, "3 and 4 were never written");
     }
 }
