@@ -293,12 +293,21 @@ impl InFlight {
 
     /// Remembers an envelope about to be sent; returns its id.
     pub fn insert(&self, pending: Pending) -> u64 {
-        let deadline = self.clock.now() + self.timeout;
+        self.insert_later(pending, Duration::ZERO)
+    }
+
+    /// [`InFlight::insert`] for an envelope whose fate may take `extra`
+    /// longer than the timeout to come back (one held in a stream handed to
+    /// another node waits out the user's resume window there first).
+    pub fn insert_later(&self, pending: Pending, extra: Duration) -> u64 {
+        let deadline = self.clock.now() + self.timeout + extra;
         let mut book = self.lock();
         book.next_id += 1;
         let id = book.next_id;
         book.pending.insert(id, (pending, deadline));
-        book.deadlines.push_back((deadline, id));
+        // Deadlines stay sorted: nearly always at the end.
+        let at = book.deadlines.partition_point(|(at, _)| *at <= deadline);
+        book.deadlines.insert(at, (deadline, id));
         id
     }
 

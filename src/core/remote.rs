@@ -303,13 +303,18 @@ impl Hub {
             let written = moved.written;
             for item in moved.kept.iter_mut().filter(|item| item.seq > written) {
                 if let Some(Origin::Local(sender)) = &item.origin {
-                    let id = self.in_flight_envelopes().insert(Pending {
+                    // Held there for the user's window before its fate
+                    // comes back: EXPIRED must come before UNCONFIRMED.
+                    let pending = Pending {
                         sender: sender.clone(),
                         target: target.clone(),
                         frame: item.frame.clone(),
                         retried: true,
                         moved: true,
-                    });
+                    };
+                    let id = self
+                        .in_flight_envelopes()
+                        .insert_later(pending, self.limits().resume_window);
                     item.origin = Some(Origin::Remote {
                         node: here.clone(),
                         id,
@@ -863,5 +868,30 @@ mod tests {
             matches!(&changes[..], [RoomChange::Adopt { user, epoch: 7 }] if **user == *"bob"),
             "{changes:?}"
         );
+    }
+
+    #[test]
+    fn a_moved_envelope_waits_out_the_users_window_before_it_is_unconfirmed() {
+        let manual = ManualClock::new();
+        let limits = Limits {
+            delivery_timeout: Duration::from_secs(5),
+            resume_window: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let (hub, _cluster) = clustered_at(limits, manual.clock());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        assert!(hub.hand_off("bob", bob.epoch(), &"there".into(), bob.epoch() + 1));
+        bob.leave();
+        assert_eq!(hub.in_flight(), 1);
+        // An envelope sent afterwards keeps the usual deadline.
+        alice.handle_frame(br#"{"target":"carol","type":"offer"}"#);
+        manual.advance(Duration::from_secs(5));
+        assert_eq!(hub.expire_remote(), 1, "carol's, not bob's");
+        manual.advance(Duration::from_millis(9999));
+        assert_eq!(hub.expire_remote(), 0, "bob's may still expire there");
+        manual.advance(Duration::from_millis(1));
+        assert_eq!(hub.expire_remote(), 1);
     }
 }
