@@ -185,6 +185,12 @@ limit_args! {
     #[arg(long, env = "SIGNAL_RESUME_MEMORY", default_value_t = resume::DEFAULT_RESUME_MEMORY, value_parser = nonzero_usize, help_heading = "Resume")]
     resume_memory: usize => resume_memory,
 
+    /// In a cluster, how long a node where a user connects waits for the
+    /// user's stream from the node it was on before WELCOME; a node that
+    /// has not handed it over by then leaves the user a new stream.
+    #[arg(long, env = "SIGNAL_HANDOFF_WAIT", default_value = "1s", value_parser = nonzero_duration, help_heading = "Resume")]
+    handoff_wait: Duration => handoff_wait,
+
     /// Most members one room holds; a JOIN past it is answered ROOM_FULL.
     #[arg(long, env = "SIGNAL_MAX_ROOM_MEMBERS", default_value_t = rooms::DEFAULT_MAX_ROOM_MEMBERS, value_parser = nonzero_usize, help_heading = "Rooms")]
     max_room_members: usize => max_room_members,

@@ -39,8 +39,9 @@ const FENCE_MEMORY: Duration = Duration::from_secs(120);
 /// another node waits for that node to hand the user's stream over before
 /// its `WELCOME`: a live node answers within a round trip through Redis
 /// (milliseconds); one that has not answered by then is taken as dead, and
-/// the connection starts a new stream (`resumed: false`, counted).
-pub const HANDOFF_WAIT: Duration = Duration::from_secs(1);
+/// the connection starts a new stream (`resumed: false`, counted). The
+/// default of `--handoff-wait`.
+pub const DEFAULT_HANDOFF_WAIT: Duration = Duration::from_secs(1);
 
 /// Why an admin action failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -380,7 +381,7 @@ impl Hub {
     /// cluster with an epoch allocated cluster-wide, which fences the user's
     /// previous connection wherever it is. When that is another node, the
     /// user's stream there is taken over first (waiting at most
-    /// [`HANDOFF_WAIT`]), so the connection resumes it. Refused when the
+    /// `--handoff-wait`), so the connection resumes it. Refused when the
     /// cluster's shared state cannot be reached.
     pub async fn claim(
         self: &Arc<Self>,

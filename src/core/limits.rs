@@ -155,6 +155,8 @@ pub struct Limits {
     pub resume_buffer_bytes: usize,
     /// See [`resume::DEFAULT_RESUME_MEMORY`].
     pub resume_memory: usize,
+    /// See [`super::hub::DEFAULT_HANDOFF_WAIT`].
+    pub handoff_wait: Duration,
     /// See [`super::rooms::DEFAULT_MAX_ROOM_MEMBERS`].
     pub max_room_members: usize,
     /// See [`super::rooms::DEFAULT_MAX_ROOMS_PER_USER`].
@@ -213,6 +215,7 @@ impl Default for Limits {
             resume_buffer: resume::DEFAULT_RESUME_BUFFER,
             resume_buffer_bytes: resume::DEFAULT_RESUME_BUFFER_BYTES,
             resume_memory: resume::DEFAULT_RESUME_MEMORY,
+            handoff_wait: super::hub::DEFAULT_HANDOFF_WAIT,
             max_room_members: super::rooms::DEFAULT_MAX_ROOM_MEMBERS,
             max_rooms_per_user: super::rooms::DEFAULT_MAX_ROOMS_PER_USER,
             rooms: RoomPolicy::Any,

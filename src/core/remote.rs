@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::cluster::{Broadcast, Cluster, Fate, Handoff, Outgoing, Pending};
 use super::envelope::{ErrorDetail, Inbound, error_frame};
-use super::hub::{HANDOFF_WAIT, Hub};
+use super::hub::Hub;
 use super::ids::{Epoch, NodeId};
 use super::outbox::{LocalSender, Origin, Queued};
 use super::registry::{Claim, Delivery, HandOff, Handing, Kind};
@@ -357,7 +357,7 @@ impl Hub {
 
     /// Takes `user`'s stream over from `node`, where its claim `previous`
     /// is superseded by this node's claim `epoch`: fences it there and
-    /// waits (at most [`HANDOFF_WAIT`]) for the stream, which then
+    /// waits (at most `--handoff-wait`) for the stream, which then
     /// continues here. Envelopes for the user meanwhile wait for it. A node
     /// that is gone or does not answer in time leaves the user to start a
     /// new stream here, counted.
@@ -390,13 +390,15 @@ impl Hub {
             .await
             .unwrap_or(false);
         match waiting.reply.as_mut() {
-            Some(reply) if heard => match tokio::time::timeout(HANDOFF_WAIT, reply).await {
-                Ok(Ok(moved)) => {
-                    waiting.moved = moved;
-                    waiting.reply = None;
+            Some(reply) if heard => {
+                match tokio::time::timeout(self.limits().handoff_wait, reply).await {
+                    Ok(Ok(moved)) => {
+                        waiting.moved = moved;
+                        waiting.reply = None;
+                    }
+                    Ok(Err(_)) | Err(_) => waiting.failed = true,
                 }
-                Ok(Err(_)) | Err(_) => waiting.failed = true,
-            },
+            }
             _ => waiting.failed = true,
         }
         if waiting.failed {
