@@ -503,14 +503,19 @@ impl MovedMark {
 
 /// `frame` (a JSON object ending in `}\n`) with `"seq": seq` as its last
 /// field. In place when the frame is this one's alone and has room (the
-/// envelope builders leave [`SEQ_ROOM`] bytes spare), else in a copy.
+/// envelope builders leave [`SEQ_ROOM`] bytes spare), else in a copy made
+/// with that room (a room envelope, shared by its members).
 pub fn stamp(frame: Bytes, seq: u64) -> Bytes {
     if !frame.ends_with(b"}\n") {
         return frame;
     }
     let mut out = match frame.try_into_mut() {
         Ok(own) => own,
-        Err(shared) => bytes::BytesMut::from(&shared[..]),
+        Err(shared) => {
+            let mut copy = bytes::BytesMut::with_capacity(shared.len() + SEQ_ROOM);
+            copy.extend_from_slice(&shared);
+            copy
+        }
     };
     out.truncate(out.len() - 2);
     // Digits by hand: `fmt` costs more than the rest of the stamp.
@@ -578,6 +583,15 @@ mod tests {
         let stamped = stamp(frame, u64::MAX);
         assert_eq!(stamped.as_ptr(), at, "no copy");
         assert!(stamped.ends_with(b",\"seq\":18446744073709551615}\n"));
+    }
+
+    #[test]
+    fn a_shared_frame_is_stamped_in_a_copy_and_left_as_it_was() {
+        let frame = Bytes::from_static(b"{\"type\":\"x\"}\n");
+        let member = frame.clone();
+        let stamped = stamp(member, 7);
+        assert_eq!(&stamped[..], b"{\"type\":\"x\",\"seq\":7}\n");
+        assert_eq!(&frame[..], b"{\"type\":\"x\"}\n");
     }
 
     #[test]
