@@ -27,6 +27,9 @@ pub const DEFAULT_RESUME_BUFFER: usize = 256;
 /// `--queue-bytes`: what a connection may have queued it may also have in
 /// flight).
 pub const DEFAULT_RESUME_BUFFER_BYTES: usize = 1024 * 1024;
+/// Envelopes a stream makes room for when it starts keeping again: what
+/// `client.js` receives between two `ACK`s (it acknowledges every 32).
+const KEPT_AT_FIRST: usize = 32;
 /// How long a user whose connection died stays *away* (its envelopes held)
 /// before it is gone: long enough for a network switch or a fallback from
 /// WebTransport to WebSocket, short enough that a sender learns soon
@@ -249,6 +252,12 @@ impl Stream {
             return (stamped, pushed);
         }
         let len = stamped.frame.len();
+        if self.kept.capacity() == 0 {
+            // Room for what a client keeps unacknowledged between two
+            // `ACK`s at once, rather than growing to it step by step after
+            // every `ACK` that freed everything.
+            self.kept.reserve_exact(KEPT_AT_FIRST.min(limits.buffer));
+        }
         self.kept.push_back(Kept {
             seq,
             frame: stamped.frame.clone(),
@@ -592,6 +601,26 @@ mod tests {
         let stamped = stamp(member, 7);
         assert_eq!(&stamped[..], b"{\"type\":\"x\",\"seq\":7}\n");
         assert_eq!(&frame[..], b"{\"type\":\"x\"}\n");
+    }
+
+    #[test]
+    fn a_stream_makes_room_at_once_and_gives_it_back_when_all_is_acknowledged() {
+        let mut stream = Stream::new("s".into());
+        stream.push(item("x"), &limits(256), true);
+        assert!(stream.kept.capacity() >= KEPT_AT_FIRST);
+        stream.written().store(1, Ordering::Relaxed);
+        stream.ack(1);
+        assert_eq!(
+            stream.kept.capacity(),
+            0,
+            "an idle user keeps no allocation"
+        );
+        let mut small = Stream::new("s".into());
+        small.push(item("x"), &limits(4), true);
+        assert!(
+            small.kept.capacity() < KEPT_AT_FIRST,
+            "never beyond the buffer"
+        );
     }
 
     #[test]
