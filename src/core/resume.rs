@@ -527,23 +527,28 @@ pub fn stamp(frame: Bytes, seq: u64) -> Bytes {
         }
     };
     out.truncate(out.len() - 2);
-    // Digits by hand: `fmt` costs more than the rest of the stamp.
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+    // The whole tail written back to front in one go, digits by hand:
+    // `fmt` costs more than the rest of the stamp.
+    let mut tail = [0u8; SEQ_FIELD.len() + 20 + 2];
+    let mut at = tail.len() - 2;
+    tail[at..].copy_from_slice(b"}\n");
     let mut rest = seq;
     loop {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
+        tail[at] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"}\n");
+    at -= SEQ_FIELD.len();
+    tail[at..at + SEQ_FIELD.len()].copy_from_slice(SEQ_FIELD);
+    out.extend_from_slice(&tail[at..]);
     out.freeze()
 }
+
+/// What [`stamp`] puts before the digits.
+const SEQ_FIELD: &[u8] = b",\"seq\":";
 
 /// Bytes an envelope builder leaves spare so [`stamp`] can add `seq`
 /// without copying: `,"seq":`, 20 digits and the end.
