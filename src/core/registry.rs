@@ -186,7 +186,7 @@ struct State {
     kicks: u64,
     deletions: u64,
     /// Every user's stream: live users' and away users'.
-    streams: HashMap<Arc<str>, Stream, foldhash::fast::RandomState>,
+    streams: HashMap<Arc<str>, Stream>,
     /// Away users by the end of their window, soonest first, with the
     /// absence each entry is for.
     away: VecDeque<(Instant, Arc<str>, u64)>,
@@ -263,7 +263,7 @@ impl UserClientRegistry {
                 accepting: true,
                 kicks: 0,
                 deletions: 0,
-                streams: HashMap::default(),
+                streams: HashMap::new(),
                 away: VecDeque::new(),
                 absences: 0,
                 kept_bytes: 0,
