@@ -382,7 +382,7 @@ impl UserClientRegistry {
         // any more. (A connection closed here ends its stream as it leaves,
         // once its writer has written what it could.)
         let departed = if closed.is_none() && !state.users.contains_key(user) {
-            self.end_stream(state, user, Gone::Ended)
+            self.end_stream(state, user, Gone::Ended, false)
         } else {
             None
         };
@@ -814,16 +814,29 @@ impl UserClientRegistry {
                 detached.away = true;
             }
             Ending::Gone(why) => {
-                detached.departed = self.end_stream(state, user, why);
+                detached.departed = self.end_stream(state, user, why, false);
             }
         }
         detached
     }
 
-    fn end_stream(&self, state: &mut State, user: &str, why: Gone) -> Option<Departed> {
+    /// Ends `user`'s stream. With `writing`, the user's live connection is
+    /// being closed and still writes its queue: what it was given is its
+    /// own to count, written or answered as it leaves, not answered here too.
+    fn end_stream(
+        &self,
+        state: &mut State,
+        user: &str,
+        why: Gone,
+        writing: bool,
+    ) -> Option<Departed> {
         let (user, stream) = state.streams.remove_entry(user)?;
         let claim = stream.away.map(|_| stream.epoch);
-        let (unwritten, lost, bytes) = stream.end();
+        let (unwritten, lost, bytes) = if writing {
+            stream.end_beside_writer()
+        } else {
+            stream.end()
+        };
         state.kept_bytes -= bytes;
         self.stats.resume_lost.add(lost as u64);
         Some(Departed {
@@ -870,7 +883,7 @@ impl UserClientRegistry {
                 .get(&user)
                 .is_some_and(|stream| stream.away.is_some_and(|(_, a)| a == absence));
             if still_away && !state.users.contains_key(&user) {
-                departed.extend(self.end_stream(state, &user, Gone::Expired));
+                departed.extend(self.end_stream(state, &user, Gone::Expired, false));
             }
         }
         departed
@@ -908,12 +921,13 @@ impl UserClientRegistry {
         let mut guard = self.lock();
         let state = &mut *guard;
         update(state);
-        let drained: Vec<Entry> = state.users.drain().map(|(_, entry)| entry).collect();
+        let drained: Vec<(Arc<str>, Entry)> = state.users.drain().collect();
         let mut departed = Vec::new();
         if let Some(why) = gone {
             let users: Vec<Arc<str>> = state.streams.keys().cloned().collect();
             for user in users {
-                departed.extend(self.end_stream(state, &user, why));
+                let writing = drained.iter().any(|(live, _)| *live == user);
+                departed.extend(self.end_stream(state, &user, why, writing));
             }
             state.away.clear();
             for (user, incoming) in state.incoming.drain() {
@@ -921,7 +935,7 @@ impl UserClientRegistry {
             }
         }
         drop(guard);
-        for entry in &drained {
+        for (_, entry) in &drained {
             entry.outbox.close(reason);
         }
         (drained.len(), departed)
@@ -935,7 +949,7 @@ impl UserClientRegistry {
         let mut guard = self.lock();
         let state = &mut *guard;
         let entry = state.users.remove(user);
-        let mut departed = self.end_stream(state, user, Gone::Kicked);
+        let mut departed = self.end_stream(state, user, Gone::Kicked, entry.is_some());
         if let Some(incoming) = state.incoming.remove(user) {
             departed = Some(Self::stop_waiting(departed, user, Gone::Kicked, incoming));
         }

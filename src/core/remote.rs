@@ -896,4 +896,88 @@ mod tests {
         manual.advance(Duration::from_millis(1));
         assert_eq!(hub.expire_remote(), 1);
     }
+
+    /// The books of a node: every envelope for a user here (sent by a user
+    /// here, or by another node) written, answered, or moved; each once.
+    fn settled_here(hub: &Hub) -> (u64, u64) {
+        let stats = hub.stats();
+        (
+            stats.forwarded.get() + stats.remote_in.get(),
+            stats.written.get()
+                + stats.undelivered_reported.get()
+                + stats.undelivered_unreported.get()
+                + stats.remote_in_failed.get(),
+        )
+    }
+
+    #[test]
+    fn a_kicked_connection_counts_what_it_still_writes_and_nothing_is_answered_twice() {
+        let (hub, cluster) = clustered(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        let from: NodeId = "there".into();
+        hub.deliver_remote(
+            &from,
+            7,
+            "bob",
+            Bytes::from_static(b"{\"type\":\"offer\"}\n"),
+        );
+        alice.handle_frame(br#"{"target":"bob","type":"answer"}"#);
+        // The kick closes bob's connection, whose writer still writes its
+        // queue before it closes.
+        assert!(hub.kick_user_here("bob"));
+        let (batch, closing) = futures::executor::block_on(bob.outbox().next_batch());
+        assert_eq!(closing, Some(crate::core::CloseReason::Kicked));
+        assert_eq!(batch.len(), 3, "WELCOME and both envelopes");
+        bob.record_written(&batch);
+        drop(bob);
+        assert_eq!(
+            *cluster.settled.lock().unwrap(),
+            [(from, 7, Fate::Written)],
+            "the other node hears once that it was written"
+        );
+        let told = take(&alice);
+        assert!(
+            told.iter().all(|frame| frame["type"] == "WELCOME"),
+            "bob got alice's answer: she is not told UNDELIVERED: {told:?}"
+        );
+        assert_eq!(settled_here(&hub), (2, 2));
+    }
+
+    #[test]
+    fn what_a_kicked_connection_could_not_write_is_answered_once() {
+        let (hub, cluster) = clustered(Limits::default());
+        let bob = connect(&hub, "bob");
+        let from: NodeId = "there".into();
+        hub.deliver_remote(
+            &from,
+            7,
+            "bob",
+            Bytes::from_static(b"{\"type\":\"offer\"}\n"),
+        );
+        hub.deliver_remote(
+            &from,
+            8,
+            "bob",
+            Bytes::from_static(b"{\"type\":\"offer\"}\n"),
+        );
+        // The writer took WELCOME and both envelopes; the kick comes as it
+        // writes them, and the write fails.
+        let (batch, _) = futures::executor::block_on(bob.outbox().next_batch());
+        assert_eq!(batch.len(), 3);
+        hub.kick_here();
+        hub.deliver_remote(
+            &from,
+            9,
+            "bob",
+            Bytes::from_static(b"{\"type\":\"offer\"}\n"),
+        );
+        bob.report_unwritten(batch, "broken pipe");
+        drop(bob);
+        let settled = cluster.settled.lock().unwrap();
+        let mut ids: Vec<u64> = settled.iter().map(|(_, id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [7, 8, 9], "each answered once: {settled:?}");
+        assert_eq!(settled_here(&hub), (3, 3));
+    }
 }

@@ -459,6 +459,17 @@ impl Stream {
             .map(Kept::queued)
             .collect()
     }
+
+    /// [`Stream::end`] while the user's latest connection still writes
+    /// what it was given (it is being closed, and has not left): those
+    /// envelopes are its to count, written or answered as it leaves, so
+    /// only the ones below it are returned unwritten.
+    pub fn end_beside_writer(self) -> (Vec<Kept>, usize, usize) {
+        let covered_from = self.covered_from;
+        let (mut unwritten, lost, bytes) = self.end();
+        unwritten.retain(|kept| kept.seq < covered_from);
+        (unwritten, lost, bytes)
+    }
 }
 
 /// The highest `seq` a stream handed over from another node may have
