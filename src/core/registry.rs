@@ -921,12 +921,12 @@ impl UserClientRegistry {
         let mut guard = self.lock();
         let state = &mut *guard;
         update(state);
-        let drained: Vec<(Arc<str>, Entry)> = state.users.drain().collect();
+        let drained: HashMap<Arc<str>, Entry> = state.users.drain().collect();
         let mut departed = Vec::new();
         if let Some(why) = gone {
             let users: Vec<Arc<str>> = state.streams.keys().cloned().collect();
             for user in users {
-                let writing = drained.iter().any(|(live, _)| *live == user);
+                let writing = drained.contains_key(&user);
                 departed.extend(self.end_stream(state, &user, why, writing));
             }
             state.away.clear();
@@ -935,7 +935,7 @@ impl UserClientRegistry {
             }
         }
         drop(guard);
-        for (_, entry) in &drained {
+        for entry in drained.values() {
             entry.outbox.close(reason);
         }
         (drained.len(), departed)
