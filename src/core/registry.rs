@@ -681,6 +681,7 @@ impl UserClientRegistry {
             let mut pushed = Pushed::default();
             let queued = entry.outbox.push_mapped(item, kind == Kind::Own, |item| {
                 let (stamped, kept) = stream.push(item, &self.resume, keep);
+                stream.queued(stamped.seq);
                 pushed = kept;
                 stamped
             });

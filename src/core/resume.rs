@@ -136,6 +136,10 @@ pub struct Stream {
     /// written: a replaced connection's unwritten envelopes below it reach
     /// nobody.
     covered_from: u64,
+    /// The highest `seq` handed to the latest connection's queue: what is
+    /// kept above it (held while that connection was closing) is nobody's
+    /// to write.
+    queued_through: u64,
     /// While away: when the window ends, and which absence it was.
     pub away: Option<(Instant, u64)>,
     /// The claim of the user's latest connection: while the user is away
@@ -168,6 +172,7 @@ impl Stream {
             written: Arc::new(AtomicU64::new(0)),
             acked: 0,
             covered_from: 1,
+            queued_through: 0,
             away: None,
             epoch: 0,
             fresh: true,
@@ -320,6 +325,9 @@ impl Stream {
             .map(Kept::queued)
             .collect();
         self.covered_from = replay.first().map_or(self.next_seq, |first| first.seq);
+        if let Some(last) = replay.last() {
+            self.queued_through = last.seq;
+        }
         let resumption = Resumption {
             session: self.session.clone(),
             resumed: resumed.is_some(),
@@ -420,6 +428,7 @@ impl Stream {
             written: Arc::new(AtomicU64::new(written.min(next_seq - 1))),
             acked: acked.min(next_seq - 1),
             covered_from: next_seq,
+            queued_through: 0,
             away: None,
             epoch: 0,
             fresh: false,
@@ -465,10 +474,15 @@ impl Stream {
     /// envelopes are its to count, written or answered as it leaves, so
     /// only the ones below it are returned unwritten.
     pub fn end_beside_writer(self) -> (Vec<Kept>, usize, usize) {
-        let covered_from = self.covered_from;
+        let (covered_from, queued_through) = (self.covered_from, self.queued_through);
         let (mut unwritten, lost, bytes) = self.end();
-        unwritten.retain(|kept| kept.seq < covered_from);
+        unwritten.retain(|kept| kept.seq < covered_from || kept.seq > queued_through);
         (unwritten, lost, bytes)
+    }
+
+    /// `seq` was handed to the latest connection's queue.
+    pub fn queued(&mut self, seq: u64) {
+        self.queued_through = self.queued_through.max(seq);
     }
 }
 
@@ -584,6 +598,21 @@ mod tests {
             buffer,
             ..ResumeLimits::default()
         }
+    }
+
+    #[test]
+    fn ending_beside_a_writer_answers_only_what_it_was_not_given() {
+        let mut stream = Stream::new("s".into());
+        let limits = limits(8);
+        stream.resume(None, false);
+        for _ in 0..2 {
+            let (stamped, _) = stream.push(item("x"), &limits, true);
+            stream.queued(stamped.seq);
+        }
+        // Held while the connection was closing: never in its queue.
+        stream.push(item("x"), &limits, true);
+        let (unwritten, _, _) = stream.end_beside_writer();
+        assert_eq!(unwritten.iter().map(|k| k.seq).collect::<Vec<_>>(), [3]);
     }
 
     #[test]
