@@ -251,29 +251,13 @@ impl Session {
                     accepted_at: Some(now),
                     seq: 0,
                 };
-                match hub.registry().deliver(&member.user, item, Kind::Forwarded) {
-                    Delivery::Queued => {
-                        stats.forwarded.inc();
-                        stats.room_fanout.inc();
-                    }
-                    // Away (reconnecting): held, and written when it resumes.
-                    Delivery::Held => {
-                        stats.forwarded.inc();
-                        stats.room_fanout.inc();
-                        stats.held.inc();
-                    }
-                    // Gone a moment ago (its departure is on its way), or
-                    // its stream moved to another node (its rooms follow):
-                    // counted, never dropped silently.
-                    Delivery::NotFound(_) => {
-                        stats.forwarded.inc();
-                        stats.undelivered_unreported.inc();
-                    }
+                match hub.deliver_room_copy(&member.user, item) {
                     Delivery::HoldRefused(_) => {
                         stats.hold_refused.inc();
                         slow.push((member.user.clone(), false));
                     }
                     Delivery::TargetSlow(_) => slow.push((member.user.clone(), true)),
+                    Delivery::Queued | Delivery::Held | Delivery::NotFound(_) => {}
                 }
             }
             let mut unreachable = false;
@@ -536,25 +520,44 @@ impl Hub {
                     accepted_at: Some(now),
                     seq: 0,
                 };
-                match self.registry().deliver(&member.user, item, Kind::Forwarded) {
-                    Delivery::Queued => {
-                        stats.forwarded.inc();
-                        stats.room_fanout.inc();
-                    }
-                    Delivery::Held => {
-                        stats.forwarded.inc();
-                        stats.room_fanout.inc();
-                        stats.held.inc();
-                    }
-                    // Gone, refused or slow: its sender is on another node
-                    // and not told, but the copy is counted.
-                    Delivery::NotFound(_) | Delivery::HoldRefused(_) | Delivery::TargetSlow(_) => {
+                match self.deliver_room_copy(&member.user, item) {
+                    // Refused or slow: its sender is on another node and
+                    // not told, but the copy is counted.
+                    Delivery::HoldRefused(_) | Delivery::TargetSlow(_) => {
                         stats.forwarded.inc();
                         stats.undelivered_unreported.inc();
                     }
+                    Delivery::Queued | Delivery::Held | Delivery::NotFound(_) => {}
                 }
             }
         });
+    }
+
+    /// Hands `member` its copy of a room envelope and counts it when it is
+    /// queued, held (away: written when it resumes) or finds no stream here
+    /// (gone a moment ago, or moved to another node with its rooms:
+    /// counted, never dropped silently). A refused or slow copy is the
+    /// caller's to answer and count.
+    fn deliver_room_copy(&self, member: &str, item: Queued) -> Delivery {
+        let stats = self.stats();
+        let delivery = self.registry().deliver(member, item, Kind::Forwarded);
+        match &delivery {
+            Delivery::Queued => {
+                stats.forwarded.inc();
+                stats.room_fanout.inc();
+            }
+            Delivery::Held => {
+                stats.forwarded.inc();
+                stats.room_fanout.inc();
+                stats.held.inc();
+            }
+            Delivery::NotFound(_) => {
+                stats.forwarded.inc();
+                stats.undelivered_unreported.inc();
+            }
+            Delivery::HoldRefused(_) | Delivery::TargetSlow(_) => {}
+        }
+        delivery
     }
 }
 
