@@ -208,6 +208,11 @@ enum Scenario {
         /// Seconds measured.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Acknowledge as client.js does (ACK every 32 envelopes or 1 s):
+        /// the relay cost with resume buffers kept and freed, at a fixed
+        /// rate.
+        #[arg(long)]
+        ack: bool,
     },
     /// Connection set-up: identity (none for socket.io) + connect + first
     /// envelope, repeated; connections/s and set-up latency.
@@ -412,6 +417,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
             payload_bytes,
             warmup,
             duration,
+            ack,
         } => {
             let params = pairs::LatencyParams {
                 pairs,
@@ -419,6 +425,7 @@ async fn run(cli: &Cli) -> anyhow::Result<serde_json::Value> {
                 payload_bytes,
                 warmup_s: warmup,
                 duration_s: duration,
+                ack,
             };
             pairs::latency(common, target, peer, &meter, params).await?
         }

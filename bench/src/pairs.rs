@@ -166,6 +166,8 @@ pub struct LatencyParams {
     pub warmup_s: f64,
     /// Seconds measured.
     pub duration_s: f64,
+    /// Both peers acknowledge what they receive as client.js does.
+    pub ack: bool,
 }
 
 /// What one pinger measured.
@@ -253,6 +255,7 @@ pub async fn latency(
         let offset = period.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64);
         let shared = shared.clone();
         let maker = PayloadMaker::new(params.payload_bytes);
+        let acker = Acker::new(params.ack);
         tokio::spawn(open_loop(
             conn,
             partner,
@@ -261,10 +264,11 @@ pub async fn latency(
             start + offset,
             maker,
             shared,
+            acker,
         ))
     })
     .await?;
-    let _echoers = echoers.spawn(&shared, target.system, false);
+    let _echoers = echoers.spawn(&shared, target.system, params.ack);
     let nodes: Vec<&Target> = std::iter::once(&*target).chain(peer.as_deref()).collect();
     let window = measure(&nodes, meter, &shared, params.warmup_s, params.duration_s).await?;
     let results = collect(pingers).await?;
@@ -547,6 +551,7 @@ async fn closed_loop(
 }
 
 /// A in open loop: one ping every `period` from `first`, whatever the echoes do.
+#[expect(clippy::too_many_arguments, reason = "one pinger's whole set-up")]
 async fn open_loop(
     mut conn: Conn,
     partner: String,
@@ -555,6 +560,7 @@ async fn open_loop(
     first: Instant,
     maker: PayloadMaker,
     shared: Arc<Shared>,
+    mut acker: Acker,
 ) -> anyhow::Result<PingerResult> {
     let mut result = PingerResult::default();
     let mut inbox: Vec<Bytes> = Vec::new();
@@ -601,6 +607,7 @@ async fn open_loop(
         let now = shared.now_ns();
         let mut echoes = 0;
         for frame in &inbox {
+            acker.received(frame, &mut out);
             let echo = wire::parse(frame).filter(|e| e.kind == PONG.as_bytes());
             let Some(echo) = echo else {
                 shared.unexpected.fetch_add(1, Ordering::Relaxed);
@@ -618,6 +625,9 @@ async fn open_loop(
         }
         inbox.clear();
         shared.relayed.fetch_add(echoes, Ordering::Relaxed);
+        if !out.is_empty() {
+            conn.send(&mut out).await?;
+        }
         if !sending && outstanding == 0 {
             break;
         }
