@@ -35,6 +35,6 @@ pub use ice::{IceConfig, IceServer, IceServers};
 pub use identity::{AuthError, Identities, RegisterError};
 pub use limits::Limits;
 pub use readiness::NotReady;
-pub use session::{AfterWrite, Session, WriteError, write_within};
+pub use session::{AfterWrite, Reading, Session, WriteError, write_within};
 pub use transport::{Transport, UnknownTransport};
 pub use wire::{CloseReason, ErrorType};

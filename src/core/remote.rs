@@ -632,7 +632,9 @@ mod tests {
     fn a_target_elsewhere_goes_to_the_cluster_and_a_written_fate_closes_the_book() {
         let (hub, cluster) = clustered(Limits::default());
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"bob","type":"offer","payload":1}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"bob","type":"offer","payload":1}"#);
         let sent = cluster.sent.lock().unwrap().pop().unwrap();
         assert_eq!(sent.target.as_ref(), "bob");
         assert!(
@@ -653,7 +655,7 @@ mod tests {
     fn a_moved_target_is_looked_up_again_once_then_not_found() {
         let (hub, cluster) = clustered(Limits::default());
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         let first = cluster.sent.lock().unwrap().pop().unwrap();
         hub.settled(first.id, Fate::NotHere);
         let again = cluster.sent.lock().unwrap().pop().unwrap();
@@ -676,7 +678,7 @@ mod tests {
             Fate::Undelivered("closed".into()),
             Fate::Unavailable("redis".into()),
         ] {
-            alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+            alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
             let sent = cluster.sent.lock().unwrap().pop().unwrap();
             hub.settled(sent.id, fate);
         }
@@ -706,7 +708,7 @@ mod tests {
             manual.clock(),
         );
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         manual.advance(Duration::from_millis(4999));
         assert_eq!(hub.expire_remote(), 0, "not yet");
         manual.advance(Duration::from_millis(1));
@@ -723,7 +725,7 @@ mod tests {
             .down
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         assert_eq!(take(&alice)[0]["type"], "CLUSTER_UNAVAILABLE");
         assert_eq!(hub.in_flight(), 0);
         assert_eq!(hub.stats().cluster_unavailable.get(), 1);
@@ -773,7 +775,7 @@ mod tests {
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
         for _ in 0..3 {
-            alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+            alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         }
         // Bob's writer took 1..3 and the client read 1 and 2 as the
         // connection died: nothing was recorded written.
@@ -818,7 +820,7 @@ mod tests {
     fn an_envelope_whose_fresh_route_names_this_node_waits_here_for_its_target() {
         let (hub, cluster) = clustered(Limits::default());
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         let sent = cluster.sent.lock().unwrap().pop().unwrap();
         // Bob connects here meanwhile, his stream on its way from his old
         // node, which answers the envelope "not here" (handed over).
@@ -840,7 +842,9 @@ mod tests {
         assert_eq!(stats.remote_written.get(), 1);
         assert_eq!(stats.remote_in.get(), 1);
         // A target unknown here too is looked up once more, then answered.
-        alice.handle_frame(br#"{"target":"carol","type":"offer"}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"carol","type":"offer"}"#);
         let first = cluster.sent.lock().unwrap().pop().unwrap();
         hub.routed_here(first.id);
         let again = cluster.sent.lock().unwrap().pop().unwrap();
@@ -883,12 +887,14 @@ mod tests {
         let (hub, _cluster) = clustered_at(limits, manual.clock());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         assert!(hub.hand_off("bob", bob.epoch(), &"there".into(), bob.epoch() + 1));
         bob.leave();
         assert_eq!(hub.in_flight(), 1);
         // An envelope sent afterwards keeps the usual deadline.
-        alice.handle_frame(br#"{"target":"carol","type":"offer"}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"carol","type":"offer"}"#);
         manual.advance(Duration::from_secs(5));
         assert_eq!(hub.expire_remote(), 1, "carol's, not bob's");
         manual.advance(Duration::from_millis(9999));
@@ -922,7 +928,9 @@ mod tests {
             "bob",
             Bytes::from_static(b"{\"type\":\"offer\"}\n"),
         );
-        alice.handle_frame(br#"{"target":"bob","type":"answer"}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"bob","type":"answer"}"#);
         // The kick closes bob's connection, whose writer still writes its
         // queue before it closes.
         assert!(hub.kick_user_here("bob"));

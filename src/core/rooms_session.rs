@@ -9,6 +9,7 @@
 //! carol sends the room, and `PEER_LEFT` after the last of it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -225,7 +226,7 @@ impl Session {
     /// A room envelope (`room` without `target`): a copy for every other
     /// member, each counted against the sender's rate; one copy per other
     /// node with members, which writes it to its own.
-    pub(super) fn to_room(&self, room: &str, inbound: &Inbound<'_>) {
+    pub(super) fn to_room(&self, room: &str, inbound: &Inbound<'_>, now: Instant) {
         let hub = self.hub();
         let stats = hub.stats();
         let origin = self.origin();
@@ -234,7 +235,6 @@ impl Session {
         }
         stats.room_sends.inc();
         let frame = room_frame(room, &inbound.kind, &origin.user, inbound.payload);
-        let now = hub.clock().now();
         let sent = hub.rooms().send(room, &origin.user, |others| {
             let mut slow = Vec::new();
             let mut nodes: Vec<&NodeId> = Vec::new();
@@ -571,7 +571,7 @@ mod tests {
     use serde_json::Value;
 
     fn join(session: &Session, room: &str) {
-        session.handle_text(&format!(
+        session.reading().text(&format!(
             r#"{{"target":"","type":"JOIN","payload":{{"room":"{room}"}}}}"#
         ));
     }
@@ -612,7 +612,9 @@ mod tests {
         for user in &users {
             take(user);
         }
-        users[0].handle_text(r#"{"room":"r","type":"chat","payload":{"x": [1, 2.50]}}"#);
+        users[0]
+            .reading()
+            .text(r#"{"room":"r","type":"chat","payload":{"x": [1, 2.50]}}"#);
         assert!(users[0].outbox().is_empty(), "not back to the sender");
         for user in &users[1..] {
             let (batch, _) = futures::executor::block_on(user.outbox().next_batch());
@@ -636,7 +638,8 @@ mod tests {
             join(user, "r");
         }
         take(&alice);
-        bob.handle_text(r#"{"target":"","type":"LEAVE","payload":{"room":"r"}}"#);
+        bob.reading()
+            .text(r#"{"target":"","type":"LEAVE","payload":{"room":"r"}}"#);
         assert_eq!(types(&take(&bob))[2..], ["LEFT"]);
         // A clean close: carol is gone at once (a dead connection would
         // leave her away, in her rooms, for the resume window).
@@ -660,7 +663,7 @@ mod tests {
         let again = connect(&hub, "bob");
         drop(bob);
         assert!(alice.outbox().is_empty(), "no PEER_LEFT");
-        again.handle_text(r#"{"room":"r","type":"still-here"}"#);
+        again.reading().text(r#"{"room":"r","type":"still-here"}"#);
         assert_eq!(types(&take(&alice)), ["still-here"]);
     }
 
@@ -675,7 +678,9 @@ mod tests {
         take(&bob);
         // bob's connection dies without a close: away, still in the room.
         drop(bob);
-        alice.handle_text(r#"{"room":"r","type":"while-away","payload":1}"#);
+        alice
+            .reading()
+            .text(r#"{"room":"r","type":"while-away","payload":1}"#);
         assert!(alice.outbox().is_empty(), "no PEER_LEFT");
         let listing = hub.rooms().listing();
         assert_eq!(listing[0].members.len(), 2, "bob is still a member");
@@ -688,7 +693,7 @@ mod tests {
             "held for bob and written on resume: {got:?}"
         );
         assert!(!got.iter().any(|v| v["type"] == "PEER_JOINED"));
-        back.handle_text(r#"{"room":"r","type":"back"}"#);
+        back.reading().text(r#"{"room":"r","type":"back"}"#);
         assert_eq!(
             types(&take(&alice)),
             ["back"],
@@ -710,10 +715,13 @@ mod tests {
         join(&b, "r");
         join(&c, "r");
         join(&a, "other");
-        a.handle_text(r#"{"room":"nope","type":"x"}"#);
-        a.handle_text(r#"{"target":"","type":"LEAVE","payload":{"room":"nope"}}"#);
-        a.handle_text(r#"{"target":"","type":"JOIN","payload":{"room":" bad"}}"#);
-        a.handle_text(r#"{"target":"","type":"JOIN","payload":{}}"#);
+        a.reading().text(r#"{"room":"nope","type":"x"}"#);
+        a.reading()
+            .text(r#"{"target":"","type":"LEAVE","payload":{"room":"nope"}}"#);
+        a.reading()
+            .text(r#"{"target":"","type":"JOIN","payload":{"room":" bad"}}"#);
+        a.reading()
+            .text(r#"{"target":"","type":"JOIN","payload":{}}"#);
         let got = take(&c);
         assert_eq!(types(&got), ["ROOM_FULL"]);
         assert_eq!(got[0]["payload"]["room"], "r");
@@ -751,7 +759,8 @@ mod tests {
         // slow still holds its WELCOME and JOINED: the third envelope
         // overflows its queue of 4.
         for i in 0..5 {
-            a.handle_text(&format!(r#"{{"room":"r","type":"n","payload":{i}}}"#));
+            a.reading()
+                .text(&format!(r#"{{"room":"r","type":"n","payload":{i}}}"#));
             assert_eq!(take(&b)[0]["payload"], i, "b gets every envelope");
         }
         assert_eq!(
@@ -787,7 +796,7 @@ mod tests {
         }
         // u0 paid 1 (its JOIN); each send costs 4: two fit in the burst of 10.
         for _ in 0..3 {
-            users[0].handle_text(r#"{"room":"r","type":"x"}"#);
+            users[0].reading().text(r#"{"room":"r","type":"x"}"#);
         }
         assert_eq!(types(&take(&users[0])), ["RATE_LIMITED"]);
         assert_eq!(take(&users[1]).len(), 2);
@@ -809,7 +818,7 @@ mod tests {
             .apply_join("r", &"carol".into(), Some("there".into()), |_, _| ());
         let stats = hub.stats();
         let before = (stats.forwarded.get(), stats.undelivered_unreported.get());
-        alice.handle_text(r#"{"room":"r","type":"chat"}"#);
+        alice.reading().text(r#"{"room":"r","type":"chat"}"#);
         hub.deliver_room_remote("r", "carol", Bytes::from_static(b"{}\n"));
         let after = (stats.forwarded.get(), stats.undelivered_unreported.get());
         assert_eq!(after.1 - before.1, 2, "one copy each way, counted");

@@ -151,6 +151,39 @@ pub struct Session {
     _admission: Admission,
 }
 
+/// Frames read from a client in one go, handed to its session one by one
+/// (see [`Session::reading`]).
+pub struct Reading<'a> {
+    session: &'a Session,
+    at: Instant,
+}
+
+impl Reading<'_> {
+    /// The session the frames are read for.
+    pub fn session(&self) -> &Session {
+        self.session
+    }
+
+    /// Handles one inbound frame: validates it, stamps the originator and
+    /// queues it for the target, or queues an error envelope for the sender.
+    pub fn frame(&self, frame: &[u8]) {
+        let session = self.session;
+        if session.admit_frame() {
+            let parsed = parse_inbound(frame, session.hub.limits().max_json_depth);
+            session.route(parsed, self.at);
+        }
+    }
+
+    /// [`Reading::frame`] for text already known to be UTF-8.
+    pub fn text(&self, text: &str) {
+        let session = self.session;
+        if session.admit_frame() {
+            let parsed = parse_inbound_text(text, session.hub.limits().max_json_depth);
+            session.route(parsed, self.at);
+        }
+    }
+}
+
 impl Session {
     /// Attaches an admitted, claimed connection to its user. A previous
     /// connection of the same user is closed as `REPLACED`. The session's
@@ -314,18 +347,13 @@ impl Session {
         &self.outbox
     }
 
-    /// Handles one inbound frame: validates it, stamps the originator and
-    /// queues it for the target, or queues an error envelope for the sender.
-    pub fn handle_frame(&self, frame: &[u8]) {
-        if self.admit_frame() {
-            self.route(parse_inbound(frame, self.hub.limits().max_json_depth));
-        }
-    }
-
-    /// [`Session::handle_frame`] for text already known to be UTF-8.
-    pub fn handle_text(&self, text: &str) {
-        if self.admit_frame() {
-            self.route(parse_inbound_text(text, self.hub.limits().max_json_depth));
+    /// Starts handling frames read from the client in one go: they were
+    /// all accepted when the read returned, so the clock is read once for
+    /// all of them rather than once per envelope.
+    pub fn reading(&self) -> Reading<'_> {
+        Reading {
+            session: self,
+            at: self.hub.clock().now(),
         }
     }
 
@@ -396,8 +424,9 @@ impl Session {
         );
     }
 
-    /// Forwards a parsed envelope, or answers why it was not.
-    fn route(&self, parsed: Result<Inbound<'_>, EnvelopeError>) {
+    /// Forwards a parsed envelope accepted at `accepted_at`, or answers why
+    /// it was not.
+    fn route(&self, parsed: Result<Inbound<'_>, EnvelopeError>, accepted_at: Instant) {
         let stats = self.hub.stats();
         let inbound = match parsed {
             Ok(inbound) => inbound,
@@ -414,7 +443,7 @@ impl Session {
             }
         };
         if let Some(room) = &inbound.room {
-            self.to_room(room, &inbound);
+            self.to_room(room, &inbound, accepted_at);
             return;
         }
         if inbound.target.is_empty() {
@@ -442,7 +471,7 @@ impl Session {
         let item = Queued {
             frame,
             origin: Some(Origin::Local(self.origin.clone())),
-            accepted_at: Some(self.hub.clock().now()),
+            accepted_at: Some(accepted_at),
             seq: 0,
         };
         match self
@@ -856,7 +885,7 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(
+        alice.reading().frame(
             br#"{"target":"bob","type":"video-offer","payload":{"sdp":"x"},"originator":"eve"}"#,
         );
         let got = drain(&bob);
@@ -904,8 +933,10 @@ mod tests {
     fn unknown_target_and_bad_frames_answer_the_sender_only() {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"nobody","type":"video-offer"}"#);
-        alice.handle_frame(b"{oops");
+        alice
+            .reading()
+            .frame(br#"{"target":"nobody","type":"video-offer"}"#);
+        alice.reading().frame(b"{oops");
         let got = take(&alice);
         assert_eq!(got[0]["type"], "TARGET_NOT_FOUND");
         assert_eq!(got[0]["originator"], "");
@@ -918,7 +949,9 @@ mod tests {
     fn sending_to_yourself_works() {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"alice","type":"note","payload":1}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"alice","type":"note","payload":1}"#);
         let got = take(&alice);
         assert_eq!(got[0]["originator"], "alice");
     }
@@ -930,7 +963,7 @@ mod tests {
         let new = connect(&hub, "bob");
         assert_eq!(old.outbox.closing(), Some(CloseReason::Replaced));
         let alice = connect(&hub, "alice");
-        alice.handle_frame(br#"{"target":"bob","type":"t"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"t"}"#);
         drop(old);
         assert!(
             hub.is_connected("bob"),
@@ -948,8 +981,8 @@ mod tests {
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
         // bob's queue holds WELCOME + one envelope; the next one overflows.
-        alice.handle_frame(br#"{"target":"bob","type":"a"}"#);
-        alice.handle_frame(br#"{"target":"bob","type":"b"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"a"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"b"}"#);
         assert_eq!(bob.outbox.closing(), Some(CloseReason::SlowConsumer));
         assert!(!hub.is_connected("bob"));
         let got = take(&alice);
@@ -962,7 +995,9 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"video-answer"}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"bob","type":"video-answer"}"#);
         bob.close(CloseReason::Kicked);
         drop(bob);
         let got = take(&alice);
@@ -977,7 +1012,7 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"t"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"t"}"#);
         alice.closed_by_client();
         drop(alice);
         bob.closed_by_client();
@@ -990,10 +1025,10 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"a"}"#);
-        alice.handle_frame(br#"{"target":"nobody","type":"b"}"#);
-        alice.handle_frame(br#"{"target":"bob","type":"c"}"#);
-        alice.handle_frame(b"{oops");
+        alice.reading().frame(br#"{"target":"bob","type":"a"}"#);
+        alice.reading().frame(br#"{"target":"nobody","type":"b"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"c"}"#);
+        alice.reading().frame(b"{oops");
         let to_bob: Vec<u64> = drain(&bob)
             .iter()
             .map(|v| v["seq"].as_u64().unwrap())
@@ -1013,14 +1048,14 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"one"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"one"}"#);
         let session = drain_all(&bob)[0]["payload"]["session"].clone();
         // Written to a path that died: never acknowledged.
         bob.written.store(1, Ordering::Relaxed);
         drop(bob);
         assert!(!hub.is_connected("bob"));
         assert_eq!(hub.away(), 1);
-        alice.handle_frame(br#"{"target":"bob","type":"two"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"two"}"#);
         assert!(take(&alice).is_empty(), "held: the sender hears nothing");
         assert_eq!(hub.stats().held.get(), 1);
         let back = resume(&hub, "bob", Some(0));
@@ -1042,7 +1077,9 @@ mod tests {
         let hub = hub_with(Limits::default());
         let alice = connect(&hub, "alice");
         let old = connect(&hub, "bob");
-        alice.handle_frame(br#"{"target":"bob","type":"queued"}"#);
+        alice
+            .reading()
+            .frame(br#"{"target":"bob","type":"queued"}"#);
         let new = connect(&hub, "bob");
         assert!(
             drain(&new).is_empty(),
@@ -1059,10 +1096,11 @@ mod tests {
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
         for _ in 0..3 {
-            alice.handle_frame(br#"{"target":"bob","type":"x"}"#);
+            alice.reading().frame(br#"{"target":"bob","type":"x"}"#);
         }
         bob.written.store(3, Ordering::Relaxed);
-        bob.handle_frame(br#"{"target":"","type":"ACK","payload":{"seq":2}}"#);
+        bob.reading()
+            .frame(br#"{"target":"","type":"ACK","payload":{"seq":2}}"#);
         assert_eq!(hub.kept("bob"), 1);
         drop(bob);
         let back = resume(&hub, "bob", Some(2));
@@ -1083,7 +1121,7 @@ mod tests {
         let alice = connect(&hub, "alice");
         let bob = connect(&hub, "bob");
         drop(bob);
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         assert_eq!(hub.expire_away(hub.clock().now()), 0, "not yet");
         let after = hub.clock().now() + hub.limits().resume_window;
         assert_eq!(hub.expire_away(after), 1);
@@ -1093,7 +1131,7 @@ mod tests {
         assert_eq!(got[0]["payload"]["type"], "offer");
         assert_eq!(got[0]["seq"], 1);
         assert_eq!(hub.stats().expired.get(), 1);
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         assert_eq!(take(&alice)[0]["type"], "TARGET_NOT_FOUND");
     }
 
@@ -1105,7 +1143,7 @@ mod tests {
         bob.closed_by_client();
         drop(bob);
         assert_eq!(hub.away(), 0);
-        alice.handle_frame(br#"{"target":"bob","type":"offer"}"#);
+        alice.reading().frame(br#"{"target":"bob","type":"offer"}"#);
         assert_eq!(take(&alice)[0]["type"], "TARGET_NOT_FOUND");
         let carol = connect(&hub, "carol");
         drop(carol);
@@ -1132,7 +1170,7 @@ mod tests {
             "y".repeat(200)
         );
         for _ in 0..10 {
-            alice.handle_frame(frame.as_bytes());
+            alice.reading().frame(frame.as_bytes());
         }
         assert!(hub.resume_bytes() <= 1000);
         assert!(hub.stats().hold_refused.get() >= 5);
@@ -1149,15 +1187,15 @@ mod tests {
         });
         let alice = connect(&hub, "alice");
         for _ in 0..3 {
-            alice.handle_frame(br#"{"target":"alice","type":"t"}"#);
+            alice.reading().frame(br#"{"target":"alice","type":"t"}"#);
         }
-        alice.handle_frame(br#"{"target":"alice","type":"t"}"#);
+        alice.reading().frame(br#"{"target":"alice","type":"t"}"#);
         let got = take(&alice);
         assert_eq!(got.len(), 4);
         assert_eq!(got[3]["type"], "RATE_LIMITED");
         assert!(got[3]["payload"]["retry_after_ms"].as_u64().is_some());
         for _ in 0..3 {
-            alice.handle_frame(br#"{"target":"alice","type":"t"}"#);
+            alice.reading().frame(br#"{"target":"alice","type":"t"}"#);
         }
         assert_eq!(alice.outbox.closing(), Some(CloseReason::RateLimited));
         assert!(!hub.is_connected("alice"));
@@ -1170,7 +1208,8 @@ mod tests {
         let bob = connect(&hub, "bob");
         for i in 0..100 {
             alice
-                .handle_frame(format!(r#"{{"target":"bob","type":"n","payload":{i}}}"#).as_bytes());
+                .reading()
+                .frame(format!(r#"{{"target":"bob","type":"n","payload":{i}}}"#).as_bytes());
         }
         let got = drain(&bob);
         let seq: Vec<i64> = got.iter().map(|v| v["payload"].as_i64().unwrap()).collect();

@@ -37,7 +37,7 @@ use crate::connection::{self, Link, Liveness, READ_BATCH, Read};
 use crate::core::envelope::close_frame;
 use crate::core::outbox::Queued;
 use crate::core::wire::HttpError;
-use crate::core::{Admission, AuthError, Claimed, CloseReason, Hub, Session, Transport};
+use crate::core::{Admission, AuthError, Claimed, CloseReason, Hub, Reading, Session, Transport};
 
 /// tungstenite collects a batch's frames in a buffer of up to this size and
 /// writes them with one system call on flush. (At 0 it would write every
@@ -321,18 +321,18 @@ impl WsLink {
     /// with its reason; a closed or failed socket ends reading.
     fn handle(
         &mut self,
-        session: &Session,
+        reading: &Reading<'_>,
         message: Option<Result<Message, tungstenite::Error>>,
     ) -> Step {
         let read = self.socket.get_ref().read;
         match message {
             Some(Ok(Message::Text(text))) => {
                 self.watch.message(read);
-                session.handle_text(&text);
+                reading.text(&text);
             }
             Some(Ok(Message::Binary(data))) => {
                 self.watch.message(read);
-                session.handle_frame(&data);
+                reading.frame(&data);
             }
             Some(Ok(Message::Ping(payload) | Message::Pong(payload))) => {
                 self.watch.control(payload.len());
@@ -343,7 +343,7 @@ impl WsLink {
                 // client that meant to leave; another code reports a
                 // failure.
                 if frame.is_none_or(|frame| matches!(u16::from(frame.code), 1000 | 1001)) {
-                    session.closed_by_client();
+                    reading.session().closed_by_client();
                 }
                 return Step::Stop(Read::Ended);
             }
@@ -380,9 +380,10 @@ impl Link for WsLink {
     async fn read(&mut self, session: &Session) -> Read {
         let mut message = self.socket.next().await;
         self.last_heard = Instant::now();
+        let reading = session.reading();
         let mut frames = 0;
         loop {
-            if let Step::Stop(read) = self.handle(session, message) {
+            if let Step::Stop(read) = self.handle(&reading, message) {
                 return read;
             }
             frames += 1;

@@ -167,11 +167,12 @@ impl WtLink {
     /// chunk taken is always consumed, so this stays cancel-safe.
     fn take(&mut self, mut chunk: Bytes, session: &Session) -> Read {
         let (mut frames, mut bytes) = (0, 0);
+        let reading = session.reading();
         loop {
             bytes += chunk.len();
             let fed = self.framer.feed(chunk, |line| {
                 frames += 1;
-                session.handle_frame(line);
+                reading.frame(line);
             });
             if fed.is_err() {
                 self.reading = false;
