@@ -144,6 +144,10 @@ pub enum MessageError {
     /// The envelopes' lengths do not match the bytes that follow.
     #[error("the envelopes' lengths do not add up to the {0} bytes after the header")]
     Lengths(usize),
+    /// An envelope is not UTF-8 text (clients are written text frames as
+    /// they are).
+    #[error("envelope {0} is not UTF-8 text")]
+    NotText(usize),
 }
 
 /// A header, with the envelopes' bytes after it.
@@ -236,7 +240,7 @@ pub fn decode(payload: Bytes) -> Result<(Header, Vec<Bytes>), MessageError> {
         .map_err(|err| MessageError::Header(err.to_string()))?;
     let rest = payload.slice(end + 1..);
     if let Header::RoomEnvelope { .. } = &header {
-        return Ok((header, vec![rest]));
+        return text(vec![rest]).map(|frames| (header, frames));
     }
     let lengths: Vec<usize> = match &header {
         Header::Envelopes { items, .. } => items.iter().map(|(_, _, len)| *len).collect(),
@@ -257,7 +261,18 @@ pub fn decode(payload: Bytes) -> Result<(Header, Vec<Bytes>), MessageError> {
         frames.push(rest.slice(at..at + len));
         at += len;
     }
-    Ok((header, frames))
+    text(frames).map(|frames| (header, frames))
+}
+
+/// `frames`, once each is known to be UTF-8 text.
+fn text(frames: Vec<Bytes>) -> Result<Vec<Bytes>, MessageError> {
+    match frames
+        .iter()
+        .position(|frame| std::str::from_utf8(frame).is_err())
+    {
+        Some(at) => Err(MessageError::NotText(at)),
+        None => Ok(frames),
+    }
 }
 
 #[cfg(test)]
@@ -370,5 +385,13 @@ mod tests {
             &[Bytes::from_static(b"short")],
         );
         assert_eq!(decode(lying), Err(MessageError::Lengths(5)));
+        let not_text = encode(
+            &Header::Envelopes {
+                from: "a".into(),
+                items: vec![(1, "bob".into(), 3), (2, "bob".into(), 2)],
+            },
+            &[Bytes::from_static(b"{}\n"), Bytes::from_static(b"\xff\n")],
+        );
+        assert_eq!(decode(not_text), Err(MessageError::NotText(1)));
     }
 }

@@ -26,7 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
-use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
@@ -402,13 +403,13 @@ impl Link for WsLink {
     }
 
     /// Feeds the batch to tungstenite's write buffer and flushes it: one
-    /// system call for the whole batch.
+    /// system call for the whole batch. Each envelope goes out as a text
+    /// frame as it is: the core builds them from UTF-8 text, and envelopes
+    /// from other nodes are checked when they arrive.
     async fn write(&mut self, batch: &VecDeque<Queued>) -> Result<(), tungstenite::Error> {
         for item in batch {
-            let text = Utf8Bytes::try_from(item.frame.clone()).map_err(|_| {
-                tungstenite::Error::Utf8(String::from("gateway frame is not UTF-8"))
-            })?;
-            self.socket.feed(Message::Text(text)).await?;
+            let frame = Frame::message(item.frame.clone(), OpCode::Data(Data::Text), true);
+            self.socket.feed(Message::Frame(frame)).await?;
         }
         self.socket.flush().await
     }
