@@ -622,7 +622,7 @@ impl UserClientRegistry {
         stream.away = Some((now, 0));
         let (unwritten, lost, _) = stream.end();
         self.stats.resume_lost.add(lost as u64);
-        unwritten.iter().map(resume::Kept::queued).collect()
+        unwritten
     }
 
     /// Forgets fences older than `age`: by then every connection they could
@@ -811,6 +811,7 @@ impl UserClientRegistry {
                 state.absences += 1;
                 let until = now + self.resume.window;
                 stream.away = Some((until, state.absences));
+                stream.shrink();
                 state.away.push_back((until, user.into(), state.absences));
                 detached.away = true;
             }
@@ -843,7 +844,7 @@ impl UserClientRegistry {
         Some(Departed {
             user,
             why,
-            unwritten: unwritten.iter().map(resume::Kept::queued).collect(),
+            unwritten,
             claim,
         })
     }

@@ -30,6 +30,9 @@ pub const DEFAULT_RESUME_BUFFER_BYTES: usize = 1024 * 1024;
 /// Envelopes a stream makes room for when it starts keeping again: what
 /// `client.js` receives between two `ACK`s (it acknowledges every 32).
 const KEPT_AT_FIRST: usize = 32;
+/// The most bytes a stream makes room for at once (large envelopes grow
+/// the room as they come, so it stays near what the bounds count).
+const FRAMES_AT_FIRST: usize = 16 * 1024;
 /// How long a user whose connection died stays *away* (its envelopes held)
 /// before it is gone: long enough for a network switch or a fallback from
 /// WebTransport to WebSocket, short enough that a sender learns soon
@@ -81,29 +84,17 @@ pub enum Gone {
     Ended,
 }
 
-/// One envelope of a stream, kept until acknowledged.
-#[derive(Debug, Clone)]
-pub struct Kept {
-    /// Its `seq`.
-    pub seq: u64,
-    /// The envelope as written, `seq` included.
-    pub frame: Bytes,
+/// One envelope of a stream, kept until acknowledged. Its bytes are the
+/// next `len` of the stream's `frames` after those of the envelopes kept
+/// before it.
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    len: usize,
     /// Who sent it (to answer if it is never written).
-    pub origin: Option<Origin>,
+    origin: Option<Origin>,
     /// When it was accepted.
-    pub accepted_at: Option<Instant>,
-}
-
-impl Kept {
-    /// The envelope, ready for an outbox.
-    pub fn queued(&self) -> Queued {
-        Queued {
-            frame: self.frame.clone(),
-            origin: self.origin.clone(),
-            accepted_at: self.accepted_at,
-            seq: self.seq,
-        }
-    }
+    accepted_at: Option<Instant>,
 }
 
 /// What a new connection of the user is told in its `WELCOME`.
@@ -126,7 +117,11 @@ pub struct Stream {
     /// Every kept envelope, `seq` ascending and without gaps: the stream
     /// can replay anything after `floor - 1`.
     kept: VecDeque<Kept>,
-    bytes: usize,
+    /// The kept envelopes' bytes, as written (`seq` included), back to
+    /// back. A copy rather than a second reference to the frame queued for
+    /// the writer: the queued frame is freed once written, while its memory
+    /// is still in the cache, and a kept envelope costs no allocation.
+    frames: VecDeque<u8>,
     /// Highest `seq` written to some connection (shared with the sessions,
     /// whose writers raise it without the registry's lock).
     written: Arc<AtomicU64>,
@@ -168,7 +163,7 @@ impl Stream {
             session,
             next_seq: 1,
             kept: VecDeque::new(),
-            bytes: 0,
+            frames: VecDeque::new(),
             written: Arc::new(AtomicU64::new(0)),
             acked: 0,
             covered_from: 1,
@@ -191,7 +186,7 @@ impl Stream {
 
     /// Bytes kept.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.frames.len()
     }
 
     /// Envelopes kept.
@@ -215,7 +210,7 @@ impl Stream {
     pub fn can_hold(&self, len: usize, limits: &ResumeLimits) -> bool {
         let written = self.written.load(Ordering::Relaxed);
         let mut count = self.kept.len() + 1;
-        let mut bytes = self.bytes + len;
+        let mut bytes = self.frames.len() + len;
         for kept in &self.kept {
             if count <= limits.buffer && bytes <= limits.buffer_bytes {
                 return true;
@@ -224,7 +219,7 @@ impl Stream {
                 return false;
             }
             count -= 1;
-            bytes -= kept.frame.len();
+            bytes -= kept.len;
         }
         true
     }
@@ -251,9 +246,9 @@ impl Stream {
         let mut pushed = Pushed::default();
         if !keep {
             pushed.dropped = self.kept.len();
-            pushed.bytes = -isize::try_from(self.bytes).unwrap_or(isize::MAX);
+            pushed.bytes = -isize::try_from(self.frames.len()).unwrap_or(isize::MAX);
             self.kept = VecDeque::new();
-            self.bytes = 0;
+            self.frames = VecDeque::new();
             return (stamped, pushed);
         }
         let len = stamped.frame.len();
@@ -261,26 +256,31 @@ impl Stream {
             // Room for what a client keeps unacknowledged between two
             // `ACK`s at once, rather than growing to it step by step after
             // every `ACK` that freed everything.
-            self.kept.reserve_exact(KEPT_AT_FIRST.min(limits.buffer));
+            let envelopes = KEPT_AT_FIRST.min(limits.buffer);
+            self.kept.reserve_exact(envelopes);
+            self.frames.reserve_exact(
+                envelopes
+                    .saturating_mul(len)
+                    .min(FRAMES_AT_FIRST)
+                    .min(limits.buffer_bytes),
+            );
         }
         self.kept.push_back(Kept {
             seq,
-            frame: stamped.frame.clone(),
+            len,
             origin: stamped.origin.clone(),
             accepted_at: stamped.accepted_at,
         });
-        self.bytes += len;
+        self.frames.extend(stamped.frame.iter());
         pushed.bytes = isize::try_from(len).unwrap_or(isize::MAX);
         // Never drop the envelope just kept: one envelope over the byte
         // bound is still resumable.
         while self.kept.len() > 1
-            && (self.kept.len() > limits.buffer || self.bytes > limits.buffer_bytes)
+            && (self.kept.len() > limits.buffer || self.frames.len() > limits.buffer_bytes)
         {
-            if let Some(old) = self.kept.pop_front() {
-                self.bytes -= old.frame.len();
-                pushed.bytes -= isize::try_from(old.frame.len()).unwrap_or(isize::MAX);
-                pushed.dropped += 1;
-            }
+            let freed = self.pop_oldest();
+            pushed.bytes -= isize::try_from(freed).unwrap_or(isize::MAX);
+            pushed.dropped += 1;
         }
         (stamped, pushed)
     }
@@ -292,14 +292,13 @@ impl Stream {
         self.acked = self.acked.max(through);
         let mut freed = 0;
         while self.kept.front().is_some_and(|kept| kept.seq <= through) {
-            if let Some(old) = self.kept.pop_front() {
-                freed += old.frame.len();
-            }
+            freed += self.kept.pop_front().map_or(0, |kept| kept.len);
         }
-        self.bytes -= freed;
+        self.frames.drain(..freed);
         if self.kept.is_empty() {
             // An idle user keeps no allocation.
             self.kept = VecDeque::new();
+            self.frames = VecDeque::new();
         }
         freed
     }
@@ -318,12 +317,7 @@ impl Stream {
             None if replacing && resume.is_none() => u64::MAX,
             None => self.written.load(Ordering::Relaxed),
         };
-        let replay: Vec<Queued> = self
-            .kept
-            .iter()
-            .filter(|kept| kept.seq > after)
-            .map(Kept::queued)
-            .collect();
+        let replay: Vec<Queued> = self.copies(|kept| kept.seq > after).collect();
         self.covered_from = replay.first().map_or(self.next_seq, |first| first.seq);
         if let Some(last) = replay.last() {
             self.queued_through = last.seq;
@@ -340,7 +334,7 @@ impl Stream {
     /// to its sender), how many were written while the user was away and
     /// never acknowledged (lost with the connection they were written to,
     /// as far as anyone can tell), and the bytes given back.
-    pub fn end(self) -> (Vec<Kept>, usize, usize) {
+    pub fn end(self) -> (Vec<Queued>, usize, usize) {
         let written = self.written.load(Ordering::Relaxed);
         let lost = if self.away.is_some() {
             self.kept
@@ -350,12 +344,8 @@ impl Stream {
         } else {
             0
         };
-        let unwritten = self
-            .kept
-            .into_iter()
-            .filter(|kept| kept.seq > written)
-            .collect();
-        (unwritten, lost, self.bytes)
+        let unwritten = self.copies(|kept| kept.seq > written).collect();
+        (unwritten, lost, self.frames.len())
     }
 
     /// Whether `seq` is kept (a leftover of a dead connection the stream
@@ -379,12 +369,13 @@ impl Stream {
     /// Takes the stream apart to hand it to another node (the user resumed
     /// there): everything a resume there needs.
     pub fn export(self) -> Moved {
+        let kept = self.copies(|_| true).collect();
         Moved {
             session: self.session,
             next_seq: self.next_seq,
             acked: self.acked,
             written: self.written.load(Ordering::Relaxed),
-            kept: self.kept.iter().map(Kept::queued).collect(),
+            kept,
         }
     }
 
@@ -411,11 +402,16 @@ impl Stream {
         {
             return None;
         }
+        let frames: VecDeque<u8> = kept
+            .iter()
+            .flat_map(|item| item.frame.iter())
+            .copied()
+            .collect();
         let kept: VecDeque<Kept> = kept
             .into_iter()
             .map(|item| Kept {
                 seq: item.seq,
-                frame: item.frame,
+                len: item.frame.len(),
                 origin: item.origin,
                 accepted_at: item.accepted_at,
             })
@@ -423,8 +419,8 @@ impl Stream {
         Some(Self {
             session,
             next_seq,
-            bytes: kept.iter().map(|kept| kept.frame.len()).sum(),
             kept,
+            frames,
             written: Arc::new(AtomicU64::new(written.min(next_seq - 1))),
             acked: acked.min(next_seq - 1),
             covered_from: next_seq,
@@ -442,11 +438,10 @@ impl Stream {
     pub fn trim(&mut self, limits: &ResumeLimits) -> Option<usize> {
         let written = self.written.load(Ordering::Relaxed);
         let mut dropped = 0;
-        while self.kept.len() > limits.buffer || self.bytes > limits.buffer_bytes {
+        while self.kept.len() > limits.buffer || self.frames.len() > limits.buffer_bytes {
             match self.kept.front() {
                 Some(oldest) if oldest.seq <= written => {
-                    self.bytes -= oldest.frame.len();
-                    self.kept.pop_front();
+                    self.pop_oldest();
                     dropped += 1;
                 }
                 _ => return None,
@@ -462,10 +457,7 @@ impl Stream {
     pub fn prove_written(&mut self, n: u64) -> Vec<Queued> {
         let n = n.min(self.next_seq.saturating_sub(1));
         let before = self.written.fetch_max(n, Ordering::Relaxed);
-        self.kept
-            .iter()
-            .filter(|kept| kept.seq > before && kept.seq <= n)
-            .map(Kept::queued)
+        self.copies(|kept| kept.seq > before && kept.seq <= n)
             .collect()
     }
 
@@ -473,7 +465,7 @@ impl Stream {
     /// what it was given (it is being closed, and has not left): those
     /// envelopes are its to count, written or answered as it leaves, so
     /// only the ones below it are returned unwritten.
-    pub fn end_beside_writer(self) -> (Vec<Kept>, usize, usize) {
+    pub fn end_beside_writer(self) -> (Vec<Queued>, usize, usize) {
         let (covered_from, queued_through) = (self.covered_from, self.queued_through);
         let (mut unwritten, lost, bytes) = self.end();
         unwritten.retain(|kept| kept.seq < covered_from || kept.seq > queued_through);
@@ -484,6 +476,55 @@ impl Stream {
     pub fn queued(&mut self, seq: u64) {
         self.queued_through = self.queued_through.max(seq);
     }
+
+    /// Gives back the room made for envelopes to come: an away user's
+    /// stream only holds, so what it takes stays what the bounds count.
+    pub fn shrink(&mut self) {
+        self.kept.shrink_to_fit();
+        self.frames.shrink_to_fit();
+    }
+
+    /// Forgets the oldest kept envelope; returns its bytes.
+    fn pop_oldest(&mut self) -> usize {
+        let len = self.kept.pop_front().map_or(0, |kept| kept.len);
+        self.frames.drain(..len);
+        len
+    }
+
+    /// The kept envelopes `wanted` picks, oldest first, each in a frame of
+    /// its own, ready for an outbox.
+    fn copies(&self, wanted: impl Fn(&Kept) -> bool) -> impl Iterator<Item = Queued> {
+        let (front, back) = self.frames.as_slices();
+        self.kept
+            .iter()
+            .scan(0, |at, kept| {
+                let start = *at;
+                *at += kept.len;
+                Some((kept, start..*at))
+            })
+            .filter(move |(kept, _)| wanted(kept))
+            .map(move |(kept, bytes)| Queued {
+                frame: copy_out(front, back, bytes),
+                origin: kept.origin.clone(),
+                accepted_at: kept.accepted_at,
+                seq: kept.seq,
+            })
+    }
+}
+
+/// The bytes at `range` of a ring whose contents are `front` then `back`,
+/// in one allocation of their own.
+fn copy_out(front: &[u8], back: &[u8], range: std::ops::Range<usize>) -> Bytes {
+    let mut out = Vec::with_capacity(range.len());
+    if range.start < front.len() {
+        out.extend_from_slice(&front[range.start..range.end.min(front.len())]);
+    }
+    if range.end > front.len() {
+        out.extend_from_slice(
+            &back[range.start.saturating_sub(front.len())..range.end - front.len()],
+        );
+    }
+    Bytes::from(out)
 }
 
 /// The highest `seq` a stream handed over from another node may have
@@ -598,6 +639,41 @@ mod tests {
             buffer,
             ..ResumeLimits::default()
         }
+    }
+
+    #[test]
+    fn kept_envelopes_come_back_byte_for_byte_however_the_room_wrapped() {
+        let mut stream = Stream::new("s".into());
+        let limits = limits(5);
+        let mut sent = Vec::new();
+        // Envelopes of changing sizes, acknowledged now and then, so the
+        // kept bytes wrap around the end of their room many times.
+        for n in 0..200u64 {
+            let text = "x".repeat(usize::try_from(n % 13).unwrap_or(0));
+            let (stamped, _) = stream.push(item(&text), &limits, true);
+            sent.push(stamped.frame);
+            if n % 3 == 0 {
+                stream
+                    .written()
+                    .store(n.saturating_sub(2), Ordering::Relaxed);
+                stream.ack(n.saturating_sub(2));
+            }
+        }
+        let kept = stream.len();
+        assert!(kept > 1);
+        assert_eq!(
+            stream.bytes(),
+            sent[sent.len() - kept..]
+                .iter()
+                .map(Bytes::len)
+                .sum::<usize>()
+        );
+        stream.written().store(0, Ordering::Relaxed);
+        let (told, replay) = stream.resume(Some(200 - kept as u64), false);
+        assert!(told.resumed);
+        let frames: Vec<&[u8]> = replay.iter().map(|q| &q.frame[..]).collect();
+        let expected: Vec<&[u8]> = sent[sent.len() - kept..].iter().map(|f| &f[..]).collect();
+        assert_eq!(frames, expected);
     }
 
     #[test]
