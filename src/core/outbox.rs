@@ -7,6 +7,7 @@
 //! before a close are still written before the final `CLOSE` envelope.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -89,6 +90,9 @@ pub enum Room {
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Whether a close was asked for: set with `State::closing`, read
+    /// without the lock by the reader, which checks it for every frame.
+    closing: AtomicBool,
     ready: Notify,
     max_envelopes: usize,
     max_bytes: usize,
@@ -106,6 +110,7 @@ impl Outbox {
     pub fn new(max_envelopes: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
+            closing: AtomicBool::new(false),
             ready: Notify::new(),
             max_envelopes,
             max_bytes,
@@ -206,6 +211,7 @@ impl Outbox {
             return false;
         }
         state.closing = Some(reason);
+        self.closing.store(true, Ordering::Release);
         drop(state);
         self.ready.notify_one();
         true
@@ -214,6 +220,11 @@ impl Outbox {
     /// The close reason, once a close has been asked for.
     pub fn closing(&self) -> Option<CloseReason> {
         self.lock().closing
+    }
+
+    /// Whether a close has been asked for, without taking the lock.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Waits until there is something to do: a frame queued, or a close
@@ -250,6 +261,7 @@ impl Outbox {
     pub fn seal(&self, reason: CloseReason) -> Vec<Queued> {
         let mut state = self.lock();
         state.closing.get_or_insert(reason);
+        self.closing.store(true, Ordering::Release);
         state.bytes = 0;
         state.queue.drain(..).collect()
     }
