@@ -8,7 +8,7 @@ use signal_gateway::core::envelope::{forward_frame, parse_inbound};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(inbound) = parse_inbound(data, 32) {
-        let frame = forward_frame(&inbound.target, &inbound.kind, "fuzz", inbound.payload);
+        let frame = forward_frame(&inbound.target, &inbound.kind, "fuzz", inbound.payload, None);
         assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1);
         let value: serde_json::Value = serde_json::from_slice(&frame).expect("forwarded frames are JSON");
         assert_eq!(value["target"].as_str(), Some(&*inbound.target));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ice::IceConfig;
-use super::resume::SEQ_ROOM;
+use super::resume::{SEQ_ROOM, SeqTail};
 use super::wire::{CLOSE_TYPE, CloseReason, ErrorType, PROTOCOL_VERSION, WELCOME_TYPE};
 
 /// Longest `target` accepted, in bytes (a 64-character name fits even in
@@ -224,13 +224,15 @@ fn nesting_exceeds(json: &str, max: usize) -> bool {
     false
 }
 
-/// The envelope the target receives: `{"target","type","originator","payload"}`.
-/// `originator` is always the authenticated sender.
+/// The envelope the target receives: `{"target","type","originator","payload"}`,
+/// and `seq` when it is numbered already. `originator` is always the
+/// authenticated sender.
 pub fn forward_frame(
     target: &str,
     kind: &str,
     originator: &str,
     payload: Option<&RawValue>,
+    seq: Option<u64>,
 ) -> Bytes {
     let payload = payload.map_or("null", RawValue::get);
     let mut out = Vec::with_capacity(
@@ -239,6 +241,10 @@ pub fn forward_frame(
     out.extend_from_slice(b"{\"target\":");
     push_json_string(&mut out, target);
     push_kind_originator_payload(&mut out, kind, originator, payload);
+    if let Some(seq) = seq {
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(SeqTail::new(seq).as_bytes());
+    }
     Bytes::from(out)
 }
 
@@ -398,7 +404,7 @@ mod tests {
         let env = parse(r#"{"target":"bob","type":"bye"}"#).unwrap();
         assert!(env.payload.is_none());
         let env = parse(r#"{"target":"bob","type":"bye","payload":null}"#).unwrap();
-        let frame = forward_frame(&env.target, &env.kind, "alice", env.payload);
+        let frame = forward_frame(&env.target, &env.kind, "alice", env.payload, None);
         let v: Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(
             v,
@@ -410,7 +416,7 @@ mod tests {
     fn spoofed_originator_and_unknown_fields_are_ignored() {
         let env =
             parse(r#"{"target":"bob","type":"x","originator":"mallory","extra":[1]}"#).unwrap();
-        let frame = forward_frame(&env.target, &env.kind, "alice", env.payload);
+        let frame = forward_frame(&env.target, &env.kind, "alice", env.payload, None);
         let v: Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(v["originator"], "alice");
         assert!(v.get("extra").is_none());
@@ -420,7 +426,7 @@ mod tests {
     fn escaped_strings_round_trip() {
         let env = parse(r#"{"target":"b\u00f6b \"q\"","type":"t\n"}"#).unwrap();
         assert_eq!(env.target, "böb \"q\"");
-        let frame = forward_frame(&env.target, &env.kind, "ä\\", None);
+        let frame = forward_frame(&env.target, &env.kind, "ä\\", None, None);
         let v: Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(v["target"], "böb \"q\"");
         assert_eq!(v["type"], "t\n");
@@ -429,7 +435,7 @@ mod tests {
 
     #[test]
     fn frames_end_with_a_newline_and_contain_no_other() {
-        let frame = forward_frame("a", "b", "c", None);
+        let frame = forward_frame("a", "b", "c", None, None);
         assert_eq!(frame.last(), Some(&b'\n'));
         assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1);
         let frame = close_frame(CloseReason::Replaced);
@@ -608,7 +614,7 @@ mod properties {
         fn any_bytes_give_an_envelope_or_a_clear_error(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             match parse_inbound(&bytes, 32) {
                 Ok(inbound) => {
-                    let frame = forward_frame(&inbound.target, &inbound.kind, "x", inbound.payload);
+                    let frame = forward_frame(&inbound.target, &inbound.kind, "x", inbound.payload, None);
                     let v: Value = serde_json::from_slice(&frame).expect("forwarded frames are JSON");
                     prop_assert_eq!(v["target"].as_str(), Some(&*inbound.target));
                 }
@@ -627,7 +633,7 @@ mod properties {
             let inbound = parse_inbound(text.as_bytes(), 32).expect("valid envelope");
             prop_assert_eq!(&*inbound.target, target.as_str());
             prop_assert_eq!(&*inbound.kind, kind.as_str());
-            let frame = forward_frame(&inbound.target, &inbound.kind, &originator, inbound.payload);
+            let frame = forward_frame(&inbound.target, &inbound.kind, &originator, inbound.payload, None);
             prop_assert_eq!(frame.iter().filter(|b| **b == b'\n').count(), 1, "one line");
             let v: Value = serde_json::from_slice(&frame).unwrap();
             prop_assert_eq!(&v["target"], &Value::String(target));

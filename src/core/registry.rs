@@ -669,12 +669,25 @@ impl UserClientRegistry {
     /// without waiting, or holds it while the user is away. A target whose
     /// queue is full is closed as `SLOW_CONSUMER` and removed (and is away
     /// from then on).
-    pub fn deliver(&self, target: &str, mut item: Queued, kind: Kind) -> Delivery {
+    pub fn deliver(&self, target: &str, item: Queued, kind: Kind) -> Delivery {
+        self.deliver_with(target, kind, |_| item)
+    }
+
+    /// [`UserClientRegistry::deliver`] of the envelope `make` builds, told
+    /// the `seq` it gets when the user has a stream: a frame built with
+    /// it (and carrying it in `Queued::seq`) needs no stamping after.
+    pub fn deliver_with(
+        &self,
+        target: &str,
+        kind: Kind,
+        make: impl FnOnce(Option<u64>) -> Queued,
+    ) -> Delivery {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(stream) = state.streams.get_mut(target) else {
-            return self.park(state, target, item);
+            return self.park(state, target, make(None));
         };
+        let mut item = make(Some(stream.next_seq()));
         let len = item.frame.len();
         if let Some(entry) = state.users.get(target) {
             let keep = state.kept_bytes + len <= self.resume.memory;

@@ -235,10 +235,17 @@ impl Stream {
             frame,
             origin,
             accepted_at,
-            ..
+            seq: built_with,
         } = item;
+        // A frame built with its `seq` already (see
+        // `UserClientRegistry::deliver_with`) is not stamped again.
+        let frame = if built_with == seq {
+            frame
+        } else {
+            stamp(frame, seq)
+        };
         let stamped = Queued {
-            frame: stamp(frame, seq),
+            frame,
             seq,
             origin,
             accepted_at,
@@ -593,24 +600,42 @@ pub fn stamp(frame: Bytes, seq: u64) -> Bytes {
         }
     };
     out.truncate(out.len() - 2);
-    // The whole tail written back to front in one go, digits by hand:
-    // `fmt` costs more than the rest of the stamp.
-    let mut tail = [0u8; SEQ_FIELD.len() + 20 + 2];
-    let mut at = tail.len() - 2;
-    tail[at..].copy_from_slice(b"}\n");
-    let mut rest = seq;
-    loop {
-        at -= 1;
-        tail[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    at -= SEQ_FIELD.len();
-    tail[at..at + SEQ_FIELD.len()].copy_from_slice(SEQ_FIELD);
-    out.extend_from_slice(&tail[at..]);
+    out.extend_from_slice(SeqTail::new(seq).as_bytes());
     out.freeze()
+}
+
+/// The end of a numbered envelope, `,"seq":N}\n`, written back to front in
+/// one go with the digits by hand: `fmt` costs more than the rest of
+/// numbering an envelope.
+pub struct SeqTail {
+    bytes: [u8; SEQ_FIELD.len() + 20 + 2],
+    at: usize,
+}
+
+impl SeqTail {
+    /// The tail for `seq`.
+    pub fn new(seq: u64) -> Self {
+        let mut bytes = [0u8; SEQ_FIELD.len() + 20 + 2];
+        let mut at = bytes.len() - 2;
+        bytes[at..].copy_from_slice(b"}\n");
+        let mut rest = seq;
+        loop {
+            at -= 1;
+            bytes[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        at -= SEQ_FIELD.len();
+        bytes[at..at + SEQ_FIELD.len()].copy_from_slice(SEQ_FIELD);
+        Self { bytes, at }
+    }
+
+    /// The tail's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.at..]
+    }
 }
 
 /// What [`stamp`] puts before the digits.

@@ -365,7 +365,7 @@ impl Session {
         // Once the gateway has decided to close this connection (and said
         // so in the CLOSE envelope queued for it), frames still in flight
         // from the client are not accepted.
-        if self.outbox.closing().is_some() {
+        if self.outbox.is_closing() {
             stats.after_close.inc();
             return false;
         }
@@ -450,12 +450,6 @@ impl Session {
             self.to_gateway(&inbound);
             return;
         }
-        let frame = forward_frame(
-            &inbound.target,
-            &inbound.kind,
-            &self.origin.user,
-            inbound.payload,
-        );
         if self.hub.cluster().is_some_and(|cluster| !cluster.current()) {
             self.reply_error(
                 ErrorType::ClusterUnavailable,
@@ -468,16 +462,24 @@ impl Session {
             );
             return;
         }
-        let item = Queued {
-            frame,
+        // Built under the registry's lock with the target's next `seq`, so
+        // it is numbered as it is written rather than stamped after.
+        let item = |seq: Option<u64>| Queued {
+            frame: forward_frame(
+                &inbound.target,
+                &inbound.kind,
+                &self.origin.user,
+                inbound.payload,
+                seq,
+            ),
             origin: Some(Origin::Local(self.origin.clone())),
             accepted_at: Some(accepted_at),
-            seq: 0,
+            seq: seq.unwrap_or(0),
         };
         match self
             .hub
             .registry()
-            .deliver(&inbound.target, item, Kind::Forwarded)
+            .deliver_with(&inbound.target, Kind::Forwarded, item)
         {
             Delivery::Queued => stats.forwarded.inc(),
             Delivery::Held => {
@@ -895,6 +897,31 @@ mod tests {
         assert_eq!(got[0]["payload"]["sdp"], "x");
         assert!(drain(&alice).is_empty());
         assert_eq!(hub.stats().forwarded.get(), 1);
+    }
+
+    #[test]
+    fn a_forwarded_envelope_is_numbered_once_as_it_is_built() {
+        let hub = hub_with(Limits::default());
+        let alice = connect(&hub, "alice");
+        let bob = connect(&hub, "bob");
+        for _ in 0..3 {
+            alice
+                .reading()
+                .frame(br#"{"target":"bob","type":"x","payload":1}"#);
+        }
+        let mut items = bob.outbox.seal(CloseReason::InternalError);
+        items.retain(|item| item.seq != 0);
+        assert_eq!(items.len(), 3, "after the WELCOME");
+        for item in &items {
+            let text = std::str::from_utf8(&item.frame).unwrap();
+            assert_eq!(text.matches("\"seq\"").count(), 1, "{text}");
+            assert!(
+                text.ends_with(&format!(",\"seq\":{}}}\n", item.seq)),
+                "{text}"
+            );
+        }
+        let seqs: Vec<u64> = items.iter().map(|item| item.seq).collect();
+        assert_eq!(seqs.windows(2).filter(|w| w[1] == w[0] + 1).count(), 2);
     }
 
     #[test]
