@@ -272,6 +272,14 @@ impl Stream {
                     .min(limits.buffer_bytes),
             );
         }
+        // Beyond that, grow by a quarter at a time: the ring is used all
+        // round, so its whole room is memory the stream keeps touching.
+        if self.kept.len() == self.kept.capacity() {
+            self.kept.reserve_exact((self.kept.len() / 4).max(1));
+        }
+        if self.frames.capacity() - self.frames.len() < len {
+            self.frames.reserve_exact(len.max(self.frames.len() / 4));
+        }
         self.kept.push_back(Kept {
             seq,
             len,
