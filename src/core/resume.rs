@@ -259,10 +259,12 @@ impl Stream {
             return (stamped, pushed);
         }
         let len = stamped.frame.len();
-        if self.kept.capacity() == 0 {
+        if self.kept.capacity() == 0 && self.away.is_none() {
             // Room for what a client keeps unacknowledged between two
             // `ACK`s at once, rather than growing to it step by step after
-            // every `ACK` that freed everything.
+            // every `ACK` that freed everything. (An away user's stream
+            // only holds: it grows as envelopes come, so what it takes
+            // stays near what the bounds count.)
             let envelopes = KEPT_AT_FIRST.min(limits.buffer);
             self.kept.reserve_exact(envelopes);
             self.frames.reserve_exact(
@@ -417,11 +419,12 @@ impl Stream {
         {
             return None;
         }
-        let frames: VecDeque<u8> = kept
-            .iter()
-            .flat_map(|item| item.frame.iter())
-            .copied()
-            .collect();
+        // Exactly the room the envelopes take: an imported stream is away
+        // and only holds until its user attaches.
+        let mut frames = VecDeque::with_capacity(kept.iter().map(|item| item.frame.len()).sum());
+        for item in &kept {
+            frames.extend(item.frame.iter());
+        }
         let kept: VecDeque<Kept> = kept
             .into_iter()
             .map(|item| Kept {
@@ -775,6 +778,13 @@ mod tests {
             small.kept.capacity() < KEPT_AT_FIRST,
             "never beyond the buffer"
         );
+        let mut away = Stream::new("s".into());
+        away.away = Some((Instant::now(), 1));
+        let held = item("x");
+        let len = held.frame.len() + SEQ_ROOM;
+        away.push(held, &limits(256), true);
+        assert!(away.kept.capacity() < KEPT_AT_FIRST, "held, not made room for");
+        assert!(away.frames.capacity() <= 2 * len, "held, not made room for");
     }
 
     #[test]
