@@ -783,7 +783,10 @@ mod tests {
         let held = item("x");
         let len = held.frame.len() + SEQ_ROOM;
         away.push(held, &limits(256), true);
-        assert!(away.kept.capacity() < KEPT_AT_FIRST, "held, not made room for");
+        assert!(
+            away.kept.capacity() < KEPT_AT_FIRST,
+            "held, not made room for"
+        );
         assert!(away.frames.capacity() <= 2 * len, "held, not made room for");
     }
 
